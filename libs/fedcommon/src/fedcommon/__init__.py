@@ -1,0 +1,1 @@
+"""FedEngine shared library: what two or more services need, and nothing that knows a service."""

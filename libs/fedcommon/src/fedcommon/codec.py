@@ -1,0 +1,45 @@
+"""Encode and decode bus messages: msgpack on the wire, bytes fields stay raw bytes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgpack
+from pydantic import TypeAdapter, ValidationError
+
+from fedcommon.errors import InvalidMessage
+from fedcommon.messages.v1 import AnyMessage, Envelope
+
+_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"codec: cannot encode {type(value).__name__}")
+
+
+def encode(message: Envelope) -> bytes:
+    """Return the record value for ``message``."""
+    packed: bytes = msgpack.packb(message.model_dump(mode="python"), default=_default)
+    return packed
+
+
+def decode(raw: bytes | None) -> AnyMessage:
+    """Parse a record value; raise ``InvalidMessage`` naming what is wrong."""
+    if raw is None:
+        raise InvalidMessage("codec: empty record value")
+    try:
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise InvalidMessage(f"codec: not msgpack ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidMessage("codec: record value is not a map")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise InvalidMessage(f"codec: {exc.error_count()} validation error(s): {exc}") from exc

@@ -1,0 +1,51 @@
+"""Shared sub-settings that every service composes into its one ``Settings`` class.
+
+The variable names (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``, ``FEDENGINE_HOME``...) are the
+ones a platform team sets in docker-compose or Kubernetes; only ``settings.py`` modules read the
+environment (style.md, rule 27).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the broker and how to talk to it."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = Field(default=4, ge=1)
+    # Kafka's broker minimum is 6 s; Tansu accepts less, but what passes here must pass there.
+    session_timeout_ms: int = Field(default=6000, ge=6000)
+    heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    # The round path pays this wait per hop (design.md, "Latency"): keep it a few ms.
+    fetch_max_wait_ms: int = Field(default=5, ge=0)
+    linger_ms: int = Field(default=0, ge=0)
+    # One setting drives topic max.message.bytes and the client limits together.
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+
+
+class PostgresSettings(BaseSettings):
+    """Where the state lives."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    url: SecretStr = Field(validation_alias="DATABASE_URL")
+    pool_min_size: int = Field(default=1, validation_alias="DATABASE_POOL_MIN", ge=1)
+    pool_max_size: int = Field(default=5, validation_alias="DATABASE_POOL_MAX", ge=1)
+
+
+class HomeSettings(BaseSettings):
+    """Where local runs keep logs, pid files and generated secrets."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    home: Path = Field(default=Path(".fedengine"), validation_alias="FEDENGINE_HOME")

@@ -1,0 +1,84 @@
+"""Ed25519 identities for devices: keys as raw 32-byte encodings, signatures over fixed layouts."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from uuid import UUID
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedcommon.errors import ProtocolViolation
+
+KEY_BYTES = 32
+
+
+def generate_private_key() -> Ed25519PrivateKey:
+    """Return a fresh device identity key."""
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_from_bytes(raw: bytes) -> Ed25519PrivateKey:
+    """Load a private key from its raw 32-byte encoding."""
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def private_key_to_bytes(private_key: Ed25519PrivateKey) -> bytes:
+    """Return the raw 32-byte encoding of ``private_key``."""
+    return private_key.private_bytes_raw()
+
+
+def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
+    """Return the raw 32-byte public key that goes on the wire."""
+    return private_key.public_key().public_bytes_raw()
+
+
+def verify(*, public_key: bytes, signature: bytes, payload: bytes) -> None:
+    """Check ``signature`` over ``payload``; raise ``ProtocolViolation`` when it does not hold."""
+    if len(public_key) != KEY_BYTES:
+        raise ProtocolViolation("signing: public key must be 32 bytes")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
+    except (InvalidSignature, ValueError) as exc:
+        raise ProtocolViolation("signing: bad signature") from exc
+
+
+def update_payload(
+    *,
+    task_id: UUID,
+    round_id: UUID,
+    device_id: str,
+    round_number: int,
+    model_version: int,
+    num_examples: int,
+    update: bytes,
+) -> bytes:
+    """Return the bytes a device signs for a model update.
+
+    Binding task, round, device, model version and example count to the update's digest makes
+    a replay into another round, or a relabelled update, fail verification.
+    """
+    device = device_id.encode("utf-8")
+    return b"".join(
+        (
+            b"fedengine-update-v1",
+            task_id.bytes,
+            round_id.bytes,
+            struct.pack("<H", len(device)),
+            device,
+            struct.pack("<IIQ", round_number, model_version, num_examples),
+            hashlib.sha256(update).digest(),
+        )
+    )
+
+
+def heartbeat_payload(*, device_id: str, sequence: int, sent_at_us: int) -> bytes:
+    """Return the bytes a device signs for a heartbeat."""
+    device = device_id.encode("utf-8")
+    return (
+        b"fedengine-heartbeat-v1"
+        + struct.pack("<H", len(device))
+        + device
+        + struct.pack("<Qq", sequence, sent_at_us)
+    )

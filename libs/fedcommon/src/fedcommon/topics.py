@@ -1,0 +1,88 @@
+"""The topic registry: every topic name, its key, its producers and consumers, in one place.
+
+Names are constants and always pass through :func:`topic_name`, which applies the configured
+prefix, so that tests and tenants can share one broker (style.md, rule 8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICES = "fed.devices"
+TASKS = "fed.tasks"
+DEVICE_COMMANDS = "fed.device.commands"
+MODELS = "fed.models"
+UPDATES = "fed.updates"
+SECAGG = "fed.secagg"
+ROUNDS = "fed.rounds"
+PRIVACY = "fed.privacy"
+EVENTS = "fed.events"
+DLQ = "fed.dlq"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    carries: tuple[str, ...]
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        DEVICES,
+        "device_id",
+        ("simulator", "gateway"),
+        ("registry",),
+        ("device.enrolled", "device.heartbeat_sent", "device.removed"),
+    ),
+    TopicSpec(
+        TASKS,
+        "task_id",
+        ("gateway",),
+        ("coordinator",),
+        (
+            "task.create_requested",
+            "task.start_requested",
+            "task.pause_requested",
+            "task.resume_requested",
+            "task.cancel_requested",
+            "tasks.cleanup_requested",
+        ),
+    ),
+    TopicSpec(DEVICE_COMMANDS, "device_id", ("coordinator",), ("simulator",), ("train.requested",)),
+    TopicSpec(MODELS, "task_id", ("coordinator",), ("simulator",), ("model.published",)),
+    # The coordinator writes round.opened here, keyed by task_id, so that by partition order
+    # the aggregator always sees a round's definition before any of its updates.
+    TopicSpec(
+        UPDATES,
+        "task_id",
+        ("simulator", "coordinator"),
+        ("aggregator",),
+        ("round.opened", "update.submitted"),
+    ),
+    TopicSpec(SECAGG, "task_id", ("aggregator", "simulator"), ("aggregator", "simulator"), ()),
+    TopicSpec(
+        ROUNDS, "task_id", ("aggregator",), ("coordinator",), ("round.aggregated", "round.failed")
+    ),
+    TopicSpec(PRIVACY, "task_id", ("coordinator", "privacy"), ("coordinator", "privacy"), ()),
+    TopicSpec(
+        EVENTS,
+        "task_id",
+        ("registry", "coordinator", "aggregator"),
+        ("gateway",),
+        ("task.state_changed", "round.started", "round.completed", "device.status_changed"),
+    ),
+    TopicSpec(DLQ, "original key", ("*",), (), ()),
+)
+
+
+def topic_name(prefix: str, base: str) -> str:
+    """Return the broker-level name of ``base`` under ``prefix``."""
+    return f"{prefix}{base}"
+
+
+def all_topic_names(prefix: str) -> list[str]:
+    """Return every topic's broker-level name, for creation at start-up."""
+    return [topic_name(prefix, spec.name) for spec in TOPICS]
