@@ -96,11 +96,20 @@ class OutboxRelay:
             rows = await cursor.fetchall()
             if not rows:
                 return 0
-            futures = [
-                await self._producer.send(topic, bytes(value), key=key.encode())
-                for _, topic, key, value in rows
-            ]
-            await asyncio.gather(*futures)
+            # Rows go out in id order; a run of rows for one topic is sent together and
+            # acknowledged before the next topic's run, so a round.opened is on the log before
+            # the train requests that follow it in the same transaction.
+            start = 0
+            while start < len(rows):
+                end = start
+                while end < len(rows) and rows[end][1] == rows[start][1]:
+                    end += 1
+                futures = [
+                    await self._producer.send(topic, bytes(value), key=key.encode())
+                    for _, topic, key, value in rows[start:end]
+                ]
+                await asyncio.gather(*futures)
+                start = end
             await conn.execute(
                 sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(self._schema),
                 ([row[0] for row in rows],),

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -115,6 +115,14 @@ class TaskSpec(_Frozen):
     max_update_norm: float = Field(default=100.0, gt=0)
     max_round_retries: int = Field(default=2, ge=0)
     device_wait_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> TaskSpec:
+        if self.min_devices > self.devices_per_round:
+            raise ValueError("min_devices must not exceed devices_per_round")
+        if self.participating_devices is not None and not self.participating_devices:
+            raise ValueError("participating_devices, when given, must not be empty")
+        return self
 
 
 class Participant(_Frozen):

@@ -1,0 +1,120 @@
+"""The async shell every service runs: pool, migrations, producer, consumer, outbox, loop.
+
+A service supplies what is its own (a handler, background jobs, a commit policy); start-up,
+readiness, graceful SIGTERM and shutdown are the same everywhere (style.md, rule 13).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from psycopg_pool import AsyncConnectionPool
+
+from fedcommon import db, kafka, runtime
+from fedcommon.outbox import OutboxRelay
+from fedcommon.settings import KafkaSettings, PostgresSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """The clients a service's handlers and jobs use."""
+
+    name: str
+    kafka: KafkaSettings
+    pool: AsyncConnectionPool
+    producer: AIOKafkaProducer
+    relay: OutboxRelay
+
+
+@dataclass
+class ServiceParts:
+    handle: kafka.Handler
+    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
+    commit_position: kafka.CommitPosition | None = None
+    on_stop: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    schema: str
+    migrations_package: str
+    group_id: str
+    topic_bases: Sequence[str]
+
+
+async def run_service(
+    spec: ServiceSpec,
+    *,
+    kafka_settings: KafkaSettings,
+    postgres_settings: PostgresSettings,
+    build: Callable[[ServiceContext], ServiceParts],
+    run_dir: Path | None = None,
+    metrics_port: int = 0,
+) -> None:
+    """Run a service until SIGTERM/SIGINT; return after a clean shutdown."""
+    runtime.serve_metrics(metrics_port)
+    pool = await db.open_pool(postgres_settings, name=spec.name)
+    producer = kafka.make_producer(kafka_settings, client_id=spec.name)
+    consumer = kafka.make_consumer(
+        kafka_settings, group_id=spec.group_id, topic_bases=spec.topic_bases, client_id=spec.name
+    )
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await db.migrate(pool, schema=spec.schema, package=spec.migrations_package)
+        await kafka.create_topics(kafka_settings)
+        await producer.start()
+        relay = OutboxRelay(pool=pool, producer=producer, schema=spec.schema)
+        context = ServiceContext(spec.name, kafka_settings, pool, producer, relay)
+        parts = build(context)
+        loop = kafka.ConsumeLoop(
+            consumer=consumer,
+            producer=producer,
+            settings=kafka_settings,
+            handle=parts.handle,
+            commit_position=parts.commit_position,
+        )
+
+        def stop() -> None:
+            logger.info("%s stopping", spec.name)
+            loop.stop()
+            relay.stop()
+            if parts.on_stop is not None:
+                parts.on_stop()
+
+        runtime.on_shutdown_signal(stop)
+        await consumer.start()
+        tasks.append(asyncio.create_task(relay.run(), name="outbox"))
+        for job in parts.background:
+            tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
+        await kafka.wait_for_assignment(consumer)
+        runtime.mark_ready(run_dir, spec.name)
+        consume = asyncio.create_task(loop.run(), name="consume")
+        watched: set[asyncio.Task[None]] = {consume, *tasks}
+        while consume in watched:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                finished.result()  # re-raise a crash of the loop or of a background job
+            watched -= done
+        await loop.commit_current()
+        relay.stop()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        await pool.close()
+        logger.info("%s stopped", spec.name)

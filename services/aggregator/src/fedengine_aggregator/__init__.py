@@ -1,0 +1,1 @@
+"""Aggregator: validates updates, owns round deadlines, applies the strategy, publishes results."""

@@ -1,0 +1,1 @@
+"""Pure aggregation logic: no I/O, no clock, no Kafka."""

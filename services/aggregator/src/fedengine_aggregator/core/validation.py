@@ -1,0 +1,82 @@
+"""Update validation: every check an update must pass before it counts, in a fixed order."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+from fedcommon import arrays, signing
+from fedcommon.arrays import NDArrays
+from fedcommon.errors import InvalidMessage, ProtocolViolation
+from fedcommon.messages.v1 import RoundOpened, UpdateSubmitted
+
+
+class RejectReason(StrEnum):
+    UNKNOWN_ROUND = "unknown_round"
+    LATE = "late"
+    STALE_MODEL = "stale_model"
+    NOT_SELECTED = "not_selected"
+    BAD_SIGNATURE = "bad_signature"
+    DUPLICATE = "duplicate"
+    MALFORMED = "malformed"
+    WRONG_SHAPE = "wrong_shape"
+    NON_FINITE = "non_finite"
+    NORM_EXCEEDED = "norm_exceeded"
+
+
+class Rejected(Exception):
+    """An update that does not count, with the reason it is counted under."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def validate_update(
+    opened: RoundOpened, message: UpdateSubmitted, *, already_accepted: bool
+) -> NDArrays:
+    """Return the decoded update arrays, or raise ``Rejected`` naming the first failed check."""
+    if message.round_number != opened.round_number or message.model_version != opened.model_version:
+        raise Rejected(
+            RejectReason.STALE_MODEL,
+            f"round {message.round_number} v{message.model_version}, "
+            f"open is round {opened.round_number} v{opened.model_version}",
+        )
+    participant = next((p for p in opened.participants if p.device_id == message.device_id), None)
+    if participant is None:
+        raise Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
+    if opened.round_id is None or message.round_id != opened.round_id:
+        raise Rejected(RejectReason.UNKNOWN_ROUND, "round_id does not match")
+    try:
+        signing.verify(
+            public_key=participant.public_key,
+            signature=message.signature,
+            payload=signing.update_payload(
+                task_id=message.task_id,
+                round_id=opened.round_id,
+                device_id=message.device_id,
+                round_number=message.round_number,
+                model_version=message.model_version,
+                num_examples=message.num_examples,
+                update=message.update,
+            ),
+        )
+    except ProtocolViolation as exc:
+        raise Rejected(RejectReason.BAD_SIGNATURE, str(exc)) from exc
+    if already_accepted:
+        raise Rejected(RejectReason.DUPLICATE, f"{message.device_id} already submitted")
+    try:
+        decoded = arrays.from_bytes(message.update)
+    except InvalidMessage as exc:
+        raise Rejected(RejectReason.MALFORMED, str(exc)) from exc
+    if arrays.shapes_of(decoded) != opened.param_shapes:
+        raise Rejected(RejectReason.WRONG_SHAPE, f"shapes {arrays.shapes_of(decoded)}")
+    if not all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in decoded):
+        raise Rejected(RejectReason.NON_FINITE, "NaN or infinite values")
+    norm = arrays.global_norm(decoded)
+    if norm > opened.max_update_norm:
+        raise Rejected(
+            RejectReason.NORM_EXCEEDED, f"norm {norm:.3g} > bound {opened.max_update_norm:.3g}"
+        )
+    return decoded

@@ -1,0 +1,77 @@
+"""The open-round window: what the aggregator holds in memory between round.opened and result.
+
+Pure bookkeeping with explicit times passed in, so deadlines are testable without a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+from fedcommon.arrays import NDArrays
+from fedcommon.messages.v1 import RoundOpened, UpdateMetrics
+
+from fedengine_aggregator.core.fedavg import WeightedUpdate
+
+
+class Outcome(StrEnum):
+    WAIT = "wait"
+    AGGREGATE = "aggregate"
+    FAIL = "fail"
+
+
+@dataclass
+class Accepted:
+    num_examples: int
+    arrays: NDArrays
+    metrics: UpdateMetrics
+    size_bytes: int
+
+
+@dataclass
+class OpenRound:
+    opened: RoundOpened
+    partition: int
+    first_offset: int
+    accepted: dict[str, Accepted] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+    closing: bool = False
+
+    @property
+    def round_id(self) -> UUID:
+        if self.opened.round_id is None:
+            raise ValueError("OpenRound: round.opened carries no round_id")
+        return self.opened.round_id
+
+    def outcome(self, now: datetime) -> Outcome:
+        """Decide whether the round can close now."""
+        if self.closing:
+            return Outcome.WAIT
+        if len(self.accepted) == len(self.opened.participants):
+            return Outcome.AGGREGATE
+        if now >= self.opened.deadline:
+            if len(self.accepted) >= self.opened.min_updates:
+                return Outcome.AGGREGATE
+            return Outcome.FAIL
+        return Outcome.WAIT
+
+    def weighted_updates(self) -> list[WeightedUpdate]:
+        return [WeightedUpdate(a.num_examples, a.arrays) for a in self.accepted.values()]
+
+    def dropped(self) -> list[str]:
+        return [p.device_id for p in self.opened.participants if p.device_id not in self.accepted]
+
+    def mean_train_loss(self) -> float:
+        total = sum(a.num_examples for a in self.accepted.values())
+        if not total:
+            return float("nan")
+        return sum(a.metrics.train_loss * a.num_examples for a in self.accepted.values()) / total
+
+
+def safe_commit_offset(open_rounds: list[OpenRound], *, partition: int, next_offset: int) -> int:
+    """Return the offset to commit on ``partition``: never past a record an open round needs."""
+    needed = [r.first_offset for r in open_rounds if r.partition == partition]
+    return min([next_offset, *needed])

@@ -1,0 +1,224 @@
+"""The aggregator's shell: keeps open rounds in memory, the Kafka log is their buffer.
+
+Offsets on fed.updates are committed per partition only up to the round.opened record of the
+oldest round still open there, so a restarted aggregator re-reads every open round whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from uuid import UUID
+
+from aiokafka import ConsumerRecord, TopicPartition
+from fedcommon import arrays, kafka, topics
+from fedcommon.errors import InvalidMessage
+from fedcommon.messages.v1 import (
+    AnyMessage,
+    RoundAggregated,
+    RoundFailed,
+    RoundOpened,
+    UpdateSubmitted,
+)
+from fedcommon.service import ServiceContext, ServiceParts
+from prometheus_client import Counter, Histogram
+
+from fedengine_aggregator import store
+from fedengine_aggregator.core import fedavg
+from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
+from fedengine_aggregator.core.window import (
+    Accepted,
+    OpenRound,
+    Outcome,
+    safe_commit_offset,
+)
+from fedengine_aggregator.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PRODUCER = "aggregator"
+UPDATES_ACCEPTED = Counter("fedengine_updates_accepted_total", "Updates accepted")
+UPDATES_REJECTED = Counter("fedengine_updates_rejected_total", "Updates rejected", ["reason"])
+ROUNDS_CLOSED = Counter("fedengine_rounds_closed_total", "Rounds closed", ["outcome"])
+BYTES_UP = Counter("fedengine_update_bytes_total", "Bytes of accepted updates")
+ROUND_SECONDS = Histogram(
+    "fedengine_round_aggregation_seconds",
+    "round.opened to result",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+
+
+class Aggregator:
+    """Open rounds by round_id, plus the ids of rounds already closed."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self.context = context
+        self.open: dict[UUID, OpenRound] = {}
+        self.closed: set[UUID] = set()
+
+    async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
+        if isinstance(message, RoundOpened):
+            await self._on_opened(message, record)
+        elif isinstance(message, UpdateSubmitted):
+            await self._on_update(message, record)
+        else:
+            logger.debug("ignoring %s", message.type)
+
+    async def _on_opened(self, message: RoundOpened, record: ConsumerRecord) -> None:
+        if message.round_id is None:
+            raise InvalidMessage("round.opened without round_id")
+        if message.round_id in self.open or message.round_id in self.closed:
+            return
+        async with self.context.pool.connection() as conn:
+            if await store.is_closed(conn, message.round_id):
+                self.closed.add(message.round_id)
+                return
+        self.open[message.round_id] = OpenRound(message, record.partition, record.offset)
+        logger.info(
+            "round %d (attempt %d) of task %s open: %d participants, min %d",
+            message.round_number,
+            message.attempt,
+            message.task_id,
+            len(message.participants),
+            message.min_updates,
+        )
+
+    async def _on_update(self, message: UpdateSubmitted, record: ConsumerRecord) -> None:
+        round_id = message.round_id
+        state = self.open.get(round_id) if round_id is not None else None
+        try:
+            if round_id is not None and round_id in self.closed:
+                raise Rejected(RejectReason.LATE, "round already closed")
+            if state is None or state.closing:
+                raise Rejected(RejectReason.UNKNOWN_ROUND, f"no open round {round_id}")
+            decoded = validate_update(
+                state.opened, message, already_accepted=message.device_id in state.accepted
+            )
+        except Rejected as rejected:
+            if state is not None and not state.closing:
+                state.rejected[rejected.reason.value] += 1
+            UPDATES_REJECTED.labels(rejected.reason.value).inc()
+            logger.warning(
+                "rejected update from %s for task %s round %d: %s",
+                message.device_id,
+                message.task_id,
+                message.round_number,
+                rejected,
+                extra={"client_id": message.device_id, "round_id": round_id},
+            )
+            async with self.context.pool.connection() as conn:
+                await store.record_result(
+                    conn,
+                    message,
+                    partition=record.partition,
+                    offset=record.offset,
+                    status="rejected",
+                    reason=rejected.reason.value,
+                    detail=rejected.detail,
+                )
+            return
+        state.accepted[message.device_id] = Accepted(
+            message.num_examples, decoded, message.metrics, len(message.update)
+        )
+        UPDATES_ACCEPTED.inc()
+        async with self.context.pool.connection() as conn:
+            await store.record_result(
+                conn, message, partition=record.partition, offset=record.offset, status="accepted"
+            )
+        await self.close_due(datetime.now(UTC))
+
+    async def close_due(self, now: datetime) -> None:
+        """Close every round whose updates are all in or whose deadline has passed."""
+        for state in list(self.open.values()):
+            outcome = state.outcome(now)
+            if outcome != Outcome.WAIT:
+                await self._close(state, outcome, now)
+
+    async def _close(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
+        state.closing = True
+        opened = state.opened
+        settings = self.context.kafka
+        key = str(opened.task_id)
+        rejected = dict(state.rejected)
+        bytes_up = sum(a.size_bytes for a in state.accepted.values())
+        if outcome == Outcome.AGGREGATE:
+            delta = fedavg.aggregate(state.weighted_updates())
+            result: RoundAggregated | RoundFailed = RoundAggregated(
+                producer=PRODUCER,
+                round_id=state.round_id,
+                correlation_id=opened.message_id,
+                task_id=opened.task_id,
+                round_number=opened.round_number,
+                attempt=opened.attempt,
+                model_version=opened.model_version,
+                delta=arrays.to_bytes(list(delta)),
+                participants=sorted(state.accepted),
+                dropped=state.dropped(),
+                rejected=rejected,
+                num_examples=sum(a.num_examples for a in state.accepted.values()),
+                train_loss=state.mean_train_loss(),
+                bytes_up=bytes_up,
+                duration_s=(now - opened.sent_at).total_seconds(),
+            )
+        else:
+            result = RoundFailed(
+                producer=PRODUCER,
+                round_id=state.round_id,
+                correlation_id=opened.message_id,
+                task_id=opened.task_id,
+                round_number=opened.round_number,
+                attempt=opened.attempt,
+                reason=f"{len(state.accepted)} of {opened.min_updates} required updates by deadline",
+                received=len(state.accepted),
+                rejected=rejected,
+            )
+        # Publish first: if we crash before recording the round closed, the round is re-read
+        # and re-published, and the coordinator ignores the second copy.
+        await kafka.publish(self.context.producer, settings, topics.ROUNDS, key=key, message=result)
+        async with self.context.pool.connection() as conn:
+            await store.close_round(
+                conn,
+                round_id=state.round_id,
+                task_id=opened.task_id,
+                round_number=opened.round_number,
+                attempt=opened.attempt,
+                outcome=outcome.value,
+                participants=sorted(state.accepted),
+                dropped=state.dropped(),
+                rejected=rejected,
+                bytes_up=bytes_up,
+            )
+        del self.open[state.round_id]
+        self.closed.add(state.round_id)
+        ROUNDS_CLOSED.labels(outcome.value).inc()
+        BYTES_UP.inc(bytes_up)
+        ROUND_SECONDS.observe(max(0.0, (now - opened.sent_at).total_seconds()))
+        logger.info(
+            "round %d of task %s %s: %d accepted, rejected %s",
+            opened.round_number,
+            opened.task_id,
+            outcome.value,
+            len(state.accepted),
+            rejected,
+        )
+
+    def commit_position(self, tp: TopicPartition, next_offset: int) -> int:
+        return safe_commit_offset(
+            list(self.open.values()), partition=tp.partition, next_offset=next_offset
+        )
+
+
+def build(context: ServiceContext, settings: Settings) -> ServiceParts:
+    aggregator = Aggregator(context)
+
+    async def deadlines() -> None:
+        while True:
+            await asyncio.sleep(settings.deadline_check_s)
+            await aggregator.close_due(datetime.now(UTC))
+
+    return ServiceParts(
+        handle=aggregator.handle,
+        background=(deadlines,),
+        commit_position=aggregator.commit_position,
+    )

@@ -1,0 +1,22 @@
+"""The aggregator's one Settings class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedcommon.settings import KafkaSettings, PostgresSettings
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AGGREGATOR_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    deadline_check_s: float = Field(default=0.05, gt=0)
+    metrics_port: int = 0
+    run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
+    log_json: bool = False

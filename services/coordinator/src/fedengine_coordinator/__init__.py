@@ -1,0 +1,1 @@
+"""Coordinator: task lifecycle, round state machine, device selection, global model versions."""

@@ -1,0 +1,24 @@
+"""The coordinator's one Settings class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedcommon.settings import KafkaSettings, PostgresSettings
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="COORDINATOR_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    tick_s: float = Field(default=0.5, gt=0)
+    # A round with no result this long after its deadline is taken as lost and re-issued.
+    lost_round_grace_s: float = Field(default=10.0, ge=0)
+    metrics_port: int = 0
+    run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
+    log_json: bool = False

@@ -1,0 +1,294 @@
+"""The coordinator's SQL. It reads the registry's device table (read-only) for selection."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from fedcommon.messages.v1 import StopReason, TaskSpec, TaskState
+from psycopg.types.json import Jsonb
+
+from fedengine_coordinator.core.selection import Candidate
+
+SCHEMA = "coordinator"
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: UUID
+    spec: TaskSpec
+    state: TaskState
+    current_round: int
+    model_version: int
+    waiting_since: datetime | None
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    round_id: UUID
+    task_id: UUID
+    round_number: int
+    attempt: int
+    status: str
+    participants: list[str]
+    model_version_in: int
+    deadline: datetime
+
+
+_TASK_COLUMNS = "task_id, spec, state, current_round, model_version, waiting_since"
+_ROUND_COLUMNS = (
+    "round_id, task_id, round_number, attempt, status, participants, model_version_in, deadline"
+)
+
+
+def _task(row: tuple[Any, ...]) -> TaskRow:
+    spec = row[1] if isinstance(row[1], dict) else json.loads(row[1])
+    return TaskRow(row[0], TaskSpec.model_validate(spec), TaskState(row[2]), row[3], row[4], row[5])
+
+
+def _round(row: tuple[Any, ...]) -> RoundRow:
+    return RoundRow(row[0], row[1], row[2], row[3], row[4], list(row[5]), row[6], row[7])
+
+
+async def insert_task(
+    conn: psycopg.AsyncConnection, *, task_id: UUID, spec: TaskSpec, created_by: str
+) -> bool:
+    cursor = await conn.execute(
+        "INSERT INTO coordinator.tasks (task_id, task_name, spec, state, created_by) "
+        "VALUES (%s, %s, %s, 'created', %s) ON CONFLICT DO NOTHING",
+        (task_id, spec.task_name, Jsonb(spec.model_dump(mode="json")), created_by),
+    )
+    return cursor.rowcount == 1
+
+
+async def lock_task(conn: psycopg.AsyncConnection, task_id: UUID) -> TaskRow | None:
+    cursor = await conn.execute(
+        f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks WHERE task_id = %s FOR UPDATE",
+        (task_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _task(row)
+
+
+async def set_state(
+    conn: psycopg.AsyncConnection,
+    task_id: UUID,
+    state: TaskState,
+    *,
+    stop_reason: StopReason | None = None,
+) -> None:
+    finished = state in (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.FAILED)
+    await conn.execute(
+        "UPDATE coordinator.tasks SET state = %s, stop_reason = COALESCE(%s, stop_reason), "
+        "started_at = CASE WHEN %s = 'running' THEN COALESCE(started_at, now()) ELSE started_at END, "
+        "finished_at = CASE WHEN %s THEN now() ELSE finished_at END, updated_at = now() "
+        "WHERE task_id = %s",
+        (state.value, stop_reason and stop_reason.value, state.value, finished, task_id),
+    )
+
+
+async def set_waiting(conn: psycopg.AsyncConnection, task_id: UUID, since: datetime | None) -> None:
+    await conn.execute(
+        "UPDATE coordinator.tasks SET waiting_since = %s WHERE task_id = %s", (since, task_id)
+    )
+
+
+async def log_event(
+    conn: psycopg.AsyncConnection,
+    task_id: UUID,
+    kind: str,
+    *,
+    issued_by: str | None = None,
+    detail: str | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO coordinator.task_events (task_id, kind, issued_by, detail) "
+        "VALUES (%s, %s, %s, %s)",
+        (task_id, kind, issued_by, detail),
+    )
+
+
+async def insert_model(
+    conn: psycopg.AsyncConnection,
+    *,
+    task_id: UUID,
+    version: int,
+    sha256: str,
+    data: bytes,
+    round_number: int | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO coordinator.models (task_id, version, sha256, size_bytes, data, round_number) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (task_id, version, sha256, len(data), data, round_number),
+    )
+
+
+async def get_model(
+    conn: psycopg.AsyncConnection, task_id: UUID, version: int
+) -> tuple[str, bytes]:
+    cursor = await conn.execute(
+        "SELECT sha256, data FROM coordinator.models WHERE task_id = %s AND version = %s",
+        (task_id, version),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise LookupError(f"model version {version} of task {task_id} is missing")
+    return row[0], bytes(row[1])
+
+
+async def online_candidates(conn: psycopg.AsyncConnection) -> list[Candidate]:
+    cursor = await conn.execute(
+        "SELECT device_id, public_key, battery_pct FROM registry.devices "
+        "WHERE status = 'online' AND public_key IS NOT NULL"
+    )
+    return [Candidate(r[0], bytes(r[1]), r[2]) for r in await cursor.fetchall()]
+
+
+async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:
+    cursor = await conn.execute(
+        "SELECT DISTINCT unnest(participants) FROM coordinator.rounds WHERE status = 'open'"
+    )
+    return {r[0] for r in await cursor.fetchall()}
+
+
+async def insert_round(
+    conn: psycopg.AsyncConnection,
+    *,
+    round_id: UUID,
+    task_id: UUID,
+    round_number: int,
+    attempt: int,
+    participants: list[str],
+    model_version_in: int,
+    deadline: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO coordinator.rounds (round_id, task_id, round_number, attempt, status, "
+        "participants, model_version_in, deadline) VALUES (%s, %s, %s, %s, 'open', %s, %s, %s)",
+        (round_id, task_id, round_number, attempt, participants, model_version_in, deadline),
+    )
+
+
+async def lock_round(conn: psycopg.AsyncConnection, round_id: UUID) -> RoundRow | None:
+    cursor = await conn.execute(
+        f"SELECT {_ROUND_COLUMNS} FROM coordinator.rounds WHERE round_id = %s FOR UPDATE",
+        (round_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _round(row)
+
+
+async def open_round_of(conn: psycopg.AsyncConnection, task_id: UUID) -> RoundRow | None:
+    cursor = await conn.execute(
+        f"SELECT {_ROUND_COLUMNS} FROM coordinator.rounds WHERE task_id = %s AND status = 'open'",
+        (task_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _round(row)
+
+
+async def complete_round(
+    conn: psycopg.AsyncConnection,
+    *,
+    round_id: UUID,
+    model_version_out: int,
+    accuracy: float,
+    loss: float,
+    train_loss: float,
+    num_examples: int,
+    aggregated: list[str],
+    dropped: list[str],
+    rejected: dict[str, int],
+    bytes_up: int,
+    bytes_down: int,
+    duration_s: float,
+) -> None:
+    await conn.execute(
+        "UPDATE coordinator.rounds SET status = 'completed', closed_at = now(), "
+        "model_version_out = %s, accuracy = %s, loss = %s, train_loss = %s, num_examples = %s, "
+        "aggregated = %s, dropped = %s, rejected = %s, bytes_up = %s, bytes_down = %s, "
+        "duration_s = %s WHERE round_id = %s",
+        (
+            model_version_out,
+            accuracy,
+            loss,
+            train_loss,
+            num_examples,
+            aggregated,
+            dropped,
+            Jsonb(rejected),
+            bytes_up,
+            bytes_down,
+            duration_s,
+            round_id,
+        ),
+    )
+
+
+async def fail_round(
+    conn: psycopg.AsyncConnection,
+    *,
+    round_id: UUID,
+    status: str,
+    failure: str,
+    rejected: dict[str, int] | None = None,
+) -> None:
+    await conn.execute(
+        "UPDATE coordinator.rounds SET status = %s, closed_at = now(), failure = %s, "
+        "rejected = %s WHERE round_id = %s",
+        (status, failure, Jsonb(rejected or {}), round_id),
+    )
+
+
+async def advance_task(
+    conn: psycopg.AsyncConnection, task_id: UUID, *, round_number: int, model_version: int
+) -> None:
+    await conn.execute(
+        "UPDATE coordinator.tasks SET current_round = %s, model_version = %s, updated_at = now() "
+        "WHERE task_id = %s",
+        (round_number, model_version, task_id),
+    )
+
+
+async def accuracies(conn: psycopg.AsyncConnection, task_id: UUID) -> list[float]:
+    cursor = await conn.execute(
+        "SELECT accuracy FROM coordinator.rounds WHERE task_id = %s AND status = 'completed' "
+        "ORDER BY round_number",
+        (task_id,),
+    )
+    return [r[0] for r in await cursor.fetchall()]
+
+
+async def tasks_in_state(conn: psycopg.AsyncConnection, state: TaskState) -> list[UUID]:
+    cursor = await conn.execute(
+        "SELECT task_id FROM coordinator.tasks WHERE state = %s", (state.value,)
+    )
+    return [r[0] for r in await cursor.fetchall()]
+
+
+async def overdue_rounds(conn: psycopg.AsyncConnection, *, grace_s: float) -> list[UUID]:
+    cursor = await conn.execute(
+        "SELECT round_id FROM coordinator.rounds WHERE status = 'open' "
+        "AND deadline < now() - make_interval(secs => %s)",
+        (grace_s,),
+    )
+    return [r[0] for r in await cursor.fetchall()]
+
+
+async def cleanup_models(conn: psycopg.AsyncConnection, *, retention_s: float) -> int:
+    """Delete every model version but the last of tasks finished more than retention_s ago."""
+    cursor = await conn.execute(
+        """
+        DELETE FROM coordinator.models m USING coordinator.tasks t
+        WHERE m.task_id = t.task_id AND t.state IN ('completed', 'cancelled', 'failed')
+          AND t.finished_at < now() - make_interval(secs => %s)
+          AND m.version < t.model_version
+        """,
+        (retention_s,),
+    )
+    return cursor.rowcount

@@ -1,0 +1,1 @@
+"""FedEngine gateway: the REST surface. Reads projections, writes commands to Kafka."""

@@ -1,0 +1,384 @@
+"""The FastAPI application: /api/federated, JWT roles, commands to Kafka, reads from projections."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from uuid import UUID, uuid4
+
+import psycopg
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from psycopg_pool import AsyncConnectionPool
+
+from fedcommon import auth, db, kafka, signing, topics
+from fedcommon.messages.v1 import (
+    CleanupRequested,
+    DeviceEnrolled,
+    DeviceRemoved,
+    Envelope,
+    TaskCancelRequested,
+    TaskCreateRequested,
+    TaskPauseRequested,
+    TaskResumeRequested,
+    TaskStartRequested,
+)
+from fedengine_gateway import queries
+from fedengine_gateway.schemas import (
+    Accepted,
+    CleanupRequest,
+    DeviceCreate,
+    DevicePublic,
+    Page,
+    RoundPublic,
+    StatusPublic,
+    TaskCreate,
+    TaskEventPublic,
+    TaskPublic,
+)
+from fedengine_gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/api/federated"
+PRODUCER = "gateway"
+COMMANDS = Counter("fedengine_gateway_commands_total", "Commands published", ["type"])
+PROJECTION = Gauge("fedengine_projection", "Counts read from the projections", ["kind", "key"])
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class Principal:
+    def __init__(self, subject: str, role: auth.Role) -> None:
+        self.subject = subject
+        self.role = role
+
+
+def require(role: auth.Role) -> Any:
+    """Return a dependency that admits tokens whose role is at least ``role``."""
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        if credentials is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        settings: Settings = request.app.state.settings
+        try:
+            subject, token_role = auth.verify_token(
+                credentials.credentials, secret=settings.jwt_secret.get_secret_value()
+            )
+        except auth.TokenError as exc:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                f"invalid token: {exc}",
+                headers={"WWW-Authenticate": "Bearer"},
+            ) from exc
+        if not auth.allows(token_role, role):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"role {token_role.value} may not do this; needs {role.value}",
+            )
+        return Principal(subject, token_role)
+
+    return dependency
+
+
+Viewer = Annotated[Principal, Depends(require(auth.Role.VIEWER))]
+Operator = Annotated[Principal, Depends(require(auth.Role.OPERATOR))]
+Admin = Annotated[Principal, Depends(require(auth.Role.ADMIN))]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+async def _conn(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:
+    pool: AsyncConnectionPool = request.app.state.pool
+    async with pool.connection() as conn:
+        yield conn
+
+
+Conn = Annotated[psycopg.AsyncConnection, Depends(_conn)]
+
+
+async def _publish(request: Request, base: str, key: str, message: Envelope) -> None:
+    settings: Settings = request.app.state.settings
+    await kafka.publish(request.app.state.producer, settings.kafka, base, key=key, message=message)
+    COMMANDS.labels(message.type).inc()  # type: ignore[attr-defined]
+
+
+def _accepted(response: Response, identifier: str, location: str, **extra: Any) -> Accepted:
+    response.headers["Location"] = location
+    return Accepted(id=identifier, location=location, **extra)
+
+
+router = APIRouter(prefix=PREFIX)
+
+
+@router.post("/devices", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def add_device(
+    body: DeviceCreate, request: Request, response: Response, who: Operator
+) -> Accepted:
+    device_id = body.device_id or f"dev-{uuid4().hex[:16]}"
+    private_key = None
+    if body.public_key is None:
+        key = signing.generate_private_key()
+        public_key = signing.public_key_bytes(key)
+        private_key = signing.private_key_to_bytes(key).hex()
+    else:
+        public_key = bytes.fromhex(body.public_key)
+    await _publish(
+        request,
+        topics.DEVICES,
+        device_id,
+        DeviceEnrolled(
+            producer=PRODUCER,
+            device_id=device_id,
+            device_name=body.device_name,
+            device_type=body.device_type,
+            privacy_level=body.privacy_level,
+            capabilities=body.capabilities,
+            public_key=public_key,
+            issued_by=who.subject,
+        ),
+    )
+    return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}", private_key=private_key)
+
+
+@router.get("/devices", response_model=Page[DevicePublic])
+async def list_devices(
+    conn: Conn,
+    _: Viewer,
+    status_filter: Annotated[str | None, Query(alias="status")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Page[DevicePublic]:
+    rows, total = await queries.list_devices(conn, status=status_filter, limit=limit, offset=offset)
+    return Page(items=[DevicePublic(**r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/devices/{device_id}", response_model=DevicePublic)
+async def get_device(device_id: str, conn: Conn, _: Viewer) -> DevicePublic:
+    row = await queries.get_device(conn, device_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
+    return DevicePublic(**row)
+
+
+@router.delete(
+    "/devices/{device_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted
+)
+async def remove_device(
+    device_id: str, request: Request, response: Response, conn: Conn, who: Admin
+) -> Accepted:
+    if await queries.get_device(conn, device_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
+    await _publish(
+        request,
+        topics.DEVICES,
+        device_id,
+        DeviceRemoved(producer=PRODUCER, device_id=device_id, issued_by=who.subject),
+    )
+    return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}")
+
+
+@router.post("/tasks", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def create_task(
+    body: TaskCreate, request: Request, response: Response, who: Operator
+) -> Accepted:
+    try:
+        spec = body.to_spec()
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    if spec.dataset != "digits":
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "dataset must be 'digits'")
+    task_id = uuid4()
+    await _publish(
+        request,
+        topics.TASKS,
+        str(task_id),
+        TaskCreateRequested(producer=PRODUCER, task_id=task_id, spec=spec, issued_by=who.subject),
+    )
+    return _accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
+
+
+@router.get("/tasks", response_model=Page[TaskPublic])
+async def list_tasks(
+    conn: Conn, _: Viewer, state: str | None = None, limit: Limit = 100, offset: Offset = 0
+) -> Page[TaskPublic]:
+    rows, total = await queries.list_tasks(conn, state=state, limit=limit, offset=offset)
+    return Page(items=[TaskPublic(**r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskPublic)
+async def get_task(task_id: UUID, conn: Conn, _: Viewer) -> TaskPublic:
+    row = await queries.get_task(conn, task_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} not found")
+    return TaskPublic(**row)
+
+
+_TASK_COMMANDS: dict[
+    str, type[TaskStartRequested | TaskPauseRequested | TaskResumeRequested | TaskCancelRequested]
+] = {
+    "start": TaskStartRequested,
+    "pause": TaskPauseRequested,
+    "resume": TaskResumeRequested,
+    "cancel": TaskCancelRequested,
+}
+
+
+def _task_command(name: str) -> Any:
+    command = _TASK_COMMANDS[name]
+
+    async def endpoint(
+        task_id: UUID, request: Request, response: Response, conn: Conn, who: Operator
+    ) -> Accepted:
+        if await queries.get_task(conn, task_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} not found")
+        await _publish(
+            request,
+            topics.TASKS,
+            str(task_id),
+            command(producer=PRODUCER, task_id=task_id, issued_by=who.subject),
+        )
+        return _accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
+
+    endpoint.__name__ = f"{name}_task"
+    return endpoint
+
+
+for _name in _TASK_COMMANDS:
+    router.add_api_route(
+        f"/tasks/{{task_id}}/{_name}",
+        _task_command(_name),
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=Accepted,
+        summary=f"{_name.capitalize()} a task",
+    )
+
+
+@router.get("/tasks/{task_id}/rounds", response_model=Page[RoundPublic])
+async def list_rounds(
+    task_id: UUID, conn: Conn, _: Viewer, limit: Limit = 100, offset: Offset = 0
+) -> Page[RoundPublic]:
+    rows, total = await queries.list_rounds(conn, task_id, limit=limit, offset=offset)
+    return Page(items=[RoundPublic(**r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/tasks/{task_id}/events", response_model=Page[TaskEventPublic])
+async def list_events(
+    task_id: UUID, conn: Conn, _: Viewer, limit: Limit = 100, offset: Offset = 0
+) -> Page[TaskEventPublic]:
+    rows, total = await queries.list_events(conn, task_id, limit=limit, offset=offset)
+    return Page(items=[TaskEventPublic(**r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/tasks/{task_id}/model",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def get_model(
+    task_id: UUID,
+    conn: Conn,
+    _: Viewer,
+    version: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    found = await queries.get_model(conn, task_id, version)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model version for task {task_id}")
+    model_version, digest, data = found
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={
+            "X-Model-SHA256": digest,
+            "X-Model-Version": str(model_version),
+            "Content-Disposition": f'attachment; filename="{task_id}-v{model_version}.safetensors"',
+        },
+    )
+
+
+@router.get("/status", response_model=StatusPublic)
+async def get_status(conn: Conn, _: Viewer) -> StatusPublic:
+    counts = await queries.status_counts(conn)
+    return StatusPublic(
+        devices=counts["devices"],
+        tasks=counts["tasks"],
+        rounds_completed=counts["rounds"].get("completed", 0),
+        updates=counts["updates"],
+    )
+
+
+@router.post("/cleanup", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def cleanup(
+    request: Request, response: Response, who: Admin, body: CleanupRequest | None = None
+) -> Accepted:
+    settings: Settings = request.app.state.settings
+    retention = (
+        settings.cleanup_retention_s
+        if body is None or body.retention_s is None
+        else body.retention_s
+    )
+    message = CleanupRequested(producer=PRODUCER, retention_s=retention, issued_by=who.subject)
+    await _publish(request, topics.TASKS, "cleanup", message)
+    return _accepted(response, str(message.message_id), f"{PREFIX}/status")
+
+
+@router.get("/health", include_in_schema=True)
+async def health(conn: Conn) -> dict[str, str]:
+    await conn.execute("SELECT 1")
+    return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(conn: Conn) -> Response:
+    counts = await queries.status_counts(conn)
+    for kind, values in counts.items():
+        for key, value in values.items():
+            PROJECTION.labels(kind, key).set(value)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; the lifespan opens the pool and the producer once."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.pool = await db.open_pool(settings.postgres, name="gateway")
+        await kafka.create_topics(settings.kafka)
+        app.state.producer = kafka.make_producer(settings.kafka, client_id="gateway")
+        await app.state.producer.start()
+        try:
+            yield
+        finally:
+            await app.state.producer.stop()
+            await app.state.pool.close()
+
+    app = FastAPI(
+        title="FedEngine",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Federated learning over Kafka: devices, tasks, rounds, models.",
+    )
+    app.include_router(router)
+
+    @app.exception_handler(psycopg.errors.UndefinedTable)
+    async def projections_missing(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "projections not ready: services still starting"}, 503)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "database unavailable"}, 503)
+
+    return app

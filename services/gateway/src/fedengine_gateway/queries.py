@@ -1,0 +1,143 @@
+"""Read-only SQL over the projections the services own (CQRS: the gateway writes no table)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+_DEVICE_COLUMNS = (
+    "device_id, device_name, device_type, privacy_level, status, capabilities, "
+    "encode(public_key, 'hex') AS public_key, fleet, battery_pct, enrolled_at, last_heartbeat_at"
+)
+_TASK_COLUMNS = (
+    "t.task_id, t.task_name, t.state, t.stop_reason, t.current_round, t.model_version, t.spec, "
+    "t.created_by, t.created_at, t.started_at, t.finished_at, "
+    "(SELECT r.accuracy FROM coordinator.rounds r WHERE r.task_id = t.task_id "
+    " AND r.status = 'completed' ORDER BY r.round_number DESC LIMIT 1) AS latest_accuracy"
+)
+
+
+async def _all(
+    conn: psycopg.AsyncConnection, query: str, params: tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(query, params)
+    return await cursor.fetchall()
+
+
+async def _count(conn: psycopg.AsyncConnection, query: str, params: tuple[Any, ...]) -> int:
+    cursor = await conn.execute(query, params)
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def list_devices(
+    conn: psycopg.AsyncConnection, *, status: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    where, params = ("WHERE status = %s", (status,)) if status else ("", ())
+    rows = await _all(
+        conn,
+        f"SELECT {_DEVICE_COLUMNS} FROM registry.devices {where} ORDER BY device_id LIMIT %s OFFSET %s",
+        (*params, limit, offset),
+    )
+    return rows, await _count(conn, f"SELECT count(*) FROM registry.devices {where}", params)
+
+
+async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any] | None:
+    rows = await _all(
+        conn, f"SELECT {_DEVICE_COLUMNS} FROM registry.devices WHERE device_id = %s", (device_id,)
+    )
+    return rows[0] if rows else None
+
+
+async def list_tasks(
+    conn: psycopg.AsyncConnection, *, state: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    where, params = ("WHERE t.state = %s", (state,)) if state else ("", ())
+    rows = await _all(
+        conn,
+        f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks t {where} "
+        "ORDER BY t.created_at DESC LIMIT %s OFFSET %s",
+        (*params, limit, offset),
+    )
+    return rows, await _count(conn, f"SELECT count(*) FROM coordinator.tasks t {where}", params)
+
+
+async def get_task(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, Any] | None:
+    rows = await _all(
+        conn, f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks t WHERE t.task_id = %s", (task_id,)
+    )
+    return rows[0] if rows else None
+
+
+async def list_rounds(
+    conn: psycopg.AsyncConnection, task_id: UUID, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    rows = await _all(
+        conn,
+        "SELECT round_number, attempt, status, participants, aggregated, dropped, rejected, "
+        "accuracy, loss, train_loss, num_examples, bytes_up, bytes_down, duration_s, opened_at, "
+        "closed_at, failure FROM coordinator.rounds WHERE task_id = %s "
+        "ORDER BY round_number, attempt LIMIT %s OFFSET %s",
+        (task_id, limit, offset),
+    )
+    total = await _count(
+        conn, "SELECT count(*) FROM coordinator.rounds WHERE task_id = %s", (task_id,)
+    )
+    return rows, total
+
+
+async def list_events(
+    conn: psycopg.AsyncConnection, task_id: UUID, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    rows = await _all(
+        conn,
+        "SELECT kind, issued_by, detail, at FROM coordinator.task_events WHERE task_id = %s "
+        "ORDER BY id LIMIT %s OFFSET %s",
+        (task_id, limit, offset),
+    )
+    total = await _count(
+        conn, "SELECT count(*) FROM coordinator.task_events WHERE task_id = %s", (task_id,)
+    )
+    return rows, total
+
+
+async def get_model(
+    conn: psycopg.AsyncConnection, task_id: UUID, version: int | None
+) -> tuple[int, str, bytes] | None:
+    if version is None:
+        cursor = await conn.execute(
+            "SELECT version, sha256, data FROM coordinator.models WHERE task_id = %s "
+            "ORDER BY version DESC LIMIT 1",
+            (task_id,),
+        )
+    else:
+        cursor = await conn.execute(
+            "SELECT version, sha256, data FROM coordinator.models WHERE task_id = %s AND version = %s",
+            (task_id, version),
+        )
+    row = await cursor.fetchone()
+    return None if row is None else (row[0], row[1], bytes(row[2]))
+
+
+async def status_counts(conn: psycopg.AsyncConnection) -> dict[str, dict[str, int]]:
+    async def grouped(query: str) -> dict[str, int]:
+        cursor = await conn.execute(query)
+        return {str(k): int(v) for k, v in await cursor.fetchall()}
+
+    return {
+        "devices": await grouped("SELECT status, count(*) FROM registry.devices GROUP BY status"),
+        "tasks": await grouped("SELECT state, count(*) FROM coordinator.tasks GROUP BY state"),
+        "rounds": await grouped("SELECT status, count(*) FROM coordinator.rounds GROUP BY status"),
+        "updates": await grouped(
+            "SELECT COALESCE(reason, status), count(*) FROM aggregator.device_results "
+            "GROUP BY COALESCE(reason, status)"
+        ),
+        "bytes": await grouped(
+            "SELECT 'up', COALESCE(sum(bytes_up), 0) FROM coordinator.rounds UNION ALL "
+            "SELECT 'down', COALESCE(sum(bytes_down), 0) FROM coordinator.rounds"
+        ),
+    }

@@ -1,0 +1,41 @@
+"""The gateway's one Settings class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedcommon.settings import KafkaSettings, PostgresSettings
+
+PLACEHOLDER_SECRETS = frozenset({"changeme", "secret", "change-me-please-change-me-please"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    jwt_secret: SecretStr = Field(validation_alias="FEDENGINE_JWT_SECRET")
+    environment: Literal["local", "production"] = Field(
+        default="local", validation_alias="FEDENGINE_ENVIRONMENT"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    cleanup_retention_s: float = Field(default=0.0, ge=0)
+    max_page_size: int = 500
+    run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
+    log_json: bool = False
+
+    @model_validator(mode="after")
+    def _reject_weak_secret(self) -> Settings:
+        secret = self.jwt_secret.get_secret_value()
+        if len(secret) < 32:
+            raise ValueError("FEDENGINE_JWT_SECRET must be at least 32 characters")
+        if self.environment != "local" and secret in PLACEHOLDER_SECRETS:
+            raise ValueError("FEDENGINE_JWT_SECRET is a placeholder; set a real secret")
+        return self

@@ -1,0 +1,1 @@
+"""Device registry: enrolment, signed heartbeats, status, capabilities and keys."""

@@ -1,0 +1,115 @@
+"""Message type -> handler: each runs in one transaction with its outbox writes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+from aiokafka import ConsumerRecord
+from fedcommon import db, outbox, topics
+from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import (
+    AnyMessage,
+    DeviceEnrolled,
+    DeviceRemoved,
+    DeviceStatus,
+    DeviceStatusChanged,
+    HeartbeatSent,
+)
+from fedcommon.service import ServiceContext, ServiceParts
+from prometheus_client import Counter, Gauge
+
+from fedengine_registry import store
+from fedengine_registry.core.heartbeats import check_heartbeat
+from fedengine_registry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PRODUCER = "registry"
+HEARTBEATS = Counter("fedengine_registry_heartbeats_total", "Heartbeats accepted")
+WENT_OFFLINE = Counter("fedengine_registry_offline_total", "Devices marked offline after silence")
+DEVICES = Gauge("fedengine_registry_devices", "Devices by status", ["status"])
+
+
+def build(context: ServiceContext, settings: Settings) -> ServiceParts:
+    """Wire the registry's handler and its offline timer to the service shell."""
+
+    async def status_changed(
+        conn: psycopg.AsyncConnection, device_id: str, status: DeviceStatus
+    ) -> None:
+        await outbox.enqueue(
+            conn,
+            schema=store.SCHEMA,
+            settings=context.kafka,
+            base=topics.EVENTS,
+            key=device_id,
+            message=DeviceStatusChanged(producer=PRODUCER, device_id=device_id, status=status),
+        )
+
+    async def handle(message: AnyMessage, record: ConsumerRecord) -> None:
+        async with context.pool.connection() as conn, conn.transaction():
+            if not await db.mark_processed(
+                conn, schema=store.SCHEMA, message_id=message.message_id
+            ):
+                logger.info("duplicate %s %s skipped", message.type, message.message_id)
+                return
+            if isinstance(message, DeviceEnrolled):
+                await store.upsert_enrolled(conn, message)
+                await store.log_event(
+                    conn, device_id=message.device_id, kind="enrolled", issued_by=message.issued_by
+                )
+                await status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+            elif isinstance(message, HeartbeatSent):
+                device = await store.get_device(conn, message.device_id)
+                if device is None:
+                    raise ProtocolViolation(f"heartbeat from unknown device {message.device_id}")
+                check_heartbeat(
+                    message,
+                    public_key=device.public_key,
+                    last_sequence=device.heartbeat_sequence,
+                    removed=device.status == DeviceStatus.REMOVED,
+                )
+                await store.record_heartbeat(
+                    conn,
+                    device_id=message.device_id,
+                    sequence=message.sequence,
+                    battery_pct=message.battery_pct,
+                )
+                HEARTBEATS.inc()
+                if device.status == DeviceStatus.OFFLINE:
+                    await status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+            elif isinstance(message, DeviceRemoved):
+                if await store.mark_removed(conn, message.device_id):
+                    await store.log_event(
+                        conn,
+                        device_id=message.device_id,
+                        kind="removed",
+                        issued_by=message.issued_by,
+                    )
+                    await status_changed(conn, message.device_id, DeviceStatus.REMOVED)
+            else:
+                logger.debug("ignoring %s on %s", message.type, record.topic)
+                return
+        context.relay.wake()
+
+    async def offline_timer() -> None:
+        while True:
+            await asyncio.sleep(settings.check_interval_s)
+            async with context.pool.connection() as conn, conn.transaction():
+                silent = await store.mark_silent_offline(
+                    conn, offline_after_s=settings.offline_after_s
+                )
+                for device_id in silent:
+                    await status_changed(conn, device_id, DeviceStatus.OFFLINE)
+                cursor = await conn.execute(
+                    "SELECT status, count(*) FROM registry.devices GROUP BY status"
+                )
+                for status, count in await cursor.fetchall():
+                    DEVICES.labels(status).set(count)
+            if silent:
+                WENT_OFFLINE.inc(len(silent))
+                logger.info("%d device(s) went offline", len(silent))
+                context.relay.wake()
+
+    return ServiceParts(handle=handle, background=(offline_timer,))

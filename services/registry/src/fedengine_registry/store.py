@@ -1,0 +1,96 @@
+"""The registry's SQL (the only module that knows it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from fedcommon.messages.v1 import DeviceEnrolled
+from psycopg.types.json import Jsonb
+
+SCHEMA = "registry"
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    status: str
+    public_key: bytes | None
+    heartbeat_sequence: int
+
+
+async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> DeviceRow | None:
+    cursor = await conn.execute(
+        "SELECT device_id, status, public_key, heartbeat_sequence FROM registry.devices "
+        "WHERE device_id = %s FOR UPDATE",
+        (device_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else DeviceRow(row[0], row[1], row[2] and bytes(row[2]), row[3])
+
+
+async def upsert_enrolled(conn: psycopg.AsyncConnection, message: DeviceEnrolled) -> None:
+    await conn.execute(
+        """
+        INSERT INTO registry.devices (device_id, device_name, device_type, privacy_level,
+            capabilities, public_key, fleet, status, last_heartbeat_at, battery_pct)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s)
+        ON CONFLICT (device_id) DO UPDATE SET
+            device_name = EXCLUDED.device_name, device_type = EXCLUDED.device_type,
+            privacy_level = EXCLUDED.privacy_level, capabilities = EXCLUDED.capabilities,
+            public_key = COALESCE(EXCLUDED.public_key, registry.devices.public_key),
+            fleet = EXCLUDED.fleet, status = 'online', last_heartbeat_at = now(),
+            battery_pct = EXCLUDED.battery_pct, removed_at = NULL, updated_at = now()
+        """,
+        (
+            message.device_id,
+            message.device_name,
+            message.device_type.value,
+            message.privacy_level.value,
+            Jsonb(message.capabilities.model_dump()),
+            message.public_key,
+            message.fleet,
+            message.capabilities.battery_pct if message.capabilities.has_battery else None,
+        ),
+    )
+
+
+async def record_heartbeat(
+    conn: psycopg.AsyncConnection, *, device_id: str, sequence: int, battery_pct: float | None
+) -> None:
+    await conn.execute(
+        "UPDATE registry.devices SET status = 'online', last_heartbeat_at = now(), "
+        "heartbeat_sequence = %s, battery_pct = COALESCE(%s, battery_pct), updated_at = now() "
+        "WHERE device_id = %s",
+        (sequence, battery_pct, device_id),
+    )
+
+
+async def mark_removed(conn: psycopg.AsyncConnection, device_id: str) -> bool:
+    cursor = await conn.execute(
+        "UPDATE registry.devices SET status = 'removed', removed_at = now(), updated_at = now() "
+        "WHERE device_id = %s AND status <> 'removed'",
+        (device_id,),
+    )
+    return cursor.rowcount == 1
+
+
+async def mark_silent_offline(
+    conn: psycopg.AsyncConnection, *, offline_after_s: float
+) -> list[str]:
+    cursor = await conn.execute(
+        "UPDATE registry.devices SET status = 'offline', updated_at = now() "
+        "WHERE status = 'online' AND last_heartbeat_at < now() - make_interval(secs => %s) "
+        "RETURNING device_id",
+        (offline_after_s,),
+    )
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def log_event(
+    conn: psycopg.AsyncConnection, *, device_id: str, kind: str, issued_by: str | None
+) -> None:
+    await conn.execute(
+        "INSERT INTO registry.device_events (device_id, kind, issued_by) VALUES (%s, %s, %s)",
+        (device_id, kind, issued_by),
+    )

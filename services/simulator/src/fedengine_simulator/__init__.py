@@ -1,0 +1,1 @@
+"""Simulated edge devices that really train: the client side of every protocol."""

@@ -1,0 +1,1 @@
+"""Pure simulator logic: local training, fleet layout."""

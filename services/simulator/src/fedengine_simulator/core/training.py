@@ -1,0 +1,56 @@
+"""Local training on a device's own partition: plain minibatch SGD (FedAvg's ClientUpdate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from fedcommon import models
+from fedcommon.arrays import NDArrays
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    delta: NDArrays
+    num_examples: int
+    train_loss: float
+    train_accuracy: float
+
+
+def train_local(
+    model: nn.Module,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> LocalResult:
+    """Train ``model`` in place and return the weight delta and the last epoch's metrics."""
+    if len(x) == 0:
+        raise ValueError("train_local: the partition is empty")
+    start = models.get_arrays(model)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
+    model.train()
+    loss_sum, correct = 0.0, 0
+    for _ in range(epochs):
+        loss_sum, correct = 0.0, 0
+        order = torch.randperm(len(inputs), generator=generator)
+        for begin in range(0, len(order), batch_size):
+            index = order[begin : begin + batch_size]
+            optimizer.zero_grad()
+            logits = model(inputs[index])
+            loss = nn.functional.cross_entropy(logits, labels[index])
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.item()) * len(index)
+            correct += int((logits.argmax(dim=1) == labels[index]).sum().item())
+    end = models.get_arrays(model)
+    delta = [after - before for after, before in zip(end, start, strict=True)]
+    return LocalResult(delta, len(inputs), loss_sum / len(inputs), correct / len(inputs))

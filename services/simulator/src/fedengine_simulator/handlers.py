@@ -1,0 +1,227 @@
+"""The simulator's shell: enrol the fleet, heartbeat, and answer train requests with updates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+from aiokafka import ConsumerRecord
+from fedcommon import arrays, datasets, db, kafka, models, signing, topics
+from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import (
+    AnyMessage,
+    DeviceEnrolled,
+    HeartbeatSent,
+    TrainRequested,
+    UpdateMetrics,
+    UpdateSubmitted,
+)
+from fedcommon.service import ServiceContext, ServiceParts
+from prometheus_client import Counter
+
+from fedengine_simulator import identities
+from fedengine_simulator.core import fleet
+from fedengine_simulator.core.training import LocalResult, train_local
+from fedengine_simulator.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "simulator"
+PRODUCER = "simulator"
+TRAINED = Counter("fedengine_simulator_updates_sent_total", "Updates sent by simulated devices")
+SKIPPED = Counter("fedengine_simulator_requests_skipped_total", "Train requests skipped", ["why"])
+
+
+class Fleet:
+    def __init__(self, context: ServiceContext, settings: Settings) -> None:
+        self.context = context
+        self.settings = settings
+        self.devices = {d.device_id: d for d in fleet.layout(settings.fleet, settings.devices)}
+        self.keys = identities.load_or_create(
+            settings.home / "simulator" / settings.fleet, list(self.devices)
+        )
+        self._models: dict[tuple[object, int], bytes] = {}
+        self._partitions: dict[str, list[np.ndarray]] = {}
+
+    def partition_of(self, dataset: str, index: int) -> np.ndarray:
+        if dataset not in self._partitions:
+            data = datasets.load_dataset(dataset)
+            self._partitions[dataset] = datasets.partition(
+                data.y_train,
+                num_clients=self.settings.devices,
+                scheme=self.settings.partitioning,
+                alpha=self.settings.alpha,
+                seed=self.settings.seed,
+            )
+        return self._partitions[dataset][index]
+
+    async def enrol(self) -> None:
+        for device in self.devices.values():
+            await kafka.publish(
+                self.context.producer,
+                self.context.kafka,
+                topics.DEVICES,
+                key=device.device_id,
+                message=DeviceEnrolled(
+                    producer=PRODUCER,
+                    device_id=device.device_id,
+                    device_name=f"simulated {device.device_type.value} {device.index}",
+                    device_type=device.device_type,
+                    privacy_level=device.privacy_level,
+                    capabilities=device.capabilities,
+                    public_key=signing.public_key_bytes(self.keys[device.device_id]),
+                    fleet=self.settings.fleet,
+                ),
+            )
+        logger.info("enrolled %d devices of fleet %s", len(self.devices), self.settings.fleet)
+
+    async def heartbeats(self) -> None:
+        sequence = int(time.time() * 1000)  # monotone across restarts without stored state
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            sequence += 1
+            for device_id, key in self.keys.items():
+                sent_at = datetime.now(UTC)
+                payload = signing.heartbeat_payload(
+                    device_id=device_id,
+                    sequence=sequence,
+                    sent_at_us=int(sent_at.timestamp() * 1_000_000),
+                )
+                await kafka.publish(
+                    self.context.producer,
+                    self.context.kafka,
+                    topics.DEVICES,
+                    key=device_id,
+                    message=HeartbeatSent(
+                        producer=PRODUCER,
+                        device_id=device_id,
+                        sequence=sequence,
+                        sent_at=sent_at,
+                        signature=key.sign(payload),
+                    ),
+                )
+
+    async def model_bytes(self, request: TrainRequested) -> bytes:
+        cache_key = (request.task_id, request.model_version)
+        if cache_key not in self._models:
+            async with self.context.pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT data FROM coordinator.models WHERE task_id = %s AND version = %s",
+                    (request.task_id, request.model_version),
+                )
+                row = await cursor.fetchone()
+            if row is None:
+                raise ProtocolViolation(
+                    f"model v{request.model_version} of task {request.task_id} not in the store"
+                )
+            data = bytes(row[0])
+            if models.sha256_hex(data) != request.model_sha256:
+                raise ProtocolViolation("model bytes do not match the announced sha256")
+            self._models = {k: v for k, v in self._models.items() if k[0] != request.task_id}
+            self._models[cache_key] = data
+        return self._models[cache_key]
+
+    async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
+        if not isinstance(message, TrainRequested) or message.device_id not in self.devices:
+            return
+        if datetime.now(UTC) >= message.deadline:
+            SKIPPED.labels("past_deadline").inc()
+            return
+        async with self.context.pool.connection() as conn:
+            if not await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id):
+                SKIPPED.labels("duplicate").inc()
+                return
+        device = self.devices[message.device_id]
+        data = await self.model_bytes(message)
+        dataset = datasets.load_dataset(message.dataset)
+        indices = self.partition_of(message.dataset, device.index)
+
+        def train() -> tuple[LocalResult, float]:
+            began = time.perf_counter()
+            torch.set_num_threads(1)
+            model = models.build_model(
+                message.model_architecture,
+                input_shape=dataset.input_shape,
+                num_classes=dataset.num_classes,
+                seed=0,
+            )
+            models.load_into(model, data)
+            result = train_local(
+                model,
+                dataset.x_train[indices],
+                dataset.y_train[indices],
+                epochs=message.local_epochs,
+                batch_size=message.batch_size,
+                learning_rate=message.learning_rate,
+                seed=message.seed * 1_000_003 + message.round_number * 7919 + device.index,
+            )
+            return result, time.perf_counter() - began
+
+        result, duration = await asyncio.to_thread(train)
+        update = arrays.to_bytes(list(result.delta))
+        if message.round_id is None:
+            raise ProtocolViolation("train request without round_id")
+        signature = self.keys[device.device_id].sign(
+            signing.update_payload(
+                task_id=message.task_id,
+                round_id=message.round_id,
+                device_id=device.device_id,
+                round_number=message.round_number,
+                model_version=message.model_version,
+                num_examples=result.num_examples,
+                update=update,
+            )
+        )
+        await kafka.publish(
+            self.context.producer,
+            self.context.kafka,
+            topics.UPDATES,
+            key=str(message.task_id),
+            message=UpdateSubmitted(
+                producer=PRODUCER,
+                round_id=message.round_id,
+                correlation_id=message.message_id,
+                task_id=message.task_id,
+                device_id=device.device_id,
+                round_number=message.round_number,
+                model_version=message.model_version,
+                num_examples=result.num_examples,
+                update=update,
+                metrics=UpdateMetrics(
+                    train_loss=result.train_loss,
+                    train_accuracy=result.train_accuracy,
+                    duration_s=duration,
+                ),
+                signature=signature,
+            ),
+        )
+        async with self.context.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO simulator.trained (round_id, device_id, task_id, round_number, "
+                "num_examples, train_loss, duration_s) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    message.round_id,
+                    device.device_id,
+                    message.task_id,
+                    message.round_number,
+                    result.num_examples,
+                    result.train_loss,
+                    duration,
+                ),
+            )
+        TRAINED.inc()
+
+
+def build(context: ServiceContext, settings: Settings) -> ServiceParts:
+    simulated = Fleet(context, settings)
+
+    async def run_fleet() -> None:
+        await simulated.enrol()
+        await simulated.heartbeats()
+
+    return ServiceParts(handle=simulated.handle, background=(run_fleet,))
