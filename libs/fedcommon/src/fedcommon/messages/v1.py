@@ -104,8 +104,8 @@ class TaskSpec(_Frozen):
     devices_per_round: int = Field(default=10, ge=1)
     min_devices: int = Field(default=1, ge=1)
     participating_devices: list[str] | None = None
-    learning_rate: float = Field(default=0.1, gt=0, le=10)
-    local_epochs: int = Field(default=2, ge=1, le=100)
+    learning_rate: float = Field(default=0.3, gt=0, le=10)
+    local_epochs: int = Field(default=5, ge=1, le=100)
     batch_size: int = Field(default=16, ge=1, le=4096)
     seed: int = 0
     round_timeout_s: float = Field(default=30.0, gt=0)

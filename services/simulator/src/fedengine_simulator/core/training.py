@@ -34,7 +34,7 @@ def train_local(
     if len(x) == 0:
         raise ValueError("train_local: the partition is empty")
     start = models.get_arrays(model)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(int(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
     model.train()

