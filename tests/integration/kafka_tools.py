@@ -1,0 +1,61 @@
+"""Small real-broker helpers for tests: publish raw bytes, read a topic from the start."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+
+from fedcommon import codec, topics
+from fedcommon.messages.v1 import Envelope
+from fedcommon.settings import KafkaSettings
+
+
+async def send_raw(settings: KafkaSettings, base: str, *, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.topic_name(settings.topic_prefix, base), value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def send(settings: KafkaSettings, base: str, *, key: str, message: Envelope) -> None:
+    await send_raw(settings, base, key=key.encode(), value=codec.encode(message))
+
+
+async def find_record(
+    settings: KafkaSettings,
+    base: str,
+    predicate: Callable[[ConsumerRecord], bool],
+    *,
+    timeout_s: float = 30.0,
+) -> ConsumerRecord:
+    """Read ``base`` from the beginning (own group) until a record satisfies ``predicate``."""
+    consumer = AIOKafkaConsumer(
+        topics.topic_name(settings.topic_prefix, base),
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=f"test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        if predicate(record):
+                            return record
+    finally:
+        await consumer.stop()
+
+
+def headers_of(record: ConsumerRecord) -> dict[str, str]:
+    return {key: value.decode() for key, value in record.headers}

@@ -1,0 +1,123 @@
+"""A task runs to completion; pause and resume; cancel; the model downloads as safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+import torch
+
+from fedcommon import datasets, models
+from fedcommon.messages.v1 import ModelArchitecture
+from fedengine.sdk import FedEngineClient
+from tests.integration.helpers import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+def task_body(fleet: str, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task_name": "pytest task",
+        "participating_devices": [f"{fleet}-{i:04d}" for i in range(8)],
+        "devices_per_round": 4,
+        "min_devices": 2,
+        "rounds": 3,
+        "round_timeout_s": 20,
+    }
+    body.update(overrides)
+    return body
+
+
+async def finished(client: FedEngineClient, task_id: str, timeout_s: float = 90) -> dict[str, Any]:
+    return await client.wait_for_task(
+        task_id, lambda t: t["state"] in ("completed", "failed", "cancelled"), timeout_s=timeout_s
+    )
+
+
+async def test_task_runs_to_completion_and_model_downloads(
+    client: FedEngineClient, fleet: str
+) -> None:
+    await client.wait_for_devices(8, prefix=f"{fleet}-")
+    task_id = await client.create_federated_task(**task_body(fleet, rounds=4))
+    await client.start_federated_training(task_id)
+
+    task = await finished(client, task_id)
+
+    assert task["state"] == "completed"
+    assert task["stop_reason"] == "max_rounds"
+    rounds = [r for r in await client.get_rounds(task_id) if r["status"] == "completed"]
+    assert [r["round_number"] for r in rounds] == [1, 2, 3, 4]
+    assert all(len(r["aggregated"]) == 4 for r in rounds)
+    assert rounds[-1]["accuracy"] > rounds[0]["accuracy"] - 0.05
+    assert rounds[-1]["accuracy"] > 0.5
+    data, digest, version = await client.download_model(task_id)
+    assert version == 4
+    assert hashlib.sha256(data).hexdigest() == digest
+    dataset = datasets.load_dataset("digits")
+    model = models.build_model(
+        ModelArchitecture.MLP,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        seed=123,
+    )
+    models.load_into(model, data)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(dataset.x_test)).argmax(dim=1).numpy()
+    assert (predicted == dataset.y_test).mean() == pytest.approx(rounds[-1]["accuracy"], abs=1e-6)
+    first, _, first_version = await client.download_model(task_id, version=0)
+    assert first_version == 0 and first != data
+    events = [e["kind"] for e in await client.get_task_events(task_id)]
+    assert events[:2] == ["created", "start"]
+    assert all(e["issued_by"] == "pytest" for e in (await client.get_task_events(task_id))[:2])
+
+
+async def test_pause_finishes_the_round_in_flight_and_resume_continues(
+    client: FedEngineClient, fleet: str
+) -> None:
+    await client.wait_for_devices(8, prefix=f"{fleet}-")
+    task_id = await client.create_federated_task(**task_body(fleet, rounds=6))
+    await client.start_federated_training(task_id)
+    await client.wait_for_task(task_id, lambda t: t["current_round"] >= 1, timeout_s=60)
+
+    await client.pause_task(task_id)
+    paused = await client.wait_for_task(task_id, lambda t: t["state"] == "paused")
+
+    async def round_settled() -> dict[str, Any] | None:
+        rounds = await client.get_rounds(task_id)
+        return (
+            None if any(r["status"] == "open" for r in rounds) else await client.get_task(task_id)
+        )
+
+    settled = await eventually(round_settled, timeout_s=30)
+    assert settled["state"] == "paused"
+    assert settled["current_round"] >= paused["current_round"]
+    held = settled["current_round"]
+    assert held < 6
+    # Nothing new starts while paused: two polls apart, still no open round and same count.
+    again = await eventually(round_settled, timeout_s=5)
+    assert again["current_round"] == held
+
+    await client.resume_task(task_id)
+    task = await finished(client, task_id)
+    assert task["state"] == "completed"
+    completed = [
+        r["round_number"] for r in await client.get_rounds(task_id) if r["status"] == "completed"
+    ]
+    assert completed == list(range(1, 7))
+    kinds = [e["kind"] for e in await client.get_task_events(task_id)]
+    assert "pause" in kinds and "resume" in kinds
+
+
+async def test_cancel_stops_a_running_task(client: FedEngineClient, fleet: str) -> None:
+    await client.wait_for_devices(8, prefix=f"{fleet}-")
+    task_id = await client.create_federated_task(**task_body(fleet, rounds=200))
+    await client.start_federated_training(task_id)
+    await client.wait_for_task(task_id, lambda t: t["current_round"] >= 1, timeout_s=60)
+
+    await client.cancel_task(task_id)
+
+    task = await finished(client, task_id)
+    assert task["state"] == "cancelled"
+    assert task["stop_reason"] == "cancelled"
+    assert task["current_round"] < 200
