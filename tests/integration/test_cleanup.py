@@ -1,0 +1,43 @@
+"""POST /cleanup drops all but the final model version of finished tasks."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from fedengine.sdk import FedEngineClient
+from tests.integration.helpers import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_cleanup_keeps_only_the_final_model_of_finished_tasks(
+    client: FedEngineClient, fleet: str, db: psycopg.AsyncConnection
+) -> None:
+    await client.wait_for_devices(8, prefix=f"{fleet}-")
+    task_id = await client.create_federated_task(
+        task_name="cleanup", participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
+        devices_per_round=2, min_devices=1, rounds=2,
+    )
+    await client.start_federated_training(task_id)
+    await client.wait_for_task(task_id, lambda t: t["state"] == "completed", timeout_s=60)
+
+    async def versions() -> list[int]:
+        cursor = await db.execute(
+            "SELECT array_agg(version ORDER BY version) FROM coordinator.models WHERE task_id = %s",
+            (uuid.UUID(task_id),),
+        )
+        return (await cursor.fetchone())[0]
+
+    assert await versions() == [0, 1, 2]
+    await client.cleanup(retention_s=0)
+    assert await eventually(lambda: _only_final(versions)) == [2]
+    _, _, version = await client.download_model(task_id)
+    assert version == 2
+
+
+async def _only_final(versions):  # type: ignore[no-untyped-def]
+    current = await versions()
+    return current if current == [2] else None

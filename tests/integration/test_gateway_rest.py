@@ -1,0 +1,123 @@
+"""The REST surface: 401 without a token, 403 for a weaker role, 422 for bad bodies, 202 and a
+Location for commands, pagination, device add/remove, cleanup, health and metrics."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from fedcommon import auth
+from fedengine.sdk import FedEngineClient
+from tests.integration.conftest import Stack
+from tests.integration.helpers import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+API = "/api/federated"
+
+
+def http(stack: Stack, role: auth.Role | None = None) -> httpx.AsyncClient:
+    headers = {} if role is None else {"Authorization": f"Bearer {stack.token(role)}"}
+    return httpx.AsyncClient(base_url=stack.stack.gateway_url + API, headers=headers)
+
+
+async def test_missing_or_bad_token_is_401(stack: Stack) -> None:
+    async with http(stack) as api:
+        assert (await api.get("/tasks")).status_code == 401
+        bad = await api.get("/tasks", headers={"Authorization": "Bearer not.a.token"})
+        assert bad.status_code == 401
+        forged = auth.issue_token(secret="x" * 40, subject="eve", role=auth.Role.ADMIN)
+        assert (await api.get("/tasks", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
+
+
+async def test_roles_are_enforced_with_403(stack: Stack) -> None:
+    async with http(stack, auth.Role.VIEWER) as viewer, http(stack, auth.Role.OPERATOR) as operator:
+        assert (await viewer.get("/tasks")).status_code == 200
+        assert (await viewer.post("/tasks", json={"task_name": "x"})).status_code == 403
+        assert (await viewer.post("/devices", json={"device_name": "d", "device_type": "iot"})).status_code == 403
+        assert (await operator.delete("/devices/whatever")).status_code == 403
+        assert (await operator.post("/cleanup", json={})).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        ("/tasks", {}, "task_name"),
+        ("/tasks", {"task_name": "t", "rounds": 0}, "rounds"),
+        ("/tasks", {"task_name": "t", "model_architecture": "transformer"}, "model_architecture"),
+        ("/tasks", {"task_name": "t", "unknown": 1}, "unknown"),
+        ("/tasks", {"task_name": "t", "devices_per_round": 2, "min_devices": 5}, "min_devices"),
+        ("/tasks", {"task_name": "t", "dataset": "cifar10"}, "dataset"),
+        ("/devices", {"device_name": "d", "device_type": "toaster"}, "device_type"),
+        ("/devices", {"device_name": "d", "device_type": "iot", "privacy_level": "max"}, "privacy_level"),
+        ("/devices", {"device_name": "d", "device_type": "iot", "public_key": "zz"}, "public_key"),
+    ],
+)
+async def test_bad_bodies_get_422_with_a_message(
+    stack: Stack, path: str, body: dict[str, object], fragment: str
+) -> None:
+    async with http(stack, auth.Role.ADMIN) as api:
+        response = await api.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert fragment in response.text
+
+
+async def test_devices_can_be_added_listed_and_removed(stack: Stack, client: FedEngineClient) -> None:
+    async with http(stack, auth.Role.OPERATOR) as api:
+        response = await api.post("/devices", json={
+            "device_name": "kitchen sensor", "device_type": "iot", "privacy_level": "high"})
+    assert response.status_code == 202
+    accepted = response.json()
+    assert response.headers["Location"] == f"{API}/devices/{accepted['id']}"
+    assert len(accepted["private_key"]) == 64
+    device = await eventually(lambda: _maybe_device(client, accepted["id"]))
+    assert (device["device_type"], device["privacy_level"], device["status"]) == ("iot", "high", "online")
+    assert len(device["public_key"]) == 64
+
+    removed = await client.remove_edge_device(accepted["id"])
+    assert removed["id"] == accepted["id"]
+
+    async def gone() -> bool:
+        return (await client.get_device(accepted["id"]))["status"] == "removed"
+
+    await eventually(gone)
+    page = (await client._request("GET", "/devices", params={"limit": 1, "offset": 0})).json()
+    assert page["limit"] == 1 and len(page["items"]) == 1 and page["total"] >= 1
+
+
+async def test_unknown_ids_are_404(stack: Stack) -> None:
+    async with http(stack, auth.Role.ADMIN) as api:
+        assert (await api.get(f"/tasks/{uuid.uuid4()}")).status_code == 404
+        assert (await api.post(f"/tasks/{uuid.uuid4()}/start")).status_code == 404
+        assert (await api.get("/devices/nope")).status_code == 404
+        assert (await api.get(f"/tasks/{uuid.uuid4()}/model")).status_code == 404
+        assert (await api.get("/tasks/not-a-uuid")).status_code == 422
+
+
+async def test_status_health_metrics_cleanup_and_openapi(stack: Stack) -> None:
+    async with http(stack, auth.Role.ADMIN) as api:
+        assert (await api.get("/health")).json() == {"status": "ok"}
+        status = (await api.get("/status")).json()
+        assert set(status) == {"devices", "tasks", "rounds_completed", "updates"}
+        metrics = await api.get("/metrics")
+        assert metrics.status_code == 200
+        assert "fedengine_projection" in metrics.text
+        cleanup = await api.post("/cleanup", json={"retention_s": 86400})
+        assert cleanup.status_code == 202
+    async with httpx.AsyncClient(base_url=stack.stack.gateway_url) as root:
+        assert (await root.get("/docs")).status_code == 200
+        schema = (await root.get("/openapi.json")).json()
+        assert f"{API}/tasks/{{task_id}}/start" in schema["paths"]
+
+
+async def _maybe_device(client: FedEngineClient, device_id: str) -> dict | None:  # type: ignore[type-arg]
+    from fedengine.sdk import FedEngineError
+
+    try:
+        return await client.get_device(device_id)
+    except FedEngineError as exc:
+        if exc.status_code == 404:
+            return None
+        raise

@@ -1,0 +1,70 @@
+"""Migrations apply idempotently on PostgreSQL 18 (embedded) and on PostgreSQL 15 where one
+runs (TEST_PG15_URL, default the local server at 127.0.0.1:5432; skipped when absent)."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedcommon import db
+from fedcommon.settings import PostgresSettings
+from tests.integration.conftest import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+PACKAGES = {
+    "registry": "fedengine_registry",
+    "coordinator": "fedengine_coordinator",
+    "aggregator": "fedengine_aggregator",
+    "simulator": "fedengine_simulator",
+}
+
+
+class Pg15(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore")
+    url: str = Field(default="postgresql://postgres@127.0.0.1:5432/postgres",
+                     validation_alias="TEST_PG15_URL")
+
+
+async def _migrate_twice(url: str) -> tuple[int, list[str]]:
+    pool = await db.open_pool(PostgresSettings(DATABASE_URL=url), name="migrations-test")
+    try:
+        first = [name for schema, package in PACKAGES.items()
+                 for name in await db.migrate(pool, schema=schema, package=package)]
+        second = [name for schema, package in PACKAGES.items()
+                  for name in await db.migrate(pool, schema=schema, package=package)]
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SHOW server_version_num")
+            version = int((await cursor.fetchone())[0]) // 10000
+        return version, [*first, "|", *second]
+    finally:
+        await pool.close()
+
+
+def _fresh(server: str) -> str:
+    name = f"fedengine_mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(server, dbname=name)
+
+
+async def test_migrations_are_idempotent_on_the_test_server(stack: Stack) -> None:
+    version, applied = await _migrate_twice(_fresh(stack.database_url))
+    assert applied[-1] == "|", "the second run must apply nothing"
+    assert len(applied) == len(PACKAGES) + 1
+    assert version >= 15
+
+
+async def test_migrations_are_idempotent_on_postgresql_15() -> None:
+    try:
+        url = _fresh(Pg15().url)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL 15 reachable here: {exc}")
+    version, applied = await _migrate_twice(url)
+    if version != 15:
+        pytest.skip(f"the server at TEST_PG15_URL is PostgreSQL {version}")
+    assert applied[-1] == "|"
