@@ -18,8 +18,11 @@ async def test_cleanup_keeps_only_the_final_model_of_finished_tasks(
 ) -> None:
     await client.wait_for_devices(8, prefix=f"{fleet}-")
     task_id = await client.create_federated_task(
-        task_name="cleanup", participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
-        devices_per_round=2, min_devices=1, rounds=2,
+        task_name="cleanup",
+        participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
+        devices_per_round=2,
+        min_devices=1,
+        rounds=2,
     )
     await client.start_federated_training(task_id)
     await client.wait_for_task(task_id, lambda t: t["state"] == "completed", timeout_s=60)

@@ -20,8 +20,12 @@ async def test_sigkilled_coordinator_restarts_and_finishes_the_task(
 ) -> None:
     await client.wait_for_devices(8, prefix=f"{fleet}-")
     task_id = await client.create_federated_task(
-        task_name="crash", participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
-        devices_per_round=4, min_devices=2, rounds=16, round_timeout_s=30,
+        task_name="crash",
+        participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
+        devices_per_round=4,
+        min_devices=2,
+        rounds=16,
+        round_timeout_s=30,
     )
     await client.start_federated_training(task_id)
     await client.wait_for_task(task_id, lambda t: t["current_round"] >= 2, timeout_s=60)

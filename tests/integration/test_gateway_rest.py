@@ -29,14 +29,18 @@ async def test_missing_or_bad_token_is_401(stack: Stack) -> None:
         bad = await api.get("/tasks", headers={"Authorization": "Bearer not.a.token"})
         assert bad.status_code == 401
         forged = auth.issue_token(secret="x" * 40, subject="eve", role=auth.Role.ADMIN)
-        assert (await api.get("/tasks", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
+        assert (
+            await api.get("/tasks", headers={"Authorization": f"Bearer {forged}"})
+        ).status_code == 401
 
 
 async def test_roles_are_enforced_with_403(stack: Stack) -> None:
     async with http(stack, auth.Role.VIEWER) as viewer, http(stack, auth.Role.OPERATOR) as operator:
         assert (await viewer.get("/tasks")).status_code == 200
         assert (await viewer.post("/tasks", json={"task_name": "x"})).status_code == 403
-        assert (await viewer.post("/devices", json={"device_name": "d", "device_type": "iot"})).status_code == 403
+        assert (
+            await viewer.post("/devices", json={"device_name": "d", "device_type": "iot"})
+        ).status_code == 403
         assert (await operator.delete("/devices/whatever")).status_code == 403
         assert (await operator.post("/cleanup", json={})).status_code == 403
 
@@ -51,7 +55,11 @@ async def test_roles_are_enforced_with_403(stack: Stack) -> None:
         ("/tasks", {"task_name": "t", "devices_per_round": 2, "min_devices": 5}, "min_devices"),
         ("/tasks", {"task_name": "t", "dataset": "cifar10"}, "dataset"),
         ("/devices", {"device_name": "d", "device_type": "toaster"}, "device_type"),
-        ("/devices", {"device_name": "d", "device_type": "iot", "privacy_level": "max"}, "privacy_level"),
+        (
+            "/devices",
+            {"device_name": "d", "device_type": "iot", "privacy_level": "max"},
+            "privacy_level",
+        ),
         ("/devices", {"device_name": "d", "device_type": "iot", "public_key": "zz"}, "public_key"),
     ],
 )
@@ -64,16 +72,24 @@ async def test_bad_bodies_get_422_with_a_message(
     assert fragment in response.text
 
 
-async def test_devices_can_be_added_listed_and_removed(stack: Stack, client: FedEngineClient) -> None:
+async def test_devices_can_be_added_listed_and_removed(
+    stack: Stack, client: FedEngineClient
+) -> None:
     async with http(stack, auth.Role.OPERATOR) as api:
-        response = await api.post("/devices", json={
-            "device_name": "kitchen sensor", "device_type": "iot", "privacy_level": "high"})
+        response = await api.post(
+            "/devices",
+            json={"device_name": "kitchen sensor", "device_type": "iot", "privacy_level": "high"},
+        )
     assert response.status_code == 202
     accepted = response.json()
     assert response.headers["Location"] == f"{API}/devices/{accepted['id']}"
     assert len(accepted["private_key"]) == 64
     device = await eventually(lambda: _maybe_device(client, accepted["id"]))
-    assert (device["device_type"], device["privacy_level"], device["status"]) == ("iot", "high", "online")
+    assert (device["device_type"], device["privacy_level"], device["status"]) == (
+        "iot",
+        "high",
+        "online",
+    )
     assert len(device["public_key"]) == 64
 
     removed = await client.remove_edge_device(accepted["id"])

@@ -26,17 +26,24 @@ PACKAGES = {
 
 class Pg15(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
-    url: str = Field(default="postgresql://postgres@127.0.0.1:5432/postgres",
-                     validation_alias="TEST_PG15_URL")
+    url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres", validation_alias="TEST_PG15_URL"
+    )
 
 
 async def _migrate_twice(url: str) -> tuple[int, list[str]]:
     pool = await db.open_pool(PostgresSettings(DATABASE_URL=url), name="migrations-test")
     try:
-        first = [name for schema, package in PACKAGES.items()
-                 for name in await db.migrate(pool, schema=schema, package=package)]
-        second = [name for schema, package in PACKAGES.items()
-                  for name in await db.migrate(pool, schema=schema, package=package)]
+        first = [
+            name
+            for schema, package in PACKAGES.items()
+            for name in await db.migrate(pool, schema=schema, package=package)
+        ]
+        second = [
+            name
+            for schema, package in PACKAGES.items()
+            for name in await db.migrate(pool, schema=schema, package=package)
+        ]
         async with pool.connection() as conn:
             cursor = await conn.execute("SHOW server_version_num")
             version = int((await cursor.fetchone())[0]) // 10000

@@ -23,8 +23,13 @@ def heartbeat(device_id: str, key, sequence: int, *, signer=None) -> HeartbeatSe
     payload = signing.heartbeat_payload(
         device_id=device_id, sequence=sequence, sent_at_us=int(sent_at.timestamp() * 1_000_000)
     )
-    return HeartbeatSent(producer="pytest", device_id=device_id, sequence=sequence,
-                         sent_at=sent_at, signature=(signer or key).sign(payload))
+    return HeartbeatSent(
+        producer="pytest",
+        device_id=device_id,
+        sequence=sequence,
+        sent_at=sent_at,
+        signature=(signer or key).sign(payload),
+    )
 
 
 async def status_of(client: FedEngineClient, device_id: str) -> str | None:
@@ -37,9 +42,18 @@ async def test_silence_offline_heartbeat_online_forgery_rejected_removal(
 ) -> None:
     device_id = f"hb-{uuid.uuid4().hex[:8]}"
     key = signing.generate_private_key()
-    await send(stack.kafka, topics.DEVICES, key=device_id, message=DeviceEnrolled(
-        producer="pytest", device_id=device_id, device_name="hb", device_type=DeviceType.MOBILE,
-        public_key=signing.public_key_bytes(key)))
+    await send(
+        stack.kafka,
+        topics.DEVICES,
+        key=device_id,
+        message=DeviceEnrolled(
+            producer="pytest",
+            device_id=device_id,
+            device_name="hb",
+            device_type=DeviceType.MOBILE,
+            public_key=signing.public_key_bytes(key),
+        ),
+    )
     await eventually(lambda: _is(client, device_id, "online"))
 
     await eventually(lambda: _is(client, device_id, "offline"), timeout_s=20)
@@ -53,14 +67,22 @@ async def test_silence_offline_heartbeat_online_forgery_rejected_removal(
     await send(stack.kafka, topics.DEVICES, key=device_id, message=replayed)
     for message, words in ((forged, "bad signature"), (replayed, "replayed heartbeat")):
         record = await find_record(
-            stack.kafka, topics.DLQ,
-            lambda r, m=message: headers_of(r).get("error_type") == "ProtocolViolation"
-            and r.key == device_id.encode() and words in headers_of(r)["error"],
+            stack.kafka,
+            topics.DLQ,
+            lambda r, m=message: (
+                headers_of(r).get("error_type") == "ProtocolViolation"
+                and r.key == device_id.encode()
+                and words in headers_of(r)["error"]
+            ),
         )
         assert headers_of(record)["original_topic"].endswith(topics.DEVICES)
 
-    await send(stack.kafka, topics.DEVICES, key=device_id,
-               message=DeviceRemoved(producer="pytest", device_id=device_id, issued_by="pytest"))
+    await send(
+        stack.kafka,
+        topics.DEVICES,
+        key=device_id,
+        message=DeviceRemoved(producer="pytest", device_id=device_id, issued_by="pytest"),
+    )
     await eventually(lambda: _is(client, device_id, "removed"))
 
 

@@ -30,7 +30,7 @@ def to_bytes(arrays: NDArrays) -> bytes:
     """Serialise a list of arrays to the explicit layout above."""
     parts = [MAGIC, struct.pack("<I", len(arrays))]
     for array in arrays:
-        little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        little = np.asarray(array).astype(array.dtype.newbyteorder("<"), order="C", copy=False)
         dtype = little.dtype.str
         if dtype not in ALLOWED_DTYPES:
             raise ValueError(f"arrays: dtype {dtype} is not allowed on the wire")

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from fedcommon import arrays, signing
+from fedcommon.messages.v1 import Participant, RoundOpened, UpdateMetrics, UpdateSubmitted
+from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
+
+TASK, ROUND = uuid.UUID(int=1), uuid.UUID(int=2)
+KEYS = {name: signing.generate_private_key() for name in ("a", "b")}
+OPENED = RoundOpened(
+    producer="t",
+    round_id=ROUND,
+    task_id=TASK,
+    round_number=3,
+    attempt=0,
+    model_version=2,
+    participants=[
+        Participant(device_id=n, public_key=signing.public_key_bytes(k)) for n, k in KEYS.items()
+    ],
+    min_updates=1,
+    deadline=datetime(2030, 1, 1, tzinfo=UTC),
+    param_shapes=[[2, 2], [2]],
+    max_update_norm=10.0,
+)
+GOOD = [np.full((2, 2), 0.5, np.float32), np.ones(2, np.float32)]
+
+
+def update(
+    device: str = "a",
+    values: list[np.ndarray] | None = None,
+    *,
+    signer: str | None = None,
+    round_number: int = 3,
+    round_id: uuid.UUID = ROUND,
+    raw: bytes | None = None,
+) -> UpdateSubmitted:
+    data = raw if raw is not None else arrays.to_bytes(values if values is not None else GOOD)
+    payload = signing.update_payload(
+        task_id=TASK,
+        round_id=round_id,
+        device_id=device,
+        round_number=round_number,
+        model_version=2,
+        num_examples=4,
+        update=data,
+    )
+    return UpdateSubmitted(
+        producer="t",
+        round_id=round_id,
+        task_id=TASK,
+        device_id=device,
+        round_number=round_number,
+        model_version=2,
+        num_examples=4,
+        update=data,
+        metrics=UpdateMetrics(train_loss=1, train_accuracy=0.5, duration_s=0.1),
+        signature=KEYS[signer or device].sign(payload)
+        if (signer or device) in KEYS
+        else KEYS["a"].sign(payload),
+    )
+
+
+def test_a_valid_update_is_decoded() -> None:
+    decoded = validate_update(OPENED, update(), already_accepted=False)
+
+    np.testing.assert_array_equal(decoded[0], GOOD[0])
+
+
+nan = [GOOD[0].copy(), GOOD[1]]
+nan[0][0, 0] = np.nan
+inf = [GOOD[0], np.array([np.inf, 1], np.float32)]
+
+
+@pytest.mark.parametrize(
+    ("message", "accepted", "reason"),
+    [
+        (update(round_number=2), False, RejectReason.STALE_MODEL),
+        (update("z"), False, RejectReason.NOT_SELECTED),
+        (update(round_id=uuid.UUID(int=9)), False, RejectReason.UNKNOWN_ROUND),
+        (update("a", signer="b"), False, RejectReason.BAD_SIGNATURE),
+        (update(), True, RejectReason.DUPLICATE),
+        (update(raw=b"garbage"), False, RejectReason.MALFORMED),
+        (update(values=[np.zeros((3, 3), np.float32), GOOD[1]]), False, RejectReason.WRONG_SHAPE),
+        (update(values=GOOD[:1]), False, RejectReason.WRONG_SHAPE),
+        (update(values=nan), False, RejectReason.NON_FINITE),
+        (update(values=inf), False, RejectReason.NON_FINITE),
+        (update(values=[GOOD[0] * 100, GOOD[1]]), False, RejectReason.NORM_EXCEEDED),
+        (update(values=[GOOD[0].astype(np.int64), GOOD[1]]), False, RejectReason.NON_FINITE),
+    ],
+    ids=lambda v: getattr(v, "value", None) if isinstance(v, RejectReason) else None,
+)
+def test_each_bad_update_is_rejected_with_its_reason(
+    message: UpdateSubmitted, accepted: bool, reason: RejectReason
+) -> None:
+    with pytest.raises(Rejected) as caught:
+        validate_update(OPENED, message, already_accepted=accepted)
+
+    assert caught.value.reason == reason

@@ -1,0 +1,120 @@
+"""One example instance per message type (the checked-in JSON examples are made from these)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+import numpy as np
+
+from fedcommon import arrays
+from fedcommon.messages import v1
+
+T = UUID("11111111-1111-4111-8111-111111111111")
+R = UUID("22222222-2222-4222-8222-222222222222")
+M = UUID("33333333-3333-4333-8333-333333333333")
+WHEN = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+KEY = bytes(range(32))
+SIG = bytes(range(64))
+DELTA = arrays.to_bytes([np.ones((2, 3), np.float32), np.zeros(3, np.float32)])
+base = {"message_id": M, "sent_at": WHEN, "producer": "example"}
+
+EXAMPLES: list[v1.Envelope] = [
+    v1.DeviceEnrolled(
+        **base,
+        device_id="dev-1",
+        device_name="phone",
+        device_type=v1.DeviceType.MOBILE,
+        privacy_level=v1.PrivacyLevel.HIGH,
+        public_key=KEY,
+        fleet="f",
+    ),
+    v1.HeartbeatSent(**base, device_id="dev-1", sequence=7, battery_pct=55.5, signature=SIG),
+    v1.DeviceRemoved(**base, device_id="dev-1", issued_by="admin"),
+    v1.TaskCreateRequested(
+        **base, task_id=T, spec=v1.TaskSpec(task_name="t", devices_per_round=3), issued_by="op"
+    ),
+    v1.TaskStartRequested(**base, task_id=T, issued_by="op"),
+    v1.TaskPauseRequested(**base, task_id=T, issued_by="op"),
+    v1.TaskResumeRequested(**base, task_id=T, issued_by="op"),
+    v1.TaskCancelRequested(**base, task_id=T, issued_by="op"),
+    v1.CleanupRequested(**base, retention_s=3600, issued_by="admin"),
+    v1.TrainRequested(
+        **base,
+        round_id=R,
+        task_id=T,
+        device_id="dev-1",
+        round_number=1,
+        model_version=0,
+        model_sha256="ab" * 32,
+        deadline=WHEN,
+        model_architecture=v1.ModelArchitecture.MLP,
+        dataset="digits",
+        learning_rate=0.3,
+        local_epochs=5,
+        batch_size=16,
+        seed=0,
+    ),
+    v1.ModelPublished(**base, task_id=T, version=1, sha256="ab" * 32, size_bytes=100),
+    v1.RoundOpened(
+        **base,
+        round_id=R,
+        task_id=T,
+        round_number=1,
+        attempt=0,
+        model_version=0,
+        participants=[v1.Participant(device_id="dev-1", public_key=KEY)],
+        min_updates=1,
+        deadline=WHEN,
+        param_shapes=[[2, 3], [3]],
+        max_update_norm=10.0,
+    ),
+    v1.UpdateSubmitted(
+        **base,
+        round_id=R,
+        task_id=T,
+        device_id="dev-1",
+        round_number=1,
+        model_version=0,
+        num_examples=10,
+        update=DELTA,
+        metrics=v1.UpdateMetrics(train_loss=0.5, train_accuracy=0.9, duration_s=0.1),
+        signature=SIG,
+    ),
+    v1.RoundAggregated(
+        **base,
+        round_id=R,
+        task_id=T,
+        round_number=1,
+        attempt=0,
+        model_version=0,
+        delta=DELTA,
+        participants=["dev-1"],
+        dropped=[],
+        rejected={"duplicate": 1},
+        num_examples=10,
+        train_loss=0.5,
+        bytes_up=len(DELTA),
+        duration_s=0.2,
+    ),
+    v1.RoundFailed(
+        **base,
+        round_id=R,
+        task_id=T,
+        round_number=1,
+        attempt=0,
+        reason="deadline",
+        received=0,
+        rejected={},
+    ),
+    v1.TaskStateChanged(
+        **base, task_id=T, state=v1.TaskState.COMPLETED, stop_reason=v1.StopReason.MAX_ROUNDS
+    ),
+    v1.RoundStarted(
+        **base, round_id=R, task_id=T, round_number=1, attempt=0, participants=["dev-1"]
+    ),
+    v1.RoundCompleted(
+        **base, round_id=R, task_id=T, round_number=1, model_version=1, accuracy=0.9, loss=0.3
+    ),
+    v1.DeviceStatusChanged(**base, device_id="dev-1", status=v1.DeviceStatus.OFFLINE),
+]
