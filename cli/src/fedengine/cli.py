@@ -105,3 +105,14 @@ def demo(
         console.print(f"wrote {json_path}")
     if result["status"] != "completed":
         raise typer.Exit(1)
+
+
+@app.command("create-topics")
+def create_topics() -> None:
+    """Create every topic with its partitions and max.message.bytes (a deployment's init step)."""
+    from fedcommon.kafka import create_topics as create
+    from fedcommon.settings import KafkaSettings
+
+    settings = KafkaSettings()
+    created = asyncio.run(create(settings))
+    console.print(f"created {len(created)} topic(s) on {settings.bootstrap_servers}: {created}")

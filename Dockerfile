@@ -1,0 +1,22 @@
+# One image for every FedEngine service; the container's command picks the service.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+# torch is pinned; pass e.g. --build-arg TORCH_PIP_ARGS="--index-url <CPU wheel index>" to get
+# the CPU build instead of the default (CUDA) one.
+ARG TORCH_PIP_ARGS=""
+RUN pip install torch==2.13.0 ${TORCH_PIP_ARGS}
+
+COPY constraints.txt ./
+COPY libs/fedcommon libs/fedcommon
+COPY services services
+COPY cli cli
+RUN pip install -c constraints.txt "./libs/fedcommon[torch,data]" ./services/registry \
+      ./services/coordinator ./services/aggregator ./services/simulator ./services/gateway ./cli
+
+RUN useradd --create-home --uid 10001 fedengine
+USER fedengine
+ENV FEDENGINE_HOME=/home/fedengine/.fedengine
+CMD ["python", "-m", "fedengine_gateway"]
