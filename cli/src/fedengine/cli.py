@@ -107,6 +107,27 @@ def demo(
         raise typer.Exit(1)
 
 
+bench_app = typer.Typer(help="Benchmarks that print JSON (see docs/benchmarks.md).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("demo")
+def bench_demo(
+    devices: Annotated[int, typer.Option(min=1)] = 20,
+    per_round: Annotated[int, typer.Option(min=1)] = 10,
+    rounds: Annotated[int, typer.Option(min=1)] = 10,
+    non_iid: Annotated[float | None, typer.Option()] = None,
+    model: Annotated[str, typer.Option()] = "mlp",
+) -> None:
+    """Time the demo end to end: wall time and seconds per round."""
+    from fedengine.bench import bench_demo as run
+
+    options = DemoOptions(
+        devices=devices, per_round=per_round, rounds=rounds, non_iid=non_iid, model=model
+    )
+    typer.echo(json.dumps(asyncio.run(run(LauncherSettings(), options)), indent=2))
+
+
 @app.command("create-topics")
 def create_topics() -> None:
     """Create every topic with its partitions and max.message.bytes (a deployment's init step)."""

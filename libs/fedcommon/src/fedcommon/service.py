@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
@@ -37,7 +38,7 @@ class ServiceContext:
 @dataclass
 class ServiceParts:
     handle: kafka.Handler
-    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
     commit_position: kafka.CommitPosition | None = None
     on_stop: Callable[[], None] | None = None
 

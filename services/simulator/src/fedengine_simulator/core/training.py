@@ -47,10 +47,10 @@ def train_local(
             optimizer.zero_grad()
             logits = model(inputs[index])
             loss = nn.functional.cross_entropy(logits, labels[index])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             loss_sum += float(loss.item()) * len(index)
             correct += int((logits.argmax(dim=1) == labels[index]).sum().item())
     end = models.get_arrays(model)
-    delta = [after - before for after, before in zip(end, start, strict=True)]
+    delta: NDArrays = [np.subtract(after, before) for after, before in zip(end, start, strict=True)]
     return LocalResult(delta, len(inputs), loss_sum / len(inputs), correct / len(inputs))
