@@ -34,6 +34,7 @@ async def bench_demo(settings: LauncherSettings, options: DemoOptions) -> dict[s
         "status": result["status"],
         "final_accuracy": result["final_accuracy"],
         "wall_s": result["wall_s"],
+        "phases": result["phases"],
         "rounds": len(durations),
         "round_s_first": durations[0] if durations else None,
         "round_s_median_after_first": statistics.median(steady) if steady else None,

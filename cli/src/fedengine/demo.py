@@ -52,8 +52,14 @@ async def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and return the result document (the --json content)."""
     began = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        phases[phase] = round(time.perf_counter() - began - sum(phases.values()), 3)
+
     started_here = launcher.running_stack(settings) is None
     stack = launcher.up(settings, log=console.print)
+    mark("stack_up_s")
     simulator = None
     try:
         fleet = f"demo{uuid4().hex[:6]}"
@@ -74,6 +80,7 @@ async def run_demo(
         token = auth.issue_token(secret=secret, subject="fedengine-demo", role=auth.Role.OPERATOR)
         async with FedEngineClient(stack.gateway_url, token) as client:
             await client.wait_for_devices(options.devices, prefix=f"{fleet}-")
+            mark("fleet_ready_s")
             task = {
                 "task_name": f"demo {fleet}",
                 "model_architecture": options.model,
@@ -115,6 +122,7 @@ async def run_demo(
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"task {task_id} did not finish in time")
                     await _sleep(0.1)
+            mark("training_s")
             rounds = [
                 round_summary(r)
                 for r in await client.get_rounds(task_id)
@@ -136,12 +144,14 @@ async def run_demo(
             "rounds": rounds,
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
             "wall_s": None,
+            "phases": phases,
         }
     finally:
         if simulator is not None:
             launcher.stop_process(settings, simulator)
         if started_here and not keep_running:
             launcher.down(settings)
+    mark("teardown_s")
     result["wall_s"] = round(time.perf_counter() - began, 3)
     return result
 
