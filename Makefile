@@ -26,6 +26,8 @@ demo: install
 	$(BIN)/fedengine demo $(ARGS)
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -118,7 +118,8 @@ async def test_duplicate_task_create_is_processed_once(
     await client.wait_for_task(str(later), lambda t: True)
 
     cursor = await db.execute(
-        "SELECT (SELECT count(*) FROM coordinator.task_events WHERE task_id = %s AND kind = 'created'),"
+        "SELECT (SELECT count(*) FROM coordinator.task_events "
+        "        WHERE task_id = %s AND kind = 'created'),"
         " (SELECT count(*) FROM coordinator.models WHERE task_id = %s)",
         (task_id, task_id),
     )

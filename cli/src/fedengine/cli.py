@@ -22,7 +22,7 @@ console = Console()
 
 @app.command()
 def up() -> None:
-    """Start the broker and PostgreSQL (unless configured), then every service, in the background."""
+    """Start the broker and PostgreSQL (unless configured), then every service, detached."""
     stack = launcher.up(LauncherSettings(), log=console.print)
     console.print(
         f"[green]up[/green]: gateway {stack.gateway_url}, broker {stack.bootstrap_servers}"

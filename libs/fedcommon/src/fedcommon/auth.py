@@ -1,4 +1,4 @@
-"""JWT bearer tokens with roles: issued by the CLI (or an identity provider), checked by the gateway."""
+"""JWT bearer tokens with roles: issued by the CLI (or an identity provider), checked by the API."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ produce and delete sends a message twice, which idempotent consumers absorb.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import psycopg
@@ -77,10 +78,8 @@ class OutboxRelay:
                 logger.exception("outbox relay failed; retrying")
             if self._stopping:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def flush(self) -> int:

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from aiokafka import ConsumerRecord, TopicPartition
+from prometheus_client import Counter, Histogram
+
 from fedcommon import arrays, kafka, topics
 from fedcommon.errors import InvalidMessage
 from fedcommon.messages.v1 import (
@@ -22,8 +24,6 @@ from fedcommon.messages.v1 import (
     UpdateSubmitted,
 )
 from fedcommon.service import ServiceContext, ServiceParts
-from prometheus_client import Counter, Histogram
-
 from fedengine_aggregator import store
 from fedengine_aggregator.core import fedavg
 from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
@@ -169,7 +169,7 @@ class Aggregator:
                 task_id=opened.task_id,
                 round_number=opened.round_number,
                 attempt=opened.attempt,
-                reason=f"{len(state.accepted)} of {opened.min_updates} required updates by deadline",
+                reason=f"{len(state.accepted)} of {opened.min_updates} updates by the deadline",
                 received=len(state.accepted),
                 rejected=rejected,
             )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from uuid import UUID
 
 import psycopg
-from fedcommon.messages.v1 import UpdateSubmitted
 from psycopg.types.json import Jsonb
+
+from fedcommon.messages.v1 import UpdateSubmitted
 
 SCHEMA = "aggregator"
 

@@ -7,7 +7,6 @@ import asyncio
 from fedcommon import logging as fedlogging
 from fedcommon import topics
 from fedcommon.service import ServiceSpec, run_service
-
 from fedengine_coordinator import handlers, store
 from fedengine_coordinator.settings import Settings
 

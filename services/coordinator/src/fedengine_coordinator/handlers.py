@@ -13,6 +13,8 @@ from uuid import UUID, uuid4
 
 import psycopg
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter, Histogram
+
 from fedcommon import arrays, db, models, outbox, topics
 from fedcommon.messages.v1 import (
     AnyMessage,
@@ -35,8 +37,6 @@ from fedcommon.messages.v1 import (
     TrainRequested,
 )
 from fedcommon.service import ServiceContext, ServiceParts
-from prometheus_client import Counter, Histogram
-
 from fedengine_coordinator import store
 from fedengine_coordinator.core import evaluation, lifecycle, selection, stopping
 from fedengine_coordinator.core.lifecycle import Command

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedcommon.settings import KafkaSettings, PostgresSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedcommon.settings import KafkaSettings, PostgresSettings
 
 
 class Settings(BaseSettings):

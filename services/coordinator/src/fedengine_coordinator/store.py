@@ -9,9 +9,9 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from fedcommon.messages.v1 import StopReason, TaskSpec, TaskState
 from psycopg.types.json import Jsonb
 
+from fedcommon.messages.v1 import StopReason, TaskSpec, TaskState
 from fedengine_coordinator.core.selection import Candidate
 
 SCHEMA = "coordinator"
@@ -84,7 +84,8 @@ async def set_state(
     finished = state in (TaskState.COMPLETED, TaskState.CANCELLED, TaskState.FAILED)
     await conn.execute(
         "UPDATE coordinator.tasks SET state = %s, stop_reason = COALESCE(%s, stop_reason), "
-        "started_at = CASE WHEN %s = 'running' THEN COALESCE(started_at, now()) ELSE started_at END, "
+        "started_at = CASE WHEN %s = 'running' THEN COALESCE(started_at, now()) "
+        "ELSE started_at END, "
         "finished_at = CASE WHEN %s THEN now() ELSE finished_at END, updated_at = now() "
         "WHERE task_id = %s",
         (state.value, stop_reason and stop_reason.value, state.value, finished, task_id),

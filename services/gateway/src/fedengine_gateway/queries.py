@@ -40,7 +40,8 @@ async def list_devices(
     where, params = ("WHERE status = %s", (status,)) if status else ("", ())
     rows = await _all(
         conn,
-        f"SELECT {_DEVICE_COLUMNS} FROM registry.devices {where} ORDER BY device_id LIMIT %s OFFSET %s",
+        f"SELECT {_DEVICE_COLUMNS} FROM registry.devices {where} "
+        "ORDER BY device_id LIMIT %s OFFSET %s",
         (*params, limit, offset),
     )
     return rows, await _count(conn, f"SELECT count(*) FROM registry.devices {where}", params)
@@ -116,7 +117,8 @@ async def get_model(
         )
     else:
         cursor = await conn.execute(
-            "SELECT version, sha256, data FROM coordinator.models WHERE task_id = %s AND version = %s",
+            "SELECT version, sha256, data FROM coordinator.models "
+            "WHERE task_id = %s AND version = %s",
             (task_id, version),
         )
     row = await cursor.fetchone()

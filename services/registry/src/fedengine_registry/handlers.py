@@ -7,6 +7,8 @@ import logging
 
 import psycopg
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter, Gauge
+
 from fedcommon import db, outbox, topics
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
@@ -18,8 +20,6 @@ from fedcommon.messages.v1 import (
     HeartbeatSent,
 )
 from fedcommon.service import ServiceContext, ServiceParts
-from prometheus_client import Counter, Gauge
-
 from fedengine_registry import store
 from fedengine_registry.core.heartbeats import check_heartbeat
 from fedengine_registry.settings import Settings

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
-from fedcommon.messages.v1 import DeviceEnrolled
 from psycopg.types.json import Jsonb
+
+from fedcommon.messages.v1 import DeviceEnrolled
 
 SCHEMA = "registry"
 

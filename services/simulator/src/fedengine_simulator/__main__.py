@@ -7,7 +7,6 @@ import asyncio
 from fedcommon import logging as fedlogging
 from fedcommon import topics
 from fedcommon.service import ServiceSpec, run_service
-
 from fedengine_simulator import handlers
 from fedengine_simulator.settings import Settings
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter
+
 from fedcommon import arrays, datasets, db, kafka, models, signing, topics
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
@@ -21,8 +23,6 @@ from fedcommon.messages.v1 import (
     UpdateSubmitted,
 )
 from fedcommon.service import ServiceContext, ServiceParts
-from prometheus_client import Counter
-
 from fedengine_simulator import identities
 from fedengine_simulator.core import fleet
 from fedengine_simulator.core.training import LocalResult, train_local

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedcommon.messages.v1 import Partitioning
-from fedcommon.settings import KafkaSettings, PostgresSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedcommon.messages.v1 import Partitioning
+from fedcommon.settings import KafkaSettings, PostgresSettings
 
 
 class Settings(BaseSettings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 import numpy as np
+
 from fedcommon import arrays, signing
 from fedcommon.arrays import NDArrays
 from fedcommon.errors import InvalidMessage, ProtocolViolation

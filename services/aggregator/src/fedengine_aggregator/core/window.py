@@ -13,7 +13,6 @@ from uuid import UUID
 
 from fedcommon.arrays import NDArrays
 from fedcommon.messages.v1 import RoundOpened, UpdateMetrics
-
 from fedengine_aggregator.core.fedavg import WeightedUpdate
 
 

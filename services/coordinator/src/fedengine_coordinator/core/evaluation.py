@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from fedcommon import datasets, models
 from fedcommon.arrays import NDArrays
 from fedcommon.messages.v1 import ModelArchitecture
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
+
 from fedcommon import models
 from fedcommon.arrays import NDArrays
-from torch import nn
 
 
 @dataclass(frozen=True)
