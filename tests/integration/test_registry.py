@@ -88,3 +88,32 @@ async def test_silence_offline_heartbeat_online_forgery_rejected_removal(
 
 async def _is(client: FedEngineClient, device_id: str, status: str) -> bool:
     return await status_of(client, device_id) == status
+
+
+async def test_heartbeat_table_survives_a_registry_restart(
+    stack: Stack, client: FedEngineClient
+) -> None:
+    from fedengine import launcher
+
+    device_id = f"survivor-{uuid.uuid4().hex[:8]}"
+    key = signing.generate_private_key()
+    await send(
+        stack.kafka,
+        topics.DEVICES,
+        key=device_id,
+        message=DeviceEnrolled(
+            producer="pytest",
+            device_id=device_id,
+            device_name="s",
+            device_type=DeviceType.IOT,
+            public_key=signing.public_key_bytes(key),
+        ),
+    )
+    await eventually(lambda: _is(client, device_id, "online"))
+
+    launcher.restart(stack.settings, "registry")
+    # The restarted worker knows the device only from the recovered heartbeat table: it is
+    # silent now, so the new worker's timer must find it and mark it offline.
+    await eventually(lambda: _is(client, device_id, "offline"), timeout_s=30)
+    await send(stack.kafka, topics.DEVICES, key=device_id, message=heartbeat(device_id, key, 1))
+    await eventually(lambda: _is(client, device_id, "online"))

@@ -9,7 +9,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from fedcommon import codec, topics
 from fedcommon.errors import InvalidMessage, TransientError
-from fedcommon.kafka import ConsumeLoop
+from fedcommon.kafka import ConsumeLoop, RecordProcessor
 from fedcommon.messages.v1 import AnyMessage
 from fedcommon.settings import KafkaSettings
 from tests.unit.fedcommon.examples import EXAMPLES
@@ -76,12 +76,17 @@ def make_loop(
 ) -> tuple[ConsumeLoop, FakeConsumer, FakeProducer]:
     holder: list[ConsumeLoop] = []
     consumer, producer = FakeConsumer(records, holder), FakeProducer()
+    commit_position = options.pop("commit_position", None)
+    processor = RecordProcessor(
+        producer=producer,
+        settings=SETTINGS,
+        handle=handle,  # type: ignore[arg-type]
+        **options,
+    )
     loop = ConsumeLoop(
         consumer=consumer,
-        producer=producer,
-        settings=SETTINGS,  # type: ignore[arg-type]
-        handle=handle,
-        **options,
+        processor=processor,  # type: ignore[arg-type]
+        commit_position=commit_position,
     )
     holder.append(loop)
     return loop, consumer, producer

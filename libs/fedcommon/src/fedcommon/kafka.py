@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -70,10 +71,11 @@ def make_consumer(
     )
 
 
-async def create_topics(settings: KafkaSettings) -> list[str]:
+async def create_topics(settings: KafkaSettings, *, extra: Iterable[str] = ()) -> list[str]:
     """Create every topic explicitly, with its partitions and max.message.bytes.
 
     Never rely on auto-creation: the local broker would make 4 partitions and no size config.
+    ``extra`` names further (already prefixed) topics, such as a stream table's changelog.
     Returns the names that were newly created.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
@@ -88,7 +90,7 @@ async def create_topics(settings: KafkaSettings) -> list[str]:
                 replication_factor=1,
                 topic_configs={"max.message.bytes": str(settings.max_message_bytes)},
             )
-            for name in topics.all_topic_names(settings.topic_prefix)
+            for name in [*topics.all_topic_names(settings.topic_prefix), *extra]
             if name not in existing
         ]
         for topic in wanted:
@@ -114,7 +116,7 @@ async def publish(
 async def dead_letter(
     producer: AIOKafkaProducer,
     settings: KafkaSettings,
-    record: ConsumerRecord,
+    record: SourceRecord,
     *,
     error_type: str,
     error: str,
@@ -144,50 +146,29 @@ async def dead_letter(
     )
 
 
-@dataclass
-class ConsumeLoop:
-    """The one consume loop (style.md, rule 29)."""
+class SourceRecord(Protocol):
+    """What the processor needs of a record: aiokafka's and faust's messages both fit."""
 
-    consumer: AIOKafkaConsumer
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class RecordProcessor:
+    """Decode and handle one record with the error rules of style.md, rules 29-30."""
+
     producer: AIOKafkaProducer
     settings: KafkaSettings
     handle: Handler
-    commit_position: CommitPosition | None = None
     max_consecutive_unhandled: int = 10
     transient_retries: int = 5
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _consecutive_unhandled: int = 0
 
-    def stop(self) -> None:
-        """Ask the loop to finish the record in hand, commit and return."""
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=100)
-            for tp, records in batches.items():
-                for record in records:
-                    await self._process(record)
-                    await self._commit(tp, record.offset + 1)
-                    if self._stopping.is_set():
-                        return
-
-    async def commit_current(self) -> None:
-        """Commit what ``commit_position`` allows now, for every assigned partition."""
-        if self.commit_position is None:
-            return
-        for tp in self.consumer.assignment():
-            position = await self.consumer.position(tp)
-            await self._commit(tp, position)
-
-    async def _commit(self, tp: TopicPartition, next_offset: int) -> None:
-        offset = (
-            next_offset if self.commit_position is None else self.commit_position(tp, next_offset)
-        )
-        if offset > 0:
-            await self.consumer.commit({tp: offset})
-
-    async def _process(self, record: ConsumerRecord) -> None:
+    async def process(self, record: SourceRecord) -> None:
+        """Handle ``record``; dead-letter it when it cannot be; raise when the loop must stop."""
         CONSUMED.labels(record.topic).inc()
         try:
             message = codec.decode(record.value)
@@ -244,6 +225,45 @@ class ConsumeLoop:
                         f"{self._consecutive_unhandled} consecutive unhandled errors; stopping"
                     ) from exc
                 return
+
+
+@dataclass
+class ConsumeLoop:
+    """The one consume loop (style.md, rule 29): process each record, then commit past it."""
+
+    consumer: AIOKafkaConsumer
+    processor: RecordProcessor
+    commit_position: CommitPosition | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        """Ask the loop to finish the record in hand, commit and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=100)
+            for tp, records in batches.items():
+                for record in records:
+                    await self.processor.process(record)
+                    await self._commit(tp, record.offset + 1)
+                    if self._stopping.is_set():
+                        return
+
+    async def commit_current(self) -> None:
+        """Commit what ``commit_position`` allows now, for every assigned partition."""
+        if self.commit_position is None:
+            return
+        for tp in self.consumer.assignment():
+            position = await self.consumer.position(tp)
+            await self._commit(tp, position)
+
+    async def _commit(self, tp: TopicPartition, next_offset: int) -> None:
+        offset = (
+            next_offset if self.commit_position is None else self.commit_position(tp, next_offset)
+        )
+        if offset > 0:
+            await self.consumer.commit({tp: offset})
 
 
 async def wait_for_assignment(consumer: AIOKafkaConsumer, *, timeout_s: float = 60.0) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,15 +27,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload)
 
 
+def make_formatter(*, service: str, json_output: bool = False) -> logging.Formatter:
+    """Return the formatter every FedEngine process uses."""
+    if json_output:
+        return JsonFormatter()
+    return logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+
+
+def dict_config(*, service: str, level: str = "INFO", json_output: bool = False) -> dict[str, Any]:
+    """Return a ``logging.config.dictConfig`` dict, for runtimes that configure logging."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "fedengine": {
+                "()": "fedcommon.logging.make_formatter",
+                "service": service,
+                "json_output": json_output,
+            }
+        },
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "fedengine",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {"aiokafka": {"level": "WARNING"}},
+        "root": {"level": level, "handlers": ["default"]},
+    }
+
+
 def configure(*, service: str, level: str = "INFO", json_output: bool = False) -> None:
     """Configure the root logger for a service process."""
     handler = logging.StreamHandler(sys.stderr)
-    if json_output:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
-        )
+    handler.setFormatter(make_formatter(service=service, json_output=json_output))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

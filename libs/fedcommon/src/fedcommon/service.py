@@ -78,9 +78,9 @@ async def run_service(
         parts = build(context)
         loop = kafka.ConsumeLoop(
             consumer=consumer,
-            producer=producer,
-            settings=kafka_settings,
-            handle=parts.handle,
+            processor=kafka.RecordProcessor(
+                producer=producer, settings=kafka_settings, handle=parts.handle
+            ),
             commit_position=parts.commit_position,
         )
 

@@ -1,16 +1,20 @@
-"""Message type -> handler: each runs in one transaction with its outbox writes."""
+"""The registry's message handling: each message in one transaction with its outbox writes.
+
+Independent of the stream runtime (faust here); the worker passes what a device did or
+stopped doing to ``on_seen`` / ``on_gone`` so the heartbeat table follows the database.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable
 
 import psycopg
-from aiokafka import ConsumerRecord
 from prometheus_client import Counter, Gauge
 
 from fedcommon import db, outbox, topics
 from fedcommon.errors import ProtocolViolation
+from fedcommon.kafka import SourceRecord
 from fedcommon.messages.v1 import (
     AnyMessage,
     DeviceEnrolled,
@@ -19,10 +23,9 @@ from fedcommon.messages.v1 import (
     DeviceStatusChanged,
     HeartbeatSent,
 )
-from fedcommon.service import ServiceContext, ServiceParts
+from fedcommon.service import ServiceContext
 from fedengine_registry import store
 from fedengine_registry.core.heartbeats import check_heartbeat
-from fedengine_registry.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +35,32 @@ WENT_OFFLINE = Counter("fedengine_registry_offline_total", "Devices marked offli
 DEVICES = Gauge("fedengine_registry_devices", "Devices by status", ["status"])
 
 
-def build(context: ServiceContext, settings: Settings) -> ServiceParts:
-    """Wire the registry's handler and its offline timer to the service shell."""
+class Registry:
+    def __init__(
+        self,
+        context: ServiceContext,
+        *,
+        on_seen: Callable[[str], None],
+        on_gone: Callable[[str], None],
+    ) -> None:
+        self.context = context
+        self.on_seen = on_seen
+        self.on_gone = on_gone
 
-    async def status_changed(
-        conn: psycopg.AsyncConnection, device_id: str, status: DeviceStatus
+    async def _status_changed(
+        self, conn: psycopg.AsyncConnection, device_id: str, status: DeviceStatus
     ) -> None:
         await outbox.enqueue(
             conn,
             schema=store.SCHEMA,
-            settings=context.kafka,
+            settings=self.context.kafka,
             base=topics.EVENTS,
             key=device_id,
             message=DeviceStatusChanged(producer=PRODUCER, device_id=device_id, status=status),
         )
 
-    async def handle(message: AnyMessage, record: ConsumerRecord) -> None:
-        async with context.pool.connection() as conn, conn.transaction():
+    async def handle(self, message: AnyMessage, record: SourceRecord) -> None:
+        async with self.context.pool.connection() as conn, conn.transaction():
             if not await db.mark_processed(
                 conn, schema=store.SCHEMA, message_id=message.message_id
             ):
@@ -59,7 +71,8 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
                 await store.log_event(
                     conn, device_id=message.device_id, kind="enrolled", issued_by=message.issued_by
                 )
-                await status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+                await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+                seen, gone = message.device_id, None
             elif isinstance(message, HeartbeatSent):
                 device = await store.get_device(conn, message.device_id)
                 if device is None:
@@ -78,7 +91,8 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
                 )
                 HEARTBEATS.inc()
                 if device.status == DeviceStatus.OFFLINE:
-                    await status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+                    await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+                seen, gone = message.device_id, None
             elif isinstance(message, DeviceRemoved):
                 if await store.mark_removed(conn, message.device_id):
                     await store.log_event(
@@ -87,29 +101,32 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
                         kind="removed",
                         issued_by=message.issued_by,
                     )
-                    await status_changed(conn, message.device_id, DeviceStatus.REMOVED)
+                    await self._status_changed(conn, message.device_id, DeviceStatus.REMOVED)
+                seen, gone = None, message.device_id
             else:
                 logger.debug("ignoring %s on %s", message.type, record.topic)
                 return
-        context.relay.wake()
+        if seen is not None:
+            self.on_seen(seen)
+        if gone is not None:
+            self.on_gone(gone)
+        self.context.relay.wake()
 
-    async def offline_timer() -> None:
-        while True:
-            await asyncio.sleep(settings.check_interval_s)
-            async with context.pool.connection() as conn, conn.transaction():
-                silent = await store.mark_silent_offline(
-                    conn, offline_after_s=settings.offline_after_s
-                )
-                for device_id in silent:
-                    await status_changed(conn, device_id, DeviceStatus.OFFLINE)
-                cursor = await conn.execute(
-                    "SELECT status, count(*) FROM registry.devices GROUP BY status"
-                )
-                for status, count in await cursor.fetchall():
-                    DEVICES.labels(status).set(count)
-            if silent:
-                WENT_OFFLINE.inc(len(silent))
-                logger.info("%d device(s) went offline", len(silent))
-                context.relay.wake()
-
-    return ServiceParts(handle=handle, background=(offline_timer,))
+    async def mark_offline(self, candidates: list[str], *, offline_after_s: float) -> list[str]:
+        """Mark the still-online candidates offline (the database re-checks the silence)."""
+        async with self.context.pool.connection() as conn, conn.transaction():
+            silent = await store.mark_silent_offline(
+                conn, device_ids=candidates, offline_after_s=offline_after_s
+            )
+            for device_id in silent:
+                await self._status_changed(conn, device_id, DeviceStatus.OFFLINE)
+            cursor = await conn.execute(
+                "SELECT status, count(*) FROM registry.devices GROUP BY status"
+            )
+            for status, count in await cursor.fetchall():
+                DEVICES.labels(status).set(count)
+        if silent:
+            WENT_OFFLINE.inc(len(silent))
+            logger.info("%d device(s) went offline", len(silent))
+            self.context.relay.wake()
+        return silent
