@@ -90,7 +90,7 @@ async def _is(client: FedEngineClient, device_id: str, status: str) -> bool:
     return await status_of(client, device_id) == status
 
 
-async def test_heartbeat_table_survives_a_registry_restart(
+async def test_offline_detection_carries_on_after_a_registry_restart(
     stack: Stack, client: FedEngineClient
 ) -> None:
     from fedengine import launcher
@@ -112,8 +112,8 @@ async def test_heartbeat_table_survives_a_registry_restart(
     await eventually(lambda: _is(client, device_id, "online"))
 
     launcher.restart(stack.settings, "registry")
-    # The restarted worker knows the device only from the recovered heartbeat table: it is
-    # silent now, so the new worker's timer must find it and mark it offline.
+    # The restarted registry knows the device only from PostgreSQL: it is silent now, so the
+    # new process's timer must find it and mark it offline.
     await eventually(lambda: _is(client, device_id, "offline"), timeout_s=30)
     await send(stack.kafka, topics.DEVICES, key=device_id, message=heartbeat(device_id, key, 1))
     await eventually(lambda: _is(client, device_id, "online"))

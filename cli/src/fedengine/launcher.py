@@ -100,10 +100,6 @@ def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[s
         "GATEWAY_PORT": str(settings.gateway_port),
         "PYTHONUNBUFFERED": "1",
     }
-    if stack.broker is not None:
-        # Tansu's ListOffsets LATEST is only exact for one-record batches; the registry's
-        # faust table recovers up to it (broker.md). Real Kafka keeps normal batching.
-        env["REGISTRY_PRODUCER_MAX_BATCH_SIZE"] = "1"
     env.update(settings.service_env)
     return env
 

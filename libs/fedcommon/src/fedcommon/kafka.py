@@ -71,11 +71,10 @@ def make_consumer(
     )
 
 
-async def create_topics(settings: KafkaSettings, *, extra: Iterable[str] = ()) -> list[str]:
+async def create_topics(settings: KafkaSettings) -> list[str]:
     """Create every topic explicitly, with its partitions and max.message.bytes.
 
     Never rely on auto-creation: the local broker would make 4 partitions and no size config.
-    ``extra`` names further (already prefixed) topics, such as a stream table's changelog.
     Returns the names that were newly created.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
@@ -90,7 +89,7 @@ async def create_topics(settings: KafkaSettings, *, extra: Iterable[str] = ()) -
                 replication_factor=1,
                 topic_configs={"max.message.bytes": str(settings.max_message_bytes)},
             )
-            for name in [*topics.all_topic_names(settings.topic_prefix), *extra]
+            for name in topics.all_topic_names(settings.topic_prefix)
             if name not in existing
         ]
         for topic in wanted:
@@ -147,7 +146,7 @@ async def dead_letter(
 
 
 class SourceRecord(Protocol):
-    """What the processor needs of a record: aiokafka's and faust's messages both fit."""
+    """What the processor needs of a record (aiokafka's ``ConsumerRecord`` and test fakes fit)."""
 
     topic: str
     partition: int

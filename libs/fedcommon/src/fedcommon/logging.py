@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,30 +31,6 @@ def make_formatter(*, service: str, json_output: bool = False) -> logging.Format
     if json_output:
         return JsonFormatter()
     return logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
-
-
-def dict_config(*, service: str, level: str = "INFO", json_output: bool = False) -> dict[str, Any]:
-    """Return a ``logging.config.dictConfig`` dict, for runtimes that configure logging."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {
-            "fedengine": {
-                "()": "fedcommon.logging.make_formatter",
-                "service": service,
-                "json_output": json_output,
-            }
-        },
-        "handlers": {
-            "default": {
-                "class": "logging.StreamHandler",
-                "formatter": "fedengine",
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "loggers": {"aiokafka": {"level": "WARNING"}},
-        "root": {"level": level, "handlers": ["default"]},
-    }
 
 
 def configure(*, service: str, level: str = "INFO", json_output: bool = False) -> None:

@@ -1,31 +1,37 @@
-"""Entry point: settings -> logging -> migrations and topics -> the faust worker."""
+"""Entry point: settings -> logging -> the service shell."""
 
 from __future__ import annotations
 
 import asyncio
 
-from faust.worker import Worker
-
 from fedcommon import logging as fedlogging
-from fedcommon import runtime
+from fedcommon import topics
+from fedcommon.service import ServiceSpec, run_service
+from fedengine_registry import handlers, store
 from fedengine_registry.settings import Settings
-from fedengine_registry.worker import build_app, prepare
+
+SPEC = ServiceSpec(
+    name="registry",
+    schema=store.SCHEMA,
+    migrations_package="fedengine_registry",
+    group_id="registry",
+    topic_bases=(topics.DEVICES,),
+)
 
 
 def main() -> None:
     settings = Settings()
-    fedlogging.configure(service="registry", json_output=settings.log_json)
-    asyncio.run(prepare(settings))
-    runtime.serve_metrics(settings.metrics_port)
-    app = build_app(settings)
-    # faust's Worker owns the event loop, logging and SIGTERM: it stops the agent after the
-    # event in hand and commits acknowledged offsets before exiting.
-    Worker(
-        app,
-        loglevel="INFO",
-        redirect_stdouts=False,
-        logging_config=fedlogging.dict_config(service="registry", json_output=settings.log_json),
-    ).execute_from_commandline()
+    fedlogging.configure(service=SPEC.name, json_output=settings.log_json)
+    asyncio.run(
+        run_service(
+            SPEC,
+            kafka_settings=settings.kafka,
+            postgres_settings=settings.postgres,
+            build=lambda context: handlers.build(context, settings),
+            run_dir=settings.run_dir,
+            metrics_port=settings.metrics_port,
+        )
+    )
 
 
 if __name__ == "__main__":

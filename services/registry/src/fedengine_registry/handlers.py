@@ -1,13 +1,10 @@
-"""The registry's message handling: each message in one transaction with its outbox writes.
-
-Independent of the stream runtime (faust here); the worker passes what a device did or
-stopped doing to ``on_seen`` / ``on_gone`` so the heartbeat table follows the database.
-"""
+"""The registry's message handling: each message in one transaction with its outbox writes,
+and the timer that marks silent devices offline."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
 
 import psycopg
 from prometheus_client import Counter, Gauge
@@ -23,9 +20,10 @@ from fedcommon.messages.v1 import (
     DeviceStatusChanged,
     HeartbeatSent,
 )
-from fedcommon.service import ServiceContext
+from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_registry import store
 from fedengine_registry.core.heartbeats import check_heartbeat
+from fedengine_registry.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +34,8 @@ DEVICES = Gauge("fedengine_registry_devices", "Devices by status", ["status"])
 
 
 class Registry:
-    def __init__(
-        self,
-        context: ServiceContext,
-        *,
-        on_seen: Callable[[str], None],
-        on_gone: Callable[[str], None],
-    ) -> None:
+    def __init__(self, context: ServiceContext) -> None:
         self.context = context
-        self.on_seen = on_seen
-        self.on_gone = on_gone
 
     async def _status_changed(
         self, conn: psycopg.AsyncConnection, device_id: str, status: DeviceStatus
@@ -72,7 +62,6 @@ class Registry:
                     conn, device_id=message.device_id, kind="enrolled", issued_by=message.issued_by
                 )
                 await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
-                seen, gone = message.device_id, None
             elif isinstance(message, HeartbeatSent):
                 device = await store.get_device(conn, message.device_id)
                 if device is None:
@@ -92,7 +81,6 @@ class Registry:
                 HEARTBEATS.inc()
                 if device.status == DeviceStatus.OFFLINE:
                     await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
-                seen, gone = message.device_id, None
             elif isinstance(message, DeviceRemoved):
                 if await store.mark_removed(conn, message.device_id):
                     await store.log_event(
@@ -102,22 +90,15 @@ class Registry:
                         issued_by=message.issued_by,
                     )
                     await self._status_changed(conn, message.device_id, DeviceStatus.REMOVED)
-                seen, gone = None, message.device_id
             else:
                 logger.debug("ignoring %s on %s", message.type, record.topic)
                 return
-        if seen is not None:
-            self.on_seen(seen)
-        if gone is not None:
-            self.on_gone(gone)
         self.context.relay.wake()
 
-    async def mark_offline(self, candidates: list[str], *, offline_after_s: float) -> list[str]:
-        """Mark the still-online candidates offline (the database re-checks the silence)."""
+    async def mark_offline(self, *, offline_after_s: float) -> list[str]:
+        """Mark online devices silent for longer than ``offline_after_s`` offline."""
         async with self.context.pool.connection() as conn, conn.transaction():
-            silent = await store.mark_silent_offline(
-                conn, device_ids=candidates, offline_after_s=offline_after_s
-            )
+            silent = await store.mark_silent_offline(conn, offline_after_s=offline_after_s)
             for device_id in silent:
                 await self._status_changed(conn, device_id, DeviceStatus.OFFLINE)
             cursor = await conn.execute(
@@ -130,3 +111,15 @@ class Registry:
             logger.info("%d device(s) went offline", len(silent))
             self.context.relay.wake()
         return silent
+
+
+def build(context: ServiceContext, settings: Settings) -> ServiceParts:
+    """Wire the registry's handler and its offline timer to the service shell."""
+    registry = Registry(context)
+
+    async def offline_timer() -> None:
+        while True:
+            await asyncio.sleep(settings.check_interval_s)
+            await registry.mark_offline(offline_after_s=settings.offline_after_s)
+
+    return ServiceParts(handle=registry.handle, background=(offline_timer,))

@@ -20,11 +20,5 @@ class Settings(BaseSettings):
     offline_after_s: float = Field(default=15.0, gt=0)
     check_interval_s: float = Field(default=1.0, gt=0)
     metrics_port: int = 0
-    # faust's own web server; it binds even when unused (broker.md), so pin it to loopback.
-    web_port: int = Field(default=0, ge=0, le=65535)
-    # 1 under Tansu: its ListOffsets LATEST is only right for one-record batches, and faust
-    # recovers the heartbeat table up to that offset (broker.md). Normal batching on Kafka.
-    producer_max_batch_size: int = Field(default=16384, ge=1)
-    table_standby_replicas: int = Field(default=0, ge=0)
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False

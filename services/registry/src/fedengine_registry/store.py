@@ -77,13 +77,17 @@ async def mark_removed(conn: psycopg.AsyncConnection, device_id: str) -> bool:
 
 
 async def mark_silent_offline(
-    conn: psycopg.AsyncConnection, *, device_ids: list[str], offline_after_s: float
+    conn: psycopg.AsyncConnection, *, offline_after_s: float
 ) -> list[str]:
+    """Mark online devices silent for longer than ``offline_after_s`` offline; return them.
+
+    One atomic UPDATE, so several registry instances may run the timer side by side.
+    """
     cursor = await conn.execute(
         "UPDATE registry.devices SET status = 'offline', updated_at = now() "
-        "WHERE device_id = ANY(%s) AND status = 'online' "
-        "AND last_heartbeat_at < now() - make_interval(secs => %s) RETURNING device_id",
-        (device_ids, offline_after_s),
+        "WHERE status = 'online' AND last_heartbeat_at < now() - make_interval(secs => %s) "
+        "RETURNING device_id",
+        (offline_after_s,),
     )
     return [row[0] for row in await cursor.fetchall()]
 
