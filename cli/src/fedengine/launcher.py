@@ -31,6 +31,13 @@ class Process:
     name: str
     pid: int
     module: str | None = None
+    metrics_port: int | None = None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return (
+            None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
+        )
 
 
 @dataclass
@@ -104,9 +111,25 @@ def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[s
     return env
 
 
-def spawn(settings: LauncherSettings, name: str, module: str, env: dict[str, str]) -> Process:
-    """Start ``python -m module`` detached, logging to ``<home>/logs/<name>.log``."""
+def spawn(
+    settings: LauncherSettings,
+    name: str,
+    module: str,
+    env: dict[str, str],
+    *,
+    metrics_port: int | None = None,
+) -> Process:
+    """Start ``python -m module`` detached, logging to ``<home>/logs/<name>.log``.
+
+    Services other than the gateway get a loopback port for their own Prometheus endpoint.
+    """
     settings.log_dir.mkdir(parents=True, exist_ok=True)
+    if module != "fedengine_gateway":
+        metrics_port = metrics_port or infra.free_port()
+        env = {
+            **env,
+            f"{module.removeprefix('fedengine_').upper()}_METRICS_PORT": str(metrics_port),
+        }
     (settings.run_dir / f"{name}.ready").unlink(missing_ok=True)
     with open(settings.log_dir / f"{name}.log", "ab") as log:
         process = subprocess.Popen(
@@ -117,7 +140,7 @@ def spawn(settings: LauncherSettings, name: str, module: str, env: dict[str, str
             env=env,
             start_new_session=True,
         )
-    return Process(name=name, pid=process.pid, module=module)
+    return Process(name=name, pid=process.pid, module=module, metrics_port=metrics_port)
 
 
 def wait_ready(
@@ -255,7 +278,10 @@ def status(settings: LauncherSettings) -> dict[str, object]:
         if stack.broker is None
         else {"pid": stack.broker.pid, "alive": alive(stack.broker)},
         "postgres_data": stack.postgres_data,
-        "processes": {p.name: {"pid": p.pid, "alive": alive(p)} for p in stack.processes},
+        "processes": {
+            p.name: {"pid": p.pid, "alive": alive(p), "metrics": p.metrics_url}
+            for p in stack.processes
+        },
     }
 
 
@@ -313,7 +339,7 @@ def restart(settings: LauncherSettings, name: str, *, kill: bool = False) -> Pro
         terminate(old)
     secret, _ = jwt_secret(settings)
     env = service_env(settings, stack, secret)
-    new = spawn(settings, name, old.module, env)
+    new = spawn(settings, name, old.module, env, metrics_port=old.metrics_port)
     stack.processes = [new if p.pid == old.pid else p for p in stack.processes]
     stack.save(_state_file(settings))
     wait_ready(settings, [new], gateway_url=stack.gateway_url)

@@ -52,7 +52,8 @@ TOPICS: tuple[TopicSpec, ...] = (
         ),
     ),
     TopicSpec(DEVICE_COMMANDS, "device_id", ("coordinator",), ("simulator",), ("train.requested",)),
-    TopicSpec(MODELS, "task_id", ("coordinator",), ("simulator",), ("model.published",)),
+    # Announces versions; devices may prefetch from it (the simulator reads the model store).
+    TopicSpec(MODELS, "task_id", ("coordinator",), ("devices",), ("model.published",)),
     # The coordinator writes round.opened here, keyed by task_id, so that by partition order
     # the aggregator always sees a round's definition before any of its updates.
     TopicSpec(

@@ -88,9 +88,9 @@ class Aggregator:
         round_id = message.round_id
         state = self.open.get(round_id) if round_id is not None else None
         try:
-            if round_id is not None and round_id in self.closed:
+            if (round_id is not None and round_id in self.closed) or (state and state.closing):
                 raise Rejected(RejectReason.LATE, "round already closed")
-            if state is None or state.closing:
+            if state is None:
                 raise Rejected(RejectReason.UNKNOWN_ROUND, f"no open round {round_id}")
             decoded = validate_update(
                 state.opened, message, already_accepted=message.device_id in state.accepted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +50,13 @@ PREFIX = "/api/federated"
 PRODUCER = "gateway"
 COMMANDS = Counter("fedengine_gateway_commands_total", "Commands published", ["type"])
 PROJECTION = Gauge("fedengine_projection", "Counts read from the projections", ["kind", "key"])
+ROUND_SECONDS_SUM = Gauge(
+    "fedengine_rounds_duration_seconds_sum", "Summed duration of completed rounds"
+)
+ROUND_SECONDS_COUNT = Gauge("fedengine_rounds_duration_seconds_count", "Completed rounds timed")
+DEAD_LETTERS = Gauge(
+    "fedengine_dead_letters", "Records in the dead-letter topic", ["original_topic", "error_type"]
+)
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -346,7 +355,37 @@ async def metrics(conn: Conn) -> Response:
     for kind, values in counts.items():
         for key, value in values.items():
             PROJECTION.labels(kind, key).set(value)
+    rounds, seconds = await queries.round_durations(conn)
+    ROUND_SECONDS_COUNT.set(rounds)
+    ROUND_SECONDS_SUM.set(seconds)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def watch_dead_letters(settings: Settings) -> None:
+    """Count the dead-letter topic by origin and error type, for /metrics.
+
+    A group of its own per gateway process, read from the start, so every replica reports the
+    whole topic; the broker's retention bounds what it counts.
+    """
+    consumer = kafka.make_consumer(
+        settings.kafka,
+        group_id=f"gateway-dlq-{uuid4().hex[:8]}",
+        topic_bases=(topics.DLQ,),
+        client_id="gateway-dlq",
+    )
+    await consumer.start()
+    seen: dict[tuple[str, str], int] = {}
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    headers = {k: v.decode(errors="replace") for k, v in record.headers}
+                    key = (headers.get("original_topic", "?"), headers.get("error_type", "?"))
+                    seen[key] = seen.get(key, 0) + 1
+                    DEAD_LETTERS.labels(*key).set(seen[key])
+    finally:
+        await consumer.stop()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -359,9 +398,13 @@ def create_app(settings: Settings) -> FastAPI:
         await kafka.create_topics(settings.kafka)
         app.state.producer = kafka.make_producer(settings.kafka, client_id="gateway")
         await app.state.producer.start()
+        dead_letters = asyncio.create_task(watch_dead_letters(settings))
         try:
             yield
         finally:
+            dead_letters.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await dead_letters
             await app.state.producer.stop()
             await app.state.pool.close()
 

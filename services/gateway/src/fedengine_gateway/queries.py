@@ -125,6 +125,16 @@ async def get_model(
     return None if row is None else (row[0], row[1], bytes(row[2]))
 
 
+async def round_durations(conn: psycopg.AsyncConnection) -> tuple[int, float]:
+    """Return the count and the summed duration of completed rounds."""
+    cursor = await conn.execute(
+        "SELECT count(*), COALESCE(sum(duration_s), 0) FROM coordinator.rounds "
+        "WHERE status = 'completed'"
+    )
+    row = await cursor.fetchone()
+    return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+
 async def status_counts(conn: psycopg.AsyncConnection) -> dict[str, dict[str, int]]:
     async def grouped(query: str) -> dict[str, int]:
         cursor = await conn.execute(query)
