@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from fedengine.sdk import FedEngineClient, FedEngineError
 
 T = TypeVar("T")
 
@@ -22,3 +24,13 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s (last value {value!r})")
         await asyncio.sleep(interval_s)
+
+
+async def device_or_none(client: FedEngineClient, device_id: str) -> dict[str, Any] | None:
+    """Return the device's projection, or None while the registry has not recorded it."""
+    try:
+        return await client.get_device(device_id)
+    except FedEngineError as exc:
+        if exc.status_code == 404:
+            return None
+        raise

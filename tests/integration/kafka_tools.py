@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcommon import codec, topics
-from fedcommon.messages.v1 import Envelope
+from fedcommon import codec, signing, topics
+from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, Envelope
 from fedcommon.settings import KafkaSettings
 
 
@@ -59,3 +60,23 @@ async def find_record(
 
 def headers_of(record: ConsumerRecord) -> dict[str, str]:
     return {key: value.decode() for key, value in record.headers}
+
+
+async def enrol(
+    settings: KafkaSettings, device_id: str, *, device_type: DeviceType = DeviceType.IOT
+) -> Ed25519PrivateKey:
+    """Enrol a device over Kafka, as a real device would; return its identity key."""
+    key = signing.generate_private_key()
+    await send(
+        settings,
+        topics.DEVICES,
+        key=device_id,
+        message=DeviceEnrolled(
+            producer="pytest",
+            device_id=device_id,
+            device_name=device_id,
+            device_type=device_type,
+            public_key=signing.public_key_bytes(key),
+        ),
+    )
+    return key

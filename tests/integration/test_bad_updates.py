@@ -12,7 +12,6 @@ import pytest
 
 from fedcommon import arrays, codec, datasets, models, signing, topics
 from fedcommon.messages.v1 import (
-    DeviceEnrolled,
     DeviceType,
     ModelArchitecture,
     TrainRequested,
@@ -21,7 +20,7 @@ from fedcommon.messages.v1 import (
 )
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
-from tests.integration.kafka_tools import find_record, send
+from tests.integration.kafka_tools import enrol, find_record, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -64,20 +63,7 @@ async def test_bad_updates_are_rejected_and_counted_while_the_round_completes(
 ) -> None:
     tag = uuid.uuid4().hex[:6]
     names = [f"manual-{tag}-{c}" for c in "abc"]
-    keys = {name: signing.generate_private_key() for name in names}
-    for name in names:
-        await send(
-            stack.kafka,
-            topics.DEVICES,
-            key=name,
-            message=DeviceEnrolled(
-                producer="pytest",
-                device_id=name,
-                device_name=name,
-                device_type=DeviceType.DESKTOP,
-                public_key=signing.public_key_bytes(keys[name]),
-            ),
-        )
+    keys = {name: await enrol(stack.kafka, name, device_type=DeviceType.DESKTOP) for name in names}
     await client.wait_for_devices(3, prefix=f"manual-{tag}-")
     task_id = await client.create_federated_task(
         task_name="bad updates",

@@ -21,7 +21,7 @@ from fedcommon.messages.v1 import (
 )
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
-from tests.integration.helpers import eventually
+from tests.integration.helpers import device_or_none, eventually
 from tests.integration.kafka_tools import find_record, headers_of, send, send_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -72,7 +72,7 @@ async def test_consumer_keeps_going_after_a_bad_message_and_duplicates_count_onc
     await send(stack.kafka, topics.DEVICES, key=device_id, message=message)
     await send(stack.kafka, topics.DEVICES, key=device_id, message=message)
 
-    device = await eventually(lambda: _device(client, device_id))
+    device = await eventually(lambda: device_or_none(client, device_id))
     assert device["status"] == "online"
 
     async def enrol_events() -> int:
@@ -90,7 +90,7 @@ async def test_consumer_keeps_going_after_a_bad_message_and_duplicates_count_onc
         key=device_id,
         message=message.model_copy(update={"device_id": marker_id, "message_id": uuid.uuid4()}),
     )
-    await eventually(lambda: _device(client, marker_id))
+    await eventually(lambda: device_or_none(client, marker_id))
     assert await enrol_events() == 1
 
 
@@ -124,14 +124,3 @@ async def test_duplicate_task_create_is_processed_once(
         (task_id, task_id),
     )
     assert await cursor.fetchone() == (1, 1)
-
-
-async def _device(client: FedEngineClient, device_id: str) -> dict | None:  # type: ignore[type-arg]
-    from fedengine.sdk import FedEngineError
-
-    try:
-        return await client.get_device(device_id)
-    except FedEngineError as exc:
-        if exc.status_code == 404:
-            return None
-        raise

@@ -11,7 +11,7 @@ import pytest
 from fedcommon import auth
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
-from tests.integration.helpers import eventually
+from tests.integration.helpers import device_or_none, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -84,7 +84,7 @@ async def test_devices_can_be_added_listed_and_removed(
     accepted = response.json()
     assert response.headers["Location"] == f"{API}/devices/{accepted['id']}"
     assert len(accepted["private_key"]) == 64
-    device = await eventually(lambda: _maybe_device(client, accepted["id"]))
+    device = await eventually(lambda: device_or_none(client, accepted["id"]))
     assert (device["device_type"], device["privacy_level"], device["status"]) == (
         "iot",
         "high",
@@ -126,14 +126,3 @@ async def test_status_health_metrics_cleanup_and_openapi(stack: Stack) -> None:
         assert (await root.get("/docs")).status_code == 200
         schema = (await root.get("/openapi.json")).json()
         assert f"{API}/tasks/{{task_id}}/start" in schema["paths"]
-
-
-async def _maybe_device(client: FedEngineClient, device_id: str) -> dict | None:  # type: ignore[type-arg]
-    from fedengine.sdk import FedEngineError
-
-    try:
-        return await client.get_device(device_id)
-    except FedEngineError as exc:
-        if exc.status_code == 404:
-            return None
-        raise

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 
 from fedcommon import signing, topics
-from fedcommon.messages.v1 import DeviceEnrolled, DeviceRemoved, DeviceType, HeartbeatSent
+from fedcommon.messages.v1 import DeviceRemoved, DeviceType, HeartbeatSent
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
-from tests.integration.kafka_tools import find_record, headers_of, send
+from tests.integration.kafka_tools import enrol, find_record, headers_of, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -41,19 +41,7 @@ async def test_silence_offline_heartbeat_online_forgery_rejected_removal(
     stack: Stack, client: FedEngineClient
 ) -> None:
     device_id = f"hb-{uuid.uuid4().hex[:8]}"
-    key = signing.generate_private_key()
-    await send(
-        stack.kafka,
-        topics.DEVICES,
-        key=device_id,
-        message=DeviceEnrolled(
-            producer="pytest",
-            device_id=device_id,
-            device_name="hb",
-            device_type=DeviceType.MOBILE,
-            public_key=signing.public_key_bytes(key),
-        ),
-    )
+    key = await enrol(stack.kafka, device_id, device_type=DeviceType.MOBILE)
     await eventually(lambda: _is(client, device_id, "online"))
 
     await eventually(lambda: _is(client, device_id, "offline"), timeout_s=20)
@@ -96,19 +84,7 @@ async def test_offline_detection_carries_on_after_a_registry_restart(
     from fedengine import launcher
 
     device_id = f"survivor-{uuid.uuid4().hex[:8]}"
-    key = signing.generate_private_key()
-    await send(
-        stack.kafka,
-        topics.DEVICES,
-        key=device_id,
-        message=DeviceEnrolled(
-            producer="pytest",
-            device_id=device_id,
-            device_name="s",
-            device_type=DeviceType.IOT,
-            public_key=signing.public_key_bytes(key),
-        ),
-    )
+    key = await enrol(stack.kafka, device_id)
     await eventually(lambda: _is(client, device_id, "online"))
 
     launcher.restart(stack.settings, "registry")

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from fedcommon import db, kafka, runtime
+from fedcommon import logging as fedlogging
 from fedcommon.outbox import OutboxRelay
 from fedcommon.settings import KafkaSettings, PostgresSettings
 
@@ -119,3 +120,30 @@ async def run_service(
             await producer.stop()
         await pool.close()
         logger.info("%s stopped", spec.name)
+
+
+class ServiceSettings(Protocol):
+    """What ``main`` needs of a service's Settings class."""
+
+    kafka: KafkaSettings
+    postgres: PostgresSettings
+    run_dir: Path | None
+    metrics_port: int
+    log_json: bool
+
+
+def main(
+    spec: ServiceSpec, settings: ServiceSettings, build: Callable[[ServiceContext], ServiceParts]
+) -> None:
+    """Run a service process: logging, then :func:`run_service` until SIGTERM."""
+    fedlogging.configure(service=spec.name, json_output=settings.log_json)
+    asyncio.run(
+        run_service(
+            spec,
+            kafka_settings=settings.kafka,
+            postgres_settings=settings.postgres,
+            build=build,
+            run_dir=settings.run_dir,
+            metrics_port=settings.metrics_port,
+        )
+    )

@@ -28,23 +28,45 @@ async def _all(
     return await cursor.fetchall()
 
 
-async def _count(conn: psycopg.AsyncConnection, query: str, params: tuple[Any, ...]) -> int:
-    cursor = await conn.execute(query, params)
+async def _page(
+    conn: psycopg.AsyncConnection,
+    *,
+    columns: str,
+    source: str,
+    where: str,
+    params: tuple[Any, ...],
+    order: str,
+    limit: int,
+    offset: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """Return one page of ``source`` and the total count under ``where``.
+
+    Only module constants reach the SQL text; values always travel as parameters.
+    """
+    rows = await _all(
+        conn,
+        f"SELECT {columns} FROM {source} {where} ORDER BY {order} LIMIT %s OFFSET %s",
+        (*params, limit, offset),
+    )
+    cursor = await conn.execute(f"SELECT count(*) FROM {source} {where}", params)
     row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+    return rows, int(row[0]) if row else 0
 
 
 async def list_devices(
     conn: psycopg.AsyncConnection, *, status: str | None, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
     where, params = ("WHERE status = %s", (status,)) if status else ("", ())
-    rows = await _all(
+    return await _page(
         conn,
-        f"SELECT {_DEVICE_COLUMNS} FROM registry.devices {where} "
-        "ORDER BY device_id LIMIT %s OFFSET %s",
-        (*params, limit, offset),
+        columns=_DEVICE_COLUMNS,
+        source="registry.devices",
+        where=where,
+        params=params,
+        order="device_id",
+        limit=limit,
+        offset=offset,
     )
-    return rows, await _count(conn, f"SELECT count(*) FROM registry.devices {where}", params)
 
 
 async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any] | None:
@@ -58,13 +80,16 @@ async def list_tasks(
     conn: psycopg.AsyncConnection, *, state: str | None, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
     where, params = ("WHERE t.state = %s", (state,)) if state else ("", ())
-    rows = await _all(
+    return await _page(
         conn,
-        f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks t {where} "
-        "ORDER BY t.created_at DESC LIMIT %s OFFSET %s",
-        (*params, limit, offset),
+        columns=_TASK_COLUMNS,
+        source="coordinator.tasks t",
+        where=where,
+        params=params,
+        order="t.created_at DESC",
+        limit=limit,
+        offset=offset,
     )
-    return rows, await _count(conn, f"SELECT count(*) FROM coordinator.tasks t {where}", params)
 
 
 async def get_task(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, Any] | None:
@@ -77,33 +102,33 @@ async def get_task(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, An
 async def list_rounds(
     conn: psycopg.AsyncConnection, task_id: UUID, *, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    rows = await _all(
+    return await _page(
         conn,
-        "SELECT round_number, attempt, status, participants, aggregated, dropped, rejected, "
+        columns="round_number, attempt, status, participants, aggregated, dropped, rejected, "
         "accuracy, loss, train_loss, num_examples, bytes_up, bytes_down, duration_s, opened_at, "
-        "closed_at, failure FROM coordinator.rounds WHERE task_id = %s "
-        "ORDER BY round_number, attempt LIMIT %s OFFSET %s",
-        (task_id, limit, offset),
+        "closed_at, failure",
+        source="coordinator.rounds",
+        where="WHERE task_id = %s",
+        params=(task_id,),
+        order="round_number, attempt",
+        limit=limit,
+        offset=offset,
     )
-    total = await _count(
-        conn, "SELECT count(*) FROM coordinator.rounds WHERE task_id = %s", (task_id,)
-    )
-    return rows, total
 
 
 async def list_events(
     conn: psycopg.AsyncConnection, task_id: UUID, *, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    rows = await _all(
+    return await _page(
         conn,
-        "SELECT kind, issued_by, detail, at FROM coordinator.task_events WHERE task_id = %s "
-        "ORDER BY id LIMIT %s OFFSET %s",
-        (task_id, limit, offset),
+        columns="kind, issued_by, detail, at",
+        source="coordinator.task_events",
+        where="WHERE task_id = %s",
+        params=(task_id,),
+        order="id",
+        limit=limit,
+        offset=offset,
     )
-    total = await _count(
-        conn, "SELECT count(*) FROM coordinator.task_events WHERE task_id = %s", (task_id,)
-    )
-    return rows, total
 
 
 async def get_model(

@@ -1,16 +1,12 @@
-"""Entry point: settings -> logging -> the service shell."""
+"""Entry point: settings -> the shared service main."""
 
 from __future__ import annotations
 
-import asyncio
-
-from fedcommon import logging as fedlogging
-from fedcommon import topics
-from fedcommon.service import ServiceSpec, run_service
+from fedcommon import service, topics
 from fedengine_registry import handlers, store
 from fedengine_registry.settings import Settings
 
-SPEC = ServiceSpec(
+SPEC = service.ServiceSpec(
     name="registry",
     schema=store.SCHEMA,
     migrations_package="fedengine_registry",
@@ -21,17 +17,7 @@ SPEC = ServiceSpec(
 
 def main() -> None:
     settings = Settings()
-    fedlogging.configure(service=SPEC.name, json_output=settings.log_json)
-    asyncio.run(
-        run_service(
-            SPEC,
-            kafka_settings=settings.kafka,
-            postgres_settings=settings.postgres,
-            build=lambda context: handlers.build(context, settings),
-            run_dir=settings.run_dir,
-            metrics_port=settings.metrics_port,
-        )
-    )
+    service.main(SPEC, settings, lambda context: handlers.build(context, settings))
 
 
 if __name__ == "__main__":
