@@ -34,3 +34,24 @@ async def device_or_none(client: FedEngineClient, device_id: str) -> dict[str, A
         if exc.status_code == 404:
             return None
         raise
+
+
+async def run_fleet_task(
+    client: FedEngineClient, fleet: str, *, wait: bool = True, **spec: Any
+) -> str:
+    """Create and start a task on the shared 8-device fleet; wait for completion if asked."""
+    body: dict[str, Any] = {
+        "task_name": "pytest task",
+        "participating_devices": [f"{fleet}-{i:04d}" for i in range(8)],
+        "devices_per_round": 4,
+        "min_devices": 2,
+        "rounds": 3,
+        "round_timeout_s": 20,
+    }
+    body.update(spec)
+    await client.wait_for_devices(8, prefix=f"{fleet}-")
+    task_id = await client.create_federated_task(**body)
+    await client.start_federated_training(task_id)
+    if wait:
+        await client.wait_for_task(task_id, lambda t: t["state"] == "completed", timeout_s=90)
+    return task_id

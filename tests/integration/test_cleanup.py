@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from fedengine.sdk import FedEngineClient
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, run_fleet_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -16,16 +16,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 async def test_cleanup_keeps_only_the_final_model_of_finished_tasks(
     client: FedEngineClient, fleet: str, db: psycopg.AsyncConnection
 ) -> None:
-    await client.wait_for_devices(8, prefix=f"{fleet}-")
-    task_id = await client.create_federated_task(
-        task_name="cleanup",
-        participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
-        devices_per_round=2,
-        min_devices=1,
-        rounds=2,
+    task_id = await run_fleet_task(
+        client, fleet, task_name="cleanup", devices_per_round=2, min_devices=1, rounds=2
     )
-    await client.start_federated_training(task_id)
-    await client.wait_for_task(task_id, lambda t: t["state"] == "completed", timeout_s=60)
 
     async def versions() -> list[int]:
         cursor = await db.execute(

@@ -11,6 +11,7 @@ import pytest
 from fedengine import launcher
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
+from tests.integration.helpers import run_fleet_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -18,16 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 async def test_sigkilled_coordinator_restarts_and_finishes_the_task(
     stack: Stack, client: FedEngineClient, fleet: str, db: psycopg.AsyncConnection
 ) -> None:
-    await client.wait_for_devices(8, prefix=f"{fleet}-")
-    task_id = await client.create_federated_task(
-        task_name="crash",
-        participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
-        devices_per_round=4,
-        min_devices=2,
-        rounds=16,
-        round_timeout_s=30,
-    )
-    await client.start_federated_training(task_id)
+    task_id = await run_fleet_task(client, fleet, task_name="crash", rounds=16, wait=False)
     await client.wait_for_task(task_id, lambda t: t["current_round"] >= 2, timeout_s=60)
 
     killed_at = await client.get_task(task_id)

@@ -9,7 +9,7 @@ import pytest
 from fedcommon import topics
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, run_fleet_task
 from tests.integration.kafka_tools import send_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -29,16 +29,9 @@ def metric(text: str, name: str) -> float:
 async def test_services_and_gateway_expose_metrics(
     stack: Stack, client: FedEngineClient, fleet: str
 ) -> None:
-    await client.wait_for_devices(8, prefix=f"{fleet}-")
-    task_id = await client.create_federated_task(
-        task_name="metrics",
-        participating_devices=[f"{fleet}-{i:04d}" for i in range(8)],
-        devices_per_round=2,
-        min_devices=1,
-        rounds=2,
+    await run_fleet_task(
+        client, fleet, task_name="metrics", devices_per_round=2, min_devices=1, rounds=2
     )
-    await client.start_federated_training(task_id)
-    await client.wait_for_task(task_id, lambda t: t["state"] == "completed", timeout_s=60)
     await send_raw(stack.kafka, topics.TASKS, key=b"m", value=b"\xc1 metrics test")
 
     from fedengine import launcher

@@ -11,22 +11,9 @@ import torch
 from fedcommon import datasets, models
 from fedcommon.messages.v1 import ModelArchitecture
 from fedengine.sdk import FedEngineClient
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, run_fleet_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def task_body(fleet: str, **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "task_name": "pytest task",
-        "participating_devices": [f"{fleet}-{i:04d}" for i in range(8)],
-        "devices_per_round": 4,
-        "min_devices": 2,
-        "rounds": 3,
-        "round_timeout_s": 20,
-    }
-    body.update(overrides)
-    return body
 
 
 async def finished(client: FedEngineClient, task_id: str, timeout_s: float = 90) -> dict[str, Any]:
@@ -38,9 +25,7 @@ async def finished(client: FedEngineClient, task_id: str, timeout_s: float = 90)
 async def test_task_runs_to_completion_and_model_downloads(
     client: FedEngineClient, fleet: str
 ) -> None:
-    await client.wait_for_devices(8, prefix=f"{fleet}-")
-    task_id = await client.create_federated_task(**task_body(fleet, rounds=4))
-    await client.start_federated_training(task_id)
+    task_id = await run_fleet_task(client, fleet, wait=False, rounds=4)
 
     task = await finished(client, task_id)
 
@@ -75,9 +60,7 @@ async def test_task_runs_to_completion_and_model_downloads(
 async def test_pause_finishes_the_round_in_flight_and_resume_continues(
     client: FedEngineClient, fleet: str
 ) -> None:
-    await client.wait_for_devices(8, prefix=f"{fleet}-")
-    task_id = await client.create_federated_task(**task_body(fleet, rounds=6))
-    await client.start_federated_training(task_id)
+    task_id = await run_fleet_task(client, fleet, wait=False, rounds=6)
     await client.wait_for_task(task_id, lambda t: t["current_round"] >= 1, timeout_s=60)
 
     await client.pause_task(task_id)
@@ -110,9 +93,7 @@ async def test_pause_finishes_the_round_in_flight_and_resume_continues(
 
 
 async def test_cancel_stops_a_running_task(client: FedEngineClient, fleet: str) -> None:
-    await client.wait_for_devices(8, prefix=f"{fleet}-")
-    task_id = await client.create_federated_task(**task_body(fleet, rounds=200))
-    await client.start_federated_training(task_id)
+    task_id = await run_fleet_task(client, fleet, wait=False, rounds=200)
     await client.wait_for_task(task_id, lambda t: t["current_round"] >= 1, timeout_s=60)
 
     await client.cancel_task(task_id)
