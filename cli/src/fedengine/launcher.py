@@ -231,17 +231,22 @@ def up(settings: LauncherSettings, *, log: object = print) -> Stack:
     return stack
 
 
-def terminate(process: Process, *, timeout_s: float = 15.0) -> None:
-    """SIGTERM (graceful: finish, commit, exit), then SIGKILL after ``timeout_s``."""
+def terminate(process: Process, *, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM (graceful: finish, commit, exit), then SIGKILL after ``timeout_s``.
+
+    Returns the exit status when this process is the parent (else None).
+    """
     if not alive(process):
-        return
+        return None
     os.kill(process.pid, signal.SIGTERM)
     try:
-        psutil.Process(process.pid).wait(timeout_s)
+        status: int | None = psutil.Process(process.pid).wait(timeout_s)
+        return status
     except psutil.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
     except psutil.NoSuchProcess:
         pass
+    return None
 
 
 def down(settings: LauncherSettings) -> list[str]:
@@ -324,23 +329,29 @@ def stop_process(settings: LauncherSettings, process: Process) -> None:
         stack.save(_state_file(settings))
 
 
-def restart(settings: LauncherSettings, name: str, *, kill: bool = False) -> Process:
-    """Stop service ``name`` (SIGKILL when ``kill``, else graceful) and start it again."""
+def restart(
+    settings: LauncherSettings, name: str, *, kill: bool = False
+) -> tuple[Process, int | None]:
+    """Stop service ``name`` (SIGKILL when ``kill``, else graceful) and start it again.
+
+    Returns the new process and the old one's exit status (when known).
+    """
     stack = Stack.load(_state_file(settings))
     if stack is None:
         raise RuntimeError("no stack is running")
     old = next((p for p in stack.processes if p.name == name), None)
     if old is None or old.module is None:
         raise LookupError(f"no service {name!r} in the stack")
+    exit_status: int | None = None
     if kill and alive(old):
         os.kill(old.pid, signal.SIGKILL)
-        psutil.Process(old.pid).wait(10)
+        exit_status = psutil.Process(old.pid).wait(10)
     else:
-        terminate(old)
+        exit_status = terminate(old)
     secret, _ = jwt_secret(settings)
     env = service_env(settings, stack, secret)
     new = spawn(settings, name, old.module, env, metrics_port=old.metrics_port)
     stack.processes = [new if p.pid == old.pid else p for p in stack.processes]
     stack.save(_state_file(settings))
     wait_ready(settings, [new], gateway_url=stack.gateway_url)
-    return new
+    return new, exit_status
