@@ -39,6 +39,7 @@ class Stack:
     kafka: KafkaSettings
     database_url: str
     secret: str
+    fleet: str
 
     def token(self, role: auth.Role = auth.Role.ADMIN, subject: str = "pytest") -> str:
         return auth.issue_token(secret=self.secret, subject=subject, role=role)
@@ -75,12 +76,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         },
     )
     try:
-        running = launcher.up(settings, log=lambda *_: None)
+        fleet = launcher.Fleet(name=f"f{uuid.uuid4().hex[:6]}", devices=8, seed=1)
+        running = launcher.up(settings, log=lambda *_: None, fleets=[fleet])
         secret, _ = launcher.jwt_secret(settings)
         kafka = KafkaSettings(
             bootstrap_servers=running.bootstrap_servers, topic_prefix=running.topic_prefix
         )
-        yield Stack(settings, running, kafka, database_url, secret)
+        yield Stack(settings, running, kafka, database_url, secret, fleet.name)
     finally:
         launcher.down(settings)
         if pgdata is not None:
@@ -103,11 +105,6 @@ async def db(stack: Stack) -> AsyncIterator[psycopg.AsyncConnection]:
 
 
 @pytest.fixture(scope="session")
-def fleet(stack: Stack) -> Iterator[str]:
+def fleet(stack: Stack) -> str:
     """A simulated fleet of 8 IID devices shared by the tests that only need trainers."""
-    name = f"f{uuid.uuid4().hex[:6]}"
-    process = launcher.start_simulator(
-        stack.settings, stack.stack, fleet=name, devices=8, partitioning="iid", alpha=0.5, seed=1
-    )
-    yield name
-    launcher.stop_process(stack.settings, process)
+    return stack.fleet

@@ -57,38 +57,40 @@ async def run_demo(
     def mark(phase: str) -> None:
         phases[phase] = round(time.perf_counter() - began - sum(phases.values()), 3)
 
+    fleet = launcher.Fleet(
+        name=f"demo{uuid4().hex[:6]}",
+        devices=options.devices,
+        partitioning="iid" if options.non_iid is None else "dirichlet",
+        alpha=options.non_iid or 0.5,
+        seed=options.seed,
+    )
+    console.print(
+        f"starting {fleet.devices} simulated devices (fleet {fleet.name}, {fleet.partitioning})"
+    )
     started_here = launcher.running_stack(settings) is None
-    stack = launcher.up(settings, log=console.print)
-    mark("stack_up_s")
     simulator = None
     try:
-        fleet = f"demo{uuid4().hex[:6]}"
-        partitioning = "iid" if options.non_iid is None else "dirichlet"
-        console.print(
-            f"starting {options.devices} simulated devices (fleet {fleet}, {partitioning})"
-        )
-        simulator = launcher.start_simulator(
-            settings,
-            stack,
-            fleet=fleet,
-            devices=options.devices,
-            partitioning=partitioning,
-            alpha=options.non_iid or 0.5,
-            seed=options.seed,
-        )
+        if started_here:
+            # A new stack: the fleet starts together with the services.
+            stack = launcher.up(settings, log=console.print, fleets=[fleet])
+        else:
+            stack = launcher.up(settings, log=console.print)
+            launcher.start_simulator(settings, stack, fleet)
+        simulator = next(p for p in stack.processes if p.name == fleet.process_name)
+        mark("stack_up_s")
         secret, _ = launcher.jwt_secret(settings)
         token = auth.issue_token(secret=secret, subject="fedengine-demo", role=auth.Role.OPERATOR)
         async with FedEngineClient(stack.gateway_url, token) as client:
-            await client.wait_for_devices(options.devices, prefix=f"{fleet}-")
+            await client.wait_for_devices(options.devices, prefix=f"{fleet.name}-")
             mark("fleet_ready_s")
             task = {
-                "task_name": f"demo {fleet}",
+                "task_name": f"demo {fleet.name}",
                 "model_architecture": options.model,
                 "dataset": "digits",
                 "rounds": options.rounds,
                 "devices_per_round": options.per_round,
                 "min_devices": options.min_devices or max(1, options.per_round // 2),
-                "participating_devices": [f"{fleet}-{i:04d}" for i in range(options.devices)],
+                "participating_devices": [f"{fleet.name}-{i:04d}" for i in range(options.devices)],
                 "learning_rate": options.learning_rate,
                 "local_epochs": options.local_epochs,
                 "batch_size": options.batch_size,
@@ -134,8 +136,8 @@ async def run_demo(
             "stop_reason": state["stop_reason"],
             "config": {
                 **asdict(options),
-                "fleet": fleet,
-                "partitioning": partitioning,
+                "fleet": fleet.name,
+                "partitioning": fleet.partitioning,
                 "task": task,
                 "bootstrap_servers": stack.bootstrap_servers,
                 "embedded_broker": stack.broker is not None,

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -181,8 +182,11 @@ def running_stack(settings: LauncherSettings) -> Stack | None:
     return None
 
 
-def up(settings: LauncherSettings, *, log: object = print) -> Stack:
-    """Start the broker and database unless configured, then all services; return the stack."""
+def up(settings: LauncherSettings, *, log: object = print, fleets: Sequence[Fleet] = ()) -> Stack:
+    """Start the broker and database unless configured, then all services; return the stack.
+
+    ``fleets`` are simulator fleets to start with the services when the stack is new.
+    """
     existing = running_stack(settings)
     if existing is not None:
         return existing
@@ -216,14 +220,16 @@ def up(settings: LauncherSettings, *, log: object = print) -> Stack:
     stack.save(_state_file(settings))
     env = service_env(settings, stack, secret)
     try:
+        # Everything starts at once: consumer-group joins dominate start-up, and they overlap.
         for name in SERVICES:
             stack.processes.append(spawn(settings, name, f"fedengine_{name}", env))
+        stack.processes.append(spawn(settings, GATEWAY, "fedengine_gateway", env))
+        for fleet in fleets:
+            stack.processes.append(
+                spawn(settings, fleet.process_name, "fedengine_simulator", fleet.env(env))
+            )
         stack.save(_state_file(settings))
-        wait_ready(settings, stack.processes, gateway_url=None)
-        gateway = spawn(settings, GATEWAY, "fedengine_gateway", env)
-        stack.processes.append(gateway)
-        stack.save(_state_file(settings))
-        wait_ready(settings, [gateway], gateway_url=stack.gateway_url)
+        wait_ready(settings, stack.processes, gateway_url=stack.gateway_url)
     except BaseException:
         down(settings)
         raise
@@ -249,16 +255,30 @@ def terminate(process: Process, *, timeout_s: float = 15.0) -> int | None:
     return None
 
 
+def terminate_all(processes: list[Process], *, timeout_s: float = 15.0) -> list[str]:
+    """SIGTERM every live process at once, wait for all, SIGKILL what outlives ``timeout_s``."""
+    live: dict[int, Process] = {p.pid: p for p in processes if alive(p)}
+    handles = []
+    for pid in live:
+        try:
+            handle = psutil.Process(pid)
+            handle.terminate()
+            handles.append(handle)
+        except psutil.NoSuchProcess:
+            continue
+    _, remaining = psutil.wait_procs(handles, timeout=timeout_s)
+    for handle in remaining:
+        handle.kill()
+    return [live[handle.pid].name for handle in handles]
+
+
 def down(settings: LauncherSettings) -> list[str]:
     """Stop everything the state file says we started; return what was stopped."""
     stack = Stack.load(_state_file(settings))
     stopped: list[str] = []
     if stack is None:
         return stopped
-    for process in reversed(stack.processes):
-        if alive(process):
-            terminate(process)
-            stopped.append(process.name)
+    stopped.extend(terminate_all(stack.processes))
     if stack.broker is not None and alive(stack.broker):
         terminate(stack.broker, timeout_s=5)
         stopped.append("broker")
@@ -290,30 +310,36 @@ def status(settings: LauncherSettings) -> dict[str, object]:
     }
 
 
-def start_simulator(
-    settings: LauncherSettings,
-    stack: Stack,
-    *,
-    fleet: str,
-    devices: int,
-    partitioning: str,
-    alpha: float,
-    seed: int,
-) -> Process:
+@dataclass(frozen=True)
+class Fleet:
+    """A simulator process: its fleet name, size and data partitioning."""
+
+    name: str
+    devices: int
+    partitioning: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+
+    @property
+    def process_name(self) -> str:
+        return f"simulator-{self.name}"
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        return {
+            **base,
+            "SIMULATOR_FLEET": self.name,
+            "SIMULATOR_DEVICES": str(self.devices),
+            "SIMULATOR_PARTITIONING": self.partitioning,
+            "SIMULATOR_ALPHA": str(self.alpha),
+            "SIMULATOR_SEED": str(self.seed),
+        }
+
+
+def start_simulator(settings: LauncherSettings, stack: Stack, fleet: Fleet) -> Process:
     """Start a simulator process for one fleet and wait until it has joined and enrolled."""
     secret, _ = jwt_secret(settings)
-    env = service_env(settings, stack, secret)
-    env.update(
-        {
-            "SIMULATOR_FLEET": fleet,
-            "SIMULATOR_DEVICES": str(devices),
-            "SIMULATOR_PARTITIONING": partitioning,
-            "SIMULATOR_ALPHA": str(alpha),
-            "SIMULATOR_SEED": str(seed),
-        }
-    )
-    name = f"simulator-{fleet}"
-    process = spawn(settings, name, "fedengine_simulator", env)
+    env = fleet.env(service_env(settings, stack, secret))
+    process = spawn(settings, fleet.process_name, "fedengine_simulator", env)
     stack.processes.append(process)
     stack.save(_state_file(settings))
     wait_ready(settings, [process], gateway_url=None)
