@@ -18,6 +18,7 @@ from fedcommon.messages.v1 import (
     AnyMessage,
     DeviceEnrolled,
     HeartbeatSent,
+    ModelArchitecture,
     TrainRequested,
     UpdateMetrics,
     UpdateSubmitted,
@@ -58,6 +59,31 @@ class Fleet:
                 seed=self.settings.seed,
             )
         return self._partitions[dataset][index]
+
+    def warm_up(self) -> None:
+        """Load the data set, partition it and run one training step, before enrolling.
+
+        The first train request would otherwise pay for imports, data loading and torch's first
+        backward pass (about 2 s here), and a device that answers late may miss its deadline.
+        """
+        torch.set_num_threads(1)
+        dataset = datasets.load_dataset(self.settings.dataset)
+        indices = self.partition_of(self.settings.dataset, 0)
+        model = models.build_model(
+            ModelArchitecture.MLP,
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_classes,
+            seed=0,
+        )
+        train_local(
+            model,
+            dataset.x_train[indices],
+            dataset.y_train[indices],
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.01,
+            seed=0,
+        )
 
     async def enrol(self) -> None:
         for device in self.devices.values():
@@ -221,6 +247,7 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
     simulated = Fleet(context, settings)
 
     async def run_fleet() -> None:
+        await asyncio.to_thread(simulated.warm_up)
         await simulated.enrol()
         await simulated.heartbeats()
 
