@@ -97,3 +97,11 @@ def test_evaluation_of_an_untrained_model_is_near_chance() -> None:
 
     assert 0.0 <= result.accuracy < 0.3
     assert result.loss == pytest.approx(np.log(10), rel=0.2)
+
+
+def test_param_shapes_match_a_built_model() -> None:
+    model = evaluation.new_model(ModelArchitecture.CNN, "digits", seed=3)
+
+    shapes = evaluation.param_shapes(ModelArchitecture.CNN, "digits")
+
+    assert shapes == [list(a.shape) for a in models.get_arrays(model)]

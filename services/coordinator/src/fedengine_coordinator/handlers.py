@@ -236,9 +236,8 @@ class Coordinator:
             count=spec.devices_per_round,
             rng=selection.round_rng(seed=spec.seed, round_number=round_number, attempt=attempt),
         )
-        digest, data = await store.get_model(conn, task_id, task.model_version)
-        model = evaluation.new_model(spec.model_architecture, spec.dataset, seed=spec.seed)
-        shapes = arrays.shapes_of(models.get_arrays(models.load_into(model, data)))
+        digest = await store.get_model_digest(conn, task_id, task.model_version)
+        shapes = evaluation.param_shapes(spec.model_architecture, spec.dataset)
         round_id = uuid4()
         deadline = now + timedelta(seconds=spec.round_timeout_s)
         participants = [c.device_id for c in chosen]

@@ -142,6 +142,17 @@ async def get_model(
     return row[0], bytes(row[1])
 
 
+async def get_model_digest(conn: psycopg.AsyncConnection, task_id: UUID, version: int) -> str:
+    cursor = await conn.execute(
+        "SELECT sha256 FROM coordinator.models WHERE task_id = %s AND version = %s",
+        (task_id, version),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise LookupError(f"model version {version} of task {task_id} is missing")
+    return str(row[0])
+
+
 async def online_candidates(conn: psycopg.AsyncConnection) -> list[Candidate]:
     cursor = await conn.execute(
         "SELECT device_id, public_key, battery_pct FROM registry.devices "

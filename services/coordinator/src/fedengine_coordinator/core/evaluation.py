@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -24,6 +25,12 @@ def new_model(architecture: ModelArchitecture, dataset: str, *, seed: int) -> nn
     return models.build_model(
         architecture, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
     )
+
+
+@cache
+def param_shapes(architecture: ModelArchitecture, dataset: str) -> list[list[int]]:
+    """Return the parameter shapes (state_dict order) every version of such a model has."""
+    return [list(a.shape) for a in models.get_arrays(new_model(architecture, dataset, seed=0))]
 
 
 def apply_delta(model: nn.Module, delta: NDArrays) -> nn.Module:
