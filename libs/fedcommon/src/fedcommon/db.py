@@ -105,6 +105,17 @@ async def migrate(pool: AsyncConnectionPool, *, schema: str, package: str) -> li
     return applied
 
 
+async def is_processed(conn: psycopg.AsyncConnection, *, schema: str, message_id: object) -> bool:
+    """Whether ``message_id`` was already handled (for handlers that mark it later)."""
+    cursor = await conn.execute(
+        sql.SQL("SELECT 1 FROM {}.processed_messages WHERE message_id = %s").format(
+            sql.Identifier(schema)
+        ),
+        (message_id,),
+    )
+    return await cursor.fetchone() is not None
+
+
 async def mark_processed(conn: psycopg.AsyncConnection, *, schema: str, message_id: object) -> bool:
     """Record ``message_id`` as handled in this transaction; False when it already was."""
     cursor = await conn.execute(

@@ -157,8 +157,10 @@ class Fleet:
         if datetime.now(UTC) >= message.deadline:
             SKIPPED.labels("past_deadline").inc()
             return
+        if message.round_id is None:
+            raise ProtocolViolation("train request without round_id")
         async with self.context.pool.connection() as conn:
-            if not await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id):
+            if await db.is_processed(conn, schema=SCHEMA, message_id=message.message_id):
                 SKIPPED.labels("duplicate").inc()
                 return
         device = self.devices[message.device_id]
@@ -189,8 +191,6 @@ class Fleet:
 
         result, duration = await asyncio.to_thread(train)
         update = arrays.to_bytes(list(result.delta))
-        if message.round_id is None:
-            raise ProtocolViolation("train request without round_id")
         signature = self.keys[device.device_id].sign(
             signing.update_payload(
                 task_id=message.task_id,
@@ -225,7 +225,10 @@ class Fleet:
                 signature=signature,
             ),
         )
-        async with self.context.pool.connection() as conn:
+        # Marked processed only once the update is on the log: a crash before this line means
+        # the request is redelivered and trained again, and the aggregator drops the duplicate.
+        async with self.context.pool.connection() as conn, conn.transaction():
+            await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
             await conn.execute(
                 "INSERT INTO simulator.trained (round_id, device_id, task_id, round_number, "
                 "num_examples, train_loss, duration_s) VALUES (%s, %s, %s, %s, %s, %s, %s) "
