@@ -48,6 +48,12 @@ class Stack:
         return FedEngineClient(self.stack.gateway_url, self.token(role))
 
 
+def _drop_database(server_url: str, database_url: str) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _fresh_database(server_url: str) -> str:
     name = f"fedengine_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
@@ -87,6 +93,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         launcher.down(settings)
         if pgdata is not None:
             infra.stop_postgres(pgdata)
+        elif environment.database_url is not None:
+            _drop_database(environment.database_url.get_secret_value(), database_url)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

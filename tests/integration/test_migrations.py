@@ -4,6 +4,8 @@ runs (TEST_PG15_URL, default the local server at 127.0.0.1:5432; skipped when ab
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -52,26 +54,35 @@ async def _migrate_twice(url: str) -> tuple[int, list[str]]:
         await pool.close()
 
 
-def _fresh(server: str) -> str:
+@contextmanager
+def _fresh(server: str) -> Iterator[str]:
+    """Create a throw-away database on ``server``; drop it afterwards."""
     name = f"fedengine_mig_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server, autocommit=True, connect_timeout=3) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return psycopg.conninfo.make_conninfo(server, dbname=name)
+    try:
+        yield psycopg.conninfo.make_conninfo(server, dbname=name)
+    finally:
+        with psycopg.connect(server, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_migrations_are_idempotent_on_the_test_server(stack: Stack) -> None:
-    version, applied = await _migrate_twice(_fresh(stack.database_url))
+    with _fresh(stack.database_url) as url:
+        version, applied = await _migrate_twice(url)
     assert applied[-1] == "|", "the second run must apply nothing"
     assert len(applied) == len(PACKAGES) + 1
     assert version >= 15
 
 
 async def test_migrations_are_idempotent_on_postgresql_15() -> None:
+    server = Pg15().url
     try:
-        url = _fresh(Pg15().url)
+        psycopg.connect(server, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
         pytest.skip(f"no PostgreSQL 15 reachable here: {exc}")
-    version, applied = await _migrate_twice(url)
+    with _fresh(server) as url:
+        version, applied = await _migrate_twice(url)
     if version != 15:
         pytest.skip(f"the server at TEST_PG15_URL is PostgreSQL {version}")
     assert applied[-1] == "|"
