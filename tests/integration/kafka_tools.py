@@ -35,6 +35,21 @@ async def find_record(
     timeout_s: float = 30.0,
 ) -> ConsumerRecord:
     """Read ``base`` from the beginning (own group) until a record satisfies ``predicate``."""
+    (record,) = await find_records(settings, base, [predicate], timeout_s=timeout_s)
+    return record
+
+
+async def find_records(
+    settings: KafkaSettings,
+    base: str,
+    predicates: list[Callable[[ConsumerRecord], bool]],
+    *,
+    timeout_s: float = 30.0,
+) -> list[ConsumerRecord]:
+    """Read ``base`` once from the beginning; return the first record matching each predicate.
+
+    One consumer for all of them: every new group costs a join of about 3 s on Tansu.
+    """
     consumer = AIOKafkaConsumer(
         topics.topic_name(settings.topic_prefix, base),
         bootstrap_servers=settings.bootstrap_servers,
@@ -45,15 +60,18 @@ async def find_record(
         session_timeout_ms=6000,
         heartbeat_interval_ms=1000,
     )
+    found: list[ConsumerRecord | None] = [None] * len(predicates)
     await consumer.start()
     try:
         async with asyncio.timeout(timeout_s):
-            while True:
+            while not all(found):
                 batches = await consumer.getmany(timeout_ms=200)
                 for records in batches.values():
                     for record in records:
-                        if predicate(record):
-                            return record
+                        for index, predicate in enumerate(predicates):
+                            if found[index] is None and predicate(record):
+                                found[index] = record
+        return [record for record in found if record is not None]
     finally:
         await consumer.stop()
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -12,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedcommon import arrays, codec, datasets, models, signing, topics
 from fedcommon.messages.v1 import (
     DeviceType,
+    HeartbeatSent,
     ModelArchitecture,
     TrainRequested,
     UpdateMetrics,
@@ -19,7 +25,7 @@ from fedcommon.messages.v1 import (
 )
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
-from tests.integration.kafka_tools import enrol, find_record
+from tests.integration.kafka_tools import enrol, find_records, send
 
 
 @dataclass
@@ -33,6 +39,43 @@ class ManualRound:
         self, name: str, delta: list[np.ndarray], *, signer: Ed25519PrivateKey | None = None
     ) -> UpdateSubmitted:
         return signed_update(self.requests[name], name, self.keys[name], delta, signer=signer)
+
+    @asynccontextmanager
+    async def heartbeating(self, stack: Stack, *, every_s: float = 1.0) -> AsyncIterator[None]:
+        """Keep the devices online (signed heartbeats) while the block runs."""
+
+        async def beat() -> None:
+            sequence = 0
+            while True:
+                sequence += 1
+                for name, key in self.keys.items():
+                    sent_at = datetime.now(UTC)
+                    payload = signing.heartbeat_payload(
+                        device_id=name,
+                        sequence=sequence,
+                        sent_at_us=int(sent_at.timestamp() * 1_000_000),
+                    )
+                    await send(
+                        stack.kafka,
+                        topics.DEVICES,
+                        key=name,
+                        message=HeartbeatSent(
+                            producer="pytest",
+                            device_id=name,
+                            sequence=sequence,
+                            sent_at=sent_at,
+                            signature=key.sign(payload),
+                        ),
+                    )
+                await asyncio.sleep(every_s)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def mlp_shapes() -> list[tuple[int, ...]]:
@@ -109,11 +152,13 @@ async def open_manual_round(
     body.update(spec)
     task_id = await client.create_federated_task(**body)
     await client.start_federated_training(task_id)
+    records = await find_records(
+        stack.kafka,
+        topics.DEVICE_COMMANDS,
+        [lambda r, n=name: r.key == n.encode() for name in names],
+    )
     requests: dict[str, TrainRequested] = {}
-    for name in names:
-        record = await find_record(
-            stack.kafka, topics.DEVICE_COMMANDS, lambda r, n=name: r.key == n.encode()
-        )
+    for name, record in zip(names, records, strict=True):
         message = codec.decode(record.value)
         if not isinstance(message, TrainRequested):
             raise AssertionError(f"expected a train request, got {message.type}")

@@ -1,0 +1,68 @@
+"""A round that misses its minimum by the deadline is re-issued a bounded number of times, then
+the task fails with the reason recorded; a task with no eligible devices fails too."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from fedcommon import topics
+from fedengine.sdk import FedEngineClient
+from tests.integration.conftest import Stack
+from tests.integration.kafka_tools import send
+from tests.integration.manual_devices import constant_delta, open_manual_round
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_a_round_short_of_its_minimum_is_reissued_then_the_task_fails(
+    stack: Stack, client: FedEngineClient
+) -> None:
+    manual = await open_manual_round(
+        stack, client, label="short", round_timeout_s=6, max_round_retries=1
+    )
+    first = manual.names[0]
+    await send(
+        stack.kafka,
+        topics.UPDATES,
+        key=manual.task_id,
+        message=manual.update(first, constant_delta(0.001)),
+    )
+
+    async with manual.heartbeating(stack):
+        task = await client.wait_for_task(
+            manual.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
+        )
+
+    assert (task["state"], task["stop_reason"]) == ("failed", "round_failed")
+    rounds = await client.get_rounds(manual.task_id)
+    assert [(r["round_number"], r["attempt"], r["status"]) for r in rounds] == [
+        (1, 0, "failed"),
+        (1, 1, "failed"),
+    ]
+    assert rounds[0]["failure"] == "1 of 3 updates by the deadline"
+    assert sorted(rounds[1]["participants"]) == sorted(manual.names)
+    kinds = [e["kind"] for e in await client.get_task_events(manual.task_id)]
+    assert kinds.count("round_failed") == 2
+
+
+async def test_a_task_without_eligible_devices_fails_with_too_few_devices(
+    client: FedEngineClient,
+) -> None:
+    task_id = await client.create_federated_task(
+        task_name="nobody",
+        participating_devices=[f"ghost-{uuid.uuid4().hex[:6]}"],
+        devices_per_round=1,
+        device_wait_s=1,
+    )
+    await client.start_federated_training(task_id)
+
+    task = await client.wait_for_task(
+        task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=30
+    )
+
+    assert (task["state"], task["stop_reason"]) == ("failed", "too_few_devices")
+    assert await client.get_rounds(task_id) == []
+    kinds = [e["kind"] for e in await client.get_task_events(task_id)]
+    assert "waiting_for_devices" in kinds
