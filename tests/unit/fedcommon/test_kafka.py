@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -199,3 +200,43 @@ async def test_commit_position_holds_back_offsets_an_open_window_needs() -> None
     await loop.run()
 
     assert consumer.commits == [5, 5]
+
+
+async def test_concurrent_partitions_keep_order_and_commit_per_partition() -> None:
+    other = TopicPartition(TP.topic, 1)
+    started: list[tuple[int, int]] = []
+
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        started.append((rec.partition, rec.offset))
+        await asyncio.sleep(0.01)
+
+    holder: list[ConsumeLoop] = []
+    consumer, producer = FakeConsumer([], holder), FakeProducer()
+    batches = {TP: [record(0, GOOD), record(1, GOOD)], other: [record(0, GOOD), record(1, GOOD)]}
+    for rec in batches[other]:
+        rec.partition = 1  # type: ignore[misc]
+
+    async def getmany(**_: Any) -> dict[TopicPartition, list[ConsumerRecord]]:
+        if not batches:
+            holder[0].stop()
+            return {}
+        batch = dict(batches)
+        batches.clear()
+        return batch
+
+    commits: list[tuple[int, int]] = []
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        ((tp, offset),) = offsets.items()
+        commits.append((tp.partition, offset))
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.commit = commit  # type: ignore[method-assign]
+    processor = RecordProcessor(producer=producer, settings=SETTINGS, handle=handle)  # type: ignore[arg-type]
+    loop = ConsumeLoop(consumer=consumer, processor=processor, concurrent_partitions=True)  # type: ignore[arg-type]
+    holder.append(loop)
+    await loop.run()
+
+    assert started[:2] == [(0, 0), (1, 0)]  # both partitions began before either finished
+    assert [o for p, o in commits if p == 0] == [1, 2]
+    assert [o for p, o in commits if p == 1] == [1, 2]

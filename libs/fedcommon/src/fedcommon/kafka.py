@@ -233,6 +233,9 @@ class ConsumeLoop:
     consumer: AIOKafkaConsumer
     processor: RecordProcessor
     commit_position: CommitPosition | None = None
+    # Handle a fetched batch's partitions concurrently (records of one partition stay in order
+    # and each is committed after it is handled). For handlers whose partitions are independent.
+    concurrent_partitions: bool = False
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -242,12 +245,18 @@ class ConsumeLoop:
     async def run(self) -> None:
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(timeout_ms=200, max_records=100)
-            for tp, records in batches.items():
-                for record in records:
-                    await self.processor.process(record)
-                    await self._commit(tp, record.offset + 1)
-                    if self._stopping.is_set():
-                        return
+            if self.concurrent_partitions:
+                await asyncio.gather(*(self._run_partition(tp, rs) for tp, rs in batches.items()))
+            else:
+                for tp, records in batches.items():
+                    await self._run_partition(tp, records)
+
+    async def _run_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        for record in records:
+            await self.processor.process(record)
+            await self._commit(tp, record.offset + 1)
+            if self._stopping.is_set():
+                return
 
     async def commit_current(self) -> None:
         """Commit what ``commit_position`` allows now, for every assigned partition."""

@@ -51,6 +51,7 @@ class ServiceSpec:
     migrations_package: str
     group_id: str
     topic_bases: Sequence[str]
+    concurrent_partitions: bool = False
 
 
 async def run_service(
@@ -83,6 +84,7 @@ async def run_service(
                 producer=producer, settings=kafka_settings, handle=parts.handle
             ),
             commit_position=parts.commit_position,
+            concurrent_partitions=spec.concurrent_partitions,
         )
 
         def stop() -> None:

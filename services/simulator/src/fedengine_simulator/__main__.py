@@ -15,6 +15,9 @@ def main() -> None:
         migrations_package="fedengine_simulator",
         group_id=f"simulator-{settings.fleet}",
         topic_bases=(topics.DEVICE_COMMANDS,),
+        # Train requests are keyed by device: partitions are independent, so devices on
+        # different partitions train at the same time (one thread each).
+        concurrent_partitions=True,
     )
     service.main(spec, settings, lambda context: handlers.build(context, settings))
 
