@@ -66,7 +66,8 @@ class Stack:
 
 
 def _state_file(settings: LauncherSettings) -> Path:
-    return settings.run_dir / "stack.json"
+    path: Path = settings.run_dir / "stack.json"
+    return path
 
 
 def alive(process: Process) -> bool:

@@ -110,9 +110,9 @@ class FedEngineClient:
                 return rounds
 
     async def get_task_events(self, task_id: str) -> list[dict[str, Any]]:
-        return (
-            await self._request("GET", f"/tasks/{task_id}/events", params={"limit": 500})
-        ).json()["items"]  # type: ignore[no-any-return]
+        page = await self._request("GET", f"/tasks/{task_id}/events", params={"limit": 500})
+        items: list[dict[str, Any]] = page.json()["items"]
+        return items
 
     async def download_model(
         self, task_id: str, *, version: int | None = None

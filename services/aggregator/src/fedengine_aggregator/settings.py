@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     deadline_check_s: float = Field(default=0.05, gt=0)
     metrics_port: int = 0
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")

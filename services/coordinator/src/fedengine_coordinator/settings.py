@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     tick_s: float = Field(default=0.5, gt=0)
     # A round with no result this long after its deadline is taken as lost and re-issued.
     lost_round_grace_s: float = Field(default=10.0, ge=0)

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     jwt_secret: SecretStr = Field(validation_alias="FEDENGINE_JWT_SECRET")
     environment: Literal["local", "production"] = Field(
         default="local", validation_alias="FEDENGINE_ENVIRONMENT"

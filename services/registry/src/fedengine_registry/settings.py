@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     offline_after_s: float = Field(default=15.0, gt=0)
     check_interval_s: float = Field(default=1.0, gt=0)
     metrics_port: int = 0

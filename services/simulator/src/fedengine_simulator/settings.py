@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     fleet: str = Field(default="sim", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     devices: int = Field(default=10, ge=1, le=100_000)
     dataset: str = "digits"
