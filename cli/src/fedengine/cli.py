@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedcommon import auth
+from fedcommon.messages.v1 import ModelArchitecture
 from fedengine import launcher
 from fedengine.demo import DemoOptions, run_demo
 from fedengine.settings import LauncherSettings
@@ -60,7 +61,7 @@ def demo(
     rounds: Annotated[int, typer.Option(min=1, help="rounds")] = 10,
     non_iid: Annotated[float | None, typer.Option(help="Dirichlet alpha (default: IID)")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
-    model: Annotated[str, typer.Option(help="mlp or cnn")] = "mlp",
+    model: Annotated[ModelArchitecture, typer.Option(help="model")] = ModelArchitecture.MLP,
     learning_rate: Annotated[float, typer.Option(help="local SGD learning rate")] = 0.3,
     local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = 5,
     batch_size: Annotated[int, typer.Option(help="local batch size")] = 16,
@@ -117,7 +118,7 @@ def bench_demo(
     per_round: Annotated[int, typer.Option(min=1)] = 10,
     rounds: Annotated[int, typer.Option(min=1)] = 10,
     non_iid: Annotated[float | None, typer.Option()] = None,
-    model: Annotated[str, typer.Option()] = "mlp",
+    model: Annotated[ModelArchitecture, typer.Option()] = ModelArchitecture.MLP,
 ) -> None:
     """Time the demo end to end: wall time and seconds per round."""
     from fedengine.bench import bench_demo as run
