@@ -6,12 +6,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from aiokafka import ConsumerRecord
 
-from fedcommon import topics
+from fedcommon import codec, topics
+from fedcommon.messages.v1 import TrainRequested
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
-from tests.integration.kafka_tools import send
-from tests.integration.manual_devices import constant_delta, open_manual_round
+from tests.integration.helpers import eventually
+from tests.integration.kafka_tools import find_records, send
+from tests.integration.manual_devices import ManualRound, constant_delta, open_manual_round
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -66,3 +69,57 @@ async def test_a_task_without_eligible_devices_fails_with_too_few_devices(
     assert await client.get_rounds(task_id) == []
     kinds = [e["kind"] for e in await client.get_task_events(task_id)]
     assert "waiting_for_devices" in kinds
+
+
+async def test_resume_after_a_round_failed_while_paused_reissues_the_round(
+    stack: Stack, client: FedEngineClient
+) -> None:
+    manual = await open_manual_round(
+        stack, client, label="paused-fail", round_timeout_s=4, max_round_retries=3
+    )
+    await client.pause_task(manual.task_id)
+    async with manual.heartbeating(stack):
+
+        async def first_attempt_failed() -> bool:
+            rounds = await client.get_rounds(manual.task_id)
+            return bool(rounds) and rounds[0]["status"] == "failed"
+
+        await eventually(first_attempt_failed, timeout_s=30)
+        assert (await client.get_task(manual.task_id))["state"] == "paused"
+
+        await client.resume_task(manual.task_id)
+        records = await find_records(
+            stack.kafka,
+            topics.DEVICE_COMMANDS,
+            [
+                lambda r, n=name: r.key == n.encode() and _attempt_of(r, manual)
+                for name in manual.names
+            ],
+        )
+        for name, record in zip(manual.names, records, strict=True):
+            request = codec.decode(record.value)
+            assert isinstance(request, TrainRequested)
+            manual.requests[name] = request
+            await send(
+                stack.kafka,
+                topics.UPDATES,
+                key=manual.task_id,
+                message=manual.update(name, constant_delta(0.001)),
+            )
+        task = await client.wait_for_task(
+            manual.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
+        )
+
+    assert task["state"] == "completed"
+    rounds = await client.get_rounds(manual.task_id)
+    assert [(r["round_number"], r["attempt"], r["status"]) for r in rounds] == [
+        (1, 0, "failed"),
+        (1, 1, "completed"),
+    ]
+
+
+def _attempt_of(record: ConsumerRecord, manual: ManualRound) -> bool:
+    """Whether ``record`` is a train request of a later attempt than the ones collected."""
+    message = codec.decode(record.value)
+    known = {request.round_id for request in manual.requests.values()}
+    return isinstance(message, TrainRequested) and message.round_id not in known

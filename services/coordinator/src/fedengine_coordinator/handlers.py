@@ -196,14 +196,16 @@ class Coordinator:
             return
         await self._state_changed(conn, task.task_id, target)
         if target == TaskState.RUNNING and await store.open_round_of(conn, task.task_id) is None:
-            await self._open_round(
-                conn, task.task_id, round_number=task.current_round + 1, attempt=0
-            )
+            await self._open_round(conn, task.task_id, round_number=task.current_round + 1)
 
     async def _open_round(
-        self, conn: psycopg.AsyncConnection, task_id: UUID, *, round_number: int, attempt: int
+        self, conn: psycopg.AsyncConnection, task_id: UUID, *, round_number: int
     ) -> None:
-        """Select devices and open a round, or wait for devices (bounded by device_wait_s)."""
+        """Select devices and open a try of a round, or wait for devices (device_wait_s).
+
+        The attempt number comes from the stored tries of that round, so a round that failed
+        while the task was paused is re-tried, not re-created.
+        """
         task = await store.lock_task(conn, task_id)
         if task is None or not lifecycle.opens_round(task.state):
             return
@@ -231,6 +233,7 @@ class Coordinator:
             return
         if task.waiting_since is not None:
             await store.set_waiting(conn, task_id, None)
+        attempt = await store.next_attempt(conn, task_id, round_number)
         chosen = selection.select(
             pool,
             count=spec.devices_per_round,
@@ -410,9 +413,7 @@ class Coordinator:
         if reason is not None:
             await self._state_changed(conn, task.task_id, TaskState.COMPLETED, reason)
         elif lifecycle.opens_round(task.state):
-            await self._open_round(
-                conn, task.task_id, round_number=round_row.round_number + 1, attempt=0
-            )
+            await self._open_round(conn, task.task_id, round_number=round_row.round_number + 1)
 
     async def _round_failed(
         self,
@@ -448,7 +449,6 @@ class Coordinator:
                 conn,
                 task.task_id,
                 round_number=round_row.round_number,
-                attempt=round_row.attempt + 1,
             )
 
     async def tick(self) -> None:
@@ -470,9 +470,7 @@ class Coordinator:
                     or await store.open_round_of(conn, task_id) is not None
                 ):
                     continue
-                await self._open_round(
-                    conn, task_id, round_number=task.current_round + 1, attempt=0
-                )
+                await self._open_round(conn, task_id, round_number=task.current_round + 1)
         self.context.relay.wake()
 
 

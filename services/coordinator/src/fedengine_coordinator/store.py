@@ -186,6 +186,17 @@ async def insert_round(
     )
 
 
+async def next_attempt(conn: psycopg.AsyncConnection, task_id: UUID, round_number: int) -> int:
+    """Return the attempt number a new try of ``round_number`` gets (0 for the first)."""
+    cursor = await conn.execute(
+        "SELECT COALESCE(max(attempt) + 1, 0) FROM coordinator.rounds "
+        "WHERE task_id = %s AND round_number = %s",
+        (task_id, round_number),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def lock_round(conn: psycopg.AsyncConnection, round_id: UUID) -> RoundRow | None:
     cursor = await conn.execute(
         f"SELECT {_ROUND_COLUMNS} FROM coordinator.rounds WHERE round_id = %s FOR UPDATE",
