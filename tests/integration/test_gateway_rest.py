@@ -126,3 +126,17 @@ async def test_status_health_metrics_cleanup_and_openapi(stack: Stack) -> None:
         assert (await root.get("/docs")).status_code == 200
         schema = (await root.get("/openapi.json")).json()
         assert f"{API}/tasks/{{task_id}}/start" in schema["paths"]
+
+
+async def test_commands_that_cannot_apply_get_409(stack: Stack, client: FedEngineClient) -> None:
+    task_id = await client.create_federated_task(task_name="conflicts", devices_per_round=1)
+    async with http(stack, auth.Role.OPERATOR) as api:
+        paused = await api.post(f"/tasks/{task_id}/pause")
+        assert paused.status_code == 409
+        assert paused.json()["detail"] == "cannot pause a task that is created"
+        assert (await api.post(f"/tasks/{task_id}/cancel")).status_code == 202
+        await client.wait_for_task(task_id, lambda t: t["state"] == "cancelled")
+        for command in ("start", "resume", "cancel"):
+            response = await api.post(f"/tasks/{task_id}/{command}")
+            assert response.status_code == 409, command
+            assert "cancelled" in response.json()["detail"]

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcommon import models
+from fedcommon import lifecycle, models
+from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import ModelArchitecture, StopReason, TaskSpec, TaskState
-from fedengine_coordinator.core import evaluation, lifecycle, selection, stopping
-from fedengine_coordinator.core.lifecycle import Command
+from fedengine_coordinator.core import evaluation, selection, stopping
 
 
 @pytest.mark.parametrize(

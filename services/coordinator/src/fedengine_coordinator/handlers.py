@@ -15,7 +15,8 @@ import psycopg
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
-from fedcommon import arrays, db, models, outbox, topics
+from fedcommon import arrays, db, lifecycle, models, outbox, topics
+from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     AnyMessage,
     CleanupRequested,
@@ -38,8 +39,7 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_coordinator import store
-from fedengine_coordinator.core import evaluation, lifecycle, selection, stopping
-from fedengine_coordinator.core.lifecycle import Command
+from fedengine_coordinator.core import evaluation, selection, stopping
 from fedengine_coordinator.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
-from fedcommon import auth, db, kafka, signing, topics
+from fedcommon import auth, db, kafka, lifecycle, signing, topics
+from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     CleanupRequested,
     DeviceEnrolled,
@@ -28,6 +29,7 @@ from fedcommon.messages.v1 import (
     TaskPauseRequested,
     TaskResumeRequested,
     TaskStartRequested,
+    TaskState,
 )
 from fedengine_gateway import queries
 from fedengine_gateway.schemas import (
@@ -263,8 +265,14 @@ def _task_command(name: str) -> Any:
     async def endpoint(
         task_id: UUID, request: Request, response: Response, conn: Conn, who: Operator
     ) -> Accepted:
-        if await queries.get_task(conn, task_id) is None:
+        task = await queries.get_task(conn, task_id)
+        if task is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} not found")
+        state = TaskState(task["state"])
+        if lifecycle.next_state(state, Command(name)) is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"cannot {name} a task that is {state.value}"
+            )
         await _publish(
             request,
             topics.TASKS,

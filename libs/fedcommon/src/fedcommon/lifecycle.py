@@ -1,4 +1,8 @@
-"""Task lifecycle: which command is allowed in which state, and what it leads to."""
+"""Task lifecycle: which command is allowed in which state, and what it leads to.
+
+Shared by the coordinator (which decides) and the gateway (which refuses a command that cannot
+apply with 409 instead of accepting it).
+"""
 
 from __future__ import annotations
 
