@@ -82,3 +82,17 @@ def test_bytes_travel_raw_not_base64() -> None:
     update = next(e for e in EXAMPLES if isinstance(e, v1.UpdateSubmitted))
 
     assert update.update in codec.encode(update)
+
+
+def test_error_text_names_fields_but_never_values() -> None:
+    update = next(e for e in EXAMPLES if isinstance(e, v1.UpdateSubmitted))
+    data = msgpack.unpackb(codec.encode(update))
+    data["update"] = b"SECRET-UPDATE-BYTES"
+    data["num_examples"] = -1
+    data["signature"] = "not bytes but SECRET-TEXT"
+
+    with pytest.raises(InvalidMessage) as caught:
+        codec.decode(msgpack.packb(data))
+
+    text = str(caught.value)
+    assert "num_examples" in text and "SECRET" not in text

@@ -42,4 +42,16 @@ def decode(raw: bytes | None) -> AnyMessage:
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise InvalidMessage(f"codec: {exc.error_count()} validation error(s): {exc}") from exc
+        raise InvalidMessage(f"codec: {describe(exc)}") from exc
+
+
+def describe(exc: ValidationError) -> str:
+    """Summarise a validation error by field and reason, never by value.
+
+    Error texts reach logs and dead-letter headers; values may be model updates or keys.
+    """
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False, include_context=False)
+    ]
+    return f"{len(problems)} validation error(s): " + "; ".join(problems)
