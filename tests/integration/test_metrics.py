@@ -57,3 +57,18 @@ async def test_services_and_gateway_expose_metrics(
     assert metric(page, "fedengine_rounds_duration_seconds_count") >= 2
     assert metric(page, "fedengine_projection") > 0
     assert "original_topic" in page
+
+
+async def test_only_the_gateway_process_holds_the_signing_secret(stack: Stack) -> None:
+    from pathlib import Path
+
+    from fedengine import launcher
+
+    running = launcher.Stack.load(stack.settings.run_dir / "stack.json")
+    assert running is not None
+    holders = {
+        process.name
+        for process in running.processes
+        if b"FEDENGINE_JWT_SECRET=" in Path(f"/proc/{process.pid}/environ").read_bytes()
+    }
+    assert holders == {"gateway"}

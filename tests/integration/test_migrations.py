@@ -86,3 +86,25 @@ async def test_migrations_are_idempotent_on_postgresql_15() -> None:
     if version != 15:
         pytest.skip(f"the server at TEST_PG15_URL is PostgreSQL {version}")
     assert applied[-1] == "|"
+
+
+async def test_processed_message_ids_older_than_the_window_are_purged(stack: Stack) -> None:
+    with _fresh(stack.database_url) as url:
+        pool = await db.open_pool(PostgresSettings(DATABASE_URL=url), name="purge-test")
+        try:
+            await db.migrate(pool, schema="registry", package="fedengine_registry")
+            async with pool.connection() as conn:
+                old, recent = uuid.uuid4(), uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO registry.processed_messages (message_id, processed_at) "
+                    "VALUES (%s, now() - interval '2 days'), (%s, now())",
+                    (old, recent),
+                )
+                purged = await db.purge_processed(conn, schema="registry", older_than_s=86_400)
+                cursor = await conn.execute("SELECT message_id FROM registry.processed_messages")
+                remaining = [row[0] for row in await cursor.fetchall()]
+        finally:
+            await pool.close()
+
+    assert purged == 1
+    assert remaining == [recent]

@@ -127,6 +127,8 @@ def spawn(
     """
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     if module != "fedengine_gateway":
+        # Only the gateway checks tokens; no other process needs the signing secret.
+        env = {k: v for k, v in env.items() if k != "FEDENGINE_JWT_SECRET"}
         metrics_port = metrics_port or infra.free_port()
         env = {
             **env,

@@ -116,6 +116,24 @@ async def is_processed(conn: psycopg.AsyncConnection, *, schema: str, message_id
     return await cursor.fetchone() is not None
 
 
+async def purge_processed(
+    conn: psycopg.AsyncConnection, *, schema: str, older_than_s: float
+) -> int:
+    """Forget handled message ids older than the dedupe window; return how many.
+
+    Redeliveries come within minutes (a rebalance, a restart); keeping ids for a day bounds the
+    table while covering them many times over.
+    """
+    cursor = await conn.execute(
+        sql.SQL(
+            "DELETE FROM {}.processed_messages "
+            "WHERE processed_at < now() - make_interval(secs => %s)"
+        ).format(sql.Identifier(schema)),
+        (older_than_s,),
+    )
+    return cursor.rowcount
+
+
 async def mark_processed(conn: psycopg.AsyncConnection, *, schema: str, message_id: object) -> bool:
     """Record ``message_id`` as handled in this transaction; False when it already was."""
     cursor = await conn.execute(

@@ -52,6 +52,9 @@ class ServiceSpec:
     group_id: str
     topic_bases: Sequence[str]
     concurrent_partitions: bool = False
+    # How long handled message ids are kept for deduplication, and how often they are purged.
+    dedupe_window_s: float = 86_400.0
+    purge_every_s: float = 3_600.0
 
 
 async def run_service(
@@ -99,6 +102,7 @@ async def run_service(
         tasks.append(asyncio.create_task(relay.run(), name="outbox"))
         for job in parts.background:
             tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
+        tasks.append(asyncio.create_task(_purge_processed(spec, pool), name="purge"))
         await kafka.wait_for_assignment(consumer)
         runtime.mark_ready(run_dir, spec.name)
         consume = asyncio.create_task(loop.run(), name="consume")
@@ -122,6 +126,21 @@ async def run_service(
             await producer.stop()
         await pool.close()
         logger.info("%s stopped", spec.name)
+
+
+async def _purge_processed(spec: ServiceSpec, pool: AsyncConnectionPool) -> None:
+    """Keep ``processed_messages`` bounded: drop ids older than the dedupe window, hourly."""
+    while True:
+        try:
+            async with pool.connection() as conn:
+                purged = await db.purge_processed(
+                    conn, schema=spec.schema, older_than_s=spec.dedupe_window_s
+                )
+            if purged:
+                logger.info("purged %d processed message ids", purged)
+        except Exception:
+            logger.exception("purging processed message ids failed; retrying later")
+        await asyncio.sleep(spec.purge_every_s)
 
 
 class ServiceSettings(Protocol):
