@@ -1,5 +1,5 @@
-"""NaN, wrong-shape, foreign-signature and replayed updates are rejected and counted while the
-round completes with the valid ones. The test plays three devices with keys it holds."""
+"""NaN, too-large, wrong-shape, foreign-signature and replayed updates are rejected and counted
+while the round completes with the valid ones. The test plays three devices with keys it holds."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ async def test_bad_updates_are_rejected_and_counted_while_the_round_completes(
     valid_a = manual.update(a, good)
     for update in (
         manual.update(b, nan),
+        manual.update(c, [np.zeros((300, 300), dtype=np.float32), *good[1:]]),
         manual.update(c, wrong_shape),
         manual.update(c, good, signer=manual.keys[a]),
         valid_a,
@@ -53,6 +54,7 @@ async def test_bad_updates_are_rejected_and_counted_while_the_round_completes(
         "wrong_shape": 1,
         "bad_signature": 1,
         "duplicate": 1,
+        "too_large": 1,
     }
     cursor = await db.execute(
         "SELECT reason, count(*) FROM aggregator.device_results WHERE task_id = %s "
@@ -63,6 +65,7 @@ async def test_bad_updates_are_rejected_and_counted_while_the_round_completes(
         ("bad_signature", 1),
         ("duplicate", 1),
         ("non_finite", 1),
+        ("too_large", 1),
         ("wrong_shape", 1),
     ]
     status = await client.get_status()

@@ -8,7 +8,12 @@ import pytest
 
 from fedcommon import arrays, signing
 from fedcommon.messages.v1 import Participant, RoundOpened, UpdateMetrics, UpdateSubmitted
-from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
+from fedengine_aggregator.core.validation import (
+    Rejected,
+    RejectReason,
+    max_update_bytes,
+    validate_update,
+)
 
 TASK, ROUND = uuid.UUID(int=1), uuid.UUID(int=2)
 KEYS = {name: signing.generate_private_key() for name in ("a", "b")}
@@ -85,6 +90,7 @@ inf = [GOOD[0], np.array([np.inf, 1], np.float32)]
         (update("a", signer="b"), False, RejectReason.BAD_SIGNATURE),
         (update(), True, RejectReason.DUPLICATE),
         (update(raw=b"garbage"), False, RejectReason.MALFORMED),
+        (update(values=[np.zeros((200, 200), np.float32), GOOD[1]]), False, RejectReason.TOO_LARGE),
         (update(values=[np.zeros((3, 3), np.float32), GOOD[1]]), False, RejectReason.WRONG_SHAPE),
         (update(values=GOOD[:1]), False, RejectReason.WRONG_SHAPE),
         (update(values=nan), False, RejectReason.NON_FINITE),
@@ -101,3 +107,12 @@ def test_each_bad_update_is_rejected_with_its_reason(
         validate_update(OPENED, message, already_accepted=accepted)
 
     assert caught.value.reason == reason
+
+
+def test_the_size_limit_admits_float32_and_float64_encodings_of_the_round_shapes() -> None:
+    limit = max_update_bytes(OPENED.param_shapes)
+
+    as32 = arrays.to_bytes([np.zeros((2, 2), np.float32), np.zeros(2, np.float32)])
+    as64 = arrays.to_bytes([np.zeros((2, 2), np.float64), np.zeros(2, np.float64)])
+
+    assert len(as32) < len(as64) <= limit

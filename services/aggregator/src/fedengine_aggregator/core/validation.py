@@ -17,6 +17,7 @@ class RejectReason(StrEnum):
     LATE = "late"
     STALE_MODEL = "stale_model"
     NOT_SELECTED = "not_selected"
+    TOO_LARGE = "too_large"
     BAD_SIGNATURE = "bad_signature"
     DUPLICATE = "duplicate"
     MALFORMED = "malformed"
@@ -34,6 +35,12 @@ class Rejected(Exception):
         self.detail = detail
 
 
+def max_update_bytes(param_shapes: list[list[int]]) -> int:
+    """Return the largest encoding an update for ``param_shapes`` can have (float64 at most)."""
+    header = 8 + sum(1 + 8 + 1 + 4 * len(shape) for shape in param_shapes)
+    return header + 8 * sum(int(np.prod(shape, dtype=np.int64)) for shape in param_shapes)
+
+
 def validate_update(
     opened: RoundOpened, message: UpdateSubmitted, *, already_accepted: bool
 ) -> NDArrays:
@@ -47,6 +54,10 @@ def validate_update(
     participant = next((p for p in opened.participants if p.device_id == message.device_id), None)
     if participant is None:
         raise Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
+    limit = max_update_bytes(opened.param_shapes)
+    if len(message.update) > limit:
+        # Checked before hashing or decoding: an oversize update costs nothing more.
+        raise Rejected(RejectReason.TOO_LARGE, f"{len(message.update)} bytes > {limit}")
     if opened.round_id is None or message.round_id != opened.round_id:
         raise Rejected(RejectReason.UNKNOWN_ROUND, "round_id does not match")
     try:
