@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedcommon import auth
+from fedcommon.lifecycle import FINISHED
 from fedengine import launcher
-from fedengine.sdk import FINISHED, FedEngineClient
+from fedengine.sdk import FedEngineClient
 from fedengine.settings import LauncherSettings
 
 

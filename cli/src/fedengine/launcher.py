@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -185,7 +185,12 @@ def running_stack(settings: LauncherSettings) -> Stack | None:
     return None
 
 
-def up(settings: LauncherSettings, *, log: object = print, fleets: Sequence[Fleet] = ()) -> Stack:
+def up(
+    settings: LauncherSettings,
+    *,
+    log: Callable[[str], object] = print,
+    fleets: Sequence[Fleet] = (),
+) -> Stack:
     """Start the broker and database unless configured, then all services; return the stack.
 
     ``fleets`` are simulator fleets to start with the services when the stack is new.
@@ -202,7 +207,7 @@ def up(settings: LauncherSettings, *, log: object = print, fleets: Sequence[Flee
     else:
         pid, bootstrap = infra.start_broker(log_path=settings.log_dir / "broker.log")
         broker = Process(name="broker", pid=pid, module="tansu")
-        log(f"broker (Tansu) on {bootstrap}")  # type: ignore[operator]
+        log(f"broker (Tansu) on {bootstrap}")
     postgres_data = None
     if settings.database_url is not None:
         database_url = settings.database_url.get_secret_value()
@@ -210,7 +215,7 @@ def up(settings: LauncherSettings, *, log: object = print, fleets: Sequence[Flee
         pgdata = (settings.home / "pgdata").resolve()
         _, database_url = infra.start_postgres(pgdata)
         postgres_data = str(pgdata)
-        log(f"PostgreSQL (embedded) under {pgdata}")  # type: ignore[operator]
+        log(f"PostgreSQL (embedded) under {pgdata}")
     stack = Stack(
         bootstrap_servers=bootstrap,
         database_url=database_url,
@@ -236,7 +241,7 @@ def up(settings: LauncherSettings, *, log: object = print, fleets: Sequence[Flee
     except BaseException:
         down(settings)
         raise
-    log(f"services ready; gateway on {stack.gateway_url}")  # type: ignore[operator]
+    log(f"services ready; gateway on {stack.gateway_url}")
     return stack
 
 

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 
 API = "/api/federated"
-FINISHED = frozenset({"completed", "cancelled", "failed"})
 
 
 class FedEngineError(Exception):
@@ -52,10 +51,14 @@ class FedEngineClient:
             raise FedEngineError(response.status_code, detail)
         return response
 
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = (await self._request(method, path, **kwargs)).json()
+        return body
+
     # --- devices ---------------------------------------------------------------------------
     async def add_edge_device(self, **device: Any) -> dict[str, Any]:
         """Enrol a device; returns ``{"id", "location", "private_key"?}``."""
-        return (await self._request("POST", "/devices", json=device)).json()  # type: ignore[no-any-return]
+        return await self._json("POST", "/devices", json=device)
 
     async def list_devices(self, *, status: str | None = None) -> list[dict[str, Any]]:
         """Return every device (all pages), optionally only those with ``status``."""
@@ -70,10 +73,10 @@ class FedEngineClient:
                 return devices
 
     async def get_device(self, device_id: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/devices/{device_id}")).json()  # type: ignore[no-any-return]
+        return await self._json("GET", f"/devices/{device_id}")
 
     async def remove_edge_device(self, device_id: str) -> dict[str, Any]:
-        return (await self._request("DELETE", f"/devices/{device_id}")).json()  # type: ignore[no-any-return]
+        return await self._json("DELETE", f"/devices/{device_id}")
 
     # --- tasks -----------------------------------------------------------------------------
     async def create_federated_task(self, **task: Any) -> str:
@@ -83,19 +86,19 @@ class FedEngineClient:
         return str(accepted["id"])
 
     async def start_federated_training(self, task_id: str) -> dict[str, Any]:
-        return (await self._request("POST", f"/tasks/{task_id}/start")).json()  # type: ignore[no-any-return]
+        return await self._json("POST", f"/tasks/{task_id}/start")
 
     async def pause_task(self, task_id: str) -> dict[str, Any]:
-        return (await self._request("POST", f"/tasks/{task_id}/pause")).json()  # type: ignore[no-any-return]
+        return await self._json("POST", f"/tasks/{task_id}/pause")
 
     async def resume_task(self, task_id: str) -> dict[str, Any]:
-        return (await self._request("POST", f"/tasks/{task_id}/resume")).json()  # type: ignore[no-any-return]
+        return await self._json("POST", f"/tasks/{task_id}/resume")
 
     async def cancel_task(self, task_id: str) -> dict[str, Any]:
-        return (await self._request("POST", f"/tasks/{task_id}/cancel")).json()  # type: ignore[no-any-return]
+        return await self._json("POST", f"/tasks/{task_id}/cancel")
 
     async def get_task(self, task_id: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/tasks/{task_id}")).json()  # type: ignore[no-any-return]
+        return await self._json("GET", f"/tasks/{task_id}")
 
     async def get_rounds(self, task_id: str) -> list[dict[str, Any]]:
         rounds: list[dict[str, Any]] = []
@@ -127,11 +130,11 @@ class FedEngineClient:
         )
 
     async def get_status(self) -> dict[str, Any]:
-        return (await self._request("GET", "/status")).json()  # type: ignore[no-any-return]
+        return await self._json("GET", "/status")
 
     async def cleanup(self, *, retention_s: float | None = None) -> dict[str, Any]:
         body = {} if retention_s is None else {"retention_s": retention_s}
-        return (await self._request("POST", "/cleanup", json=body)).json()  # type: ignore[no-any-return]
+        return await self._json("POST", "/cleanup", json=body)
 
     # --- waiting ---------------------------------------------------------------------------
     async def wait_for_task(

@@ -7,8 +7,6 @@ environment (style.md, rule 27).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,11 +39,3 @@ class PostgresSettings(BaseSettings):
     url: SecretStr = Field(validation_alias="DATABASE_URL")
     pool_min_size: int = Field(default=1, validation_alias="DATABASE_POOL_MIN", ge=1)
     pool_max_size: int = Field(default=5, validation_alias="DATABASE_POOL_MAX", ge=1)
-
-
-class HomeSettings(BaseSettings):
-    """Where local runs keep logs, pid files and generated secrets."""
-
-    model_config = SettingsConfigDict(extra="ignore")
-
-    home: Path = Field(default=Path(".fedengine"), validation_alias="FEDENGINE_HOME")

@@ -20,6 +20,7 @@ from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     AnyMessage,
     CleanupRequested,
+    Envelope,
     ModelPublished,
     Participant,
     RoundAggregated,
@@ -68,7 +69,7 @@ class Coordinator:
         self.settings = settings
 
     async def _emit(
-        self, conn: psycopg.AsyncConnection, base: str, key: str, message: object
+        self, conn: psycopg.AsyncConnection, base: str, key: str, message: Envelope
     ) -> None:
         await outbox.enqueue(
             conn,
@@ -76,7 +77,7 @@ class Coordinator:
             settings=self.context.kafka,
             base=base,
             key=key,
-            message=message,  # type: ignore[arg-type]
+            message=message,
         )
 
     async def _state_changed(
