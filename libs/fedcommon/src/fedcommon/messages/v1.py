@@ -11,7 +11,27 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from fedcommon.constraints import (
+    MAX_DEVICES_PER_ROUND,
+    MAX_ROUND_RETRIES,
+    MAX_ROUNDS,
+    MAX_SETTING,
+    MAX_TIMEOUT_S,
+    Constrained,
+    DeviceId,
+    ExampleCount,
+    Int32,
+    Int64,
+    Name,
+    PositiveInt32,
+    PublicKey,
+    Seed,
+    Sha256Hex,
+    Signature,
+    Text,
+)
 
 SCHEMA_VERSION = 1
 
@@ -51,6 +71,9 @@ class TaskState(StrEnum):
 
 class StopReason(StrEnum):
     MAX_ROUNDS = "max_rounds"
+    # The task's own processing failed (a setting no longer valid, an internal error); the
+    # event log says why. Other tasks go on.
+    ERROR = "error"
     TARGET_ACCURACY = "target_accuracy"
     CONVERGED = "converged"
     TOO_FEW_DEVICES = "too_few_devices"
@@ -68,7 +91,9 @@ class Partitioning(StrEnum):
     DIRICHLET = "dirichlet"
 
 
-class _Frozen(BaseModel):
+class _Frozen(Constrained):
+    """Immutable, tolerant of newer producers' extra fields, and storable (see constraints)."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
@@ -80,16 +105,16 @@ class Envelope(_Frozen):
     correlation_id: UUID | None = None
     round_id: UUID | None = None
     sent_at: datetime = Field(default_factory=utc_now)
-    producer: str
+    producer: Name
 
 
 # --- shared value objects ------------------------------------------------------------------
 
 
 class DeviceCapabilities(_Frozen):
-    compute_gflops: float = Field(default=10.0, gt=0)
-    memory_mb: int = Field(default=2048, gt=0)
-    bandwidth_mbps: float = Field(default=20.0, gt=0)
+    compute_gflops: float = Field(default=10.0, gt=0, le=MAX_SETTING)
+    memory_mb: int = Field(default=2048, gt=0, le=2**40)
+    bandwidth_mbps: float = Field(default=20.0, gt=0, le=MAX_SETTING)
     has_battery: bool = True
     battery_pct: float = Field(default=100.0, ge=0, le=100)
 
@@ -97,24 +122,26 @@ class DeviceCapabilities(_Frozen):
 class TaskSpec(_Frozen):
     """What a federated task trains, on what, and when it stops."""
 
-    task_name: str = Field(min_length=1, max_length=200)
+    task_name: Name
     model_architecture: ModelArchitecture = ModelArchitecture.MLP
     dataset: Literal["digits"] = "digits"
-    rounds: int = Field(default=10, ge=1, le=10_000)
-    devices_per_round: int = Field(default=10, ge=1)
-    min_devices: int = Field(default=1, ge=1)
-    participating_devices: list[str] | None = None
+    rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
+    devices_per_round: int = Field(default=10, ge=1, le=MAX_DEVICES_PER_ROUND)
+    min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
+    participating_devices: list[DeviceId] | None = Field(
+        default=None, max_length=MAX_DEVICES_PER_ROUND * 10
+    )
     learning_rate: float = Field(default=0.3, gt=0, le=10)
     local_epochs: int = Field(default=5, ge=1, le=100)
     batch_size: int = Field(default=16, ge=1, le=4096)
-    seed: int = 0
-    round_timeout_s: float = Field(default=30.0, gt=0)
+    seed: Seed = 0
+    round_timeout_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
-    patience: int | None = Field(default=None, ge=1)
-    min_improvement: float = Field(default=1e-3, ge=0)
-    max_update_norm: float = Field(default=100.0, gt=0)
-    max_round_retries: int = Field(default=2, ge=0)
-    device_wait_s: float = Field(default=30.0, gt=0)
+    patience: int | None = Field(default=None, ge=1, le=MAX_ROUNDS)
+    min_improvement: float = Field(default=1e-3, ge=0, le=1)
+    max_update_norm: float = Field(default=100.0, gt=0, le=MAX_SETTING)
+    max_round_retries: int = Field(default=2, ge=0, le=MAX_ROUND_RETRIES)
+    device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
 
     @model_validator(mode="after")
     def _check_devices(self) -> TaskSpec:
@@ -126,14 +153,14 @@ class TaskSpec(_Frozen):
 
 
 class Participant(_Frozen):
-    device_id: str
-    public_key: bytes
+    device_id: DeviceId
+    public_key: PublicKey
 
 
 class UpdateMetrics(_Frozen):
     train_loss: float
-    train_accuracy: float
-    duration_s: float = Field(ge=0)
+    train_accuracy: float = Field(ge=0, le=1)
+    duration_s: float = Field(ge=0, le=MAX_TIMEOUT_S)
 
 
 # --- fed.devices ---------------------------------------------------------------------------
@@ -141,28 +168,28 @@ class UpdateMetrics(_Frozen):
 
 class DeviceEnrolled(Envelope):
     type: Literal["device.enrolled"] = "device.enrolled"
-    device_id: str = Field(min_length=1, max_length=200)
-    device_name: str = Field(min_length=1, max_length=200)
+    device_id: DeviceId
+    device_name: Name
     device_type: DeviceType
     privacy_level: PrivacyLevel = PrivacyLevel.NONE
     capabilities: DeviceCapabilities = Field(default_factory=DeviceCapabilities)
-    public_key: bytes | None = None
-    fleet: str | None = None
-    issued_by: str | None = None
+    public_key: PublicKey | None = None
+    fleet: Name | None = None
+    issued_by: Name | None = None
 
 
 class HeartbeatSent(Envelope):
     type: Literal["device.heartbeat_sent"] = "device.heartbeat_sent"
-    device_id: str
-    sequence: int = Field(ge=0)
+    device_id: DeviceId
+    sequence: Int64
     battery_pct: float | None = Field(default=None, ge=0, le=100)
-    signature: bytes
+    signature: Signature
 
 
 class DeviceRemoved(Envelope):
     type: Literal["device.removed"] = "device.removed"
-    device_id: str
-    issued_by: str | None = None
+    device_id: DeviceId
+    issued_by: Name | None = None
 
 
 # --- fed.tasks (commands) ------------------------------------------------------------------
@@ -172,37 +199,37 @@ class TaskCreateRequested(Envelope):
     type: Literal["task.create_requested"] = "task.create_requested"
     task_id: UUID
     spec: TaskSpec
-    issued_by: str
+    issued_by: Name
 
 
 class TaskStartRequested(Envelope):
     type: Literal["task.start_requested"] = "task.start_requested"
     task_id: UUID
-    issued_by: str
+    issued_by: Name
 
 
 class TaskPauseRequested(Envelope):
     type: Literal["task.pause_requested"] = "task.pause_requested"
     task_id: UUID
-    issued_by: str
+    issued_by: Name
 
 
 class TaskResumeRequested(Envelope):
     type: Literal["task.resume_requested"] = "task.resume_requested"
     task_id: UUID
-    issued_by: str
+    issued_by: Name
 
 
 class TaskCancelRequested(Envelope):
     type: Literal["task.cancel_requested"] = "task.cancel_requested"
     task_id: UUID
-    issued_by: str
+    issued_by: Name
 
 
 class CleanupRequested(Envelope):
     type: Literal["tasks.cleanup_requested"] = "tasks.cleanup_requested"
-    retention_s: float = Field(ge=0)
-    issued_by: str
+    retention_s: float = Field(ge=0, le=MAX_SETTING)
+    issued_by: Name
 
 
 # --- fed.device.commands and fed.models ----------------------------------------------------
@@ -211,25 +238,25 @@ class CleanupRequested(Envelope):
 class TrainRequested(Envelope):
     type: Literal["train.requested"] = "train.requested"
     task_id: UUID
-    device_id: str
-    round_number: int = Field(ge=1)
-    model_version: int = Field(ge=0)
-    model_sha256: str
+    device_id: DeviceId
+    round_number: PositiveInt32
+    model_version: Int32
+    model_sha256: Sha256Hex
     deadline: datetime
     model_architecture: ModelArchitecture
-    dataset: str
-    learning_rate: float
-    local_epochs: int
-    batch_size: int
-    seed: int
+    dataset: Literal["digits"]
+    learning_rate: float = Field(gt=0, le=10)
+    local_epochs: int = Field(ge=1, le=100)
+    batch_size: int = Field(ge=1, le=4096)
+    seed: Seed
 
 
 class ModelPublished(Envelope):
     type: Literal["model.published"] = "model.published"
     task_id: UUID
-    version: int = Field(ge=0)
-    sha256: str
-    size_bytes: int = Field(ge=0)
+    version: Int32
+    sha256: Sha256Hex
+    size_bytes: Int64
 
 
 # --- fed.updates ---------------------------------------------------------------------------
@@ -238,26 +265,26 @@ class ModelPublished(Envelope):
 class RoundOpened(Envelope):
     type: Literal["round.opened"] = "round.opened"
     task_id: UUID
-    round_number: int = Field(ge=1)
-    attempt: int = Field(ge=0)
-    model_version: int = Field(ge=0)
-    participants: list[Participant]
-    min_updates: int = Field(ge=1)
+    round_number: PositiveInt32
+    attempt: Int32
+    model_version: Int32
+    participants: list[Participant] = Field(max_length=MAX_DEVICES_PER_ROUND)
+    min_updates: int = Field(ge=1, le=MAX_DEVICES_PER_ROUND)
     deadline: datetime
-    param_shapes: list[list[int]]
-    max_update_norm: float = Field(gt=0)
+    param_shapes: list[list[Int32]]
+    max_update_norm: float = Field(gt=0, le=MAX_SETTING)
 
 
 class UpdateSubmitted(Envelope):
     type: Literal["update.submitted"] = "update.submitted"
     task_id: UUID
-    device_id: str
-    round_number: int = Field(ge=1)
-    model_version: int = Field(ge=0)
-    num_examples: int = Field(gt=0)
+    device_id: DeviceId
+    round_number: PositiveInt32
+    model_version: Int32
+    num_examples: ExampleCount
     update: bytes
     metrics: UpdateMetrics
-    signature: bytes
+    signature: Signature
 
 
 # --- fed.rounds ----------------------------------------------------------------------------
@@ -266,27 +293,27 @@ class UpdateSubmitted(Envelope):
 class RoundAggregated(Envelope):
     type: Literal["round.aggregated"] = "round.aggregated"
     task_id: UUID
-    round_number: int
-    attempt: int
-    model_version: int
+    round_number: PositiveInt32
+    attempt: Int32
+    model_version: Int32
     delta: bytes
-    participants: list[str]
-    dropped: list[str]
-    rejected: dict[str, int]
-    num_examples: int
+    participants: list[DeviceId]
+    dropped: list[DeviceId]
+    rejected: dict[Name, Int64]
+    num_examples: Int64
     train_loss: float
-    bytes_up: int
-    duration_s: float
+    bytes_up: Int64
+    duration_s: float = Field(ge=0)
 
 
 class RoundFailed(Envelope):
     type: Literal["round.failed"] = "round.failed"
     task_id: UUID
-    round_number: int
-    attempt: int
-    reason: str
-    received: int
-    rejected: dict[str, int]
+    round_number: PositiveInt32
+    attempt: Int32
+    reason: Text
+    received: Int32
+    rejected: dict[Name, Int64]
 
 
 # --- fed.events ----------------------------------------------------------------------------
@@ -302,23 +329,23 @@ class TaskStateChanged(Envelope):
 class RoundStarted(Envelope):
     type: Literal["round.started"] = "round.started"
     task_id: UUID
-    round_number: int
-    attempt: int
-    participants: list[str]
+    round_number: PositiveInt32
+    attempt: Int32
+    participants: list[DeviceId]
 
 
 class RoundCompleted(Envelope):
     type: Literal["round.completed"] = "round.completed"
     task_id: UUID
-    round_number: int
-    model_version: int
+    round_number: PositiveInt32
+    model_version: Int32
     accuracy: float
     loss: float
 
 
 class DeviceStatusChanged(Envelope):
     type: Literal["device.status_changed"] = "device.status_changed"
-    device_id: str
+    device_id: DeviceId
     status: DeviceStatus
 
 
