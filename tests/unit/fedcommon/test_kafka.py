@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
+import psycopg
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import errors as kafka_errors
 
 from fedcommon import codec, topics
 from fedcommon.errors import InvalidMessage, TransientError
-from fedcommon.kafka import ConsumeLoop, RecordProcessor
+from fedcommon.kafka import ConsumeLoop, RecordProcessor, dead_letter_record
 from fedcommon.messages.v1 import AnyMessage
 from fedcommon.settings import KafkaSettings
 from tests.unit.fedcommon.examples import EXAMPLES
@@ -19,9 +22,9 @@ SETTINGS = KafkaSettings(topic_prefix="p.")
 TP = TopicPartition("p.fed.tasks", 0)
 
 
-def record(offset: int, value: bytes) -> ConsumerRecord:
+def record(offset: int, value: bytes, topic: str = TP.topic) -> ConsumerRecord:
     return ConsumerRecord(
-        topic=TP.topic,
+        topic=topic,
         partition=0,
         offset=offset,
         timestamp=0,
@@ -40,13 +43,30 @@ class FakeConsumer:
         self.records = records
         self.commits: list[int] = []
         self.loop = loop
+        self.polls_while_paused = 0
+        self._paused: set[TopicPartition] = set()
 
     async def getmany(self, **_: Any) -> dict[TopicPartition, list[ConsumerRecord]]:
+        if self._paused:
+            self.polls_while_paused += 1
+            return {}
         if not self.records:
             self.loop[0].stop()
             return {}
         batch, self.records = self.records, []
         return {TP: batch}
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused.update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused.difference_update(partitions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        raise AssertionError("nothing is fetched while paused here")
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(offsets[TP])
@@ -59,16 +79,25 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, dict[str, bytes]]] = []
+    """Records what it is sent; refuses values over ``limit`` like aiokafka's size check."""
+
+    def __init__(self, *, limit: int = 1 << 30, outage_sends: int = 0) -> None:
+        self.sent: list[tuple[str, bytes | None, dict[str, bytes]]] = []
+        self.limit = limit
+        self.outage_sends = outage_sends
 
     async def send_and_wait(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        if self.outage_sends:
+            self.outage_sends -= 1
+            raise kafka_errors.KafkaConnectionError("broker down")
+        if value is not None and len(value) > self.limit:
+            raise kafka_errors.MessageSizeTooLargeError("too large")
         self.sent.append((topic, value, dict(headers or [])))
 
 
@@ -76,18 +105,23 @@ def make_loop(
     records: list[ConsumerRecord], handle: Any, **options: Any
 ) -> tuple[ConsumeLoop, FakeConsumer, FakeProducer]:
     holder: list[ConsumeLoop] = []
-    consumer, producer = FakeConsumer(records, holder), FakeProducer()
+    consumer = FakeConsumer(records, holder)
+    producer = options.pop("producer", None) or FakeProducer()
     commit_position = options.pop("commit_position", None)
+    poll_interval_s = options.pop("poll_interval_s", 1.0)
     processor = RecordProcessor(
         producer=producer,
-        settings=SETTINGS,
+        settings=options.pop("settings", SETTINGS),
         handle=handle,  # type: ignore[arg-type]
+        backoff_first_s=0.001,
+        backoff_cap_s=0.005,
         **options,
     )
     loop = ConsumeLoop(
-        consumer=consumer,
-        processor=processor,  # type: ignore[arg-type]
+        consumer=consumer,  # type: ignore[arg-type]
+        processor=processor,
         commit_position=commit_position,
+        poll_interval_s=poll_interval_s,
     )
     holder.append(loop)
     return loop, consumer, producer
@@ -139,9 +173,7 @@ async def test_invalid_message_from_the_handler_is_dead_lettered_with_its_type()
     assert producer.sent[0][2]["error"] == b"nope"
 
 
-async def test_transient_errors_are_retried_and_never_dead_lettered(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_transient_errors_are_retried_and_never_dead_lettered() -> None:
     calls = 0
 
     async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
@@ -150,31 +182,130 @@ async def test_transient_errors_are_retried_and_never_dead_lettered(
         if calls < 3:
             raise TransientError("db down")
 
-    async def no_sleep(_: float) -> None:
-        return None
-
-    monkeypatch.setattr("fedcommon.kafka.asyncio.sleep", no_sleep)
     loop, consumer, producer = make_loop([record(0, GOOD)], handle)
     await loop.run()
 
     assert calls == 3 and producer.sent == [] and consumer.commits == [1]
 
 
-async def test_persistent_transient_error_stops_without_committing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_an_outage_of_any_length_is_waited_out_paused_and_polling() -> None:
+    calls = 0
+    paused_during_outage: list[bool] = []
+    holder: list[FakeConsumer] = []
+
     async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
-        raise TransientError("db down")
+        nonlocal calls
+        calls += 1
+        if calls < 400:  # a lost connection, then the pool cannot reach the server
+            paused_during_outage.append(bool(holder[0].paused()))
+            raise psycopg.OperationalError("connection refused")
 
-    async def no_sleep(_: float) -> None:
-        return None
+    loop, consumer, producer = make_loop([record(0, GOOD)], handle, poll_interval_s=0.01)
+    holder.append(consumer)
+    await loop.run()
 
-    monkeypatch.setattr("fedcommon.kafka.asyncio.sleep", no_sleep)
-    loop, consumer, producer = make_loop([record(0, GOOD)], handle, transient_retries=2)
-    with pytest.raises(TransientError):
-        await loop.run()
+    assert calls == 400 and producer.sent == [] and consumer.commits == [1]
+    assert any(paused_during_outage) and consumer.polls_while_paused > 0
+    assert consumer.paused() == set()  # resumed once the record was handled
 
-    assert consumer.commits == [] and producer.sent == []
+
+async def test_stopping_during_an_outage_leaves_the_record_uncommitted() -> None:
+    holder: list[ConsumeLoop] = []
+
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        if len(attempts) == 5:
+            holder[0].stop()
+        attempts.append(rec.offset)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    attempts: list[int] = []
+    loop, consumer, producer = make_loop([record(0, GOOD), record(1, GOOD)], handle)
+    holder.append(loop)
+    await loop.run()
+
+    assert set(attempts) == {0} and consumer.commits == [] and producer.sent == []
+
+
+async def test_a_database_refusing_the_data_dead_letters_the_record_and_goes_on() -> None:
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+
+    loop, consumer, producer = make_loop(
+        [record(i, GOOD) for i in range(20)], handle, max_consecutive_unhandled=2
+    )
+    await loop.run()  # twenty refusals in a row are bad messages, not a reason to stop
+
+    assert consumer.commits == list(range(1, 21))
+    assert {h["error_type"] for _, _, h in producer.sent} == {b"refused_by_database"}
+    assert b"DataError" in producer.sent[0][2]["error"]
+
+
+async def test_a_message_its_topic_does_not_carry_is_dead_lettered() -> None:
+    seen: list[str] = []
+
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        seen.append(message.type)
+
+    heartbeat = next(e for e in EXAMPLES if e.type == "device.heartbeat_sent")
+    loop, consumer, producer = make_loop([record(0, codec.encode(heartbeat))], handle)
+    await loop.run()
+
+    assert seen == [] and consumer.commits == [1]
+    assert producer.sent[0][2]["error_type"] == b"wrong_topic"
+    assert b"fed.tasks does not carry device.heartbeat_sent" in producer.sent[0][2]["error"]
+
+
+async def test_a_record_too_large_to_copy_is_dead_lettered_as_a_digest() -> None:
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        raise AssertionError("an undecodable record never reaches the handler")
+
+    huge = GOOD + b"\x00" * 2_000_000
+    limit = KafkaSettings(topic_prefix="p.", max_message_bytes=2_000_000)
+    loop, consumer, producer = make_loop(
+        [record(0, huge)], handle, settings=limit, producer=FakeProducer(limit=2_000_000)
+    )
+    await loop.run()
+
+    assert consumer.commits == [1]
+    ((_, value, headers),) = producer.sent
+    assert value is None
+    assert headers["original_size"] == str(len(huge)).encode()
+    assert headers["original_sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert headers["error_type"] == b"invalid" and headers["original_offset"] == b"0"
+
+
+async def test_a_copy_the_producer_still_refuses_falls_back_to_a_digest() -> None:
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        raise InvalidMessage("bad")
+
+    # The topic limit allows the copy, but the client refuses it: the digest still goes out.
+    loop, consumer, producer = make_loop(
+        [record(0, GOOD + b"x" * 500_000)], handle, producer=FakeProducer(limit=100_000)
+    )
+    await loop.run()
+
+    assert consumer.commits == [1] and producer.sent[0][1] is None
+
+
+async def test_a_dead_letter_that_meets_a_broker_outage_is_retried_not_lost() -> None:
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        raise InvalidMessage("bad")
+
+    producer = FakeProducer(outage_sends=5)
+    loop, consumer, _ = make_loop([record(0, GOOD)], handle, producer=producer)
+    await loop.run()
+
+    assert len(producer.sent) == 1 and consumer.commits == [1]
+
+
+def test_dead_letter_record_copies_what_fits_with_provenance() -> None:
+    letter = dead_letter_record(
+        record(7, b"abc"), error_type="invalid", error="e" * 5000, max_bytes=1 << 20
+    )
+
+    headers = dict(letter.headers)
+    assert letter.copied and letter.value == b"abc"
+    assert headers["original_offset"] == b"7" and len(headers["error"]) == 2000
 
 
 async def test_unhandled_errors_are_dead_lettered_until_the_consecutive_limit() -> None:

@@ -11,6 +11,7 @@ validated layout and no pickle anywhere.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -56,17 +57,18 @@ def from_bytes(data: bytes) -> NDArrays:
         for _ in range(count):
             (dtype_len,) = struct.unpack_from("<B", view, pos)
             pos += 1
-            dtype = bytes(view[pos : pos + dtype_len]).decode("ascii")
+            dtype = bytes(view[pos : pos + dtype_len]).decode("ascii", errors="replace")
             pos += dtype_len
             if dtype not in ALLOWED_DTYPES:
-                raise InvalidMessage(f"arrays: dtype {dtype!r} is not allowed")
+                raise InvalidMessage("arrays: dtype is not allowed")
             (ndim,) = struct.unpack_from("<B", view, pos)
             pos += 1
             if ndim > MAX_NDIM:
                 raise InvalidMessage(f"arrays: ndim {ndim} exceeds {MAX_NDIM}")
             shape = struct.unpack_from(f"<{ndim}I", view, pos)
             pos += 4 * ndim
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            # Python integers: a product of eight u32 dims must not wrap around.
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             if pos + nbytes > len(view):
                 raise InvalidMessage("arrays: truncated data")
             array = np.frombuffer(view[pos : pos + nbytes], dtype=dtype).reshape(shape)
@@ -74,6 +76,8 @@ def from_bytes(data: bytes) -> NDArrays:
             pos += nbytes
     except struct.error as exc:
         raise InvalidMessage(f"arrays: truncated header ({exc})") from exc
+    except ValueError as exc:  # numpy refuses the shape (an empty array of absurd extent)
+        raise InvalidMessage("arrays: shape numpy cannot represent") from exc
     if pos != len(view):
         raise InvalidMessage(f"arrays: {len(view) - pos} trailing bytes")
     return arrays

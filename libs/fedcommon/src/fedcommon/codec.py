@@ -43,6 +43,8 @@ def decode(raw: bytes | None) -> AnyMessage:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise InvalidMessage(f"codec: {describe(exc)}") from exc
+    except RecursionError as exc:  # a map nested past what validation can walk
+        raise InvalidMessage("codec: record value nested too deeply") from exc
 
 
 def describe(exc: ValidationError) -> str:

@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox (
     value bytea NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE {schema}.outbox ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+ALTER TABLE {schema}.outbox ADD COLUMN IF NOT EXISTS last_error text;
+ALTER TABLE {schema}.outbox
+    ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz NOT NULL DEFAULT now();
 """
 
 
@@ -54,7 +58,7 @@ async def open_pool(settings: PostgresSettings, *, name: str) -> AsyncConnection
     return pool
 
 
-def _migration_files(package: str) -> list[Traversable]:
+def migration_files(package: str) -> list[Traversable]:
     folder = resources.files(package) / "migrations"
     return sorted(
         (entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
@@ -83,7 +87,7 @@ async def migrate(pool: AsyncConnectionPool, *, schema: str, package: str) -> li
                 sql.SQL("SELECT name FROM {}.schema_migrations").format(schema_id)
             )
             done = {row[0] for row in await cursor.fetchall()}
-            for entry in _migration_files(package):
+            for entry in migration_files(package):
                 if entry.name in done:
                     continue
                 body = entry.read_text(encoding="utf-8")

@@ -1,27 +1,33 @@
 """Kafka plumbing every service shares: clients, topic creation and the one consume loop.
 
-The loop follows style.md rules 29-30: decode, handle, commit ``offset + 1`` per record; an
-``InvalidMessage`` goes to the dead-letter topic with its original bytes and provenance headers
-and the loop goes on; a ``TransientError`` is retried with bounded backoff and never
-dead-lettered; any other exception is dead-lettered as ``unhandled`` and counted against a
-consecutive limit, past which the loop stops (arroyo's ``DlqLimit``).
+The loop follows style.md rules 29-30, with errors classified at their source
+(fedcommon.failures): decode, handle, commit ``offset + 1`` per record; a bad record (one that
+does not decode, carries a type its topic does not carry, or that the handler or the database
+refuses) goes to the dead-letter topic with its original bytes, or as a digest when too large to
+copy, and the loop goes on; an outage is waited out with no limit and never dead-letters a
+valid record; any other exception is dead-lettered as ``unhandled`` and counted against a
+consecutive limit, past which the loop stops loudly (arroyo's ``DlqLimit``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from fedcommon import codec, topics
-from fedcommon.errors import InvalidMessage, TransientError
+from fedcommon.background import Backoff
+from fedcommon.errors import InvalidMessage
+from fedcommon.failures import Failure, classify, describe
 from fedcommon.messages.v1 import AnyMessage, Envelope
 from fedcommon.settings import KafkaSettings
 
@@ -33,6 +39,15 @@ DEAD_LETTERED = Counter(
     ["topic", "error_type"],
 )
 CONSUMED = Counter("fedengine_consumed_total", "Records consumed", ["topic"])
+OUTAGES = Counter(
+    "fedengine_outages_total", "Records whose handling had to wait out an outage", ["topic"]
+)
+OUTAGE_RETRIES = Counter(
+    "fedengine_outage_retries_total", "Retries of a record during an outage", ["topic"]
+)
+WAITING_OUT = Gauge("fedengine_waiting_out_outage", "1 while a record waits out an outage")
+
+T = TypeVar("T")
 
 Handler = Callable[[AnyMessage, ConsumerRecord], Awaitable[None]]
 # Given a partition and the offset just past the record handled, return the offset that is
@@ -96,7 +111,7 @@ async def create_topics(settings: KafkaSettings) -> list[str]:
             try:
                 await admin.create_topics([topic])
                 created.append(topic.name)
-            except TopicAlreadyExistsError:
+            except kafka_errors.TopicAlreadyExistsError:
                 pass
     finally:
         await admin.close()
@@ -112,6 +127,50 @@ async def publish(
     )
 
 
+# What a dead-letter record adds besides the value: provenance headers, the key, record overhead.
+_DLQ_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What goes to the dead-letter topic for one record: its value (or nothing) and headers."""
+
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    copied: bool
+
+
+def dead_letter_record(
+    record: SourceRecord, *, error_type: str, error: str, max_bytes: int
+) -> DeadLetter:
+    """Build the dead-letter form of ``record``: its original bytes, or a digest if too large.
+
+    The DLQ write must never be what fails (style.md, rule 30): a record whose copy would not
+    fit under ``max_bytes`` goes there as its provenance, size and sha256, with its own headers
+    when they are small.
+    """
+    value = record.value
+    original_headers = [(f"original_header.{k}", v) for k, v in (record.headers or ())]
+    headers_size = sum(len(k) + len(v) for k, v in original_headers)
+    provenance = [
+        ("original_topic", record.topic.encode()),
+        ("original_partition", str(record.partition).encode()),
+        ("original_offset", str(record.offset).encode()),
+        ("error_type", error_type.encode()),
+        ("error", error[:2000].encode(errors="replace")),
+    ]
+    size = len(record.key or b"") + len(value or b"") + headers_size
+    if size + _DLQ_OVERHEAD_BYTES <= max_bytes:
+        return DeadLetter(value, provenance + original_headers, copied=True)
+    digest = [
+        ("original_size", str(len(value or b"")).encode()),
+        ("original_sha256", hashlib.sha256(value or b"").hexdigest().encode()),
+        ("value_omitted", b"record too large to copy into the dead-letter topic"),
+    ]
+    kept = original_headers if headers_size <= _DLQ_OVERHEAD_BYTES // 4 else []
+    return DeadLetter(None, provenance + digest + kept, copied=False)
+
+
 async def dead_letter(
     producer: AIOKafkaProducer,
     settings: KafkaSettings,
@@ -120,26 +179,26 @@ async def dead_letter(
     error_type: str,
     error: str,
 ) -> None:
-    """Send the original bytes of ``record`` to the dead-letter topic with provenance headers."""
-    headers = [
-        ("original_topic", record.topic.encode()),
-        ("original_partition", str(record.partition).encode()),
-        ("original_offset", str(record.offset).encode()),
-        ("error_type", error_type.encode()),
-        ("error", error[:2000].encode()),
-    ]
-    await producer.send_and_wait(
-        topics.topic_name(settings.topic_prefix, topics.DLQ),
-        record.value,
-        key=record.key,
-        headers=headers,
+    """Send ``record`` to the dead-letter topic with provenance headers (or as a digest)."""
+    letter = dead_letter_record(
+        record, error_type=error_type, error=error, max_bytes=settings.max_message_bytes
     )
+    topic = topics.topic_name(settings.topic_prefix, topics.DLQ)
+    key = record.key if record.key is None or len(record.key) <= 4096 else None
+    try:
+        await producer.send_and_wait(topic, letter.value, key=key, headers=letter.headers)
+    except (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordTooLargeError):
+        if not letter.copied:
+            raise
+        letter = dead_letter_record(record, error_type=error_type, error=error, max_bytes=0)
+        await producer.send_and_wait(topic, letter.value, key=key, headers=letter.headers)
     DEAD_LETTERED.labels(record.topic, error_type).inc()
     logger.warning(
-        "dead-lettered %s[%d]@%d: %s: %s",
+        "dead-lettered %s[%d]@%d%s: %s: %s",
         record.topic,
         record.partition,
         record.offset,
+        "" if letter.copied else " (as a digest)",
         error_type,
         error[:300],
     )
@@ -148,87 +207,157 @@ async def dead_letter(
 class SourceRecord(Protocol):
     """What the processor needs of a record (aiokafka's ``ConsumerRecord`` and test fakes fit)."""
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class ConsumerStopping(Exception):
+    """The service is stopping while a record waits out an outage: leave it uncommitted."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a record is dead-lettered; ``unexpected`` ones count toward the stop limit."""
+
+    error_type: str
+    error: str
+    unexpected: bool = False
 
 
 @dataclass
 class RecordProcessor:
-    """Decode and handle one record with the error rules of style.md, rules 29-30."""
+    """Decode and handle one record with the error rules of style.md, rules 29-30.
+
+    - a record that cannot be decoded, carries a type its topic does not carry, or that the
+      handler or the database refuses (``InvalidMessage``, refused data) is dead-lettered;
+    - an outage (``TransientError``, a lost database connection, an unavailable broker) is
+      waited out: the same record is retried with capped backoff and no limit, never
+      dead-lettered; the loop keeps the group membership meanwhile (``ConsumeLoop``);
+    - anything else is dead-lettered as ``unhandled`` and counted; past
+      ``max_consecutive_unhandled`` in a row the loop stops loudly (arroyo's ``DlqLimit``).
+    """
 
     producer: AIOKafkaProducer
     settings: KafkaSettings
     handle: Handler
     max_consecutive_unhandled: int = 10
-    transient_retries: int = 5
+    backoff_first_s: float = 0.2
+    backoff_cap_s: float = 10.0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _consecutive_unhandled: int = 0
+    _waiting_out: int = 0
+
+    @property
+    def in_outage(self) -> bool:
+        return self._waiting_out > 0
 
     async def process(self, record: SourceRecord) -> None:
         """Handle ``record``; dead-letter it when it cannot be; raise when the loop must stop."""
         CONSUMED.labels(record.topic).inc()
+        verdict = await self.retrying(record, lambda: self._attempt(record))
+        if verdict is None:
+            self._consecutive_unhandled = 0
+            return
+        await self.retrying(
+            record,
+            lambda: dead_letter(
+                self.producer,
+                self.settings,
+                record,
+                error_type=verdict.error_type,
+                error=verdict.error,
+            ),
+        )
+        if not verdict.unexpected:
+            self._consecutive_unhandled = 0
+            return
+        self._consecutive_unhandled += 1
+        if self._consecutive_unhandled > self.max_consecutive_unhandled:
+            raise RuntimeError(
+                f"{self._consecutive_unhandled} consecutive unhandled errors; stopping"
+            )
+
+    async def _attempt(self, record: SourceRecord) -> Verdict | None:
+        """Handle ``record`` once; return why it must be dead-lettered, raise on an outage."""
         try:
             message = codec.decode(record.value)
         except InvalidMessage as exc:
-            await dead_letter(
-                self.producer, self.settings, record, error_type="invalid", error=str(exc)
-            )
-            return
-        delay = 0.1
-        for attempt in range(self.transient_retries + 1):
-            try:
-                await self.handle(message, record)
-                self._consecutive_unhandled = 0
-                return
-            except InvalidMessage as exc:
-                await dead_letter(
-                    self.producer,
-                    self.settings,
-                    record,
-                    error_type=type(exc).__name__,
-                    error=str(exc),
-                )
-                self._consecutive_unhandled = 0
-                return
-            except TransientError:
-                if attempt == self.transient_retries:
-                    logger.error(
-                        "transient error persists on %s@%d; exiting uncommitted",
-                        record.topic,
-                        record.offset,
-                    )
-                    raise
-                logger.warning(
-                    "transient error on %s@%d, retrying in %.1fs",
-                    record.topic,
-                    record.offset,
-                    delay,
-                    exc_info=True,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception as exc:
-                logger.exception("unhandled error on %s@%d", record.topic, record.offset)
-                await dead_letter(
-                    self.producer,
-                    self.settings,
-                    record,
-                    error_type="unhandled",
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                self._consecutive_unhandled += 1
-                if self._consecutive_unhandled > self.max_consecutive_unhandled:
-                    raise RuntimeError(
-                        f"{self._consecutive_unhandled} consecutive unhandled errors; stopping"
-                    ) from exc
-                return
+            return Verdict("invalid", str(exc))
+        base = topics.base_name(self.settings.topic_prefix, record.topic)
+        if base is not None and not topics.carries(base, message.type):
+            return Verdict("wrong_topic", f"{base} does not carry {message.type} messages")
+        try:
+            await self.handle(message, record)
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == Failure.TRANSIENT:
+                raise
+            if isinstance(exc, InvalidMessage):
+                return Verdict(type(exc).__name__, str(exc))
+            if kind == Failure.INVALID:
+                return Verdict("refused_by_database", describe(exc))
+            logger.exception("unhandled error on %s@%d", record.topic, record.offset)
+            return Verdict("unhandled", describe(exc), unexpected=True)
+        return None
+
+    async def retrying(self, record: SourceRecord, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` until it does not fail with an outage; raise ``ConsumerStopping`` if
+        the service stops meanwhile. Other errors propagate."""
+        backoff = Backoff(first=self.backoff_first_s, cap=self.backoff_cap_s)
+        waiting = False
+        try:
+            while True:
+                try:
+                    return await action()
+                except Exception as exc:
+                    if classify(exc) != Failure.TRANSIENT:
+                        raise
+                    if not waiting:
+                        waiting = True
+                        self._waiting_out += 1
+                        OUTAGES.labels(record.topic).inc()
+                        logger.warning(
+                            "outage while handling %s[%d]@%d (%s); waiting it out",
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            describe(exc),
+                        )
+                    OUTAGE_RETRIES.labels(record.topic).inc()
+                    WAITING_OUT.set(1)
+                    delay = backoff.next_delay()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+                    if self.stopping.is_set():
+                        raise ConsumerStopping(
+                            f"stopping during an outage at {record.topic}@{record.offset}"
+                        ) from exc
+        finally:
+            if waiting:
+                self._waiting_out -= 1
+                if self._waiting_out == 0:
+                    WAITING_OUT.set(0)
+                    logger.info("outage over at %s@%d", record.topic, record.offset)
 
 
 @dataclass
 class ConsumeLoop:
-    """The one consume loop (style.md, rule 29): process each record, then commit past it."""
+    """The one consume loop (style.md, rule 29): process each record, then commit past it.
+
+    While a batch takes longer than ``poll_interval_s`` (an outage being waited out, slow
+    training), the loop pauses its partitions and keeps polling, so that the group does not
+    evict this member (``max.poll.interval.ms``) and nothing new is fetched meanwhile.
+    """
 
     consumer: AIOKafkaConsumer
     processor: RecordProcessor
@@ -236,7 +365,11 @@ class ConsumeLoop:
     # Handle a fetched batch's partitions concurrently (records of one partition stay in order
     # and each is committed after it is handled). For handlers whose partitions are independent.
     concurrent_partitions: bool = False
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    poll_interval_s: float = 1.0
+
+    @property
+    def _stopping(self) -> asyncio.Event:
+        return self.processor.stopping
 
     def stop(self) -> None:
         """Ask the loop to finish the record in hand, commit and return."""
@@ -245,16 +378,46 @@ class ConsumeLoop:
     async def run(self) -> None:
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(timeout_ms=200, max_records=100)
-            if self.concurrent_partitions:
-                await asyncio.gather(*(self._run_partition(tp, rs) for tp, rs in batches.items()))
-            else:
-                for tp, records in batches.items():
-                    await self._run_partition(tp, records)
+            if not batches:
+                continue
+            work = asyncio.ensure_future(self._handle(batches))
+            try:
+                await self._keep_membership_while(work)
+            except ConsumerStopping:
+                logger.info("stopped while waiting out an outage; the record stays uncommitted")
+                return
+
+    async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        if self.concurrent_partitions:
+            await asyncio.gather(*(self._run_partition(tp, rs) for tp, rs in batches.items()))
+        else:
+            for tp, records in batches.items():
+                await self._run_partition(tp, records)
+
+    async def _keep_membership_while(self, work: asyncio.Future[None]) -> None:
+        paused = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=self.poll_interval_s)
+                if done:
+                    break
+                self.consumer.pause(*self.consumer.assignment())
+                paused = True
+                stray = await self.consumer.getmany(timeout_ms=0)
+                for tp, records in stray.items():
+                    # Partitions assigned by a rebalance meanwhile were not paused yet: put
+                    # what was fetched back, to be read again once the batch is done.
+                    if records:
+                        self.consumer.seek(tp, records[0].offset)
+        finally:
+            if paused:
+                self.consumer.resume(*self.consumer.paused())
+        work.result()
 
     async def _run_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         for record in records:
             await self.processor.process(record)
-            await self._commit(tp, record.offset + 1)
+            await self._commit(tp, record.offset + 1, record)
             if self._stopping.is_set():
                 return
 
@@ -264,14 +427,25 @@ class ConsumeLoop:
             return
         for tp in self.consumer.assignment():
             position = await self.consumer.position(tp)
-            await self._commit(tp, position)
+            await self._commit(tp, position, None)
 
-    async def _commit(self, tp: TopicPartition, next_offset: int) -> None:
+    async def _commit(
+        self, tp: TopicPartition, next_offset: int, record: SourceRecord | None
+    ) -> None:
         offset = (
             next_offset if self.commit_position is None else self.commit_position(tp, next_offset)
         )
-        if offset > 0:
-            await self.consumer.commit({tp: offset})
+        if offset <= 0:
+            return
+        try:
+            if record is None:
+                await self.consumer.commit({tp: offset})
+            else:
+                await self.processor.retrying(record, lambda: self.consumer.commit({tp: offset}))
+        except kafka_errors.CommitFailedError as exc:
+            # The partition moved to another member: it re-reads from the last commit, and
+            # idempotent handlers absorb the redelivery.
+            logger.warning("commit of %s@%d failed after a rebalance: %s", tp, offset, exc)
 
 
 async def wait_for_assignment(consumer: AIOKafkaConsumer, *, timeout_s: float = 60.0) -> None:

@@ -3,7 +3,8 @@
 A handler writes the messages that follow from its state change into ``<schema>.outbox`` in the
 same transaction; :class:`OutboxRelay` publishes them in order and deletes them once the broker
 acknowledged. A crash between commit and produce therefore loses nothing; a crash between
-produce and delete sends a message twice, which idempotent consumers absorb.
+produce and delete sends a message twice, which idempotent consumers absorb. A row the broker
+keeps refusing is dead-lettered after bounded retries instead of stalling the rows behind it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 import psycopg
 from aiokafka import AIOKafkaProducer
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from fedcommon import codec, topics
+from fedcommon import background, codec, kafka, topics
+from fedcommon.background import Backoff
+from fedcommon.errors import TransientError
+from fedcommon.failures import Failure, classify, describe
 from fedcommon.messages.v1 import Envelope
 from fedcommon.settings import KafkaSettings
 
@@ -42,8 +47,31 @@ async def enqueue(
     )
 
 
+@dataclass(frozen=True)
+class _Row:
+    """An outbox row, shaped like a consumed record so that it can be dead-lettered as one."""
+
+    id: int
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    attempts: int
+    partition: int = -1
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def offset(self) -> int:
+        return self.id
+
+
 class OutboxRelay:
-    """Publish outbox rows as soon as they are committed (woken) or at least every interval."""
+    """Publish outbox rows as soon as they are committed (woken) or at least every interval.
+
+    Rows go out in id order. A row the broker refuses (too large, invalid) is retried with
+    backoff ``max_attempts`` times, then dead-lettered with the reason, while the rows behind
+    it go on: one bad row never stalls the rest. An outage (broker unreachable) stops the
+    batch where it is, keeps every row and is retried with no limit.
+    """
 
     def __init__(
         self,
@@ -51,14 +79,21 @@ class OutboxRelay:
         pool: AsyncConnectionPool,
         producer: AIOKafkaProducer,
         schema: str,
+        settings: KafkaSettings,
         interval_s: float = 0.5,
         batch: int = 200,
+        max_attempts: int = 5,
+        retry_first_s: float = 0.5,
     ) -> None:
         self._pool = pool
         self._producer = producer
         self._schema = sql.Identifier(schema)
+        self._name = schema
+        self._settings = settings
         self._interval_s = interval_s
         self._batch = batch
+        self._max_attempts = max_attempts
+        self._retry_first_s = retry_first_s
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -70,47 +105,131 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
+        backoff = Backoff(first=self._interval_s, cap=10.0)
         while True:
-            try:
-                while await self.flush() == self._batch:
-                    pass
-            except Exception:
-                logger.exception("outbox relay failed; retrying")
+            if await background.run_step(f"{self._name}.outbox", self._drain):
+                backoff.reset()
+                delay = self._interval_s
+            else:
+                delay = backoff.next_delay()
             if self._stopping:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
             self._wake.clear()
 
+    async def _drain(self) -> None:
+        while await self.flush() == self._batch:
+            pass
+
     async def flush(self) -> int:
-        """Publish one batch of pending rows; return how many were sent."""
+        """Publish one batch of due rows; return how many were settled (sent or dead-lettered).
+
+        Raises ``TransientError`` after settling what it could when the broker is unavailable.
+        """
+        outage: BaseException | None = None
         async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 sql.SQL(
-                    "SELECT id, topic, key, value FROM {}.outbox ORDER BY id "
-                    "LIMIT %s FOR UPDATE SKIP LOCKED"
+                    "SELECT id, topic, key, value, attempts FROM {}.outbox "
+                    "WHERE next_attempt_at <= now() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
                 ).format(self._schema),
                 (self._batch,),
             )
-            rows = await cursor.fetchall()
+            rows = [
+                _Row(r[0], r[1], r[2].encode(), bytes(r[3]), r[4]) for r in await cursor.fetchall()
+            ]
             if not rows:
                 return 0
-            # Rows go out in id order; a run of rows for one topic is sent together and
-            # acknowledged before the next topic's run, so a round.opened is on the log before
-            # the train requests that follow it in the same transaction.
-            start = 0
-            while start < len(rows):
-                end = start
-                while end < len(rows) and rows[end][1] == rows[start][1]:
-                    end += 1
-                futures = [
-                    await self._producer.send(topic, bytes(value), key=key.encode())
-                    for _, topic, key, value in rows[start:end]
-                ]
-                await asyncio.gather(*futures)
-                start = end
-            await conn.execute(
-                sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(self._schema),
-                ([row[0] for row in rows],),
+            # A run of rows for one topic is sent together and acknowledged before the next
+            # topic's run, so a round.opened is on the log before the train requests that
+            # follow it in the same transaction.
+            sent: list[int] = []
+            refused: list[tuple[_Row, BaseException]] = []
+            for run in _runs(rows):
+                results = await self._send_run(run)
+                for row, error in zip(run, results, strict=True):
+                    if error is None:
+                        sent.append(row.id)
+                    elif classify(error) == Failure.TRANSIENT:
+                        outage = outage or error
+                    else:
+                        refused.append((row, error))
+                if outage is not None:
+                    break
+            settled = list(sent)
+            for row, error in refused:
+                if outage is None and await self._give_up_or_defer(conn, row, error):
+                    settled.append(row.id)
+            if settled:
+                await conn.execute(
+                    sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(self._schema),
+                    (settled,),
+                )
+        if outage is not None:
+            raise TransientError(f"broker unavailable: {describe(outage)}") from outage
+        return len(rows)
+
+    async def _send_run(self, run: list[_Row]) -> list[BaseException | None]:
+        results: list[BaseException | None] = [None] * len(run)
+        pending: list[tuple[int, asyncio.Future[object]]] = []
+        for index, row in enumerate(run):
+            try:
+                pending.append(
+                    (index, await self._producer.send(row.topic, row.value, key=row.key))
+                )
+            except Exception as exc:  # refused before sending (too large) or no broker
+                results[index] = exc
+        outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        for (index, _), outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                results[index] = outcome
+        return results
+
+    async def _give_up_or_defer(
+        self, conn: psycopg.AsyncConnection, row: _Row, error: BaseException
+    ) -> bool:
+        """Count a refusal of ``row``: retry later, or dead-letter it after the last attempt.
+
+        Returns True when the row is settled (dead-lettered) and may be deleted.
+        """
+        attempts = row.attempts + 1
+        reason = describe(error)
+        if attempts >= self._max_attempts:
+            await kafka.dead_letter(
+                self._producer,
+                self._settings,
+                row,
+                error_type="outbox_refused",
+                error=f"broker refused it {attempts} times: {reason}",
             )
-            return len(rows)
+            return True
+        delay = self._retry_first_s * 2 ** (attempts - 1)
+        logger.warning(
+            "outbox row %d for %s refused (%s); attempt %d of %d in %.1fs",
+            row.id,
+            row.topic,
+            reason,
+            attempts,
+            self._max_attempts,
+            delay,
+        )
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {}.outbox SET attempts = %s, last_error = %s, "
+                "next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s"
+            ).format(self._schema),
+            (attempts, reason[:2000], delay, row.id),
+        )
+        return False
+
+
+def _runs(rows: list[_Row]) -> list[list[_Row]]:
+    """Split ``rows`` into maximal runs of consecutive rows for the same topic."""
+    runs: list[list[_Row]] = []
+    for row in rows:
+        if runs and runs[-1][0].topic == row.topic:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
-from fedcommon import db, kafka, runtime
+from fedcommon import background, db, kafka, runtime
 from fedcommon import logging as fedlogging
 from fedcommon.outbox import OutboxRelay
 from fedcommon.settings import KafkaSettings, PostgresSettings
@@ -78,7 +78,9 @@ async def run_service(
         await db.migrate(pool, schema=spec.schema, package=spec.migrations_package)
         await kafka.create_topics(kafka_settings)
         await producer.start()
-        relay = OutboxRelay(pool=pool, producer=producer, schema=spec.schema)
+        relay = OutboxRelay(
+            pool=pool, producer=producer, schema=spec.schema, settings=kafka_settings
+        )
         context = ServiceContext(spec.name, kafka_settings, pool, producer, relay)
         parts = build(context)
         loop = kafka.ConsumeLoop(
@@ -130,17 +132,17 @@ async def run_service(
 
 async def _purge_processed(spec: ServiceSpec, pool: AsyncConnectionPool) -> None:
     """Keep ``processed_messages`` bounded: drop ids older than the dedupe window, hourly."""
-    while True:
-        try:
-            async with pool.connection() as conn:
-                purged = await db.purge_processed(
-                    conn, schema=spec.schema, older_than_s=spec.dedupe_window_s
-                )
-            if purged:
-                logger.info("purged %d processed message ids", purged)
-        except Exception:
-            logger.exception("purging processed message ids failed; retrying later")
-        await asyncio.sleep(spec.purge_every_s)
+
+    async def purge() -> None:
+        async with pool.connection() as conn:
+            purged = await db.purge_processed(
+                conn, schema=spec.schema, older_than_s=spec.dedupe_window_s
+            )
+        if purged:
+            logger.info("purged %d processed message ids", purged)
+
+    await background.run_step(f"{spec.name}.purge", purge)
+    await background.every(f"{spec.name}.purge", spec.purge_every_s, purge)
 
 
 class ServiceSettings(Protocol):

@@ -84,6 +84,22 @@ def topic_name(prefix: str, base: str) -> str:
     return f"{prefix}{base}"
 
 
+_CARRIES: dict[str, frozenset[str]] = {spec.name: frozenset(spec.carries) for spec in TOPICS}
+
+
+def base_name(prefix: str, name: str) -> str | None:
+    """Return the registry name of broker-level topic ``name``, or None if it is not ours."""
+    if not name.startswith(prefix):
+        return None
+    base = name[len(prefix) :]
+    return base if base in _CARRIES else None
+
+
+def carries(base: str, message_type: str) -> bool:
+    """Whether topic ``base`` carries messages of ``message_type`` (the registry says so)."""
+    return message_type in _CARRIES.get(base, frozenset())
+
+
 def all_topic_names(prefix: str) -> list[str]:
     """Return every topic's broker-level name, for creation at start-up."""
     return [topic_name(prefix, spec.name) for spec in TOPICS]

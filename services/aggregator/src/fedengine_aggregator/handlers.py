@@ -6,7 +6,6 @@ oldest round still open there, so a restarted aggregator re-reads every open rou
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from uuid import UUID
@@ -14,7 +13,7 @@ from uuid import UUID
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from fedcommon import arrays, kafka, topics
+from fedcommon import arrays, background, kafka, topics
 from fedcommon.errors import InvalidMessage
 from fedcommon.messages.v1 import (
     AnyMessage,
@@ -31,6 +30,7 @@ from fedengine_aggregator.core.window import (
     Accepted,
     OpenRound,
     Outcome,
+    RoundResult,
     safe_commit_offset,
 )
 from fedengine_aggregator.settings import Settings
@@ -85,10 +85,15 @@ class Aggregator:
         )
 
     async def _on_update(self, message: UpdateSubmitted, record: ConsumerRecord) -> None:
+        """Validate, record the verdict, then count it in memory.
+
+        The database write comes first: if it meets an outage, the consume loop retries this
+        record, and nothing in memory has changed yet, so the retry sees the same round.
+        """
         round_id = message.round_id
         state = self.open.get(round_id) if round_id is not None else None
         try:
-            if (round_id is not None and round_id in self.closed) or (state and state.closing):
+            if (round_id is not None and round_id in self.closed) or (state and state.finishing):
                 raise Rejected(RejectReason.LATE, "round already closed")
             if state is None:
                 raise Rejected(RejectReason.UNKNOWN_ROUND, f"no open round {round_id}")
@@ -96,17 +101,6 @@ class Aggregator:
                 state.opened, message, already_accepted=message.device_id in state.accepted
             )
         except Rejected as rejected:
-            if state is not None and not state.closing:
-                state.rejected[rejected.reason.value] += 1
-            UPDATES_REJECTED.labels(rejected.reason.value).inc()
-            logger.warning(
-                "rejected update from %s for task %s round %d: %s",
-                message.device_id,
-                message.task_id,
-                message.round_number,
-                rejected,
-                extra={"client_id": message.device_id, "round_id": round_id},
-            )
             async with self.context.pool.connection() as conn:
                 await store.record_result(
                     conn,
@@ -117,16 +111,29 @@ class Aggregator:
                     reason=rejected.reason.value,
                     detail=rejected.detail,
                 )
+            if state is not None and not state.finishing:
+                state.rejected[rejected.reason.value] += 1
+            UPDATES_REJECTED.labels(rejected.reason.value).inc()
+            logger.warning(
+                "rejected update from %s for task %s round %d: %s",
+                message.device_id,
+                message.task_id,
+                message.round_number,
+                rejected,
+                extra={"client_id": message.device_id, "round_id": round_id},
+            )
             return
-        state.accepted[message.device_id] = Accepted(
-            message.num_examples, decoded, message.metrics, len(message.update)
-        )
-        UPDATES_ACCEPTED.inc()
         async with self.context.pool.connection() as conn:
             await store.record_result(
                 conn, message, partition=record.partition, offset=record.offset, status="accepted"
             )
-        await self.close_due(datetime.now(UTC))
+        state.accepted[message.device_id] = Accepted(
+            message.num_examples, decoded, message.metrics, len(message.update)
+        )
+        UPDATES_ACCEPTED.inc()
+        # The update is in; closing the round is the deadline loop's job too, so an outage
+        # while closing is left to it instead of re-handling (and refusing) this update.
+        await background.run_step("aggregator.close", lambda: self.close_due(datetime.now(UTC)))
 
     async def close_due(self, now: datetime) -> None:
         """Close every round whose updates are all in or whose deadline has passed."""
@@ -136,15 +143,50 @@ class Aggregator:
                 await self._close(state, outcome, now)
 
     async def _close(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
+        """Build the round's result once, publish it once, then record the round closed.
+
+        An outage anywhere in here leaves the round open with its result fixed: the next try
+        (the deadline loop) publishes that same message, or only records it. ``closing`` keeps
+        a concurrent close out while one is under way.
+        """
         state.closing = True
+        try:
+            if state.result is None:
+                state.result = self._result(state, outcome, now)
+            if not state.published:
+                # Publish first: if we crash before recording the round closed, the round is
+                # re-read and re-published, and the coordinator ignores the second copy.
+                await kafka.publish(
+                    self.context.producer,
+                    self.context.kafka,
+                    topics.ROUNDS,
+                    key=str(state.opened.task_id),
+                    message=state.result,
+                )
+                state.published = True
+            async with self.context.pool.connection() as conn:
+                await store.close_round(
+                    conn,
+                    round_id=state.round_id,
+                    task_id=state.opened.task_id,
+                    round_number=state.opened.round_number,
+                    attempt=state.opened.attempt,
+                    outcome=outcome.value,
+                    participants=sorted(state.accepted),
+                    dropped=state.dropped(),
+                    rejected=state.result.rejected,
+                    bytes_up=state.bytes_up(),
+                )
+        finally:
+            state.closing = False
+        self._closed(state, outcome, now)
+
+    def _result(self, state: OpenRound, outcome: Outcome, now: datetime) -> RoundResult:
         opened = state.opened
-        settings = self.context.kafka
-        key = str(opened.task_id)
         rejected = dict(state.rejected)
-        bytes_up = sum(a.size_bytes for a in state.accepted.values())
         if outcome == Outcome.AGGREGATE:
             delta = fedavg.aggregate(state.weighted_updates())
-            result: RoundAggregated | RoundFailed = RoundAggregated(
+            return RoundAggregated(
                 producer=PRODUCER,
                 round_id=state.round_id,
                 correlation_id=opened.message_id,
@@ -158,37 +200,24 @@ class Aggregator:
                 rejected=rejected,
                 num_examples=sum(a.num_examples for a in state.accepted.values()),
                 train_loss=state.mean_train_loss(),
-                bytes_up=bytes_up,
-                duration_s=(now - opened.sent_at).total_seconds(),
+                bytes_up=state.bytes_up(),
+                duration_s=max(0.0, (now - opened.sent_at).total_seconds()),
             )
-        else:
-            result = RoundFailed(
-                producer=PRODUCER,
-                round_id=state.round_id,
-                correlation_id=opened.message_id,
-                task_id=opened.task_id,
-                round_number=opened.round_number,
-                attempt=opened.attempt,
-                reason=f"{len(state.accepted)} of {opened.min_updates} updates by the deadline",
-                received=len(state.accepted),
-                rejected=rejected,
-            )
-        # Publish first: if we crash before recording the round closed, the round is re-read
-        # and re-published, and the coordinator ignores the second copy.
-        await kafka.publish(self.context.producer, settings, topics.ROUNDS, key=key, message=result)
-        async with self.context.pool.connection() as conn:
-            await store.close_round(
-                conn,
-                round_id=state.round_id,
-                task_id=opened.task_id,
-                round_number=opened.round_number,
-                attempt=opened.attempt,
-                outcome=outcome.value,
-                participants=sorted(state.accepted),
-                dropped=state.dropped(),
-                rejected=rejected,
-                bytes_up=bytes_up,
-            )
+        return RoundFailed(
+            producer=PRODUCER,
+            round_id=state.round_id,
+            correlation_id=opened.message_id,
+            task_id=opened.task_id,
+            round_number=opened.round_number,
+            attempt=opened.attempt,
+            reason=f"{len(state.accepted)} of {opened.min_updates} updates by the deadline",
+            received=len(state.accepted),
+            rejected=rejected,
+        )
+
+    def _closed(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
+        opened = state.opened
+        bytes_up = state.bytes_up()
         del self.open[state.round_id]
         self.closed.add(state.round_id)
         ROUNDS_CLOSED.labels(outcome.value).inc()
@@ -200,7 +229,7 @@ class Aggregator:
             opened.task_id,
             outcome.value,
             len(state.accepted),
-            rejected,
+            dict(state.rejected),
         )
 
     def commit_position(self, tp: TopicPartition, next_offset: int) -> int:
@@ -213,9 +242,11 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
     aggregator = Aggregator(context)
 
     async def deadlines() -> None:
-        while True:
-            await asyncio.sleep(settings.deadline_check_s)
-            await aggregator.close_due(datetime.now(UTC))
+        await background.every(
+            "aggregator.deadlines",
+            settings.deadline_check_s,
+            lambda: aggregator.close_due(datetime.now(UTC)),
+        )
 
     return ServiceParts(
         handle=aggregator.handle,

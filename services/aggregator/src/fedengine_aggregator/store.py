@@ -27,13 +27,16 @@ async def record_result(
     reason: str | None = None,
     detail: str | None = None,
 ) -> None:
+    """Record an update's verdict once: an acceptance is unique per (round, device), a
+    rejection per message id. Partition and offset are kept as provenance only: they start
+    again after a restart of an in-memory broker."""
     await conn.execute(
         """
         INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
             round_number, device_id, message_id, status, reason, detail, num_examples,
             train_loss, train_accuracy, duration_s, size_bytes)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (kafka_partition, kafka_offset) DO NOTHING
+        ON CONFLICT DO NOTHING
         """,
         (
             partition,

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
+import numpy as np
 import psycopg
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
-from fedcommon import arrays, db, lifecycle, models, outbox, topics
+from fedcommon import arrays, background, db, lifecycle, models, outbox, topics
+from fedcommon.errors import ProtocolViolation
+from fedcommon.failures import Failure, classify, describe
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     AnyMessage,
@@ -49,6 +53,9 @@ PRODUCER = "coordinator"
 ROUNDS_COMPLETED = Counter("fedengine_rounds_completed_total", "Rounds applied to the model")
 ROUNDS_FAILED = Counter("fedengine_rounds_failed_total", "Round attempts that failed", ["why"])
 BYTES_DOWN = Counter("fedengine_model_bytes_down_total", "Model bytes sent to participants")
+TASKS_FAILED_BY_ERROR = Counter(
+    "fedengine_tasks_failed_by_error_total", "Tasks failed because their processing raised"
+)
 ROUND_LATENCY = Histogram(
     "fedengine_round_seconds",
     "Round open to model applied",
@@ -104,32 +111,69 @@ class Coordinator:
         )
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
-        async with self.context.pool.connection() as conn, conn.transaction():
-            if not await db.mark_processed(
-                conn, schema=store.SCHEMA, message_id=message.message_id
-            ):
-                logger.info("duplicate %s %s skipped", message.type, message.message_id)
-                return
-            if isinstance(message, TaskCreateRequested):
-                await self._create(conn, message)
-            elif type(message) in _COMMANDS:
-                await self._command(conn, message, _COMMANDS[type(message)])  # type: ignore[arg-type]
-            elif isinstance(message, RoundAggregated):
-                await self._aggregated(conn, message)
-            elif isinstance(message, RoundFailed):
-                await self._round_failed(
-                    conn,
-                    message.round_id,
-                    why="aggregator",
-                    failure=message.reason,
-                    rejected=message.rejected,
-                )
-            elif isinstance(message, CleanupRequested):
-                deleted = await store.cleanup_models(conn, retention_s=message.retention_s)
-                logger.info("cleanup by %s deleted %d model versions", message.issued_by, deleted)
-            else:
-                return
+        try:
+            async with self.context.pool.connection() as conn, conn.transaction():
+                if not await db.mark_processed(
+                    conn, schema=store.SCHEMA, message_id=message.message_id
+                ):
+                    logger.info("duplicate %s %s skipped", message.type, message.message_id)
+                    return
+                await self._dispatch(conn, message)
+        except Exception as exc:
+            task_id = getattr(message, "task_id", None)
+            if classify(exc) != Failure.UNEXPECTED or task_id is None:
+                raise
+            # Isolation: an error in one task's processing fails that task, with the reason,
+            # instead of dead-lettering its messages one by one and stopping the service.
+            if not await self._fail_after_error(task_id, exc, message_id=message.message_id):
+                raise
         self.context.relay.wake()
+
+    async def _dispatch(self, conn: psycopg.AsyncConnection, message: AnyMessage) -> None:
+        if isinstance(message, TaskCreateRequested):
+            await self._create(conn, message)
+        elif type(message) in _COMMANDS:
+            await self._command(conn, message, _COMMANDS[type(message)])  # type: ignore[arg-type]
+        elif isinstance(message, RoundAggregated):
+            await self._aggregated(conn, message)
+        elif isinstance(message, RoundFailed):
+            await self._round_failed(
+                conn,
+                message.round_id,
+                why="aggregator",
+                failure=message.reason,
+                rejected=message.rejected,
+            )
+        elif isinstance(message, CleanupRequested):
+            deleted = await store.cleanup_models(conn, retention_s=message.retention_s)
+            logger.info("cleanup by %s deleted %d model versions", message.issued_by, deleted)
+        else:
+            raise ProtocolViolation(f"the coordinator does not handle {message.type}")
+
+    async def _fail_after_error(
+        self, task_id: UUID, exc: BaseException, *, message_id: UUID | None = None
+    ) -> bool:
+        """Fail ``task_id`` (if it exists and is not finished) because its processing raised
+        ``exc``; record the message as handled. Returns whether the task was failed."""
+        logger.error("task %s failed: %s", task_id, describe(exc), exc_info=exc)
+        async with self.context.pool.connection() as conn, conn.transaction():
+            task = await store.lock_task(conn, task_id, validate=False)
+            if task is None:
+                return False
+            if message_id is not None:
+                await db.mark_processed(conn, schema=store.SCHEMA, message_id=message_id)
+            if task.state in lifecycle.FINISHED:
+                return True
+            open_round = await store.open_round_of(conn, task_id)
+            if open_round is not None:
+                await store.fail_round(
+                    conn, round_id=open_round.round_id, status="abandoned", failure="task failed"
+                )
+            await store.log_event(conn, task_id, "error", detail=describe(exc))
+            await self._state_changed(conn, task_id, TaskState.FAILED, StopReason.ERROR)
+        TASKS_FAILED_BY_ERROR.inc()
+        self.context.relay.wake()
+        return True
 
     async def _create(self, conn: psycopg.AsyncConnection, message: TaskCreateRequested) -> None:
         spec = message.spec
@@ -331,7 +375,11 @@ class Coordinator:
             return
         spec = task.spec
         _, data = await store.get_model(conn, task.task_id, round_row.model_version_in)
-        delta = arrays.from_bytes(message.delta)
+        delta = arrays.from_bytes(message.delta)  # InvalidMessage when malformed
+        if arrays.shapes_of(delta) != evaluation.param_shapes(
+            spec.model_architecture, spec.dataset
+        ) or not all(np.isfinite(a).all() for a in delta):
+            raise ProtocolViolation("round result's delta does not fit the model or is not finite")
 
         def apply_and_evaluate() -> tuple[bytes, evaluation.Evaluation]:
             model = evaluation.new_model(spec.model_architecture, spec.dataset, seed=spec.seed)
@@ -453,37 +501,51 @@ class Coordinator:
             )
 
     async def tick(self) -> None:
-        """Open rounds for tasks waiting on devices; re-issue rounds whose result never came."""
+        """Open rounds for tasks waiting on devices; re-issue rounds whose result never came.
+
+        Each task is handled on its own: an error in one fails that task (its reason in the
+        event log) and never keeps the others from their turn. An outage ends the tick; the
+        next one retries.
+        """
         async with self.context.pool.connection() as conn:
             running = await store.tasks_in_state(conn, TaskState.RUNNING)
             overdue = await store.overdue_rounds(conn, grace_s=self.settings.lost_round_grace_s)
-        for round_id in overdue:
-            async with self.context.pool.connection() as conn, conn.transaction():
-                await self._round_failed(
-                    conn, round_id, why="lost", failure="no result by deadline"
-                )
+        for task_id, round_id in overdue:
+            await self._isolated(task_id, self._lost_round, round_id)
         for task_id in running:
-            async with self.context.pool.connection() as conn, conn.transaction():
-                task = await store.lock_task(conn, task_id)
-                if (
-                    task is None
-                    or task.state != TaskState.RUNNING
-                    or await store.open_round_of(conn, task_id) is not None
-                ):
-                    continue
-                await self._open_round(conn, task_id, round_number=task.current_round + 1)
+            await self._isolated(task_id, self._continue_task, task_id)
         self.context.relay.wake()
+
+    async def _isolated(
+        self, task_id: UUID, step: Callable[[UUID], Awaitable[None]], argument: UUID
+    ) -> None:
+        try:
+            await step(argument)
+        except Exception as exc:
+            if classify(exc) == Failure.TRANSIENT:
+                raise
+            await self._fail_after_error(task_id, exc)
+
+    async def _lost_round(self, round_id: UUID) -> None:
+        async with self.context.pool.connection() as conn, conn.transaction():
+            await self._round_failed(conn, round_id, why="lost", failure="no result by deadline")
+
+    async def _continue_task(self, task_id: UUID) -> None:
+        async with self.context.pool.connection() as conn, conn.transaction():
+            task = await store.lock_task(conn, task_id)
+            if (
+                task is None
+                or task.state != TaskState.RUNNING
+                or await store.open_round_of(conn, task_id) is not None
+            ):
+                return
+            await self._open_round(conn, task_id, round_number=task.current_round + 1)
 
 
 def build(context: ServiceContext, settings: Settings) -> ServiceParts:
     coordinator = Coordinator(context, settings)
 
     async def ticker() -> None:
-        while True:
-            await asyncio.sleep(settings.tick_s)
-            try:
-                await coordinator.tick()
-            except Exception:
-                logger.exception("coordinator tick failed")
+        await background.every("coordinator.tick", settings.tick_s, coordinator.tick)
 
     return ServiceParts(handle=coordinator.handle, background=(ticker,))

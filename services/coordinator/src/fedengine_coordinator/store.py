@@ -45,9 +45,12 @@ _ROUND_COLUMNS = (
 )
 
 
-def _task(row: tuple[Any, ...]) -> TaskRow:
+def _task(row: tuple[Any, ...], *, validate: bool = True) -> TaskRow:
     spec = row[1] if isinstance(row[1], dict) else json.loads(row[1])
-    return TaskRow(row[0], TaskSpec.model_validate(spec), TaskState(row[2]), row[3], row[4], row[5])
+    # A stored spec that no longer validates (written by an older version, or by hand) raises
+    # here; the caller fails that task alone. Failing it must not need the spec parsed.
+    parsed = TaskSpec.model_validate(spec) if validate else TaskSpec.model_construct(**spec)
+    return TaskRow(row[0], parsed, TaskState(row[2]), row[3], row[4], row[5])
 
 
 def _round(row: tuple[Any, ...]) -> RoundRow:
@@ -65,13 +68,15 @@ async def insert_task(
     return cursor.rowcount == 1
 
 
-async def lock_task(conn: psycopg.AsyncConnection, task_id: UUID) -> TaskRow | None:
+async def lock_task(
+    conn: psycopg.AsyncConnection, task_id: UUID, *, validate: bool = True
+) -> TaskRow | None:
     cursor = await conn.execute(
         f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks WHERE task_id = %s FOR UPDATE",
         (task_id,),
     )
     row = await cursor.fetchone()
-    return None if row is None else _task(row)
+    return None if row is None else _task(row, validate=validate)
 
 
 async def set_state(
@@ -294,13 +299,16 @@ async def tasks_in_state(conn: psycopg.AsyncConnection, state: TaskState) -> lis
     return [r[0] for r in await cursor.fetchall()]
 
 
-async def overdue_rounds(conn: psycopg.AsyncConnection, *, grace_s: float) -> list[UUID]:
+async def overdue_rounds(
+    conn: psycopg.AsyncConnection, *, grace_s: float
+) -> list[tuple[UUID, UUID]]:
+    """Return ``(task_id, round_id)`` of open rounds past their deadline plus ``grace_s``."""
     cursor = await conn.execute(
-        "SELECT round_id FROM coordinator.rounds WHERE status = 'open' "
+        "SELECT task_id, round_id FROM coordinator.rounds WHERE status = 'open' "
         "AND deadline < now() - make_interval(secs => %s)",
         (grace_s,),
     )
-    return [r[0] for r in await cursor.fetchall()]
+    return [(r[0], r[1]) for r in await cursor.fetchall()]
 
 
 async def cleanup_models(conn: psycopg.AsyncConnection, *, retention_s: float) -> int:

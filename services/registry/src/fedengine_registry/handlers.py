@@ -3,13 +3,12 @@ and the timer that marks silent devices offline."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import psycopg
 from prometheus_client import Counter, Gauge
 
-from fedcommon import db, outbox, topics
+from fedcommon import background, db, outbox, topics
 from fedcommon.errors import ProtocolViolation
 from fedcommon.kafka import SourceRecord
 from fedcommon.messages.v1 import (
@@ -91,8 +90,7 @@ class Registry:
                     )
                     await self._status_changed(conn, message.device_id, DeviceStatus.REMOVED)
             else:
-                logger.debug("ignoring %s on %s", message.type, record.topic)
-                return
+                raise ProtocolViolation(f"the registry does not handle {message.type}")
         self.context.relay.wake()
 
     async def mark_offline(self, *, offline_after_s: float) -> list[str]:
@@ -118,8 +116,10 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
     registry = Registry(context)
 
     async def offline_timer() -> None:
-        while True:
-            await asyncio.sleep(settings.check_interval_s)
-            await registry.mark_offline(offline_after_s=settings.offline_after_s)
+        await background.every(
+            "registry.offline",
+            settings.check_interval_s,
+            lambda: registry.mark_offline(offline_after_s=settings.offline_after_s),
+        )
 
     return ServiceParts(handle=registry.handle, background=(offline_timer,))

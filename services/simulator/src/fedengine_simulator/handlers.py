@@ -12,7 +12,7 @@ import torch
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
-from fedcommon import arrays, datasets, db, kafka, models, signing, topics
+from fedcommon import arrays, background, datasets, db, kafka, models, signing, topics
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     AnyMessage,
@@ -46,6 +46,7 @@ class Fleet:
             settings.home / "simulator" / settings.fleet, list(self.devices)
         )
         self._models: dict[tuple[object, int], bytes] = {}
+        self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
 
     def partition_of(self, dataset: str, index: int) -> np.ndarray:
@@ -106,30 +107,33 @@ class Fleet:
         logger.info("enrolled %d devices of fleet %s", len(self.devices), self.settings.fleet)
 
     async def heartbeats(self) -> None:
-        sequence = int(time.time() * 1000)  # monotone across restarts without stored state
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            sequence += 1
-            for device_id, key in self.keys.items():
-                sent_at = datetime.now(UTC)
-                payload = signing.heartbeat_payload(
+        await background.every("simulator.heartbeats", self.settings.heartbeat_s, self.heartbeat)
+
+    async def heartbeat(self) -> None:
+        """Send one signed heartbeat per device; the sequence is the clock in milliseconds, so
+        it grows across restarts and retries without stored state."""
+        sequence = max(self._sequence + 1, int(time.time() * 1000))
+        self._sequence = sequence
+        for device_id, key in self.keys.items():
+            sent_at = datetime.now(UTC)
+            payload = signing.heartbeat_payload(
+                device_id=device_id,
+                sequence=sequence,
+                sent_at_us=int(sent_at.timestamp() * 1_000_000),
+            )
+            await kafka.publish(
+                self.context.producer,
+                self.context.kafka,
+                topics.DEVICES,
+                key=device_id,
+                message=HeartbeatSent(
+                    producer=PRODUCER,
                     device_id=device_id,
                     sequence=sequence,
-                    sent_at_us=int(sent_at.timestamp() * 1_000_000),
-                )
-                await kafka.publish(
-                    self.context.producer,
-                    self.context.kafka,
-                    topics.DEVICES,
-                    key=device_id,
-                    message=HeartbeatSent(
-                        producer=PRODUCER,
-                        device_id=device_id,
-                        sequence=sequence,
-                        sent_at=sent_at,
-                        signature=key.sign(payload),
-                    ),
-                )
+                    sent_at=sent_at,
+                    signature=key.sign(payload),
+                ),
+            )
 
     async def model_bytes(self, request: TrainRequested) -> bytes:
         cache_key = (request.task_id, request.model_version)
@@ -251,7 +255,7 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
 
     async def run_fleet() -> None:
         await asyncio.to_thread(simulated.warm_up)
-        await simulated.enrol()
+        await background.until_done("simulator.enrol", simulated.enrol)
         await simulated.heartbeats()
 
     return ServiceParts(handle=simulated.handle, background=(run_fleet,))

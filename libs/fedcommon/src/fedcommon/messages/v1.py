@@ -268,7 +268,7 @@ class RoundOpened(Envelope):
     round_number: PositiveInt32
     attempt: Int32
     model_version: Int32
-    participants: list[Participant] = Field(max_length=MAX_DEVICES_PER_ROUND)
+    participants: list[Participant] = Field(min_length=1, max_length=MAX_DEVICES_PER_ROUND)
     min_updates: int = Field(ge=1, le=MAX_DEVICES_PER_ROUND)
     deadline: datetime
     param_shapes: list[list[Int32]]

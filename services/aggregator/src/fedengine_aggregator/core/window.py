@@ -12,8 +12,10 @@ from enum import StrEnum
 from uuid import UUID
 
 from fedcommon.arrays import NDArrays
-from fedcommon.messages.v1 import RoundOpened, UpdateMetrics
+from fedcommon.messages.v1 import RoundAggregated, RoundFailed, RoundOpened, UpdateMetrics
 from fedengine_aggregator.core.fedavg import WeightedUpdate
+
+RoundResult = RoundAggregated | RoundFailed
 
 
 class Outcome(StrEnum):
@@ -37,7 +39,17 @@ class OpenRound:
     first_offset: int
     accepted: dict[str, Accepted] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
+    # A close under way (guards against a concurrent one).
     closing: bool = False
+    # The result, fixed once the close began, and whether it is on the log: a close that met
+    # an outage is retried with this same message.
+    result: RoundResult | None = None
+    published: bool = False
+
+    @property
+    def finishing(self) -> bool:
+        """Whether the round takes no more updates (its close has begun)."""
+        return self.closing or self.result is not None
 
     @property
     def round_id(self) -> UUID:
@@ -49,6 +61,8 @@ class OpenRound:
         """Decide whether the round can close now."""
         if self.closing:
             return Outcome.WAIT
+        if self.result is not None:
+            return Outcome.AGGREGATE if isinstance(self.result, RoundAggregated) else Outcome.FAIL
         if len(self.accepted) == len(self.opened.participants):
             return Outcome.AGGREGATE
         if now >= self.opened.deadline:
@@ -59,6 +73,9 @@ class OpenRound:
 
     def weighted_updates(self) -> list[WeightedUpdate]:
         return [WeightedUpdate(a.num_examples, a.arrays) for a in self.accepted.values()]
+
+    def bytes_up(self) -> int:
+        return sum(a.size_bytes for a in self.accepted.values())
 
     def dropped(self) -> list[str]:
         return [p.device_id for p in self.opened.participants if p.device_id not in self.accepted]
