@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -13,14 +15,27 @@ from fedcommon import codec, signing, topics
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, Envelope
 from fedcommon.settings import KafkaSettings
 
+# Test clients go well past the platform's message limit, to play an attacker who ignores it
+# (the local broker enforces none) and to read back whatever such a test wrote.
+BIG = 64 * 1024 * 1024
+
 
 async def send_raw(settings: KafkaSettings, base: str, *, key: bytes, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=BIG)
     await producer.start()
     try:
         await producer.send_and_wait(topics.topic_name(settings.topic_prefix, base), value, key=key)
     finally:
         await producer.stop()
+
+
+def tampered(message: Envelope, **fields: Any) -> bytes:
+    """The encoding of ``message`` with ``fields`` overwritten past the schema's checks: what an
+    attacker's own encoder sends."""
+    data = msgpack.unpackb(codec.encode(message))
+    data.update(fields)
+    packed: bytes = msgpack.packb(data)
+    return packed
 
 
 async def send(settings: KafkaSettings, base: str, *, key: str, message: Envelope) -> None:
@@ -59,6 +74,8 @@ async def find_records(
         fetch_max_wait_ms=50,
         session_timeout_ms=6000,
         heartbeat_interval_ms=1000,
+        max_partition_fetch_bytes=BIG,
+        fetch_max_bytes=2 * BIG,
     )
     found: list[ConsumerRecord | None] = [None] * len(predicates)
     await consumer.start()

