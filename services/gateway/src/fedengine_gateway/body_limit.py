@@ -55,10 +55,11 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         logger.info("refused a request body over %d bytes", self.max_body_bytes)
+        # No "Connection: close": the server then discards the rest of the body (up to its
+        # keep-alive timeout) instead of resetting a client that is still sending, which
+        # would lose this answer.
         response = JSONResponse(
-            {"detail": f"request body larger than {self.max_body_bytes} bytes"},
-            status_code=413,
-            headers={"Connection": "close"},
+            {"detail": f"request body larger than {self.max_body_bytes} bytes"}, status_code=413
         )
         await response(scope, receive, send)
 
