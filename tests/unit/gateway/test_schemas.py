@@ -1,9 +1,22 @@
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from fedengine_gateway.schemas import DeviceCreate, TaskCreate
+from fedcommon.constraints import DEVICE_ID_PATTERN, MAX_DEVICES_PER_ROUND, DeviceId
+from fedcommon.messages.v1 import (
+    CleanupRequested,
+    DeviceCapabilities,
+    DeviceEnrolled,
+    ModelArchitecture,
+    TaskSpec,
+)
+from fedengine_gateway.schemas import CapabilitiesCreate, CleanupRequest, DeviceCreate, TaskCreate
 from fedengine_gateway.settings import Settings
 
 
@@ -36,3 +49,166 @@ def test_weak_or_placeholder_secrets_are_refused() -> None:
             FEDENGINE_ENVIRONMENT="production",
             postgres=base,
         )  # type: ignore[arg-type]
+
+
+# --- the gateway accepts exactly what the bus accepts ----------------------------------------
+
+
+def test_task_fields_carry_the_bus_specs_bounds_and_defaults() -> None:
+    for name, spec_field in TaskSpec.model_fields.items():
+        field = TaskCreate.model_fields[name]
+        assert field.metadata == spec_field.metadata, name
+        if name != "devices_per_round":  # optional here: it defaults from the participants
+            assert field.annotation == spec_field.annotation, name
+            assert field.get_default(call_default_factory=True) == spec_field.get_default(
+                call_default_factory=True
+            ), name
+    assert set(TaskCreate.model_fields) == set(TaskSpec.model_fields)
+
+
+def test_device_and_cleanup_fields_carry_the_bus_messages_bounds() -> None:
+    assert DeviceCreate.model_fields["device_id"].annotation == DeviceId | None
+    for name in ("device_name", "device_type", "privacy_level"):
+        assert (
+            DeviceCreate.model_fields[name].metadata == DeviceEnrolled.model_fields[name].metadata
+        ), name
+    for name, field in DeviceCapabilities.model_fields.items():
+        assert CapabilitiesCreate.model_fields[name].metadata == field.metadata, name
+    assert (
+        CleanupRequest.model_fields["retention_s"].metadata
+        == CleanupRequested.model_fields["retention_s"].metadata
+    )
+
+
+def test_the_default_round_size_stays_inside_its_bound() -> None:
+    many = [f"d{i}" for i in range(MAX_DEVICES_PER_ROUND + 5)]
+    task = TaskCreate(task_name="t", participating_devices=many)
+    assert task.devices_per_round == MAX_DEVICES_PER_ROUND
+    assert task.to_spec().participating_devices == many
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"device_name": "d", "device_type": "iot", "capabilities": {"unknown": 1}},
+        {"device_name": "d", "device_type": "iot", "capabilities": {"compute_gflops": math.inf}},
+        {"device_name": "d", "device_type": "iot", "capabilities": {"memory_mb": 2**64}},
+        {"device_name": "d\x00", "device_type": "iot"},
+        {"device_name": "d", "device_type": "iot", "device_id": "x" * 201},
+        {"device_name": "", "device_type": "iot"},
+    ],
+)
+def test_device_bodies_the_registry_would_refuse_are_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        DeviceCreate.model_validate(body)
+
+
+def _bounds(field: Any) -> dict[str, float]:
+    return {
+        attr: getattr(item, attr)
+        for item in field.metadata
+        for attr in ("ge", "gt", "le", "lt")
+        if hasattr(item, attr)
+    }
+
+
+def _is_int(field: Any) -> bool:
+    return bool(field.annotation is int or field.annotation == int | None)
+
+
+def _inside(field: Any) -> st.SearchStrategy[Any]:
+    """Values inside ``field``'s bounds."""
+    bounds = _bounds(field)
+    if _is_int(field):
+        low = bounds.get("ge", bounds.get("gt", -(2**63) - 1) + 1)
+        high = bounds.get("le", bounds.get("lt", 2**63) - 1)
+        return st.integers(min_value=int(low), max_value=int(high))
+    return st.floats(
+        min_value=bounds.get("ge", bounds.get("gt")),
+        max_value=bounds.get("le", bounds.get("lt")),
+        exclude_min="gt" in bounds,
+        exclude_max="lt" in bounds,
+        allow_nan=False,
+    )
+
+
+def _near(bound: float, *, integer: bool) -> st.SearchStrategy[Any]:
+    if integer:
+        return st.integers(min_value=int(bound) - 2, max_value=int(bound) + 2)
+    return st.sampled_from(
+        [bound, math.nextafter(bound, -math.inf), math.nextafter(bound, math.inf)]
+    )
+
+
+def _edges(field: Any) -> st.SearchStrategy[Any]:
+    """Values near and past ``field``'s bounds, and wrong in other ways (NaN, 2**64, None)."""
+    integer = _is_int(field)
+    numbers = [_near(bound, integer=integer) for bound in _bounds(field).values()]
+    if integer:
+        numbers += [st.integers(), st.sampled_from([-(2**63) - 1, 2**63, 2**64])]
+    else:
+        numbers += [st.floats(), st.integers(min_value=-(2**70), max_value=2**70)]
+    return st.one_of(*numbers, st.none())
+
+
+_NAMES = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=200
+)
+_IDS = st.from_regex(DEVICE_ID_PATTERN, fullmatch=True)
+_VALID: dict[str, st.SearchStrategy[Any]] = {
+    "task_name": _NAMES,
+    "model_architecture": st.sampled_from(ModelArchitecture),
+    "dataset": st.just("digits"),
+    "participating_devices": st.none() | st.lists(_IDS, min_size=1, max_size=6),
+}
+_WRONG: dict[str, st.SearchStrategy[Any]] = {
+    "task_name": st.sampled_from(["", "a\x00b", "x" * 201, 7]),
+    "model_architecture": st.just("transformer"),
+    "dataset": st.just("cifar10"),
+    "participating_devices": st.sampled_from([[], ["a\x00"], ["x" * 201], ["ok", ""]]),
+}
+
+
+def _with_one_edge(body: dict[str, Any], edge: tuple[str, Any] | None) -> dict[str, Any]:
+    return body if edge is None else {**body, edge[0]: edge[1]}
+
+
+def _task_bodies() -> st.SearchStrategy[dict[str, Any]]:
+    """Bodies inside every bound, or with one field at or past an edge."""
+    fields = TaskSpec.model_fields
+    valid = st.fixed_dictionaries(
+        {},
+        optional={
+            name: _VALID[name] if name in _VALID else _inside(field)
+            for name, field in fields.items()
+        },
+    )
+    edge = st.sampled_from(sorted(fields)).flatmap(
+        lambda name: st.tuples(
+            st.just(name), _WRONG[name] if name in _WRONG else _edges(fields[name])
+        )
+    )
+    return st.builds(_with_one_edge, valid, st.none() | edge)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_task_bodies())
+def test_a_task_body_is_accepted_exactly_when_the_bus_spec_is(body: dict[str, Any]) -> None:
+    # Prepare: the spec the coordinator would get, with the gateway's one default filled in.
+    spec_body = dict(body)
+    if spec_body.get("devices_per_round") is None:
+        devices = spec_body.get("participating_devices")
+        spec_body["devices_per_round"] = min(len(devices), MAX_DEVICES_PER_ROUND) if devices else 10
+    # Execute
+    try:
+        task: TaskCreate | None = TaskCreate.model_validate(body)
+    except ValidationError:
+        task = None
+    try:
+        spec: TaskSpec | None = TaskSpec.model_validate(spec_body)
+    except ValidationError:
+        spec = None
+    # Assert
+    assert (task is None) == (spec is None), (body, task, spec)
+    if task is not None:
+        assert task.to_spec() == spec

@@ -11,18 +11,32 @@ from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import psycopg
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 
 from fedcommon import auth, db, kafka, lifecycle, signing, topics
+from fedcommon.constraints import DEVICE_ID_PATTERN, INT32_MAX, INT64_MAX, Constrained, Name
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     CleanupRequested,
+    DeviceCapabilities,
     DeviceEnrolled,
     DeviceRemoved,
+    DeviceStatus,
     Envelope,
     TaskCancelRequested,
     TaskCreateRequested,
@@ -31,12 +45,14 @@ from fedcommon.messages.v1 import (
     TaskStartRequested,
     TaskState,
 )
-from fedengine_gateway import queries
+from fedengine_gateway import errors, queries
+from fedengine_gateway.body_limit import BodyLimit
 from fedengine_gateway.schemas import (
     Accepted,
     CleanupRequest,
     DeviceCreate,
     DevicePublic,
+    Health,
     Page,
     RoundPublic,
     StatusPublic,
@@ -69,6 +85,12 @@ class Principal:
         self.role = role
 
 
+class _Subject(Constrained):
+    """A token's subject becomes ``issued_by`` on bus messages, so it must be a valid ``Name``."""
+
+    subject: Name
+
+
 def require(role: auth.Role) -> Any:
     """Return a dependency that admits tokens whose role is at least ``role``."""
 
@@ -93,6 +115,14 @@ def require(role: auth.Role) -> Any:
                 f"invalid token: {exc}",
                 headers={"WWW-Authenticate": "Bearer"},
             ) from exc
+        try:
+            _Subject(subject=subject)
+        except ValidationError as exc:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "invalid token: its subject must be 1 to 200 characters without NUL bytes",
+                headers={"WWW-Authenticate": "Bearer"},
+            ) from exc
         if not auth.allows(token_role, role):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -107,7 +137,9 @@ Viewer = Annotated[Principal, Depends(require(auth.Role.VIEWER))]
 Operator = Annotated[Principal, Depends(require(auth.Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(require(auth.Role.ADMIN))]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+# PostgreSQL's OFFSET takes a bigint.
+Offset = Annotated[int, Query(ge=0, le=INT64_MAX)]
+DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
 
 
 async def _conn(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -138,6 +170,7 @@ router = APIRouter(prefix=PREFIX)
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     response_model_exclude_none=True,
+    responses=errors.responses(400, 401, 403, 413, 422, 503),
 )
 async def add_device(
     body: DeviceCreate, request: Request, response: Response, who: Operator
@@ -160,7 +193,7 @@ async def add_device(
             device_name=body.device_name,
             device_type=body.device_type,
             privacy_level=body.privacy_level,
-            capabilities=body.capabilities,
+            capabilities=DeviceCapabilities(**body.capabilities.model_dump()),
             public_key=public_key,
             issued_by=who.subject,
         ),
@@ -168,20 +201,31 @@ async def add_device(
     return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}", private_key=private_key)
 
 
-@router.get("/devices", response_model=Page[DevicePublic])
+@router.get(
+    "/devices", response_model=Page[DevicePublic], responses=errors.responses(401, 413, 422, 503)
+)
 async def list_devices(
     conn: Conn,
     _: Viewer,
-    status_filter: Annotated[str | None, Query(alias="status")] = None,
+    status_filter: Annotated[DeviceStatus | None, Query(alias="status")] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[DevicePublic]:
-    rows, total = await queries.list_devices(conn, status=status_filter, limit=limit, offset=offset)
+    rows, total = await queries.list_devices(
+        conn,
+        status=None if status_filter is None else status_filter.value,
+        limit=limit,
+        offset=offset,
+    )
     return Page(items=[DevicePublic(**r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/devices/{device_id}", response_model=DevicePublic)
-async def get_device(device_id: str, conn: Conn, _: Viewer) -> DevicePublic:
+@router.get(
+    "/devices/{device_id}",
+    response_model=DevicePublic,
+    responses=errors.responses(401, 404, 413, 422, 503),
+)
+async def get_device(device_id: DevicePath, conn: Conn, _: Viewer) -> DevicePublic:
     row = await queries.get_device(conn, device_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
@@ -193,9 +237,10 @@ async def get_device(device_id: str, conn: Conn, _: Viewer) -> DevicePublic:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     response_model_exclude_none=True,
+    responses=errors.responses(401, 403, 404, 413, 422, 503),
 )
 async def remove_device(
-    device_id: str, request: Request, response: Response, conn: Conn, who: Admin
+    device_id: DevicePath, request: Request, response: Response, conn: Conn, who: Admin
 ) -> Accepted:
     if await queries.get_device(conn, device_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
@@ -213,16 +258,20 @@ async def remove_device(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     response_model_exclude_none=True,
+    responses=errors.responses(400, 401, 403, 413, 422, 503),
 )
 async def create_task(
     body: TaskCreate, request: Request, response: Response, who: Operator
 ) -> Accepted:
     try:
         spec = body.to_spec()
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    if spec.dataset != "digits":
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "dataset must be 'digits'")
+    except ValidationError as exc:  # TaskCreate checks the spec already; kept as the last word
+        raise RequestValidationError(
+            [
+                {**error, "loc": ("body", *error["loc"])}
+                for error in exc.errors(include_url=False, include_input=False)
+            ]
+        ) from exc
     task_id = uuid4()
     await _publish(
         request,
@@ -233,15 +282,27 @@ async def create_task(
     return _accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
 
 
-@router.get("/tasks", response_model=Page[TaskPublic])
+@router.get(
+    "/tasks", response_model=Page[TaskPublic], responses=errors.responses(401, 413, 422, 503)
+)
 async def list_tasks(
-    conn: Conn, _: Viewer, state: str | None = None, limit: Limit = 100, offset: Offset = 0
+    conn: Conn,
+    _: Viewer,
+    state: TaskState | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> Page[TaskPublic]:
-    rows, total = await queries.list_tasks(conn, state=state, limit=limit, offset=offset)
+    rows, total = await queries.list_tasks(
+        conn, state=None if state is None else state.value, limit=limit, offset=offset
+    )
     return Page(items=[TaskPublic(**r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskPublic)
+@router.get(
+    "/tasks/{task_id}",
+    response_model=TaskPublic,
+    responses=errors.responses(401, 404, 413, 422, 503),
+)
 async def get_task(task_id: UUID, conn: Conn, _: Viewer) -> TaskPublic:
     row = await queries.get_task(conn, task_id)
     if row is None:
@@ -293,11 +354,16 @@ for _name in _TASK_COMMANDS:
         status_code=status.HTTP_202_ACCEPTED,
         response_model=Accepted,
         response_model_exclude_none=True,
+        responses=errors.responses(401, 403, 404, 409, 413, 422, 503),
         summary=f"{_name.capitalize()} a task",
     )
 
 
-@router.get("/tasks/{task_id}/rounds", response_model=Page[RoundPublic])
+@router.get(
+    "/tasks/{task_id}/rounds",
+    response_model=Page[RoundPublic],
+    responses=errors.responses(401, 413, 422, 503),
+)
 async def list_rounds(
     task_id: UUID, conn: Conn, _: Viewer, limit: Limit = 100, offset: Offset = 0
 ) -> Page[RoundPublic]:
@@ -305,7 +371,11 @@ async def list_rounds(
     return Page(items=[RoundPublic(**r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/tasks/{task_id}/events", response_model=Page[TaskEventPublic])
+@router.get(
+    "/tasks/{task_id}/events",
+    response_model=Page[TaskEventPublic],
+    responses=errors.responses(401, 413, 422, 503),
+)
 async def list_events(
     task_id: UUID, conn: Conn, _: Viewer, limit: Limit = 100, offset: Offset = 0
 ) -> Page[TaskEventPublic]:
@@ -316,13 +386,16 @@ async def list_events(
 @router.get(
     "/tasks/{task_id}/model",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "safetensors"},
+        **errors.responses(401, 404, 413, 422, 503),
+    },
 )
 async def get_model(
     task_id: UUID,
     conn: Conn,
     _: Viewer,
-    version: Annotated[int | None, Query(ge=0)] = None,
+    version: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
 ) -> Response:
     found = await queries.get_model(conn, task_id, version)
     if found is None:
@@ -339,7 +412,7 @@ async def get_model(
     )
 
 
-@router.get("/status", response_model=StatusPublic)
+@router.get("/status", response_model=StatusPublic, responses=errors.responses(401, 413, 503))
 async def get_status(conn: Conn, _: Viewer) -> StatusPublic:
     counts = await queries.status_counts(conn)
     return StatusPublic(
@@ -355,6 +428,7 @@ async def get_status(conn: Conn, _: Viewer) -> StatusPublic:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     response_model_exclude_none=True,
+    responses=errors.responses(400, 401, 403, 413, 422, 503),
 )
 async def cleanup(
     request: Request, response: Response, who: Admin, body: CleanupRequest | None = None
@@ -370,13 +444,20 @@ async def cleanup(
     return _accepted(response, str(message.message_id), f"{PREFIX}/status")
 
 
-@router.get("/health", include_in_schema=True)
-async def health(conn: Conn) -> dict[str, str]:
+@router.get("/health", response_model=Health, responses=errors.responses(413, 503))
+async def health(conn: Conn) -> Health:
     await conn.execute("SELECT 1")
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        **errors.responses(413, 503),
+    },
+)
 async def metrics(conn: Conn) -> Response:
     counts = await queries.status_counts(conn)
     for kind, values in counts.items():
@@ -442,13 +523,6 @@ def create_app(settings: Settings) -> FastAPI:
         description="Federated learning over Kafka: devices, tasks, rounds, models.",
     )
     app.include_router(router)
-
-    @app.exception_handler(psycopg.errors.UndefinedTable)
-    async def projections_missing(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": "projections not ready: services still starting"}, 503)
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def database_down(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": "database unavailable"}, 503)
-
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     return app

@@ -1,13 +1,29 @@
-"""HTTP schemas (XCreate / XPublic), separate from bus messages; input forbids unknown fields."""
+"""HTTP schemas (XCreate / XPublic), separate from bus messages; input forbids unknown fields.
+
+Input models derive from ``fedcommon.constraints.Constrained`` and take their bounds from the
+bus schemas' own constants, so that a body the gateway accepts is one every service accepts
+(style.md, rule 7; no NUL text, finite floats only, integers inside the columns' ranges).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedcommon.constraints import (
+    MAX_DEVICES_PER_ROUND,
+    MAX_ROUND_RETRIES,
+    MAX_ROUNDS,
+    MAX_SETTING,
+    MAX_TIMEOUT_S,
+    Constrained,
+    DeviceId,
+    Name,
+    Seed,
+)
 from fedcommon.messages.v1 import (
     DeviceCapabilities,
     DeviceType,
@@ -18,17 +34,27 @@ from fedcommon.messages.v1 import (
 
 T = TypeVar("T")
 
+_PUBLIC_KEY_PATTERN = r"^[0-9a-fA-F]{64}$"
 
-class DeviceCreate(BaseModel):
+
+class CapabilitiesCreate(DeviceCapabilities):
+    """The bus ``DeviceCapabilities`` with the same bounds, refusing unknown fields."""
+
     model_config = ConfigDict(extra="forbid")
 
-    device_name: str = Field(min_length=1, max_length=200)
+
+class DeviceCreate(Constrained):
+    model_config = ConfigDict(extra="forbid")
+
+    device_name: Name
     device_type: DeviceType
     privacy_level: PrivacyLevel = PrivacyLevel.NONE
-    device_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,200}$")
-    capabilities: DeviceCapabilities = Field(default_factory=DeviceCapabilities)
+    device_id: DeviceId | None = None
+    capabilities: CapabilitiesCreate = Field(default_factory=CapabilitiesCreate)
     public_key: str | None = Field(
-        default=None, description="Ed25519 public key, 64 hex characters (raw 32 bytes)"
+        default=None,
+        description="Ed25519 public key, 64 hex characters (raw 32 bytes)",
+        json_schema_extra={"pattern": _PUBLIC_KEY_PATTERN},
     )
 
     @field_validator("public_key")
@@ -41,36 +67,64 @@ class DeviceCreate(BaseModel):
         return value
 
 
-class TaskCreate(BaseModel):
-    """A task as the original design's examples post it; everything but the name has a default."""
+def _spec_errors(exc: ValidationError) -> str:
+    """Say what ``TaskSpec`` refused, field by field, without the values."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"])
+        what = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)
+
+
+class TaskCreate(Constrained):
+    """A task as the original design's examples post it; everything but the name has a default.
+
+    The bounds are ``TaskSpec``'s (a unit test compares them field by field), and the body is
+    checked against ``TaskSpec`` itself once defaults are filled in, so that its cross-field
+    rules refuse a body here with 422 rather than after a 202.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    task_name: str = Field(min_length=1, max_length=200)
+    task_name: Name
     model_architecture: ModelArchitecture = ModelArchitecture.MLP
-    dataset: str = "digits"
-    rounds: int = Field(default=10, ge=1, le=10_000)
-    devices_per_round: int | None = Field(default=None, ge=1)
-    min_devices: int = Field(default=1, ge=1)
-    participating_devices: list[str] | None = None
+    dataset: Literal["digits"] = "digits"
+    rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
+    devices_per_round: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DEVICES_PER_ROUND,
+        description="Defaults to the number of participating_devices (at most the bound), else 10",
+    )
+    min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
+    participating_devices: list[DeviceId] | None = Field(
+        default=None, max_length=MAX_DEVICES_PER_ROUND * 10
+    )
     learning_rate: float = Field(default=0.3, gt=0, le=10)
     local_epochs: int = Field(default=5, ge=1, le=100)
     batch_size: int = Field(default=16, ge=1, le=4096)
-    seed: int = 0
-    round_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
+    seed: Seed = 0
+    round_timeout_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
-    patience: int | None = Field(default=None, ge=1)
-    min_improvement: float = Field(default=1e-3, ge=0)
-    max_update_norm: float = Field(default=100.0, gt=0)
-    max_round_retries: int = Field(default=2, ge=0, le=100)
-    device_wait_s: float = Field(default=30.0, gt=0)
+    patience: int | None = Field(default=None, ge=1, le=MAX_ROUNDS)
+    min_improvement: float = Field(default=1e-3, ge=0, le=1)
+    max_update_norm: float = Field(default=100.0, gt=0, le=MAX_SETTING)
+    max_round_retries: int = Field(default=2, ge=0, le=MAX_ROUND_RETRIES)
+    device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
 
     @model_validator(mode="after")
-    def _devices(self) -> TaskCreate:
+    def _as_spec(self) -> TaskCreate:
         if self.devices_per_round is None:
             self.devices_per_round = (
-                len(self.participating_devices) if self.participating_devices else 10
+                min(len(self.participating_devices), MAX_DEVICES_PER_ROUND)
+                if self.participating_devices
+                else 10
             )
+        try:
+            self.to_spec()
+        except ValidationError as exc:
+            raise ValueError(_spec_errors(exc)) from None
         return self
 
     def to_spec(self) -> TaskSpec:
@@ -157,7 +211,34 @@ class StatusPublic(BaseModel):
     updates: dict[str, int]
 
 
-class CleanupRequest(BaseModel):
+class CleanupRequest(Constrained):
     model_config = ConfigDict(extra="forbid")
 
-    retention_s: float | None = Field(default=None, ge=0)
+    retention_s: float | None = Field(default=None, ge=0, le=MAX_SETTING)
+
+
+class ErrorBody(BaseModel):
+    """Every error but 422: what went wrong, in one sentence."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One problem with the request: where (``loc``), what (``msg``) and its kind (``type``).
+
+    The offending value is never echoed back.
+    """
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """A 422: the fields that failed and why."""
+
+    detail: list[FieldError]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedcommon.constraints import MAX_SETTING
 from fedcommon.settings import KafkaSettings, PostgresSettings
 
 PLACEHOLDER_SECRETS = frozenset({"changeme", "secret", "change-me-please-change-me-please"})
@@ -26,7 +27,9 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    cleanup_retention_s: float = Field(default=0.0, ge=0)
+    cleanup_retention_s: float = Field(default=0.0, ge=0, le=MAX_SETTING)
+    # The largest request body accepted; larger ones get 413 before anything parses them.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_page_size: int = 500
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
