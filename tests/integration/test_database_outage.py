@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fedcommon import topics
 from fedcommon.settings import KafkaSettings
 from fedengine import infra, launcher
+from fedengine.sdk import FedEngineError
 from fedengine.settings import LauncherSettings
 from tests.integration.conftest import Stack
 from tests.integration.helpers import run_fleet_task
@@ -121,6 +122,18 @@ async def test_postgres_stopped_and_started_mid_task_loses_and_repeats_nothing(
         await client.wait_for_task(task_id, lambda t: t["current_round"] >= 2, timeout_s=60)
 
         await asyncio.to_thread(infra.stop_postgres, pgdata)
+        # Reads need the database: a clear 503, not a 500. Commands only need the broker: a
+        # task created now gets 202, and is created once the database is back.
+        with pytest.raises(FedEngineError) as unavailable:
+            await client.get_task(task_id)
+        async with httpx.AsyncClient(base_url=stack.stack.gateway_url, timeout=30) as http:
+            accepted = await http.post(
+                "/api/federated/tasks",
+                json={"task_name": "during the outage"},
+                headers={"Authorization": f"Bearer {stack.token()}"},
+            )
+        assert accepted.status_code == 202, accepted.text
+        created_during = accepted.json()["id"]
         await asyncio.sleep(OUTAGE_S)  # services keep consuming, producing and timing out
         await asyncio.to_thread(infra.start_postgres, pgdata)
 
@@ -128,6 +141,10 @@ async def test_postgres_stopped_and_started_mid_task_loses_and_repeats_nothing(
             task_id, lambda t: t["state"] in ("completed", "failed", "cancelled"), timeout_s=180
         )
         rounds = await client.get_rounds(task_id)
+        later = await client.wait_for_task(created_during, lambda t: True, timeout_s=60)
+
+    assert unavailable.value.status_code == 503
+    assert later["state"] == "created"
 
     assert (task["state"], task["stop_reason"]) == ("completed", "max_rounds")
     completed = [r["round_number"] for r in rounds if r["status"] == "completed"]

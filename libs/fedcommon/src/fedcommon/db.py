@@ -48,6 +48,7 @@ async def open_pool(settings: PostgresSettings, *, name: str) -> AsyncConnection
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         name=name,
+        timeout=settings.pool_timeout_s,
         open=False,
         kwargs={"autocommit": True},
     )

@@ -92,8 +92,11 @@ async def run_service(
             concurrent_partitions=spec.concurrent_partitions,
         )
 
+        stopping = asyncio.Event()
+
         def stop() -> None:
             logger.info("%s stopping", spec.name)
+            stopping.set()
             loop.stop()
             relay.stop()
             if parts.on_stop is not None:
@@ -113,6 +116,10 @@ async def run_service(
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for finished in done:
                 finished.result()  # re-raise a crash of the loop or of a background job
+                if finished is not consume and not stopping.is_set():
+                    # Background jobs run until the service stops; one that ends on its own
+                    # would leave the service half alive, unnoticed.
+                    raise RuntimeError(f"background job {finished.get_name()} ended on its own")
             watched -= done
         await loop.commit_current()
         relay.stop()

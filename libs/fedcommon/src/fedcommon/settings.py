@@ -39,3 +39,6 @@ class PostgresSettings(BaseSettings):
     url: SecretStr = Field(validation_alias="DATABASE_URL")
     pool_min_size: int = Field(default=1, validation_alias="DATABASE_POOL_MIN", ge=1)
     pool_max_size: int = Field(default=5, validation_alias="DATABASE_POOL_MAX", ge=1)
+    # How long a caller waits for a connection before the database counts as unavailable (an
+    # outage: services retry, the gateway answers 503).
+    pool_timeout_s: float = Field(default=5.0, validation_alias="DATABASE_POOL_TIMEOUT_S", gt=0)

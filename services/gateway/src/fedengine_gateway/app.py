@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
-from fedcommon import auth, db, kafka, lifecycle, signing, topics
+from fedcommon import auth, background, db, kafka, lifecycle, signing, topics
 from fedcommon.constraints import DEVICE_ID_PATTERN, INT32_MAX, INT64_MAX, Constrained, Name
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
@@ -481,17 +481,22 @@ async def watch_dead_letters(settings: Settings) -> None:
         topic_bases=(topics.DLQ,),
         client_id="gateway-dlq",
     )
-    await consumer.start()
+    await background.until_done("gateway.dead_letters.start", consumer.start)
     seen: dict[tuple[str, str], int] = {}
+
+    async def count_new() -> None:
+        batches = await consumer.getmany(timeout_ms=1000)
+        for records in batches.values():
+            for record in records:
+                headers = {k: v.decode(errors="replace") for k, v in record.headers}
+                key = (headers.get("original_topic", "?"), headers.get("error_type", "?"))
+                seen[key] = seen.get(key, 0) + 1
+                DEAD_LETTERS.labels(*key).set(seen[key])
+
     try:
         while True:
-            batches = await consumer.getmany(timeout_ms=1000)
-            for records in batches.values():
-                for record in records:
-                    headers = {k: v.decode(errors="replace") for k, v in record.headers}
-                    key = (headers.get("original_topic", "?"), headers.get("error_type", "?"))
-                    seen[key] = seen.get(key, 0) + 1
-                    DEAD_LETTERS.labels(*key).set(seen[key])
+            if not await background.run_step("gateway.dead_letters", count_new):
+                await asyncio.sleep(1.0)
     finally:
         await consumer.stop()
 
