@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 INT32_MAX = 2**31 - 1
 INT64_MIN = -(2**63)
@@ -22,6 +22,13 @@ SEED_MAX = 2**32 - 1
 # that devices_per_round of them summed stay far inside a bigint.
 MAX_EXAMPLES_PER_UPDATE = 100_000_000
 MAX_DEVICES_PER_ROUND = 10_000
+# A task's pool of allowed devices: 50,000 ids of at most 200 characters stay far inside the
+# 16 MiB message limit (the gateway's body limit is tighter still).
+MAX_PARTICIPATING_DEVICES = 50_000
+MAX_LEARNING_RATE = 10.0
+MAX_LOCAL_EPOCHS = 100
+MAX_BATCH_SIZE = 4096
+MAX_MEMORY_MB = 2**40
 MAX_ROUNDS = 10_000
 MAX_ROUND_RETRIES = 100
 MAX_TIMEOUT_S = 86_400.0
@@ -39,9 +46,18 @@ PositiveInt32 = Annotated[int, Field(ge=1, le=INT32_MAX)]
 Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 ExampleCount = Annotated[int, Field(gt=0, le=MAX_EXAMPLES_PER_UPDATE)]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL bytes")
+    return value
+
+
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
-Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
+# Text types refuse NUL themselves too, so that they hold outside a Constrained model.
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_no_nul)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), AfterValidator(_no_nul)]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 PublicKey = Annotated[bytes, Field(min_length=32, max_length=32)]
 Signature = Annotated[bytes, Field(min_length=64, max_length=64)]
@@ -54,8 +70,7 @@ def check_value(value: Any) -> Any:
     Bytes are left alone: binary fields travel as bytea or raw tensor data.
     """
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("text must not contain NUL bytes")
+        _no_nul(value)
     elif isinstance(value, bool):
         pass
     elif isinstance(value, int):

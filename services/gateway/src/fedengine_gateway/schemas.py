@@ -14,7 +14,11 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcommon.constraints import (
+    MAX_BATCH_SIZE,
     MAX_DEVICES_PER_ROUND,
+    MAX_LEARNING_RATE,
+    MAX_LOCAL_EPOCHS,
+    MAX_PARTICIPATING_DEVICES,
     MAX_ROUND_RETRIES,
     MAX_ROUNDS,
     MAX_SETTING,
@@ -99,11 +103,11 @@ class TaskCreate(Constrained):
     )
     min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
     participating_devices: list[DeviceId] | None = Field(
-        default=None, max_length=MAX_DEVICES_PER_ROUND * 10
+        default=None, max_length=MAX_PARTICIPATING_DEVICES
     )
-    learning_rate: float = Field(default=0.3, gt=0, le=10)
-    local_epochs: int = Field(default=5, ge=1, le=100)
-    batch_size: int = Field(default=16, ge=1, le=4096)
+    learning_rate: float = Field(default=0.3, gt=0, le=MAX_LEARNING_RATE)
+    local_epochs: int = Field(default=5, ge=1, le=MAX_LOCAL_EPOCHS)
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)
     seed: Seed = 0
     round_timeout_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
     target_accuracy: float | None = Field(default=None, gt=0, le=1)

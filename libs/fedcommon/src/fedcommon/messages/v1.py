@@ -14,7 +14,12 @@ from uuid import UUID, uuid4
 from pydantic import ConfigDict, Field, model_validator
 
 from fedcommon.constraints import (
+    MAX_BATCH_SIZE,
     MAX_DEVICES_PER_ROUND,
+    MAX_LEARNING_RATE,
+    MAX_LOCAL_EPOCHS,
+    MAX_MEMORY_MB,
+    MAX_PARTICIPATING_DEVICES,
     MAX_ROUND_RETRIES,
     MAX_ROUNDS,
     MAX_SETTING,
@@ -113,7 +118,7 @@ class Envelope(_Frozen):
 
 class DeviceCapabilities(_Frozen):
     compute_gflops: float = Field(default=10.0, gt=0, le=MAX_SETTING)
-    memory_mb: int = Field(default=2048, gt=0, le=2**40)
+    memory_mb: int = Field(default=2048, gt=0, le=MAX_MEMORY_MB)
     bandwidth_mbps: float = Field(default=20.0, gt=0, le=MAX_SETTING)
     has_battery: bool = True
     battery_pct: float = Field(default=100.0, ge=0, le=100)
@@ -129,11 +134,11 @@ class TaskSpec(_Frozen):
     devices_per_round: int = Field(default=10, ge=1, le=MAX_DEVICES_PER_ROUND)
     min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
     participating_devices: list[DeviceId] | None = Field(
-        default=None, max_length=MAX_DEVICES_PER_ROUND * 10
+        default=None, max_length=MAX_PARTICIPATING_DEVICES
     )
-    learning_rate: float = Field(default=0.3, gt=0, le=10)
-    local_epochs: int = Field(default=5, ge=1, le=100)
-    batch_size: int = Field(default=16, ge=1, le=4096)
+    learning_rate: float = Field(default=0.3, gt=0, le=MAX_LEARNING_RATE)
+    local_epochs: int = Field(default=5, ge=1, le=MAX_LOCAL_EPOCHS)
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)
     seed: Seed = 0
     round_timeout_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
@@ -245,9 +250,9 @@ class TrainRequested(Envelope):
     deadline: datetime
     model_architecture: ModelArchitecture
     dataset: Literal["digits"]
-    learning_rate: float = Field(gt=0, le=10)
-    local_epochs: int = Field(ge=1, le=100)
-    batch_size: int = Field(ge=1, le=4096)
+    learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
+    local_epochs: int = Field(ge=1, le=MAX_LOCAL_EPOCHS)
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
     seed: Seed
 
 
