@@ -36,7 +36,8 @@ async def test_bad_updates_are_rejected_and_counted_while_the_round_completes(
         manual.update(c, wrong_shape),
         manual.update(c, good, signer=manual.keys[a]),
         valid_a,
-        valid_a,  # replayed: the very same signed message again
+        valid_a,  # the very same message again: a redelivery, absorbed without a verdict
+        manual.update(a, good),  # a second, new message from the same device: a duplicate
         manual.update(b, good),
         manual.update(c, good),
     ):

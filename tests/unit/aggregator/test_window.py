@@ -79,3 +79,19 @@ def test_commit_never_passes_an_open_rounds_first_record() -> None:
     assert safe_commit_offset(rounds, partition=1, next_offset=20) == 3
     assert safe_commit_offset(rounds, partition=2, next_offset=20) == 20
     assert safe_commit_offset([], partition=0, next_offset=4) == 4
+
+
+def test_a_redelivered_accepted_update_is_recognised_and_a_second_message_is_not() -> None:
+    state = OpenRound(opened(), partition=0, first_offset=0)
+    first = uuid.uuid4()
+    state.accepted["d1"] = Accepted(
+        1,
+        [np.zeros(1, np.float32)],
+        UpdateMetrics(train_loss=1.0, train_accuracy=0, duration_s=0),
+        8,
+        first,
+    )
+
+    assert state.redelivered("d1", first)
+    assert not state.redelivered("d1", uuid.uuid4())
+    assert not state.redelivered("d2", first)

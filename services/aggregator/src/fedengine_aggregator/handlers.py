@@ -92,6 +92,11 @@ class Aggregator:
         """
         round_id = message.round_id
         state = self.open.get(round_id) if round_id is not None else None
+        if state is not None and state.redelivered(message.device_id, message.message_id):
+            # The very message already counted, read again after a rebalance or a restart: at
+            # least once delivery, not a device sending twice.
+            logger.debug("redelivered update %s skipped", message.message_id)
+            return
         try:
             if (round_id is not None and round_id in self.closed) or (state and state.finishing):
                 raise Rejected(RejectReason.LATE, "round already closed")
@@ -128,7 +133,7 @@ class Aggregator:
                 conn, message, partition=record.partition, offset=record.offset, status="accepted"
             )
         state.accepted[message.device_id] = Accepted(
-            message.num_examples, decoded, message.metrics, len(message.update)
+            message.num_examples, decoded, message.metrics, len(message.update), message.message_id
         )
         UPDATES_ACCEPTED.inc()
         # The update is in; closing the round is the deadline loop's job too, so an outage

@@ -30,6 +30,7 @@ class Accepted:
     arrays: NDArrays
     metrics: UpdateMetrics
     size_bytes: int
+    message_id: UUID | None = None
 
 
 @dataclass
@@ -73,6 +74,11 @@ class OpenRound:
 
     def weighted_updates(self) -> list[WeightedUpdate]:
         return [WeightedUpdate(a.num_examples, a.arrays) for a in self.accepted.values()]
+
+    def redelivered(self, device_id: str, message_id: UUID) -> bool:
+        """Whether ``message_id`` is the update already accepted from ``device_id``."""
+        accepted = self.accepted.get(device_id)
+        return accepted is not None and accepted.message_id == message_id
 
     def bytes_up(self) -> int:
         return sum(a.size_bytes for a in self.accepted.values())
