@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -18,8 +19,10 @@ from fedcommon.messages.v1 import (
     DeviceEnrolled,
     DeviceType,
     HeartbeatSent,
+    ModelArchitecture,
     TaskPauseRequested,
     TaskStartRequested,
+    TrainRequested,
     UpdateMetrics,
     UpdateSubmitted,
 )
@@ -197,6 +200,35 @@ async def test_an_update_claiming_2_62_examples_is_refused_and_its_round_complet
     assert round_row["num_examples"] == 10 * len(manual.names)
     (letter,) = await find_records(stack.kafka, topics.DLQ, [lambda r: r.value == inflated])
     assert "num_examples" in headers_of(letter)["error"]
+
+
+async def test_a_train_request_with_seed_2_63_is_refused_and_the_simulator_trains_on(
+    stack: Stack, client: FedEngineClient, fleet: str
+) -> None:
+    device_id = f"{fleet}-0000"
+    request = TrainRequested(
+        producer="coordinator",
+        round_id=uuid.uuid4(),
+        task_id=uuid.uuid4(),
+        device_id=device_id,
+        round_number=1,
+        model_version=0,
+        model_sha256="0" * 64,
+        deadline=datetime.now(UTC) + timedelta(minutes=5),
+        model_architecture=ModelArchitecture.MLP,
+        dataset="digits",
+        learning_rate=0.1,
+        local_epochs=1,
+        batch_size=16,
+        seed=0,
+    )
+    raw = tampered(request, seed=2**63)
+    await send_raw(stack.kafka, topics.DEVICE_COMMANDS, key=device_id.encode(), value=raw)
+
+    (letter,) = await find_records(stack.kafka, topics.DLQ, [lambda r: r.value == raw])
+    headers = headers_of(letter)
+    assert headers["error_type"] == "invalid" and "seed" in headers["error"]
+    await run_fleet_task(client, fleet, rounds=1)  # the simulator still trains
 
 
 async def test_a_task_whose_stored_setting_no_longer_validates_fails_alone(
