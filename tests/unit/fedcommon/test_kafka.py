@@ -44,6 +44,7 @@ class FakeConsumer:
         self.commits: list[int] = []
         self.loop = loop
         self.polls_while_paused = 0
+        self.assigned = {TP}
         self._paused: set[TopicPartition] = set()
 
     async def getmany(self, **_: Any) -> dict[TopicPartition, list[ConsumerRecord]]:
@@ -72,7 +73,7 @@ class FakeConsumer:
         self.commits.append(offsets[TP])
 
     def assignment(self) -> set[TopicPartition]:
-        return {TP}
+        return set(self.assigned)
 
     async def position(self, tp: TopicPartition) -> int:
         return 99
@@ -363,6 +364,7 @@ async def test_concurrent_partitions_keep_order_and_commit_per_partition() -> No
 
     consumer.getmany = getmany  # type: ignore[method-assign]
     consumer.commit = commit  # type: ignore[method-assign]
+    consumer.assigned = {TP, other}
     processor = RecordProcessor(producer=producer, settings=SETTINGS, handle=handle)  # type: ignore[arg-type]
     loop = ConsumeLoop(consumer=consumer, processor=processor, concurrent_partitions=True)  # type: ignore[arg-type]
     holder.append(loop)
@@ -371,3 +373,35 @@ async def test_concurrent_partitions_keep_order_and_commit_per_partition() -> No
     assert started[:2] == [(0, 0), (1, 0)]  # both partitions began before either finished
     assert [o for p, o in commits if p == 0] == [1, 2]
     assert [o for p, o in commits if p == 1] == [1, 2]
+
+
+async def test_a_stop_mid_batch_commits_only_what_was_handled() -> None:
+    holder: list[ConsumeLoop] = []
+
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        if rec.offset == 1:
+            holder[0].stop()
+
+    loop, consumer, _ = make_loop(
+        [record(i, GOOD) for i in range(5)], handle, commit_position=lambda tp, nxt: nxt
+    )
+    holder.append(loop)
+    await loop.run()
+    await loop.commit_current()  # what the service does on its way out
+
+    assert consumer.commits == [1, 2, 2]  # never past record 1, the last one handled
+
+
+async def test_a_partition_revoked_mid_batch_is_left_to_its_new_owner() -> None:
+    holder: list[FakeConsumer] = []
+    seen: list[int] = []
+
+    async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
+        seen.append(rec.offset)
+        holder[0].assigned = set()  # a rebalance took the partition away meanwhile
+
+    loop, consumer, producer = make_loop([record(i, GOOD) for i in range(3)], handle)
+    holder.append(consumer)
+    await loop.run()
+
+    assert seen == [0] and consumer.commits == [] and producer.sent == []

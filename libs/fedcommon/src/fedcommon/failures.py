@@ -14,6 +14,7 @@ import psycopg
 from aiokafka import errors as kafka_errors
 from pydantic import ValidationError
 
+from fedcommon import codec
 from fedcommon.errors import InvalidMessage, TransientError
 
 
@@ -33,12 +34,24 @@ _KAFKA_OUTAGES: tuple[type[BaseException], ...] = (
 )
 
 
+# SQLSTATE classes that mean the server, not the data: connection exceptions (08), transaction
+# rollbacks such as serialization failures and deadlocks (40), insufficient resources (53),
+# operator intervention such as a shutdown (57), system errors (58).
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+# Raised as InternalError: an idle transaction timed out; a read-only server during failover.
+_OUTAGE_SQLSTATES = frozenset({"25P03", "25006"})
+
+
 def classify(exc: BaseException) -> Failure:
     """Return what kind of failure ``exc`` is."""
     if isinstance(exc, InvalidMessage):
         return Failure.INVALID
     if isinstance(exc, TransientError):
         return Failure.TRANSIENT
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        state = exc.sqlstate
+        if state[:2] in _OUTAGE_SQLSTATE_CLASSES or state in _OUTAGE_SQLSTATES:
+            return Failure.TRANSIENT
     # psycopg: DataError covers invalid values, out-of-range numbers and NUL bytes (the client
     # refuses those before sending); IntegrityError covers constraint violations. Both are the
     # data's fault. OperationalError (lost connection, server shutdown, pool timeout) and
@@ -62,11 +75,7 @@ def describe(exc: BaseException) -> str:
     psycopg's messages for refused data quote no values; its SQLSTATE names the reason.
     """
     if isinstance(exc, ValidationError):
-        problems = [
-            f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False, include_context=False)
-        ]
-        return f"{exc.title} is not valid: " + "; ".join(problems)[:500]
+        return f"{exc.title} is not valid: {codec.describe(exc)}"[:500]
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate or "client"
         message = str(exc).splitlines()[0][:200] if str(exc) else ""

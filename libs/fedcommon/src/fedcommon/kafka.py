@@ -257,10 +257,6 @@ class RecordProcessor:
     _consecutive_unhandled: int = 0
     _waiting_out: int = 0
 
-    @property
-    def in_outage(self) -> bool:
-        return self._waiting_out > 0
-
     async def process(self, record: SourceRecord) -> None:
         """Handle ``record``; dead-letter it when it cannot be; raise when the loop must stop."""
         CONSUMED.labels(record.topic).inc()
@@ -366,6 +362,9 @@ class ConsumeLoop:
     # and each is committed after it is handled). For handlers whose partitions are independent.
     concurrent_partitions: bool = False
     poll_interval_s: float = 1.0
+    # Per partition, the offset just past the last record handled: what a final commit may
+    # cover (the consumer's position may lie past records fetched but never handled).
+    _handled: dict[TopicPartition, int] = field(default_factory=dict)
 
     @property
     def _stopping(self) -> asyncio.Event:
@@ -386,6 +385,11 @@ class ConsumeLoop:
             except ConsumerStopping:
                 logger.info("stopped while waiting out an outage; the record stays uncommitted")
                 return
+            finally:
+                if not work.done():  # a sibling partition failed or the loop is cancelled
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await work
 
     async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         if self.concurrent_partitions:
@@ -416,18 +420,22 @@ class ConsumeLoop:
 
     async def _run_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         for record in records:
+            if tp not in self.consumer.assignment():
+                # Revoked by a rebalance: its new owner reads on from the last commit.
+                logger.info("%s revoked mid-batch; leaving the rest to its new owner", tp)
+                return
             await self.processor.process(record)
+            self._handled[tp] = record.offset + 1
             await self._commit(tp, record.offset + 1, record)
             if self._stopping.is_set():
                 return
 
     async def commit_current(self) -> None:
-        """Commit what ``commit_position`` allows now, for every assigned partition."""
+        """Commit what ``commit_position`` allows now, up to the last record handled."""
         if self.commit_position is None:
             return
-        for tp in self.consumer.assignment():
-            position = await self.consumer.position(tp)
-            await self._commit(tp, position, None)
+        for tp, handled in list(self._handled.items()):
+            await self._commit(tp, handled, None)
 
     async def _commit(
         self, tp: TopicPartition, next_offset: int, record: SourceRecord | None
@@ -435,16 +443,16 @@ class ConsumeLoop:
         offset = (
             next_offset if self.commit_position is None else self.commit_position(tp, next_offset)
         )
-        if offset <= 0:
+        if offset <= 0 or tp not in self.consumer.assignment():
             return
         try:
             if record is None:
                 await self.consumer.commit({tp: offset})
             else:
                 await self.processor.retrying(record, lambda: self.consumer.commit({tp: offset}))
-        except kafka_errors.CommitFailedError as exc:
-            # The partition moved to another member: it re-reads from the last commit, and
-            # idempotent handlers absorb the redelivery.
+        except (kafka_errors.CommitFailedError, kafka_errors.IllegalStateError) as exc:
+            # The partition moved to another member (or is moving): it re-reads from the last
+            # commit, and idempotent handlers absorb the redelivery.
             logger.warning("commit of %s@%d failed after a rebalance: %s", tp, offset, exc)
 
 

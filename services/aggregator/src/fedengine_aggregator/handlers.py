@@ -14,7 +14,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from fedcommon import arrays, background, kafka, topics
+from fedcommon.constraints import MAX_TIMEOUT_S
 from fedcommon.errors import InvalidMessage
+from fedcommon.failures import describe
 from fedcommon.messages.v1 import (
     AnyMessage,
     RoundAggregated,
@@ -74,7 +76,9 @@ class Aggregator:
             if await store.is_closed(conn, message.round_id):
                 self.closed.add(message.round_id)
                 return
-        self.open[message.round_id] = OpenRound(message, record.partition, record.offset)
+        self.open[message.round_id] = OpenRound(
+            message, record.partition, record.offset, received_at=datetime.now(UTC)
+        )
         logger.info(
             "round %d (attempt %d) of task %s open: %d participants, min %d",
             message.round_number,
@@ -117,7 +121,7 @@ class Aggregator:
                     detail=rejected.detail,
                 )
             if state is not None and not state.finishing:
-                state.rejected[rejected.reason.value] += 1
+                state.count_rejection(message.message_id, rejected.reason.value)
             UPDATES_REJECTED.labels(rejected.reason.value).inc()
             logger.warning(
                 "rejected update from %s for task %s round %d: %s",
@@ -141,11 +145,24 @@ class Aggregator:
         await background.run_step("aggregator.close", lambda: self.close_due(datetime.now(UTC)))
 
     async def close_due(self, now: datetime) -> None:
-        """Close every round whose updates are all in or whose deadline has passed."""
+        """Close every round whose updates are all in or whose deadline has passed.
+
+        An error closing one round never keeps the others from closing; the first is raised
+        afterwards (for the caller's error policy), the others are logged here.
+        """
+        errors: list[Exception] = []
         for state in list(self.open.values()):
             outcome = state.outcome(now)
-            if outcome != Outcome.WAIT:
+            if outcome == Outcome.WAIT:
+                continue
+            try:
                 await self._close(state, outcome, now)
+            except Exception as exc:
+                if errors:
+                    logger.warning("closing round %s failed too: %s", state.round_id, exc)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     async def _close(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
         """Build the round's result once, publish it once, then record the round closed.
@@ -158,6 +175,10 @@ class Aggregator:
         try:
             if state.result is None:
                 state.result = self._result(state, outcome, now)
+            # A result that could not be built is a failure, whatever was hoped for.
+            outcome = (
+                Outcome.AGGREGATE if isinstance(state.result, RoundAggregated) else Outcome.FAIL
+            )
             if not state.published:
                 # Publish first: if we crash before recording the round closed, the round is
                 # re-read and re-published, and the coordinator ignores the second copy.
@@ -188,26 +209,36 @@ class Aggregator:
 
     def _result(self, state: OpenRound, outcome: Outcome, now: datetime) -> RoundResult:
         opened = state.opened
-        rejected = dict(state.rejected)
         if outcome == Outcome.AGGREGATE:
-            delta = fedavg.aggregate(state.weighted_updates())
-            return RoundAggregated(
-                producer=PRODUCER,
-                round_id=state.round_id,
-                correlation_id=opened.message_id,
-                task_id=opened.task_id,
-                round_number=opened.round_number,
-                attempt=opened.attempt,
-                model_version=opened.model_version,
-                delta=arrays.to_bytes(list(delta)),
-                participants=sorted(state.accepted),
-                dropped=state.dropped(),
-                rejected=rejected,
-                num_examples=sum(a.num_examples for a in state.accepted.values()),
-                train_loss=state.mean_train_loss(),
-                bytes_up=state.bytes_up(),
-                duration_s=max(0.0, (now - opened.sent_at).total_seconds()),
-            )
+            try:
+                delta = fedavg.aggregate(state.weighted_updates())
+                return RoundAggregated(
+                    producer=PRODUCER,
+                    round_id=state.round_id,
+                    correlation_id=opened.message_id,
+                    task_id=opened.task_id,
+                    round_number=opened.round_number,
+                    attempt=opened.attempt,
+                    model_version=opened.model_version,
+                    delta=arrays.to_bytes(list(delta)),
+                    participants=sorted(state.accepted),
+                    dropped=state.dropped(),
+                    rejected=dict(state.rejected),
+                    num_examples=sum(a.num_examples for a in state.accepted.values()),
+                    train_loss=state.mean_train_loss(),
+                    bytes_up=state.bytes_up(),
+                    duration_s=min(max(0.0, (now - opened.sent_at).total_seconds()), MAX_TIMEOUT_S),
+                )
+            except (ValueError, ArithmeticError) as exc:  # ValidationError is a ValueError
+                # Retrying would build the same thing: the round fails, with the reason.
+                logger.error("round %s cannot be aggregated: %s", state.round_id, describe(exc))
+                return self._failed(state, f"aggregation failed: {describe(exc)}"[:500])
+        return self._failed(
+            state, f"{len(state.accepted)} of {opened.min_updates} updates by the deadline"
+        )
+
+    def _failed(self, state: OpenRound, reason: str) -> RoundFailed:
+        opened = state.opened
         return RoundFailed(
             producer=PRODUCER,
             round_id=state.round_id,
@@ -215,9 +246,9 @@ class Aggregator:
             task_id=opened.task_id,
             round_number=opened.round_number,
             attempt=opened.attempt,
-            reason=f"{len(state.accepted)} of {opened.min_updates} updates by the deadline",
+            reason=reason,
             received=len(state.accepted),
-            rejected=rejected,
+            rejected=dict(state.rejected),
         )
 
     def _closed(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:

@@ -7,6 +7,7 @@ processed and writes its follow-up messages to the outbox.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -143,6 +144,7 @@ class Coordinator:
                 why="aggregator",
                 failure=message.reason,
                 rejected=message.rejected,
+                task_id=message.task_id,
             )
         elif isinstance(message, CleanupRequested):
             deleted = await store.cleanup_models(conn, retention_s=message.retention_s)
@@ -370,6 +372,7 @@ class Coordinator:
         if round_row is None or round_row.status != "open":
             logger.info("result for round %s not open; ignored", message.round_id)
             return
+        _check_task(round_row, message.task_id)
         task = await store.lock_task(conn, round_row.task_id)
         if task is None:
             return
@@ -398,7 +401,8 @@ class Coordinator:
             data=new_data,
             round_number=round_row.round_number,
         )
-        duration = datetime.now(UTC) - (message.sent_at - timedelta(seconds=message.duration_s))
+        # Time differences only: no datetime arithmetic that a far-off sent_at could overflow.
+        duration = (datetime.now(UTC) - message.sent_at).total_seconds() + message.duration_s
         await store.complete_round(
             conn,
             round_id=round_row.round_id,
@@ -412,14 +416,14 @@ class Coordinator:
             rejected=message.rejected,
             bytes_up=message.bytes_up,
             bytes_down=bytes_down,
-            duration_s=duration.total_seconds(),
+            duration_s=duration,
         )
         await store.advance_task(
             conn, task.task_id, round_number=round_row.round_number, model_version=version
         )
         ROUNDS_COMPLETED.inc()
         BYTES_DOWN.inc(bytes_down)
-        ROUND_LATENCY.observe(max(0.0, duration.total_seconds()))
+        ROUND_LATENCY.observe(max(0.0, duration))
         key = str(task.task_id)
         await self._emit(
             conn,
@@ -472,12 +476,15 @@ class Coordinator:
         why: str,
         failure: str,
         rejected: dict[str, int] | None = None,
+        task_id: UUID | None = None,
     ) -> None:
         if round_id is None:
             return
         round_row = await store.lock_round(conn, round_id)
         if round_row is None or round_row.status != "open":
             return
+        if task_id is not None:
+            _check_task(round_row, task_id)
         task = await store.lock_task(conn, round_row.task_id)
         if task is None:
             return
@@ -511,16 +518,14 @@ class Coordinator:
             running = await store.tasks_in_state(conn, TaskState.RUNNING)
             overdue = await store.overdue_rounds(conn, grace_s=self.settings.lost_round_grace_s)
         for task_id, round_id in overdue:
-            await self._isolated(task_id, self._lost_round, round_id)
+            await self._isolated(task_id, functools.partial(self._lost_round, round_id))
         for task_id in running:
-            await self._isolated(task_id, self._continue_task, task_id)
+            await self._isolated(task_id, functools.partial(self._continue_task, task_id))
         self.context.relay.wake()
 
-    async def _isolated(
-        self, task_id: UUID, step: Callable[[UUID], Awaitable[None]], argument: UUID
-    ) -> None:
+    async def _isolated(self, task_id: UUID, step: Callable[[], Awaitable[None]]) -> None:
         try:
-            await step(argument)
+            await step()
         except Exception as exc:
             if classify(exc) == Failure.TRANSIENT:
                 raise
@@ -540,6 +545,12 @@ class Coordinator:
             ):
                 return
             await self._open_round(conn, task_id, round_number=task.current_round + 1)
+
+
+def _check_task(round_row: store.RoundRow, task_id: UUID) -> None:
+    """A round result must name the round's own task: the round id alone is not proof."""
+    if round_row.task_id != task_id:
+        raise ProtocolViolation(f"round {round_row.round_id} does not belong to task {task_id}")
 
 
 def build(context: ServiceContext, settings: Settings) -> ServiceParts:

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, model_validator
 
 from fedcommon.constraints import (
     MAX_BATCH_SIZE,
@@ -109,7 +109,8 @@ class Envelope(_Frozen):
     message_id: UUID = Field(default_factory=uuid4)
     correlation_id: UUID | None = None
     round_id: UUID | None = None
-    sent_at: datetime = Field(default_factory=utc_now)
+    # Aware datetimes only: a naive one decodes but breaks every comparison with a real clock.
+    sent_at: AwareDatetime = Field(default_factory=utc_now)
     producer: Name
 
 
@@ -163,7 +164,8 @@ class Participant(_Frozen):
 
 
 class UpdateMetrics(_Frozen):
-    train_loss: float
+    # Bounded so that an example-weighted mean over a round stays finite.
+    train_loss: float = Field(ge=-MAX_SETTING, le=MAX_SETTING)
     train_accuracy: float = Field(ge=0, le=1)
     duration_s: float = Field(ge=0, le=MAX_TIMEOUT_S)
 
@@ -247,7 +249,7 @@ class TrainRequested(Envelope):
     round_number: PositiveInt32
     model_version: Int32
     model_sha256: Sha256Hex
-    deadline: datetime
+    deadline: AwareDatetime
     model_architecture: ModelArchitecture
     dataset: Literal["digits"]
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
@@ -275,7 +277,7 @@ class RoundOpened(Envelope):
     model_version: Int32
     participants: list[Participant] = Field(min_length=1, max_length=MAX_DEVICES_PER_ROUND)
     min_updates: int = Field(ge=1, le=MAX_DEVICES_PER_ROUND)
-    deadline: datetime
+    deadline: AwareDatetime
     param_shapes: list[list[Int32]]
     max_update_norm: float = Field(gt=0, le=MAX_SETTING)
 
@@ -306,9 +308,9 @@ class RoundAggregated(Envelope):
     dropped: list[DeviceId]
     rejected: dict[Name, Int64]
     num_examples: Int64
-    train_loss: float
+    train_loss: float = Field(ge=-MAX_SETTING, le=MAX_SETTING)
     bytes_up: Int64
-    duration_s: float = Field(ge=0)
+    duration_s: float = Field(ge=0, le=MAX_TIMEOUT_S)
 
 
 class RoundFailed(Envelope):

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
 from fedcommon.arrays import NDArrays
+from fedcommon.constraints import MAX_TIMEOUT_S
 from fedcommon.messages.v1 import RoundAggregated, RoundFailed, RoundOpened, UpdateMetrics
 from fedengine_aggregator.core.fedavg import WeightedUpdate
 
@@ -40,6 +41,10 @@ class OpenRound:
     first_offset: int
     accepted: dict[str, Accepted] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
+    # When this aggregator first read the round: bounds how long a round (and with it the
+    # offsets it holds back) can stay open, whatever deadline its definition claims.
+    received_at: datetime | None = None
+    _rejected_ids: set[UUID] = field(default_factory=set)
     # A close under way (guards against a concurrent one).
     closing: bool = False
     # The result, fixed once the close began, and whether it is on the log: a close that met
@@ -66,7 +71,7 @@ class OpenRound:
             return Outcome.AGGREGATE if isinstance(self.result, RoundAggregated) else Outcome.FAIL
         if len(self.accepted) == len(self.opened.participants):
             return Outcome.AGGREGATE
-        if now >= self.opened.deadline:
+        if now >= self.deadline:
             if len(self.accepted) >= self.opened.min_updates:
                 return Outcome.AGGREGATE
             return Outcome.FAIL
@@ -74,6 +79,18 @@ class OpenRound:
 
     def weighted_updates(self) -> list[WeightedUpdate]:
         return [WeightedUpdate(a.num_examples, a.arrays) for a in self.accepted.values()]
+
+    @property
+    def deadline(self) -> datetime:
+        if self.received_at is None:
+            return self.opened.deadline
+        return min(self.opened.deadline, self.received_at + timedelta(seconds=MAX_TIMEOUT_S))
+
+    def count_rejection(self, message_id: UUID, reason: str) -> None:
+        """Count a rejection once per message (a redelivered one is not a second offence)."""
+        if message_id not in self._rejected_ids:
+            self._rejected_ids.add(message_id)
+            self.rejected[reason] += 1
 
     def redelivered(self, device_id: str, message_id: UUID) -> bool:
         """Whether ``message_id`` is the update already accepted from ``device_id``."""
