@@ -265,13 +265,18 @@ async def test_an_outbox_row_the_broker_keeps_refusing_is_dead_lettered_and_the_
     key = f"refused-{uuid.uuid4().hex[:8]}"
     value = bytes(stack.kafka.max_message_bytes + 1024)  # over the producer's limit
     events = topics.topic_name(stack.kafka.topic_prefix, topics.EVENTS)
-    cursor = await db.execute(
-        "INSERT INTO coordinator.outbox (topic, key, value) VALUES (%s, %s, %s) RETURNING id",
-        (events, key, value),
-    )
-    (row_id,) = await cursor.fetchone() or (None,)
+    async with db.transaction():  # one transaction: the second row must wait for the first
+        cursor = await db.execute(
+            "INSERT INTO coordinator.outbox (topic, key, value) VALUES (%s, %s, %s) RETURNING id",
+            (events, key, value),
+        )
+        (row_id,) = await cursor.fetchone() or (None,)
+        await db.execute(
+            "INSERT INTO coordinator.outbox (topic, key, value) VALUES (%s, %s, %s)",
+            (events, f"{key}-next", b"follows the refused row"),
+        )
 
-    await run_fleet_task(client, fleet, rounds=2)  # the coordinator's outbox still flows
+    await run_fleet_task(client, fleet, rounds=2)  # other transactions' rows flow meanwhile
 
     (letter,) = await find_records(
         stack.kafka, topics.DLQ, [lambda r: r.key == key.encode()], timeout_s=60
@@ -281,6 +286,10 @@ async def test_an_outbox_row_the_broker_keeps_refusing_is_dead_lettered_and_the_
     assert "refused it 5 times" in headers["error"] and "MessageSizeTooLarge" in headers["error"]
     assert headers["original_topic"] == events
     assert headers["original_size"] == str(len(value))
+    (follower,) = await find_records(
+        stack.kafka, topics.EVENTS, [lambda r: r.key == f"{key}-next".encode()], timeout_s=30
+    )
+    assert follower.timestamp >= letter.timestamp  # held back until the refused row was settled
 
     async def gone() -> bool:
         found = await db.execute("SELECT 1 FROM coordinator.outbox WHERE id = %s", (row_id,))

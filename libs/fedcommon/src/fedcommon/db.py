@@ -38,6 +38,7 @@ ALTER TABLE {schema}.outbox ADD COLUMN IF NOT EXISTS attempts integer NOT NULL D
 ALTER TABLE {schema}.outbox ADD COLUMN IF NOT EXISTS last_error text;
 ALTER TABLE {schema}.outbox
     ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE {schema}.outbox ADD COLUMN IF NOT EXISTS txid bigint NOT NULL DEFAULT txid_current();
 """
 
 

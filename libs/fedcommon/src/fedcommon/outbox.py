@@ -49,13 +49,16 @@ async def enqueue(
 
 @dataclass(frozen=True)
 class _Row:
-    """An outbox row, shaped like a consumed record so that it can be dead-lettered as one."""
+    """An outbox row, shaped like a consumed record so that it can be dead-lettered as one:
+    its dead letter says ``original_partition = -1`` (never on the log) and gives the outbox
+    row id as ``original_offset``."""
 
     id: int
     topic: str
     key: bytes | None
     value: bytes | None
     attempts: int
+    txid: int
     partition: int = -1
     headers: tuple[tuple[str, bytes], ...] = ()
 
@@ -84,6 +87,7 @@ class OutboxRelay:
         batch: int = 200,
         max_attempts: int = 5,
         retry_first_s: float = 0.5,
+        send_timeout_s: float = 10.0,
     ) -> None:
         self._pool = pool
         self._producer = producer
@@ -94,6 +98,7 @@ class OutboxRelay:
         self._batch = batch
         self._max_attempts = max_attempts
         self._retry_first_s = retry_first_s
+        self._send_timeout_s = send_timeout_s
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -123,75 +128,108 @@ class OutboxRelay:
             pass
 
     async def flush(self) -> int:
-        """Publish one batch of due rows; return how many were settled (sent or dead-lettered).
+        """Publish one batch of rows; return how many were settled (sent or dead-lettered).
 
-        Raises ``TransientError`` after settling what it could when the broker is unavailable.
+        A row not sent holds back the later rows of the transaction that wrote it (a refused
+        ``round.opened`` keeps its train requests back until it is dead-lettered); other
+        transactions' rows go on. Raises ``TransientError`` after settling what it could when
+        the broker is unavailable.
         """
         outage: BaseException | None = None
         async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 sql.SQL(
-                    "SELECT id, topic, key, value, attempts FROM {}.outbox "
-                    "WHERE next_attempt_at <= now() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+                    "SELECT id, topic, key, value, attempts, txid, next_attempt_at <= now() "
+                    "FROM {}.outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
                 ).format(self._schema),
                 (self._batch,),
             )
-            rows = [
-                _Row(r[0], r[1], r[2].encode(), bytes(r[3]), r[4]) for r in await cursor.fetchall()
-            ]
+            fetched = await cursor.fetchall()
+            # A row waiting for its next attempt holds back the rest of its transaction.
+            held: set[int] = {r[5] for r in fetched if not r[6]}
+            rows = [_Row(r[0], r[1], r[2].encode(), bytes(r[3]), r[4], r[5]) for r in fetched]
             if not rows:
                 return 0
+            sent: list[int] = []
+            refused: list[tuple[_Row, BaseException]] = []
             # A run of rows for one topic is sent together and acknowledged before the next
             # topic's run, so a round.opened is on the log before the train requests that
             # follow it in the same transaction.
-            sent: list[int] = []
-            refused: list[tuple[_Row, BaseException]] = []
             for run in _runs(rows):
-                results = await self._send_run(run)
-                for row, error in zip(run, results, strict=True):
+                for row, error in await self._send_run(run, held):
                     if error is None:
                         sent.append(row.id)
-                    elif classify(error) == Failure.TRANSIENT:
+                        continue
+                    held.add(row.txid)
+                    if classify(error) == Failure.TRANSIENT:
                         outage = outage or error
                     else:
                         refused.append((row, error))
                 if outage is not None:
                     break
-            settled = list(sent)
-            for row, error in refused:
-                if outage is None and await self._give_up_or_defer(conn, row, error):
-                    settled.append(row.id)
-            if settled:
+            if sent:
                 await conn.execute(
                     sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(self._schema),
-                    (settled,),
+                    (sent,),
                 )
+            settled = len(sent)
+            for row, error in refused if outage is None else ():
+                try:
+                    settled += await self._give_up_or_defer(conn, row, error)
+                except Exception as exc:  # the dead-letter write itself failed: keep the row
+                    if classify(exc) == Failure.TRANSIENT:
+                        outage = exc
+                        break
+                    logger.exception("dead-lettering outbox row %d failed; kept", row.id)
         if outage is not None:
             raise TransientError(f"broker unavailable: {describe(outage)}") from outage
-        return len(rows)
+        return settled
 
-    async def _send_run(self, run: list[_Row]) -> list[BaseException | None]:
-        results: list[BaseException | None] = [None] * len(run)
-        pending: list[tuple[int, asyncio.Future[object]]] = []
-        for index, row in enumerate(run):
-            try:
-                pending.append(
-                    (index, await self._producer.send(row.topic, row.value, key=row.key))
-                )
-            except Exception as exc:  # refused before sending (too large) or no broker
-                results[index] = exc
-        outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
-        for (index, _), outcome in zip(pending, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                results[index] = outcome
-        return results
+    async def _send_run(
+        self, run: list[_Row], held: set[int]
+    ) -> list[tuple[_Row, BaseException | None]]:
+        """Send the rows of ``run`` whose transaction is not held; return each attempted row
+        with its error (None when acknowledged).
+
+        A row the client refuses before sending (too large) holds its transaction's later rows
+        at once; one the broker refuses after sending holds them from the next run on. The
+        whole run is bounded by ``send_timeout_s``, so that an unreachable broker never holds
+        the batch's row locks and connection for the producer's whole request timeout.
+        """
+        unsent = TransientError(f"not acknowledged within {self._send_timeout_s} s")
+        attempted: list[_Row] = []
+        # Every attempted row counts as unsent until the broker acknowledged it.
+        errors: list[BaseException | None] = []
+        pending: dict[asyncio.Future[object], int] = {}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._send_timeout_s):
+                for row in run:
+                    if row.txid in held:
+                        continue
+                    attempted.append(row)
+                    errors.append(unsent)
+                    try:
+                        future = await self._producer.send(row.topic, row.value, key=row.key)
+                    except Exception as exc:  # refused before sending (too large), or no broker
+                        errors[-1] = exc
+                        held.add(row.txid)
+                        if classify(exc) == Failure.TRANSIENT:
+                            break
+                        continue
+                    pending[future] = len(attempted) - 1
+                if pending:
+                    await asyncio.wait(pending)
+        for future, index in pending.items():
+            if future.done():
+                errors[index] = future.exception()
+        return list(zip(attempted, errors, strict=True))
 
     async def _give_up_or_defer(
         self, conn: psycopg.AsyncConnection, row: _Row, error: BaseException
     ) -> bool:
         """Count a refusal of ``row``: retry later, or dead-letter it after the last attempt.
 
-        Returns True when the row is settled (dead-lettered) and may be deleted.
+        Returns True when the row is settled (dead-lettered and deleted).
         """
         attempts = row.attempts + 1
         reason = describe(error)
@@ -202,6 +240,9 @@ class OutboxRelay:
                 row,
                 error_type="outbox_refused",
                 error=f"broker refused it {attempts} times: {reason}",
+            )
+            await conn.execute(
+                sql.SQL("DELETE FROM {}.outbox WHERE id = %s").format(self._schema), (row.id,)
             )
             return True
         delay = self._retry_first_s * 2 ** (attempts - 1)

@@ -111,6 +111,7 @@ async def run_service(
         await kafka.wait_for_assignment(consumer)
         runtime.mark_ready(run_dir, spec.name)
         consume = asyncio.create_task(loop.run(), name="consume")
+        tasks.append(consume)
         watched: set[asyncio.Task[None]] = {consume, *tasks}
         while consume in watched:
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)

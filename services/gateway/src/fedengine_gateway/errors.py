@@ -105,4 +105,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(psycopg.errors.UndefinedTable, _projections_missing)
     # Covers psycopg_pool.PoolTimeout, which subclasses it.
     app.add_exception_handler(psycopg.OperationalError, _database_down)
+    # A connection closed under a request (the server went away mid-query).
+    app.add_exception_handler(psycopg.InterfaceError, _database_down)
     app.add_exception_handler(kafka_errors.KafkaError, _broker_down)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
 from fedcommon import arrays, background, datasets, db, kafka, models, signing, topics
+from fedcommon.constraints import MAX_SETTING
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     AnyMessage,
@@ -194,6 +196,16 @@ class Fleet:
             return result, time.perf_counter() - began
 
         result, duration = await asyncio.to_thread(train)
+        if not (math.isfinite(result.train_loss) and abs(result.train_loss) <= MAX_SETTING):
+            # Training diverged: there is no update worth sending (it would be refused as
+            # non-finite), and the request must not come back to train again.
+            SKIPPED.labels("diverged").inc()
+            logger.warning(
+                "device %s diverged in round %s; no update", device.device_id, message.round_number
+            )
+            async with self.context.pool.connection() as conn:
+                await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+            return
         update = arrays.to_bytes(list(result.delta))
         signature = self.keys[device.device_id].sign(
             signing.update_payload(
