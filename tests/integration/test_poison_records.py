@@ -9,17 +9,19 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 import pytest
 from aiokafka import ConsumerRecord
 
-from fedcommon import signing, topics
+from fedcommon import arrays, signing, topics
 from fedcommon.failures import Failure, classify
 from fedcommon.messages.v1 import (
     DeviceEnrolled,
     DeviceType,
     HeartbeatSent,
     ModelArchitecture,
+    RoundAggregated,
     TaskPauseRequested,
     TaskStartRequested,
     TrainRequested,
@@ -37,7 +39,7 @@ from tests.integration.kafka_tools import (
     send_raw,
     tampered,
 )
-from tests.integration.manual_devices import constant_delta, open_manual_round
+from tests.integration.manual_devices import constant_delta, mlp_arrays, open_manual_round
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -229,6 +231,52 @@ async def test_a_train_request_with_seed_2_63_is_refused_and_the_simulator_train
     headers = headers_of(letter)
     assert headers["error_type"] == "invalid" and "seed" in headers["error"]
     await run_fleet_task(client, fleet, rounds=1)  # the simulator still trains
+
+
+async def test_a_round_result_naming_another_task_is_refused_and_the_round_goes_on(
+    stack: Stack, client: FedEngineClient
+) -> None:
+    manual = await open_manual_round(stack, client, label="forged-result")
+    request = manual.requests[manual.names[0]]
+    forged = RoundAggregated(
+        producer="aggregator",
+        round_id=request.round_id,
+        task_id=uuid.uuid4(),  # not the round's task
+        round_number=1,
+        attempt=0,
+        model_version=0,
+        delta=arrays.to_bytes(constant_delta(0.5)),
+        participants=manual.names,
+        dropped=[],
+        rejected={},
+        num_examples=30,
+        train_loss=1.0,
+        bytes_up=1,
+        duration_s=1.0,
+    )
+    await send(stack.kafka, topics.ROUNDS, key=str(forged.task_id), message=forged)
+    for name in manual.names:
+        await send(
+            stack.kafka,
+            topics.UPDATES,
+            key=manual.task_id,
+            message=manual.update(name, constant_delta(0.001)),
+        )
+
+    task = await client.wait_for_task(
+        manual.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
+    )
+    assert task["state"] == "completed"
+    (letter,) = await find_records(
+        stack.kafka, topics.DLQ, [lambda r: r.key == str(forged.task_id).encode()]
+    )
+    headers = headers_of(letter)
+    assert headers["error_type"] == "ProtocolViolation"
+    assert "does not belong to task" in headers["error"]
+    new, _, _ = await client.download_model(manual.task_id, version=1)
+    old, _, _ = await client.download_model(manual.task_id, version=0)
+    for after, before in zip(mlp_arrays(new), mlp_arrays(old), strict=True):
+        np.testing.assert_allclose(after - before, 0.001, atol=1e-6)  # the real round's delta
 
 
 async def test_a_task_whose_stored_setting_no_longer_validates_fails_alone(
