@@ -40,6 +40,17 @@ class ManualRound:
     ) -> UpdateSubmitted:
         return signed_update(self.requests[name], name, self.keys[name], delta, signer=signer)
 
+    async def send_all(self, stack: Stack, delta: list[np.ndarray]) -> dict[str, Any]:
+        """Every device sends ``delta``; return the task once it has finished."""
+        for name in self.names:
+            await send(
+                stack.kafka, topics.UPDATES, key=self.task_id, message=self.update(name, delta)
+            )
+        async with stack.client() as client:
+            return await client.wait_for_task(
+                self.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
+            )
+
     @asynccontextmanager
     async def heartbeating(self, stack: Stack, *, every_s: float = 1.0) -> AsyncIterator[None]:
         """Keep the devices online (signed heartbeats) while the block runs."""

@@ -186,17 +186,8 @@ async def test_an_update_claiming_2_62_examples_is_refused_and_its_round_complet
     valid = manual.update(first, constant_delta(0.001))
     inflated = tampered(valid, num_examples=2**62, message_id=str(uuid.uuid4()))
     await send_raw(stack.kafka, topics.UPDATES, key=manual.task_id.encode(), value=inflated)
-    for name in manual.names:
-        await send(
-            stack.kafka,
-            topics.UPDATES,
-            key=manual.task_id,
-            message=manual.update(name, constant_delta(0.001)),
-        )
+    task = await manual.send_all(stack, constant_delta(0.001))
 
-    task = await client.wait_for_task(
-        manual.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
-    )
     assert task["state"] == "completed"
     (round_row,) = await client.get_rounds(manual.task_id)
     assert round_row["num_examples"] == 10 * len(manual.names)
@@ -255,17 +246,8 @@ async def test_a_round_result_naming_another_task_is_refused_and_the_round_goes_
         duration_s=1.0,
     )
     await send(stack.kafka, topics.ROUNDS, key=str(forged.task_id), message=forged)
-    for name in manual.names:
-        await send(
-            stack.kafka,
-            topics.UPDATES,
-            key=manual.task_id,
-            message=manual.update(name, constant_delta(0.001)),
-        )
+    task = await manual.send_all(stack, constant_delta(0.001))
 
-    task = await client.wait_for_task(
-        manual.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
-    )
     assert task["state"] == "completed"
     (letter,) = await find_records(
         stack.kafka, topics.DLQ, [lambda r: r.key == str(forged.task_id).encode()]

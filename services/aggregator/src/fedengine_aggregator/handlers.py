@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -213,12 +214,7 @@ class Aggregator:
             try:
                 delta = fedavg.aggregate(state.weighted_updates())
                 return RoundAggregated(
-                    producer=PRODUCER,
-                    round_id=state.round_id,
-                    correlation_id=opened.message_id,
-                    task_id=opened.task_id,
-                    round_number=opened.round_number,
-                    attempt=opened.attempt,
+                    **_about(state),
                     model_version=opened.model_version,
                     delta=arrays.to_bytes(list(delta)),
                     participants=sorted(state.accepted),
@@ -238,14 +234,8 @@ class Aggregator:
         )
 
     def _failed(self, state: OpenRound, reason: str) -> RoundFailed:
-        opened = state.opened
         return RoundFailed(
-            producer=PRODUCER,
-            round_id=state.round_id,
-            correlation_id=opened.message_id,
-            task_id=opened.task_id,
-            round_number=opened.round_number,
-            attempt=opened.attempt,
+            **_about(state),
             reason=reason,
             received=len(state.accepted),
             rejected=dict(state.rejected),
@@ -272,6 +262,19 @@ class Aggregator:
         return safe_commit_offset(
             list(self.open.values()), partition=tp.partition, next_offset=next_offset
         )
+
+
+def _about(state: OpenRound) -> dict[str, Any]:
+    """The fields every result of ``state``'s round carries."""
+    opened = state.opened
+    return {
+        "producer": PRODUCER,
+        "round_id": state.round_id,
+        "correlation_id": opened.message_id,
+        "task_id": opened.task_id,
+        "round_number": opened.round_number,
+        "attempt": opened.attempt,
+    }
 
 
 def build(context: ServiceContext, settings: Settings) -> ServiceParts:
