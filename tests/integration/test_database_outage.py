@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +183,23 @@ async def test_the_broker_frozen_mid_task_is_waited_out(outage_stack: tuple[Stac
     assert completed == [1, 2, 3, 4], rounds
     letters = await _everything_in(stack.kafka, topics.DLQ)
     assert [headers_of(r) for r in letters] == []  # type: ignore[arg-type]
+
+
+async def test_a_service_stopped_while_the_broker_is_frozen_still_exits_cleanly(
+    outage_stack: tuple[Stack, Path],
+) -> None:
+    stack, _ = outage_stack
+    broker = stack.stack.broker
+    aggregator = next(p for p in stack.stack.processes if p.name == "aggregator")
+    assert broker is not None
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        status = await asyncio.to_thread(launcher.terminate, aggregator, timeout_s=40)
+        took = time.monotonic() - began
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+
+    # The aggregator's final commit cannot reach the broker; every shutdown step is bounded
+    # (service.SHUTDOWN_STEP_S), so it exits by itself: no SIGKILL was needed.
+    assert status == 0 and took < 30, (status, took)

@@ -19,10 +19,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from fedcommon import background, db, kafka, runtime
 from fedcommon import logging as fedlogging
+from fedcommon.failures import describe
 from fedcommon.outbox import OutboxRelay
 from fedcommon.settings import KafkaSettings, PostgresSettings
 
 logger = logging.getLogger(__name__)
+
+# The longest one shutdown step (final commit, closing a client) may take.
+SHUTDOWN_STEP_S = 5.0
 
 
 @dataclass
@@ -122,7 +126,13 @@ async def run_service(
                     # would leave the service half alive, unnoticed.
                     raise RuntimeError(f"background job {finished.get_name()} ended on its own")
             watched -= done
-        await loop.commit_current()
+        # A shutdown during an outage must not wait for the outage: each step is bounded, and
+        # what is not committed is read again after the restart.
+        try:
+            async with asyncio.timeout(SHUTDOWN_STEP_S):
+                await loop.commit_current()
+        except TimeoutError:
+            logger.warning("final commit timed out; uncommitted records will be read again")
         relay.stop()
     finally:
         for task in tasks:
@@ -130,11 +140,12 @@ async def run_service(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        await pool.close()
+        for closing in (consumer.stop(), producer.stop(), pool.close(timeout=SHUTDOWN_STEP_S)):
+            try:
+                async with asyncio.timeout(SHUTDOWN_STEP_S):
+                    await closing
+            except Exception as exc:
+                logger.warning("shutdown step failed (%s); going on", describe(exc))
         logger.info("%s stopped", spec.name)
 
 
