@@ -29,9 +29,12 @@ async def test_missing_or_bad_token_is_401(stack: Stack) -> None:
         bad = await api.get("/tasks", headers={"Authorization": "Bearer not.a.token"})
         assert bad.status_code == 401
         forged = auth.issue_token(secret="x" * 40, subject="eve", role=auth.Role.ADMIN)
-        assert (
-            await api.get("/tasks", headers={"Authorization": f"Bearer {forged}"})
-        ).status_code == 401
+        refused = await api.get("/tasks", headers={"Authorization": f"Bearer {forged}"})
+        assert refused.status_code == 401
+        # The message names the mismatch: which secret signed it, and which one this gateway has.
+        detail = refused.json()["detail"]
+        assert "another secret" in detail and auth.key_id("x" * 40) in detail
+        assert auth.key_id(stack.secret) in detail
 
 
 async def test_roles_are_enforced_with_403(stack: Stack) -> None:
