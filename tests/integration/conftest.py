@@ -17,7 +17,7 @@ import pytest_asyncio
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedcommon import auth
+from fedcommon import auth, signing, trust
 from fedcommon.settings import KafkaSettings
 from fedengine import infra, launcher
 from fedengine.sdk import FedEngineClient
@@ -43,6 +43,11 @@ class Stack:
 
     def token(self, role: auth.Role = auth.Role.ADMIN, subject: str = "pytest") -> str:
         return auth.issue_token(secret=self.secret, subject=subject, role=role)
+
+    def signer(self, service: str) -> trust.Signer:
+        """Sign as ``service`` with the key ``fedengine up`` generated for it."""
+        raw = bytes.fromhex(launcher.service_keys(self.settings)[service])
+        return trust.Signer(service, signing.private_key_from_bytes(raw))
 
     def client(self, role: auth.Role = auth.Role.ADMIN) -> FedEngineClient:
         return FedEngineClient(self.stack.gateway_url, self.token(role))

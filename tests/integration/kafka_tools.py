@@ -11,7 +11,7 @@ import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcommon import codec, signing, topics
+from fedcommon import codec, signing, topics, trust
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, Envelope
 from fedcommon.settings import KafkaSettings
 
@@ -20,11 +20,23 @@ from fedcommon.settings import KafkaSettings
 BIG = 64 * 1024 * 1024
 
 
-async def send_raw(settings: KafkaSettings, base: str, *, key: bytes, value: bytes) -> None:
+async def send_raw(
+    settings: KafkaSettings,
+    base: str,
+    *,
+    key: bytes,
+    value: bytes,
+    signer: trust.Signer | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Send ``value`` as is; signed as the ``signer`` service when given (tests hold the keys
+    ``fedengine up`` generated), plus any extra ``headers`` (forged ones, say)."""
+    topic = topics.topic_name(settings.topic_prefix, base)
+    extra = [*(headers or []), *(signer.headers(topic, key, value) if signer else [])]
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=BIG)
     await producer.start()
     try:
-        await producer.send_and_wait(topics.topic_name(settings.topic_prefix, base), value, key=key)
+        await producer.send_and_wait(topic, value, key=key, headers=extra or None)
     finally:
         await producer.stop()
 
@@ -38,8 +50,15 @@ def tampered(message: Envelope, **fields: Any) -> bytes:
     return packed
 
 
-async def send(settings: KafkaSettings, base: str, *, key: str, message: Envelope) -> None:
-    await send_raw(settings, base, key=key.encode(), value=codec.encode(message))
+async def send(
+    settings: KafkaSettings,
+    base: str,
+    *,
+    key: str,
+    message: Envelope,
+    signer: trust.Signer | None = None,
+) -> None:
+    await send_raw(settings, base, key=key.encode(), value=codec.encode(message), signer=signer)
 
 
 async def find_record(
@@ -94,7 +113,8 @@ async def find_records(
 
 
 def headers_of(record: ConsumerRecord) -> dict[str, str]:
-    return {key: value.decode() for key, value in record.headers}
+    """Headers as text (signatures are binary: shown with replacement characters)."""
+    return {key: value.decode(errors="replace") for key, value in record.headers}
 
 
 async def enrol(

@@ -105,8 +105,9 @@ async def test_duplicate_task_create_is_processed_once(
         issued_by="pytest",
     )
 
-    await send(stack.kafka, topics.TASKS, key=str(task_id), message=message)
-    await send(stack.kafka, topics.TASKS, key=str(task_id), message=message)
+    gateway = stack.signer("gateway")
+    await send(stack.kafka, topics.TASKS, key=str(task_id), message=message, signer=gateway)
+    await send(stack.kafka, topics.TASKS, key=str(task_id), message=message, signer=gateway)
     await client.wait_for_task(str(task_id), lambda t: True)
     later = uuid.uuid4()
     await send(
@@ -114,6 +115,7 @@ async def test_duplicate_task_create_is_processed_once(
         topics.TASKS,
         key=str(task_id),
         message=message.model_copy(update={"task_id": later, "message_id": uuid.uuid4()}),
+        signer=gateway,
     )
     await client.wait_for_task(str(later), lambda t: True)
 

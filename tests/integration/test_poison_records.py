@@ -245,7 +245,14 @@ async def test_a_round_result_naming_another_task_is_refused_and_the_round_goes_
         bytes_up=1,
         duration_s=1.0,
     )
-    await send(stack.kafka, topics.ROUNDS, key=str(forged.task_id), message=forged)
+    # Signed as the aggregator (a compromised or buggy one): the task check still holds.
+    await send(
+        stack.kafka,
+        topics.ROUNDS,
+        key=str(forged.task_id),
+        message=forged,
+        signer=stack.signer("aggregator"),
+    )
     task = await manual.send_all(stack, constant_delta(0.001))
 
     assert task["state"] == "completed"
@@ -384,7 +391,9 @@ async def test_a_command_that_a_later_state_makes_moot_is_logged_as_ignored(
     # The gateway answers 409 to a pause now; one already in flight when the task finished
     # (or sent straight to the topic) is recorded as ignored, with the reason.
     pause = TaskPauseRequested(producer="pytest", task_id=uuid.UUID(task_id), issued_by="late")
-    await send(stack.kafka, topics.TASKS, key=task_id, message=pause)
+    await send(
+        stack.kafka, topics.TASKS, key=task_id, message=pause, signer=stack.signer("gateway")
+    )
 
     async def ignored() -> list[dict[str, object]]:
         events = await client.get_task_events(task_id)

@@ -70,6 +70,7 @@ async def test_silence_offline_heartbeat_online_forgery_rejected_removal(
         topics.DEVICES,
         key=device_id,
         message=DeviceRemoved(producer="pytest", device_id=device_id, issued_by="pytest"),
+        signer=stack.signer("gateway"),  # only the gateway may remove a device
     )
     await eventually(lambda: _is(client, device_id, "removed"))
 

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedcommon import auth
+from fedcommon import auth, signing, trust
 from fedcommon.messages.v1 import ModelArchitecture
 from fedengine import launcher
 from fedengine.demo import DemoOptions, run_demo
@@ -52,6 +52,22 @@ def token(
     """Print a bearer token signed with the local secret."""
     secret, _ = launcher.jwt_secret(LauncherSettings())
     typer.echo(auth.issue_token(secret=secret, subject=subject, role=role, ttl_s=ttl_s))
+
+
+@app.command()
+def keys() -> None:
+    """Print a fresh set of service keys as an env file, for docker-compose or Kubernetes.
+
+    One private key per service (FEDENGINE_<SERVICE>_KEY, each given to its own container as
+    FEDENGINE_SERVICE_KEY) and every public key (FEDENGINE_SERVICE_KEYS, given to all).
+    """
+    private = {
+        name: signing.private_key_to_bytes(signing.generate_private_key()).hex()
+        for name in trust.SERVICES
+    }
+    for name, key in private.items():
+        typer.echo(f"FEDENGINE_{name.upper()}_KEY={key}")
+    typer.echo(f"FEDENGINE_SERVICE_KEYS='{json.dumps(launcher.public_keys(private))}'")
 
 
 @app.command()

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from fedcommon import signing, trust
 from fedengine import infra
 from fedengine.settings import LauncherSettings
 
@@ -96,6 +97,29 @@ def jwt_secret(settings: LauncherSettings) -> tuple[str, Path]:
     return path.read_text().strip(), path
 
 
+def service_keys(settings: LauncherSettings) -> dict[str, str]:
+    """Return every service's private key (hex), generated once under FEDENGINE_HOME/keys."""
+    folder = settings.home / "keys"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys: dict[str, str] = {}
+    for name in trust.SERVICES:
+        path = folder / f"{name}.key"
+        if not path.exists():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(signing.private_key_to_bytes(signing.generate_private_key()).hex())
+        keys[name] = path.read_text().strip()
+    return keys
+
+
+def public_keys(private: dict[str, str]) -> dict[str, str]:
+    """Return the public halves of ``private`` (hex), as FEDENGINE_SERVICE_KEYS carries them."""
+    return {
+        name: signing.public_key_bytes(signing.private_key_from_bytes(bytes.fromhex(key))).hex()
+        for name, key in private.items()
+    }
+
+
 def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[str, str]:
     env = {
         **os.environ,
@@ -105,6 +129,7 @@ def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[s
         "FEDENGINE_HOME": str(settings.home.resolve()),
         "FEDENGINE_RUN_DIR": str(settings.run_dir.resolve()),
         "FEDENGINE_JWT_SECRET": secret,
+        "FEDENGINE_SERVICE_KEYS": json.dumps(public_keys(service_keys(settings))),
         "GATEWAY_HOST": settings.gateway_host,
         "GATEWAY_PORT": str(settings.gateway_port),
         "PYTHONUNBUFFERED": "1",
@@ -126,6 +151,11 @@ def spawn(
     Services other than the gateway get a loopback port for their own Prometheus endpoint.
     """
     settings.log_dir.mkdir(parents=True, exist_ok=True)
+    service = module.removeprefix("fedengine_")
+    # Each service gets its own private key only; the simulator plays devices and gets none.
+    env = {k: v for k, v in env.items() if k != "FEDENGINE_SERVICE_KEY"}
+    if service in trust.SERVICES:
+        env["FEDENGINE_SERVICE_KEY"] = service_keys(settings)[service]
     if module != "fedengine_gateway":
         # Only the gateway checks tokens; no other process needs the signing secret.
         env = {k: v for k, v in env.items() if k != "FEDENGINE_JWT_SECRET"}

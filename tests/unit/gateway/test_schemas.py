@@ -39,15 +39,23 @@ def test_unknown_fields_and_bad_keys_are_refused() -> None:
         DeviceCreate(device_name="d", device_type="iot", public_key="ab")  # type: ignore[arg-type]
 
 
+TRUST = {"FEDENGINE_SERVICE_KEYS": {}}
+
+
 def test_weak_or_placeholder_secrets_are_refused() -> None:
     base = {"DATABASE_URL": "postgresql://x"}
     with pytest.raises(ValidationError, match="32 characters"):
-        Settings(FEDENGINE_JWT_SECRET=SecretStr("short"), postgres=base)  # type: ignore[arg-type]
+        Settings(
+            FEDENGINE_JWT_SECRET=SecretStr("short"),
+            postgres=base,  # type: ignore[arg-type]
+            trust=TRUST,  # type: ignore[arg-type]
+        )
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(
             FEDENGINE_JWT_SECRET=SecretStr("change-me-please-change-me-please"),
             FEDENGINE_ENVIRONMENT="production",
             postgres=base,
+            trust=TRUST,
         )  # type: ignore[arg-type]
 
 

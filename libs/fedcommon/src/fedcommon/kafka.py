@@ -17,14 +17,15 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import Counter, Gauge
 
-from fedcommon import codec, topics
+from fedcommon import codec, topics, trust
 from fedcommon.background import Backoff
 from fedcommon.errors import InvalidMessage
 from fedcommon.failures import Failure, classify, describe
@@ -45,6 +46,9 @@ OUTAGES = Counter(
 OUTAGE_RETRIES = Counter(
     "fedengine_outage_retries_total", "Retries of a record during an outage", ["topic"]
 )
+REFUSED = Counter(
+    "fedengine_untrusted_total", "Messages refused for their signature or sender", ["topic", "type"]
+)
 WAITING_OUT = Gauge("fedengine_waiting_out_outage", "1 while a record waits out an outage")
 
 T = TypeVar("T")
@@ -55,15 +59,44 @@ Handler = Callable[[AnyMessage, ConsumerRecord], Awaitable[None]]
 CommitPosition = Callable[[TopicPartition, int], int]
 
 
-def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
-    """Return a producer; idempotence stays off (broker.md: it fails on the local broker)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=client_id,
-        acks="all",
-        linger_ms=settings.linger_ms,
-        max_request_size=settings.max_message_bytes,
-    )
+class SigningProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """A producer that signs every record it sends as its service (fedcommon.trust)."""
+
+    def __init__(self, *, signer: trust.Signer, **options: Any) -> None:
+        super().__init__(**options)
+        self._signer = signer
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        signed = [*(headers or []), *self._signer.headers(topic, key, value)]
+        future: asyncio.Future[Any] = await super().send(
+            topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms, headers=signed
+        )
+        return future
+
+
+def make_producer(
+    settings: KafkaSettings, *, client_id: str, signer: trust.Signer | None = None
+) -> AIOKafkaProducer:
+    """Return a producer, signing as ``signer`` when given (every service but the simulator,
+    which plays devices); idempotence stays off (broker.md: it fails on the local broker)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": client_id,
+        "acks": "all",
+        "linger_ms": settings.linger_ms,
+        "max_request_size": settings.max_message_bytes,
+    }
+    if signer is None:
+        return AIOKafkaProducer(**options)
+    return SigningProducer(signer=signer, **options)
 
 
 def make_consumer(
@@ -254,6 +287,8 @@ class RecordProcessor:
     backoff_first_s: float = 0.2
     backoff_cap_s: float = 5.0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Who may send what where (fedcommon.trust); None only where a test drives the processor.
+    verifier: trust.Verifier | None = None
     _consecutive_unhandled: int = 0
     _waiting_out: int = 0
 
@@ -292,6 +327,19 @@ class RecordProcessor:
         base = topics.base_name(self.settings.topic_prefix, record.topic)
         if base is not None and not topics.carries(base, message.type):
             return Verdict("wrong_topic", f"{base} does not carry {message.type} messages")
+        if self.verifier is not None:
+            refusal = self.verifier.refusal(
+                topic=record.topic,
+                key=record.key,
+                value=record.value,
+                headers=record.headers,
+                message_type=message.type,
+                sent_at=message.sent_at,
+                now=datetime.now(UTC),
+            )
+            if refusal is not None:
+                REFUSED.labels(record.topic, message.type).inc()
+                return Verdict("untrusted", refusal)
         try:
             await self.handle(message, record)
         except Exception as exc:

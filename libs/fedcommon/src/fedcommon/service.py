@@ -21,7 +21,7 @@ from fedcommon import background, db, kafka, runtime
 from fedcommon import logging as fedlogging
 from fedcommon.failures import describe
 from fedcommon.outbox import OutboxRelay
-from fedcommon.settings import KafkaSettings, PostgresSettings
+from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class ServiceSpec:
     # How long handled message ids are kept for deduplication, and how often they are purged.
     dedupe_window_s: float = 86_400.0
     purge_every_s: float = 3_600.0
+    # Whether what this service produces is signed as the service (fedcommon.trust). The
+    # simulator plays devices: it speaks with their keys, not as a service.
+    signs: bool = True
 
 
 async def run_service(
@@ -66,6 +69,7 @@ async def run_service(
     *,
     kafka_settings: KafkaSettings,
     postgres_settings: PostgresSettings,
+    trust_settings: TrustSettings,
     build: Callable[[ServiceContext], ServiceParts],
     run_dir: Path | None = None,
     metrics_port: int = 0,
@@ -73,7 +77,11 @@ async def run_service(
     """Run a service until SIGTERM/SIGINT; return after a clean shutdown."""
     runtime.serve_metrics(metrics_port)
     pool = await db.open_pool(postgres_settings, name=spec.name)
-    producer = kafka.make_producer(kafka_settings, client_id=spec.name)
+    signer = trust_settings.signer(spec.name) if spec.signs else None
+    verifier = trust_settings.verifier(
+        prefix=kafka_settings.topic_prefix, window_s=spec.dedupe_window_s
+    )
+    producer = kafka.make_producer(kafka_settings, client_id=spec.name, signer=signer)
     consumer = kafka.make_consumer(
         kafka_settings, group_id=spec.group_id, topic_bases=spec.topic_bases, client_id=spec.name
     )
@@ -90,7 +98,10 @@ async def run_service(
         loop = kafka.ConsumeLoop(
             consumer=consumer,
             processor=kafka.RecordProcessor(
-                producer=producer, settings=kafka_settings, handle=parts.handle
+                producer=producer,
+                settings=kafka_settings,
+                handle=parts.handle,
+                verifier=verifier,
             ),
             commit_position=parts.commit_position,
             concurrent_partitions=spec.concurrent_partitions,
@@ -169,6 +180,7 @@ class ServiceSettings(Protocol):
 
     kafka: KafkaSettings
     postgres: PostgresSettings
+    trust: TrustSettings
     run_dir: Path | None
     metrics_port: int
     log_json: bool
@@ -184,6 +196,7 @@ def main(
             spec,
             kafka_settings=settings.kafka,
             postgres_settings=settings.postgres,
+            trust_settings=settings.trust,
             build=build,
             run_dir=settings.run_dir,
             metrics_port=settings.metrics_port,

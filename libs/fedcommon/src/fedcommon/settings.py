@@ -7,8 +7,12 @@ environment (style.md, rule 27).
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from datetime import timedelta
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedcommon import signing, trust
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -42,3 +46,44 @@ class PostgresSettings(BaseSettings):
     # How long a caller waits for a connection before the database counts as unavailable (an
     # outage: services retry, the gateway answers 503).
     pool_timeout_s: float = Field(default=5.0, validation_alias="DATABASE_POOL_TIMEOUT_S", gt=0)
+
+
+class TrustSettings(BaseSettings):
+    """The service identities: this service's private key and every service's public key.
+
+    ``fedengine up`` generates them under FEDENGINE_HOME; deployments provide them through the
+    environment (docker-compose and the Kubernetes manifests show how; ``fedengine keys``
+    prints a set).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    # This service's Ed25519 private key, 64 hex characters (raw 32 bytes). Every service that
+    # produces service messages needs one; the simulator, which plays devices, does not.
+    service_key: SecretStr | None = Field(default=None, validation_alias="FEDENGINE_SERVICE_KEY")
+    # Every service's public key, as JSON: {"registry": "<64 hex characters>", ...}.
+    service_keys: dict[str, str] = Field(validation_alias="FEDENGINE_SERVICE_KEYS")
+
+    @field_validator("service_keys")
+    @classmethod
+    def _raw_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, key in value.items():
+            if len(bytes.fromhex(key)) != signing.KEY_BYTES:
+                raise ValueError(f"FEDENGINE_SERVICE_KEYS[{name}] must be 64 hex characters")
+        return value
+
+    def signer(self, name: str) -> trust.Signer:
+        """Return this service's signer; fail at start-up when its key is missing or not its own."""
+        if self.service_key is None:
+            raise ValueError(f"FEDENGINE_SERVICE_KEY is not set; {name} signs what it produces")
+        key = signing.private_key_from_bytes(bytes.fromhex(self.service_key.get_secret_value()))
+        if self.service_keys.get(name) != signing.public_key_bytes(key).hex():
+            raise ValueError(f"FEDENGINE_SERVICE_KEY is not {name}'s key in FEDENGINE_SERVICE_KEYS")
+        return trust.Signer(name, key)
+
+    def verifier(self, *, prefix: str, window_s: float) -> trust.Verifier:
+        return trust.Verifier(
+            public_keys={name: bytes.fromhex(key) for name, key in self.service_keys.items()},
+            prefix=prefix,
+            window=timedelta(seconds=window_s),
+        )

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedcommon.settings import KafkaSettings, PostgresSettings
+from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
 
 class Settings(BaseSettings):
@@ -17,6 +17,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
     tick_s: float = Field(default=0.5, gt=0)
     # A round with no result this long after its deadline is taken as lost and re-issued.
     lost_round_grace_s: float = Field(default=10.0, ge=0)

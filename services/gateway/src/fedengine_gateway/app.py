@@ -507,7 +507,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings = settings
         app.state.pool = await db.open_pool(settings.postgres, name="gateway")
         await kafka.create_topics(settings.kafka)
-        app.state.producer = kafka.make_producer(settings.kafka, client_id="gateway")
+        app.state.producer = kafka.make_producer(
+            settings.kafka, client_id="gateway", signer=settings.trust.signer("gateway")
+        )
         await app.state.producer.start()
         dead_letters = asyncio.create_task(watch_dead_letters(settings))
         try:

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedcommon.constraints import MAX_SETTING
-from fedcommon.settings import KafkaSettings, PostgresSettings
+from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
 PLACEHOLDER_SECRETS = frozenset({"changeme", "secret", "change-me-please-change-me-please"})
 
@@ -21,6 +21,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
     jwt_secret: SecretStr = Field(validation_alias="FEDENGINE_JWT_SECRET")
     environment: Literal["local", "production"] = Field(
         default="local", validation_alias="FEDENGINE_ENVIRONMENT"

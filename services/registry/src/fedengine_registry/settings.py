@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedcommon.settings import KafkaSettings, PostgresSettings
+from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
 
 class Settings(BaseSettings):
@@ -17,6 +17,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
     offline_after_s: float = Field(default=15.0, gt=0)
     check_interval_s: float = Field(default=1.0, gt=0)
     metrics_port: int = 0

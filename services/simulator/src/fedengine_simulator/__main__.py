@@ -18,6 +18,8 @@ def main() -> None:
         # Train requests are keyed by device: partitions are independent, so devices on
         # different partitions train at the same time (one thread each).
         concurrent_partitions=True,
+        # It plays devices: what it sends is signed with their keys, not as a service.
+        signs=False,
     )
     service.main(spec, settings, lambda context: handlers.build(context, settings))
 

@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedcommon.messages.v1 import Partitioning
-from fedcommon.settings import KafkaSettings, PostgresSettings
+from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
 
 class Settings(BaseSettings):
@@ -18,6 +18,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
     fleet: str = Field(default="sim", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     devices: int = Field(default=10, ge=1, le=100_000)
     dataset: str = "digits"

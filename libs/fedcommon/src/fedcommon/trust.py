@@ -1,0 +1,137 @@
+"""Only a service can speak for a service: signed service messages and the matrix of who may
+send what where.
+
+Devices and services share one Kafka cluster, so a message is believed for its signature, not
+for the topic it arrived on. Every message a service produces carries two headers: the signing
+service's name and an Ed25519 signature over the topic, the key and the value. Every consumer
+checks them against :data:`MATRIX` before its handler runs. Device messages (heartbeats,
+updates) carry their device's signature inside the payload instead, checked by their handler
+against the device's enrolled key; for those the matrix allows ``DEVICE``.
+
+A signed message whose ``sent_at`` lies outside the deduplication window is refused, so that a
+replayed command cannot apply again once its id has been purged from ``processed_messages``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedcommon import topics
+
+SIGNER_HEADER = "fe-signer"
+SIGNATURE_HEADER = "fe-signature"
+# Not a service: the message speaks for a device, whose own signature is in the payload.
+DEVICE = "device"
+SERVICES = ("registry", "coordinator", "aggregator", "gateway")
+# How far ahead of this consumer's clock a sender's clock may run.
+CLOCK_SKEW = timedelta(minutes=5)
+
+_GATEWAY = frozenset({"gateway"})
+_COORDINATOR = frozenset({"coordinator"})
+
+# (topic, message type) -> who may send it. Anything not listed is refused.
+MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
+    # Until device enrolment proves possession of the key (the next step of this issue), a
+    # device may still enrol itself unsigned; the gateway enrols devices as a service.
+    (topics.DEVICES, "device.enrolled"): frozenset({"gateway", DEVICE}),
+    (topics.DEVICES, "device.heartbeat_sent"): frozenset({DEVICE}),
+    (topics.DEVICES, "device.removed"): _GATEWAY,
+    **{
+        (topics.TASKS, kind): _GATEWAY
+        for kind in (
+            "task.create_requested",
+            "task.start_requested",
+            "task.pause_requested",
+            "task.resume_requested",
+            "task.cancel_requested",
+            "tasks.cleanup_requested",
+        )
+    },
+    (topics.DEVICE_COMMANDS, "train.requested"): _COORDINATOR,
+    (topics.MODELS, "model.published"): _COORDINATOR,
+    (topics.UPDATES, "round.opened"): _COORDINATOR,
+    (topics.UPDATES, "update.submitted"): frozenset({DEVICE}),
+    (topics.ROUNDS, "round.aggregated"): frozenset({"aggregator"}),
+    (topics.ROUNDS, "round.failed"): frozenset({"aggregator"}),
+    (topics.EVENTS, "task.state_changed"): _COORDINATOR,
+    (topics.EVENTS, "round.started"): _COORDINATOR,
+    (topics.EVENTS, "round.completed"): _COORDINATOR,
+    (topics.EVENTS, "device.status_changed"): frozenset({"registry"}),
+}
+
+
+def signed_bytes(topic: str, key: bytes | None, value: bytes | None) -> bytes:
+    """The layout a service signs: a label, then topic, key and value, each length-prefixed."""
+    parts = [b"fedengine/message/v1", topic.encode(), key or b"", value or b""]
+    return b"".join(len(part).to_bytes(8, "little") + part for part in parts)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A service's identity: its name and its private key."""
+
+    name: str
+    key: Ed25519PrivateKey
+
+    def headers(
+        self, topic: str, key: bytes | None, value: bytes | None
+    ) -> list[tuple[str, bytes]]:
+        signature = self.key.sign(signed_bytes(topic, key, value))
+        return [(SIGNER_HEADER, self.name.encode()), (SIGNATURE_HEADER, signature)]
+
+
+def fingerprint(public_key: bytes) -> str:
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """What a consumer needs to check a message: every service's public key, the topic prefix
+    and the window outside which a signed message counts as a replay."""
+
+    public_keys: Mapping[str, bytes]
+    prefix: str
+    window: timedelta
+
+    def refusal(
+        self,
+        *,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        message_type: str,
+        sent_at: datetime,
+        now: datetime,
+    ) -> str | None:
+        """Return why the message must be refused, or None when it may be handled."""
+        base = topics.base_name(self.prefix, topic)
+        allowed = MATRIX.get((base or "", message_type))
+        if allowed is None:
+            return f"nobody may send {message_type} on {base}"
+        found = {name: raw for name, raw in headers if name in (SIGNER_HEADER, SIGNATURE_HEADER)}
+        if SIGNER_HEADER not in found:
+            if DEVICE in allowed:
+                return None  # the handler checks the device's own signature
+            return f"{message_type} on {base} must be signed by {'/'.join(sorted(allowed))}"
+        signer = found[SIGNER_HEADER].decode(errors="replace")[:40]
+        if signer not in allowed:
+            return f"{signer!r} may not send {message_type} on {base}"
+        public = self.public_keys.get(signer)
+        if public is None:
+            return f"no public key for {signer!r}"
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(
+                found.get(SIGNATURE_HEADER, b""), signed_bytes(topic, key, value)
+            )
+        except (InvalidSignature, ValueError):
+            return f"bad signature for {signer!r}"
+        if not now - self.window <= sent_at <= now + CLOCK_SKEW:
+            return f"sent_at outside the {self.window.total_seconds():.0f} s replay window"
+        return None

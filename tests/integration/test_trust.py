@@ -1,0 +1,152 @@
+"""Only a service can speak for a service: forged service messages of every type, on every topic a
+service consumes, are refused, dead-lettered as untrusted and counted, and change nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from aiokafka import ConsumerRecord
+
+from fedcommon import codec, signing, topics, trust
+from fedcommon.messages.v1 import DeviceRemoved, Envelope, TaskCreateRequested, TaskSpec
+from fedengine.sdk import FedEngineClient
+from tests.integration.conftest import Stack
+from tests.integration.helpers import device_or_none
+from tests.integration.kafka_tools import find_records, headers_of, send_raw
+from tests.unit.fedcommon.examples import EXAMPLES
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+# Every (topic, type) a service consumes that only a service may send.
+CONSUMED = {topics.DEVICES, topics.TASKS, topics.DEVICE_COMMANDS, topics.UPDATES, topics.ROUNDS}
+SERVICE_ONLY = sorted(
+    (base, kind)
+    for (base, kind), allowed in trust.MATRIX.items()
+    if base in CONSUMED and trust.DEVICE not in allowed
+)
+FORGERIES = ("unsigned", "device_key", "wrong_service", "replayed")
+
+
+def _example(kind: str) -> Envelope:
+    return next(e for e in EXAMPLES if e.type == kind)
+
+
+def _forge(
+    stack: Stack, base: str, kind: str, how: str, key: bytes
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Return the value and headers of a forged ``kind`` message on ``base``."""
+    allowed = sorted(trust.MATRIX[(base, kind)])
+    message = _example(kind).model_copy(
+        update={"message_id": uuid.uuid4(), "sent_at": datetime.now(UTC)}
+    )
+    if how == "replayed":  # rightly signed, but older than the deduplication window
+        message = message.model_copy(update={"sent_at": datetime.now(UTC) - timedelta(days=2)})
+    value = codec.encode(message)
+    topic = topics.topic_name(stack.kafka.topic_prefix, base)
+    if how == "unsigned":
+        return value, []
+    if how == "device_key":  # claims to be the right service, signed with a device's key
+        signer = trust.Signer(allowed[0], signing.generate_private_key())
+    elif how == "wrong_service":
+        signer = stack.signer(next(s for s in trust.SERVICES if s not in allowed))
+    else:
+        signer = stack.signer(allowed[0])
+    return value, signer.headers(topic, key, value)
+
+
+async def test_forged_service_messages_of_every_type_are_refused_and_counted(
+    stack: Stack,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    expected: dict[bytes, tuple[str, str, str]] = {}
+    for base, kind in SERVICE_ONLY:
+        for how in FORGERIES:
+            key = f"forged-{tag}-{kind}-{how}".encode()
+            value, headers = _forge(stack, base, kind, how, key)
+            await send_raw(stack.kafka, base, key=key, value=value, headers=headers)
+            expected[key] = (base, kind, how)
+
+    letters = await find_records(
+        stack.kafka,
+        topics.DLQ,
+        [_keyed(key) for key in expected],
+        timeout_s=60,
+    )
+
+    assert len(SERVICE_ONLY) == 11  # 6 task commands, removal, train, round.opened, 2 results
+    assert len(letters) == len(SERVICE_ONLY) * len(FORGERIES)
+    for letter in letters:
+        base, kind, how = expected[letter.key]
+        headers = headers_of(letter)
+        assert headers["error_type"] == "untrusted", (base, kind, how, headers)
+        assert headers["original_topic"] == topics.topic_name(stack.kafka.topic_prefix, base)
+        reason = headers["error"]
+        if how == "unsigned":
+            assert "must be signed" in reason
+        elif how == "device_key":
+            assert "bad signature" in reason
+        elif how == "wrong_service":
+            assert "may not send" in reason
+        else:
+            assert "replay window" in reason
+    assert await _refusals_counted(stack) >= len(letters)
+
+
+def _keyed(key: bytes) -> Callable[[ConsumerRecord], bool]:
+    return lambda record: record.key == key
+
+
+async def _refusals_counted(stack: Stack) -> float:
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5) as http:
+        for process in stack.stack.processes:
+            if process.metrics_url is None:
+                continue
+            for line in (await http.get(process.metrics_url)).text.splitlines():
+                if line.startswith("fedengine_untrusted_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_forged_commands_change_nothing(
+    stack: Stack, client: FedEngineClient, fleet: str
+) -> None:
+    task_id = uuid.uuid4()
+    create = TaskCreateRequested(
+        producer="gateway", task_id=task_id, spec=TaskSpec(task_name="forged"), issued_by="eve"
+    )
+    victim = f"{fleet}-0003"
+    remove = DeviceRemoved(producer="gateway", device_id=victim, issued_by="eve")
+    eve = trust.Signer("gateway", signing.generate_private_key())
+    for base, key, message in (
+        (topics.TASKS, str(task_id), create),
+        (topics.DEVICES, victim, remove),
+    ):
+        value = codec.encode(message)
+        topic = topics.topic_name(stack.kafka.topic_prefix, base)
+        await send_raw(
+            stack.kafka,
+            base,
+            key=key.encode(),
+            value=value,
+            headers=eve.headers(topic, key.encode(), value),
+        )
+
+    await find_records(
+        stack.kafka,
+        topics.DLQ,
+        [_keyed(str(task_id).encode()), _keyed(victim.encode())],
+        timeout_s=30,
+    )
+    device = await device_or_none(client, victim)
+    assert device is not None and device["status"] == "online"
+    async with httpx.AsyncClient(base_url=stack.stack.gateway_url) as http:
+        response = await http.get(
+            f"/api/federated/tasks/{task_id}",
+            headers={"Authorization": f"Bearer {stack.token()}"},
+        )
+    assert response.status_code == 404
