@@ -78,6 +78,10 @@ class FedEngineClient:
     async def remove_edge_device(self, device_id: str) -> dict[str, Any]:
         return await self._json("DELETE", f"/devices/{device_id}")
 
+    async def restore_edge_device(self, device_id: str) -> dict[str, Any]:
+        """Bring a removed device back (admin); it is offline until its next heartbeat."""
+        return await self._json("POST", f"/devices/{device_id}/restore")
+
     # --- tasks -----------------------------------------------------------------------------
     async def create_federated_task(self, **task: Any) -> str:
         """Create a task; returns its id once the coordinator has recorded it."""

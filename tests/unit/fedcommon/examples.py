@@ -31,6 +31,7 @@ EXAMPLES: list[v1.Envelope] = [
     ),
     v1.HeartbeatSent(**base, device_id="dev-1", sequence=7, battery_pct=55.5, signature=SIG),
     v1.DeviceRemoved(**base, device_id="dev-1", issued_by="admin"),
+    v1.DeviceRestored(**base, device_id="dev-1", issued_by="admin"),
     v1.TaskCreateRequested(
         **base, task_id=T, spec=v1.TaskSpec(task_name="t", devices_per_round=3), issued_by="op"
     ),

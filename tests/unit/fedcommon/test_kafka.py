@@ -128,7 +128,7 @@ def make_loop(
     return loop, consumer, producer
 
 
-GOOD = codec.encode(EXAMPLES[4])
+GOOD = codec.encode(next(e for e in EXAMPLES if e.type == "task.start_requested"))
 
 
 async def test_each_record_is_handled_then_committed_past_it() -> None:

@@ -99,6 +99,6 @@ async def test_a_body_over_the_limit_is_413(api: httpx.AsyncClient) -> None:
 async def test_an_unavailable_broker_is_503_with_a_json_body() -> None:
     producer = FakeProducer(error=KafkaConnectionError("no broker"))
     async with _client(producer, auth.Role.OPERATOR) as client:
-        response = await client.post("/devices", json={"device_name": "d", "device_type": "iot"})
+        response = await client.post("/tasks", json={"task_name": "t"})
     assert response.status_code == 503
     assert "broker unavailable" in response.json()["detail"]

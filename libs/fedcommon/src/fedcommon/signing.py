@@ -82,3 +82,19 @@ def heartbeat_payload(*, device_id: str, sequence: int, sent_at_us: int) -> byte
         + device
         + struct.pack("<Qq", sequence, sent_at_us)
     )
+
+
+def key_change_payload(*, device_id: str, new_public_key: bytes, sent_at_us: int) -> bytes:
+    """Return the bytes a device's old key signs to hand its identity to ``new_public_key``.
+
+    Binding the device id and the enrolment's send time means the signature moves this device
+    to this key once, and cannot be replayed onto another device or after a later change.
+    """
+    device = device_id.encode()
+    return (
+        b"fedengine-key-change-v1"
+        + struct.pack("<H", len(device))
+        + device
+        + new_public_key
+        + struct.pack("<q", sent_at_us)
+    )

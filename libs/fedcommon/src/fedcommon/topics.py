@@ -35,7 +35,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         "device_id",
         ("simulator", "gateway"),
         ("registry",),
-        ("device.enrolled", "device.heartbeat_sent", "device.removed"),
+        ("device.enrolled", "device.heartbeat_sent", "device.removed", "device.restored"),
     ),
     TopicSpec(
         TASKS,

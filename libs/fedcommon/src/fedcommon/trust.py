@@ -14,7 +14,6 @@ replayed command cannot apply again once its id has been purged from ``processed
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,6 +41,7 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     (topics.DEVICES, "device.enrolled"): frozenset({"gateway", DEVICE}),
     (topics.DEVICES, "device.heartbeat_sent"): frozenset({DEVICE}),
     (topics.DEVICES, "device.removed"): _GATEWAY,
+    (topics.DEVICES, "device.restored"): _GATEWAY,
     **{
         (topics.TASKS, kind): _GATEWAY
         for kind in (
@@ -86,8 +86,12 @@ class Signer:
         return [(SIGNER_HEADER, self.name.encode()), (SIGNATURE_HEADER, signature)]
 
 
-def fingerprint(public_key: bytes) -> str:
-    return hashlib.sha256(public_key).hexdigest()[:16]
+def signer_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The service that signed a record, once the consume loop has verified it (else None)."""
+    for name, raw in headers:
+        if name == SIGNER_HEADER:
+            return raw.decode(errors="replace")
+    return None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from fedcommon.messages.v1 import (
     DeviceCapabilities,
     DeviceEnrolled,
     DeviceRemoved,
+    DeviceRestored,
     DeviceStatus,
     Envelope,
     TaskCancelRequested,
@@ -168,12 +169,19 @@ router = APIRouter(prefix=PREFIX)
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     response_model_exclude_none=True,
-    responses=errors.responses(400, 401, 403, 413, 422, 503),
+    responses=errors.responses(400, 401, 403, 409, 413, 422, 503),
 )
 async def add_device(
-    body: DeviceCreate, request: Request, response: Response, who: Operator
+    body: DeviceCreate, request: Request, response: Response, conn: Conn, who: Operator
 ) -> Accepted:
     device_id = body.device_id or f"dev-{uuid4().hex[:16]}"
+    if body.device_id is not None:
+        existing = await queries.get_device(conn, device_id)
+        if existing is not None and existing["status"] == "removed":
+            # The registry would refuse it: a removed device comes back only by a restore.
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"device {device_id} was removed; restore it first"
+            )
     private_key = None
     if body.public_key is None:
         key = signing.generate_private_key()
@@ -247,6 +255,31 @@ async def remove_device(
         topics.DEVICES,
         device_id,
         DeviceRemoved(producer=PRODUCER, device_id=device_id, issued_by=who.subject),
+    )
+    return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}")
+
+
+@router.post(
+    "/devices/{device_id}/restore",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    response_model_exclude_none=True,
+    responses=errors.responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def restore_device(
+    device_id: DevicePath, request: Request, response: Response, conn: Conn, who: Admin
+) -> Accepted:
+    """Bring a removed device back; it is offline until its next heartbeat."""
+    device = await queries.get_device(conn, device_id)
+    if device is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
+    if device["status"] != "removed":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is not removed")
+    await _publish(
+        request,
+        topics.DEVICES,
+        device_id,
+        DeviceRestored(producer=PRODUCER, device_id=device_id, issued_by=who.subject),
     )
     return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}")
 

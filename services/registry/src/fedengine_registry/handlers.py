@@ -8,19 +8,21 @@ import logging
 import psycopg
 from prometheus_client import Counter, Gauge
 
-from fedcommon import background, db, outbox, topics
+from fedcommon import background, db, outbox, topics, trust
 from fedcommon.errors import ProtocolViolation
 from fedcommon.kafka import SourceRecord
 from fedcommon.messages.v1 import (
     AnyMessage,
     DeviceEnrolled,
     DeviceRemoved,
+    DeviceRestored,
     DeviceStatus,
     DeviceStatusChanged,
     HeartbeatSent,
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_registry import store
+from fedengine_registry.core.enrolment import Enrolled, check_enrolment
 from fedengine_registry.core.heartbeats import check_heartbeat
 from fedengine_registry.settings import Settings
 
@@ -56,11 +58,28 @@ class Registry:
                 logger.info("duplicate %s %s skipped", message.type, message.message_id)
                 return
             if isinstance(message, DeviceEnrolled):
+                device = await store.get_device(conn, message.device_id)
+                check_enrolment(
+                    message,
+                    existing=None
+                    if device is None
+                    else Enrolled(device.status, device.public_key, device.enrolled_sent_at),
+                    # The consume loop has verified the signature: the gateway vouches for an
+                    # operator's enrolment.
+                    by_operator=trust.signer_of(record.headers) == "gateway",
+                )
                 await store.upsert_enrolled(conn, message)
                 await store.log_event(
                     conn, device_id=message.device_id, kind="enrolled", issued_by=message.issued_by
                 )
                 await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+            elif isinstance(message, DeviceRestored):
+                if not await store.restore(conn, message.device_id):
+                    raise ProtocolViolation(f"device {message.device_id} is not removed")
+                await store.log_event(
+                    conn, device_id=message.device_id, kind="restored", issued_by=message.issued_by
+                )
+                await self._status_changed(conn, message.device_id, DeviceStatus.OFFLINE)
             elif isinstance(message, HeartbeatSent):
                 device = await store.get_device(conn, message.device_id)
                 if device is None:

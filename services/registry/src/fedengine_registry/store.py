@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -18,30 +19,35 @@ class DeviceRow:
     status: str
     public_key: bytes | None
     heartbeat_sequence: int
+    enrolled_sent_at: datetime | None
 
 
 async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> DeviceRow | None:
     cursor = await conn.execute(
-        "SELECT device_id, status, public_key, heartbeat_sequence FROM registry.devices "
-        "WHERE device_id = %s FOR UPDATE",
+        "SELECT device_id, status, public_key, heartbeat_sequence, enrolled_sent_at "
+        "FROM registry.devices WHERE device_id = %s FOR UPDATE",
         (device_id,),
     )
     row = await cursor.fetchone()
-    return None if row is None else DeviceRow(row[0], row[1], row[2] and bytes(row[2]), row[3])
+    if row is None:
+        return None
+    return DeviceRow(row[0], row[1], row[2] and bytes(row[2]), row[3], row[4])
 
 
 async def upsert_enrolled(conn: psycopg.AsyncConnection, message: DeviceEnrolled) -> None:
     await conn.execute(
         """
         INSERT INTO registry.devices (device_id, device_name, device_type, privacy_level,
-            capabilities, public_key, fleet, status, last_heartbeat_at, battery_pct)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s)
+            capabilities, public_key, fleet, status, last_heartbeat_at, battery_pct,
+            enrolled_sent_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s, %s)
         ON CONFLICT (device_id) DO UPDATE SET
             device_name = EXCLUDED.device_name, device_type = EXCLUDED.device_type,
             privacy_level = EXCLUDED.privacy_level, capabilities = EXCLUDED.capabilities,
             public_key = COALESCE(EXCLUDED.public_key, registry.devices.public_key),
             fleet = EXCLUDED.fleet, status = 'online', last_heartbeat_at = now(),
-            battery_pct = EXCLUDED.battery_pct, removed_at = NULL, updated_at = now()
+            battery_pct = EXCLUDED.battery_pct, enrolled_sent_at = EXCLUDED.enrolled_sent_at,
+            updated_at = now()
         """,
         (
             message.device_id,
@@ -52,6 +58,7 @@ async def upsert_enrolled(conn: psycopg.AsyncConnection, message: DeviceEnrolled
             message.public_key,
             message.fleet,
             message.capabilities.battery_pct if message.capabilities.has_battery else None,
+            message.sent_at,
         ),
     )
 
@@ -71,6 +78,16 @@ async def mark_removed(conn: psycopg.AsyncConnection, device_id: str) -> bool:
     cursor = await conn.execute(
         "UPDATE registry.devices SET status = 'removed', removed_at = now(), updated_at = now() "
         "WHERE device_id = %s AND status <> 'removed'",
+        (device_id,),
+    )
+    return cursor.rowcount == 1
+
+
+async def restore(conn: psycopg.AsyncConnection, device_id: str) -> bool:
+    """Bring a removed device back as offline (its next heartbeat brings it online)."""
+    cursor = await conn.execute(
+        "UPDATE registry.devices SET status = 'offline', removed_at = NULL, updated_at = now() "
+        "WHERE device_id = %s AND status = 'removed'",
         (device_id,),
     )
     return cursor.rowcount == 1

@@ -183,6 +183,9 @@ class DeviceEnrolled(Envelope):
     public_key: PublicKey | None = None
     fleet: Name | None = None
     issued_by: Name | None = None
+    # The old key's signature handing the device to ``public_key`` (signing.key_change_payload):
+    # without it, only an operator (through the gateway) can change a device's key.
+    key_change_signature: Signature | None = None
 
 
 class HeartbeatSent(Envelope):
@@ -191,6 +194,14 @@ class HeartbeatSent(Envelope):
     sequence: Int64
     battery_pct: float | None = Field(default=None, ge=0, le=100)
     signature: Signature
+
+
+class DeviceRestored(Envelope):
+    """An operator brings a removed device back (it comes online with its next heartbeat)."""
+
+    type: Literal["device.restored"] = "device.restored"
+    device_id: DeviceId
+    issued_by: Name | None = None
 
 
 class DeviceRemoved(Envelope):
@@ -360,6 +371,7 @@ AnyMessage = Annotated[
     DeviceEnrolled
     | HeartbeatSent
     | DeviceRemoved
+    | DeviceRestored
     | TaskCreateRequested
     | TaskStartRequested
     | TaskPauseRequested
@@ -383,6 +395,7 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     DeviceEnrolled,
     HeartbeatSent,
     DeviceRemoved,
+    DeviceRestored,
     TaskCreateRequested,
     TaskStartRequested,
     TaskPauseRequested,
