@@ -126,12 +126,15 @@ async def enrol(
         settings,
         topics.DEVICES,
         key=device_id,
-        message=DeviceEnrolled(
-            producer="pytest",
-            device_id=device_id,
-            device_name=device_id,
-            device_type=device_type,
-            public_key=signing.public_key_bytes(key),
+        message=signing.sign_enrolment(
+            DeviceEnrolled(
+                producer="pytest",
+                device_id=device_id,
+                device_name=device_id,
+                device_type=device_type,
+                public_key=signing.public_key_bytes(key),
+            ),
+            key,
         ),
     )
     return key

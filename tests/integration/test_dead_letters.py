@@ -59,14 +59,18 @@ async def test_consumer_keeps_going_after_a_bad_message_and_duplicates_count_onc
     await send_raw(stack.kafka, topics.DEVICES, key=b"x", value=b"not msgpack at all")
     await send_raw(stack.kafka, topics.DEVICES, key=b"x", value=b"\x81\xa4type\xa3bad")
     device_id = f"dup-{uuid.uuid4().hex[:8]}"
-    message = DeviceEnrolled(
-        producer="pytest",
-        device_id=device_id,
-        device_name="dup",
-        device_type=DeviceType.IOT,
-        capabilities=DeviceCapabilities(),
-        issued_by="pytest",
-        public_key=signing.public_key_bytes(signing.generate_private_key()),
+    key = signing.generate_private_key()
+    message = signing.sign_enrolment(
+        DeviceEnrolled(
+            producer="pytest",
+            device_id=device_id,
+            device_name="dup",
+            device_type=DeviceType.IOT,
+            capabilities=DeviceCapabilities(),
+            issued_by="pytest",
+            public_key=signing.public_key_bytes(key),
+        ),
+        key,
     )
 
     await send(stack.kafka, topics.DEVICES, key=device_id, message=message)
@@ -88,7 +92,9 @@ async def test_consumer_keeps_going_after_a_bad_message_and_duplicates_count_onc
         stack.kafka,
         topics.DEVICES,
         key=device_id,
-        message=message.model_copy(update={"device_id": marker_id, "message_id": uuid.uuid4()}),
+        message=signing.sign_enrolment(
+            message.model_copy(update={"device_id": marker_id, "message_id": uuid.uuid4()}), key
+        ),
     )
     await eventually(lambda: device_or_none(client, marker_id))
     assert await enrol_events() == 1

@@ -40,7 +40,7 @@ def _enrolment(
                 sent_at_us=int(at.timestamp() * 1_000_000),
             )
         )
-    return DeviceEnrolled(
+    enrolment = DeviceEnrolled(
         producer="device",
         device_id=device_id,
         device_name=device_id,
@@ -50,6 +50,7 @@ def _enrolment(
         sent_at=at,
         key_change_signature=handover,
     )
+    return signing.sign_enrolment(enrolment, key)
 
 
 async def _refused(stack: Stack, message: DeviceEnrolled) -> str:

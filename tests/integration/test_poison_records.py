@@ -73,13 +73,15 @@ async def _services_still_work(stack: Stack, client: FedEngineClient, fleet: str
 
 
 def _enrolment(device_id: str) -> DeviceEnrolled:
-    return DeviceEnrolled(
+    key = signing.generate_private_key()
+    enrolment = DeviceEnrolled(
         producer="pytest",
         device_id=device_id,
         device_name=device_id,
         device_type=DeviceType.IOT,
-        public_key=signing.public_key_bytes(signing.generate_private_key()),
+        public_key=signing.public_key_bytes(key),
     )
+    return signing.sign_enrolment(enrolment, key)
 
 
 @pytest.mark.parametrize("excess", [-4096, 1024 * 1024], ids=["just_under_limit", "over_limit"])

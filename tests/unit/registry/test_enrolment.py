@@ -28,7 +28,7 @@ def enrolment(
                 device_id="d1", new_public_key=public, sent_at_us=int(at.timestamp() * 1e6)
             )
         )
-    return DeviceEnrolled(
+    message = DeviceEnrolled(
         producer="device",
         device_id="d1",
         device_name="d1",
@@ -38,6 +38,7 @@ def enrolment(
         sent_at=at,
         key_change_signature=signature,
     )
+    return signing.sign_enrolment(message, key)
 
 
 def held(status: str = "online", key: Ed25519PrivateKey = OLD) -> Enrolled:
@@ -72,3 +73,14 @@ def test_takeovers_are_refused(message: DeviceEnrolled, existing: Enrolled, reas
 def test_an_operator_cannot_enrol_a_removed_device_back_either() -> None:
     with pytest.raises(ProtocolViolation, match="restore"):
         check_enrolment(enrolment(), existing=held("removed"), by_operator=True)
+
+
+def test_an_enrolment_must_be_signed_by_the_key_it_enrols() -> None:
+    unsigned = enrolment().model_copy(update={"signature": None})
+    relabelled = enrolment().model_copy(update={"privacy_level": PrivacyLevel.NONE})
+
+    with pytest.raises(ProtocolViolation, match="signed by the key it enrols"):
+        check_enrolment(unsigned, existing=None, by_operator=False)
+    with pytest.raises(ProtocolViolation, match="bad signature"):
+        check_enrolment(relabelled, existing=None, by_operator=False)
+    check_enrolment(unsigned, existing=None, by_operator=True)  # an operator, through the gateway

@@ -9,7 +9,9 @@ from uuid import UUID
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedcommon import codec
 from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import DeviceEnrolled
 
 KEY_BYTES = 32
 
@@ -98,3 +100,18 @@ def key_change_payload(*, device_id: str, new_public_key: bytes, sent_at_us: int
         + new_public_key
         + struct.pack("<q", sent_at_us)
     )
+
+
+def enrolment_payload(message: DeviceEnrolled) -> bytes:
+    """Return the bytes a device signs to enrol: the enrolment itself, without its signature.
+
+    Signing with the key being enrolled proves possession of it, and covers every field that
+    matters (name, type, privacy level, capabilities, fleet, key, send time), so that none can
+    be changed by whoever relays it.
+    """
+    return b"fedengine-enrolment-v1" + codec.encode(message.model_copy(update={"signature": None}))
+
+
+def sign_enrolment(message: DeviceEnrolled, private_key: Ed25519PrivateKey) -> DeviceEnrolled:
+    """Return ``message`` signed by ``private_key`` (whose public half it enrols)."""
+    return message.model_copy(update={"signature": private_key.sign(enrolment_payload(message))})

@@ -95,15 +95,18 @@ class Fleet:
                 self.context.kafka,
                 topics.DEVICES,
                 key=device.device_id,
-                message=DeviceEnrolled(
-                    producer=PRODUCER,
-                    device_id=device.device_id,
-                    device_name=f"simulated {device.device_type.value} {device.index}",
-                    device_type=device.device_type,
-                    privacy_level=device.privacy_level,
-                    capabilities=device.capabilities,
-                    public_key=signing.public_key_bytes(self.keys[device.device_id]),
-                    fleet=self.settings.fleet,
+                message=signing.sign_enrolment(
+                    DeviceEnrolled(
+                        producer=PRODUCER,
+                        device_id=device.device_id,
+                        device_name=f"simulated {device.device_type.value} {device.index}",
+                        device_type=device.device_type,
+                        privacy_level=device.privacy_level,
+                        capabilities=device.capabilities,
+                        public_key=signing.public_key_bytes(self.keys[device.device_id]),
+                        fleet=self.settings.fleet,
+                    ),
+                    self.keys[device.device_id],
                 ),
             )
         logger.info("enrolled %d devices of fleet %s", len(self.devices), self.settings.fleet)

@@ -186,6 +186,10 @@ class DeviceEnrolled(Envelope):
     # The old key's signature handing the device to ``public_key`` (signing.key_change_payload):
     # without it, only an operator (through the gateway) can change a device's key.
     key_change_signature: Signature | None = None
+    # The enrolled key's own signature over this enrolment (signing.enrolment_payload): proof
+    # that whoever enrols the device holds its key. Only the gateway, vouching as a service for
+    # an operator, may enrol without it.
+    signature: Signature | None = None
 
 
 class HeartbeatSent(Envelope):

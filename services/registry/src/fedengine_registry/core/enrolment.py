@@ -1,6 +1,8 @@
 """Enrolment rules: who may enrol a device, change its key, or bring it back.
 
 A device's identity cannot be taken over by anyone who can write to fed.devices:
+- an enrolment is signed by the key it enrols (proof of possession, covering every field),
+  unless an operator enrols the device through the gateway;
 - its key changes only with a signature by the old key, or by an operator (an enrolment the
   gateway vouches for as a service);
 - a removed device stays removed until an operator restores it;
@@ -31,6 +33,16 @@ def check_enrolment(
     message: DeviceEnrolled, *, existing: Enrolled | None, by_operator: bool
 ) -> None:
     """Raise ``ProtocolViolation`` unless ``message`` may (re-)enrol its device."""
+    if not by_operator:
+        if message.public_key is None or message.signature is None:
+            raise ProtocolViolation(
+                f"enrolment of {message.device_id} must be signed by the key it enrols"
+            )
+        signing.verify(
+            public_key=message.public_key,
+            signature=message.signature,
+            payload=signing.enrolment_payload(message),
+        )
     if existing is None:
         return
     if existing.status == DeviceStatus.REMOVED:
