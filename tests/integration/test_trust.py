@@ -77,7 +77,8 @@ async def test_forged_service_messages_of_every_type_are_refused_and_counted(
         timeout_s=60,
     )
 
-    assert len(SERVICE_ONLY) == 11  # 6 task commands, removal, train, round.opened, 2 results
+    # 6 task commands, removal, restore, train request, round.opened, 2 round results
+    assert len(SERVICE_ONLY) == 12
     assert len(letters) == len(SERVICE_ONLY) * len(FORGERIES)
     for letter in letters:
         base, kind, how = expected[letter.key]
