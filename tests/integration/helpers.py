@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import httpx
+
 from fedengine.sdk import FedEngineClient, FedEngineError
 
 T = TypeVar("T")
@@ -55,3 +57,16 @@ async def run_fleet_task(
     if wait:
         await client.wait_for_task(task_id, lambda t: t["state"] == "completed", timeout_s=90)
     return task_id
+
+
+async def metric_total(processes: list[Any], name: str) -> float:
+    """Sum a counter over every service process's Prometheus endpoint (all label sets)."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5) as http:
+        for process in processes:
+            if process.metrics_url is None:
+                continue
+            for line in (await http.get(process.metrics_url)).text.splitlines():
+                if line.startswith(f"{name}{{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -25,7 +25,7 @@ from fedengine import infra, launcher
 from fedengine.sdk import FedEngineError
 from fedengine.settings import LauncherSettings
 from tests.integration.conftest import Stack
-from tests.integration.helpers import run_fleet_task
+from tests.integration.helpers import metric_total, run_fleet_task
 from tests.integration.kafka_tools import headers_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -97,20 +97,6 @@ async def _everything_in(settings: KafkaSettings, base: str) -> list[object]:
     return records
 
 
-async def _outages_waited_out(stack: Stack) -> float:
-    """Sum of every service's ``fedengine_outages_total`` (records that waited out an outage)."""
-    total = 0.0
-    async with httpx.AsyncClient(timeout=5) as http:
-        for process in stack.stack.processes:
-            if process.metrics_url is None:
-                continue
-            text = (await http.get(process.metrics_url)).text
-            for line in text.splitlines():
-                if line.startswith("fedengine_outages_total{"):
-                    total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def test_postgres_stopped_and_started_mid_task_loses_and_repeats_nothing(
     outage_stack: tuple[Stack, Path],
 ) -> None:
@@ -150,7 +136,8 @@ async def test_postgres_stopped_and_started_mid_task_loses_and_repeats_nothing(
     completed = [r["round_number"] for r in rounds if r["status"] == "completed"]
     assert completed == [1, 2, 3, 4, 5, 6], rounds  # none lost, none applied twice
     assert task["model_version"] == 6
-    assert await _outages_waited_out(stack) > 0, "the outage was never met: the test proves nothing"
+    outages = await metric_total(stack.stack.processes, "fedengine_outages_total")
+    assert outages > 0, "the outage was never met: the test proves nothing"
     letters = await _everything_in(stack.kafka, topics.DLQ)
     assert [headers_of(r) for r in letters] == []  # type: ignore[arg-type]
 

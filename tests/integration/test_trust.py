@@ -15,7 +15,7 @@ from fedcommon import codec, signing, topics, trust
 from fedcommon.messages.v1 import DeviceRemoved, Envelope, TaskCreateRequested, TaskSpec
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
-from tests.integration.helpers import device_or_none
+from tests.integration.helpers import device_or_none, metric_total
 from tests.integration.kafka_tools import find_records, headers_of, send_raw
 from tests.unit.fedcommon.examples import EXAMPLES
 
@@ -94,23 +94,11 @@ async def test_forged_service_messages_of_every_type_are_refused_and_counted(
             assert "may not send" in reason
         else:
             assert "replay window" in reason
-    assert await _refusals_counted(stack) >= len(letters)
+    assert await metric_total(stack.stack.processes, "fedengine_untrusted_total") >= len(letters)
 
 
 def _keyed(key: bytes) -> Callable[[ConsumerRecord], bool]:
     return lambda record: record.key == key
-
-
-async def _refusals_counted(stack: Stack) -> float:
-    total = 0.0
-    async with httpx.AsyncClient(timeout=5) as http:
-        for process in stack.stack.processes:
-            if process.metrics_url is None:
-                continue
-            for line in (await http.get(process.metrics_url)).text.splitlines():
-                if line.startswith("fedengine_untrusted_total{"):
-                    total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_forged_commands_change_nothing(

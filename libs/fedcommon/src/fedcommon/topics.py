@@ -95,6 +95,11 @@ def base_name(prefix: str, name: str) -> str | None:
     return base if base in _CARRIES else None
 
 
+def carried(base: str) -> frozenset[str]:
+    """The message types topic ``base`` carries."""
+    return _CARRIES.get(base, frozenset())
+
+
 def carries(base: str, message_type: str) -> bool:
     """Whether topic ``base`` carries messages of ``message_type`` (the registry says so)."""
     return message_type in _CARRIES.get(base, frozenset())

@@ -42,17 +42,8 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     (topics.DEVICES, "device.heartbeat_sent"): frozenset({DEVICE}),
     (topics.DEVICES, "device.removed"): _GATEWAY,
     (topics.DEVICES, "device.restored"): _GATEWAY,
-    **{
-        (topics.TASKS, kind): _GATEWAY
-        for kind in (
-            "task.create_requested",
-            "task.start_requested",
-            "task.pause_requested",
-            "task.resume_requested",
-            "task.cancel_requested",
-            "tasks.cleanup_requested",
-        )
-    },
+    # Every task command, and cleanup: what people ask for through the gateway.
+    **{(topics.TASKS, kind): _GATEWAY for kind in topics.carried(topics.TASKS)},
     (topics.DEVICE_COMMANDS, "train.requested"): _COORDINATOR,
     (topics.MODELS, "model.published"): _COORDINATOR,
     (topics.UPDATES, "round.opened"): _COORDINATOR,
