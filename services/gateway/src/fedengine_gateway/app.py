@@ -164,6 +164,13 @@ def _accepted(response: Response, identifier: str, location: str, **extra: Any) 
 router = APIRouter(prefix=PREFIX)
 
 
+async def _device_or_404(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any]:
+    device = await queries.get_device(conn, device_id)
+    if device is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
+    return device
+
+
 @router.post(
     "/devices",
     status_code=status.HTTP_202_ACCEPTED,
@@ -232,10 +239,7 @@ async def list_devices(
     responses=errors.responses(401, 404, 413, 422, 503),
 )
 async def get_device(device_id: DevicePath, conn: Conn, _: Viewer) -> DevicePublic:
-    row = await queries.get_device(conn, device_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
-    return DevicePublic(**row)
+    return DevicePublic(**await _device_or_404(conn, device_id))
 
 
 @router.delete(
@@ -248,8 +252,7 @@ async def get_device(device_id: DevicePath, conn: Conn, _: Viewer) -> DevicePubl
 async def remove_device(
     device_id: DevicePath, request: Request, response: Response, conn: Conn, who: Admin
 ) -> Accepted:
-    if await queries.get_device(conn, device_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
+    await _device_or_404(conn, device_id)
     await _publish(
         request,
         topics.DEVICES,
@@ -270,9 +273,7 @@ async def restore_device(
     device_id: DevicePath, request: Request, response: Response, conn: Conn, who: Admin
 ) -> Accepted:
     """Bring a removed device back; it is offline until its next heartbeat."""
-    device = await queries.get_device(conn, device_id)
-    if device is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
+    device = await _device_or_404(conn, device_id)
     if device["status"] != "removed":
         raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is not removed")
     await _publish(
