@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedcommon import auth, signing, trust
+from fedcommon.enrolment_tokens import EnrolmentToken
 from fedcommon.settings import KafkaSettings
 from fedengine import infra, launcher
 from fedengine.sdk import FedEngineClient
@@ -40,6 +41,8 @@ class Stack:
     database_url: str
     secret: str
     fleet: str
+    # An operator's token for fleet "manual", with which the tests' own devices enrol.
+    enrolment_token: EnrolmentToken
 
     def token(self, role: auth.Role = auth.Role.ADMIN, subject: str = "pytest") -> str:
         return auth.issue_token(secret=self.secret, subject=subject, role=role)
@@ -48,6 +51,10 @@ class Stack:
         """Sign as ``service`` with the key ``fedengine up`` generated for it."""
         raw = bytes.fromhex(launcher.service_keys(self.settings)[service])
         return trust.Signer(service, signing.private_key_from_bytes(raw))
+
+    @property
+    def coordinator_public_key(self) -> str:
+        return launcher.public_keys(launcher.service_keys(self.settings))["coordinator"]
 
     def client(self, role: auth.Role = auth.Role.ADMIN) -> FedEngineClient:
         return FedEngineClient(self.stack.gateway_url, self.token(role))
@@ -93,7 +100,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         kafka = KafkaSettings(
             bootstrap_servers=running.bootstrap_servers, topic_prefix=running.topic_prefix
         )
-        yield Stack(settings, running, kafka, database_url, secret, fleet.name)
+        token = launcher.issue_enrolment_token(
+            running.gateway_url, secret, "manual", max_devices=100_000
+        )
+        yield Stack(
+            settings,
+            running,
+            kafka,
+            database_url,
+            secret,
+            fleet.name,
+            EnrolmentToken.decode(token),
+        )
     finally:
         launcher.down(settings)
         if pgdata is not None:

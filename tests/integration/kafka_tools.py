@@ -11,7 +11,8 @@ import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcommon import codec, signing, topics, trust
+from fedcommon import codec, enrolment_tokens, signing, topics, trust
+from fedcommon.enrolment_tokens import EnrolmentToken
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, Envelope
 from fedcommon.settings import KafkaSettings
 
@@ -117,24 +118,38 @@ def headers_of(record: ConsumerRecord) -> dict[str, str]:
     return {key: value.decode(errors="replace") for key, value in record.headers}
 
 
+def enrolment(
+    device_id: str,
+    key: Ed25519PrivateKey,
+    token: EnrolmentToken,
+    *,
+    device_type: DeviceType = DeviceType.IOT,
+    **fields: Any,
+) -> DeviceEnrolled:
+    """An enrolment of ``key`` as ``device_id``, signed by it and by an operator's token."""
+    return enrolment_tokens.sign_enrolment(
+        DeviceEnrolled(
+            producer="pytest",
+            device_id=device_id,
+            device_name=device_id,
+            device_type=device_type,
+            public_key=signing.public_key_bytes(key),
+            **fields,
+        ),
+        device_key=key,
+        token=token,
+    )
+
+
 async def enrol(
-    settings: KafkaSettings, device_id: str, *, device_type: DeviceType = DeviceType.IOT
+    settings: KafkaSettings,
+    device_id: str,
+    *,
+    token: EnrolmentToken,
+    device_type: DeviceType = DeviceType.IOT,
 ) -> Ed25519PrivateKey:
     """Enrol a device over Kafka, as a real device would; return its identity key."""
     key = signing.generate_private_key()
-    await send(
-        settings,
-        topics.DEVICES,
-        key=device_id,
-        message=signing.sign_enrolment(
-            DeviceEnrolled(
-                producer="pytest",
-                device_id=device_id,
-                device_name=device_id,
-                device_type=device_type,
-                public_key=signing.public_key_bytes(key),
-            ),
-            key,
-        ),
-    )
+    message = enrolment(device_id, key, token, device_type=device_type)
+    await send(settings, topics.DEVICES, key=device_id, message=message)
     return key

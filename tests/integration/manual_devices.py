@@ -150,7 +150,12 @@ async def open_manual_round(
     """Enrol ``count`` devices, start a one-round task on them, collect their train requests."""
     tag = uuid.uuid4().hex[:6]
     names = [f"{label}-{tag}-{i}" for i in range(count)]
-    keys = {name: await enrol(stack.kafka, name, device_type=DeviceType.DESKTOP) for name in names}
+    keys = {
+        name: await enrol(
+            stack.kafka, name, token=stack.enrolment_token, device_type=DeviceType.DESKTOP
+        )
+        for name in names
+    }
     await client.wait_for_devices(count, prefix=f"{label}-{tag}-")
     body: dict[str, Any] = {
         "task_name": label,

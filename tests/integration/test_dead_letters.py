@@ -13,16 +13,13 @@ import pytest
 
 from fedcommon import signing, topics
 from fedcommon.messages.v1 import (
-    DeviceCapabilities,
-    DeviceEnrolled,
-    DeviceType,
     TaskCreateRequested,
     TaskSpec,
 )
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
 from tests.integration.helpers import device_or_none, eventually
-from tests.integration.kafka_tools import find_record, headers_of, send, send_raw
+from tests.integration.kafka_tools import enrolment, find_record, headers_of, send, send_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -60,18 +57,7 @@ async def test_consumer_keeps_going_after_a_bad_message_and_duplicates_count_onc
     await send_raw(stack.kafka, topics.DEVICES, key=b"x", value=b"\x81\xa4type\xa3bad")
     device_id = f"dup-{uuid.uuid4().hex[:8]}"
     key = signing.generate_private_key()
-    message = signing.sign_enrolment(
-        DeviceEnrolled(
-            producer="pytest",
-            device_id=device_id,
-            device_name="dup",
-            device_type=DeviceType.IOT,
-            capabilities=DeviceCapabilities(),
-            issued_by="pytest",
-            public_key=signing.public_key_bytes(key),
-        ),
-        key,
-    )
+    message = enrolment(device_id, key, stack.enrolment_token, issued_by="pytest")
 
     await send(stack.kafka, topics.DEVICES, key=device_id, message=message)
     await send(stack.kafka, topics.DEVICES, key=device_id, message=message)
@@ -92,9 +78,7 @@ async def test_consumer_keeps_going_after_a_bad_message_and_duplicates_count_onc
         stack.kafka,
         topics.DEVICES,
         key=device_id,
-        message=signing.sign_enrolment(
-            message.model_copy(update={"device_id": marker_id, "message_id": uuid.uuid4()}), key
-        ),
+        message=enrolment(marker_id, key, stack.enrolment_token),
     )
     await eventually(lambda: device_or_none(client, marker_id))
     assert await enrol_events() == 1

@@ -1,6 +1,7 @@
-"""A device's identity cannot be taken over by whoever can write to fed.devices: its key changes
-only with its old key's signature (or by an operator), an older enrolment replayed changes
-nothing, and a removed device stays removed until an operator restores it."""
+"""A device's identity cannot be taken over by whoever can write to fed.devices: it enrols only
+with an operator's token for its fleet, its key changes only with its old key's signature (or by
+an operator), an older enrolment replayed changes nothing, and a removed device stays removed
+until an operator restores it."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcommon import signing, topics
+from fedcommon import enrolment_tokens, signing, topics
+from fedcommon.enrolment_tokens import EnrolmentToken
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, HeartbeatSent, PrivacyLevel
 from fedengine.sdk import FedEngineClient, FedEngineError
 from tests.integration.conftest import Stack
 from tests.integration.helpers import device_or_none, eventually
-from tests.integration.kafka_tools import find_records, headers_of, send
+from tests.integration.kafka_tools import enrolment, find_records, headers_of, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -24,33 +26,31 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 def _enrolment(
     device_id: str,
     key: Ed25519PrivateKey,
+    token: EnrolmentToken,
     *,
     privacy: PrivacyLevel = PrivacyLevel.HIGH,
     sent_at: datetime | None = None,
     handed_over_by: Ed25519PrivateKey | None = None,
 ) -> DeviceEnrolled:
     at = sent_at or datetime.now(UTC)
-    public = signing.public_key_bytes(key)
     handover = None
     if handed_over_by is not None:
         handover = handed_over_by.sign(
             signing.key_change_payload(
                 device_id=device_id,
-                new_public_key=public,
+                new_public_key=signing.public_key_bytes(key),
                 sent_at_us=int(at.timestamp() * 1_000_000),
             )
         )
-    enrolment = DeviceEnrolled(
-        producer="device",
-        device_id=device_id,
-        device_name=device_id,
+    return enrolment(
+        device_id,
+        key,
+        token,
         device_type=DeviceType.MOBILE,
         privacy_level=privacy,
-        public_key=public,
         sent_at=at,
         key_change_signature=handover,
     )
-    return signing.sign_enrolment(enrolment, key)
 
 
 async def _refused(stack: Stack, message: DeviceEnrolled) -> str:
@@ -82,18 +82,24 @@ async def test_a_device_cannot_be_taken_over_or_downgraded(
 ) -> None:
     device_id = f"ident-{uuid.uuid4().hex[:8]}"
     owner, thief = signing.generate_private_key(), signing.generate_private_key()
-    first = _enrolment(device_id, owner)
+    first = _enrolment(device_id, owner, stack.enrolment_token)
     await send(stack.kafka, topics.DEVICES, key=device_id, message=first)
     await eventually(lambda: device_or_none(client, device_id))
 
     # Another key, unsigned; another key signed only by itself; an older enrolment replayed
     # with a lower privacy level: each refused, the device as it was.
-    assert "old key's signature" in await _refused(stack, _enrolment(device_id, thief))
+    assert "old key's signature" in await _refused(
+        stack, _enrolment(device_id, thief, stack.enrolment_token)
+    )
     assert "bad signature" in await _refused(
-        stack, _enrolment(device_id, thief, handed_over_by=thief)
+        stack, _enrolment(device_id, thief, stack.enrolment_token, handed_over_by=thief)
     )
     older = _enrolment(
-        device_id, owner, privacy=PrivacyLevel.NONE, sent_at=first.sent_at - timedelta(hours=1)
+        device_id,
+        owner,
+        stack.enrolment_token,
+        privacy=PrivacyLevel.NONE,
+        sent_at=first.sent_at - timedelta(hours=1),
     )
     assert "not newer" in await _refused(stack, older)
     device = await _device(client, device_id)
@@ -106,7 +112,7 @@ async def test_a_device_cannot_be_taken_over_or_downgraded(
         stack.kafka,
         topics.DEVICES,
         key=device_id,
-        message=_enrolment(device_id, rotated, handed_over_by=owner),
+        message=_enrolment(device_id, rotated, stack.enrolment_token, handed_over_by=owner),
     )
 
     async def rotated_in() -> bool:
@@ -122,7 +128,12 @@ async def test_a_removed_device_stays_removed_until_an_operator_restores_it(
 ) -> None:
     device_id = f"removed-{uuid.uuid4().hex[:8]}"
     key = signing.generate_private_key()
-    await send(stack.kafka, topics.DEVICES, key=device_id, message=_enrolment(device_id, key))
+    await send(
+        stack.kafka,
+        topics.DEVICES,
+        key=device_id,
+        message=_enrolment(device_id, key, stack.enrolment_token),
+    )
     await eventually(lambda: device_or_none(client, device_id))
     await client.remove_edge_device(device_id)
 
@@ -131,9 +142,13 @@ async def test_a_removed_device_stays_removed_until_an_operator_restores_it(
 
     await eventually(lambda: status_is("removed"))
 
-    assert "only an operator can restore" in await _refused(stack, _enrolment(device_id, key))
+    assert "only an operator can restore" in await _refused(
+        stack, _enrolment(device_id, key, stack.enrolment_token)
+    )
     with pytest.raises(FedEngineError) as conflict:  # nor through the gateway
-        await client.add_edge_device(device_id=device_id, device_name="x", device_type="iot")
+        await client.add_edge_device(
+            device_id=device_id, device_name="x", device_type="iot", generate_key=True
+        )
     assert conflict.value.status_code == 409
     assert (await _device(client, device_id))["status"] == "removed"
 
@@ -152,3 +167,63 @@ async def test_a_removed_device_stays_removed_until_an_operator_restores_it(
     )
     await send(stack.kafka, topics.DEVICES, key=device_id, message=beat)
     await eventually(lambda: status_is("online"))
+
+
+async def test_only_a_valid_enrolment_token_enrols_a_device(
+    stack: Stack, client: FedEngineClient
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    issued = await client.issue_enrolment_token(f"tok-{tag}", max_devices=1)
+    assert issued["recorded"] is True
+    assert issued["coordinator_public_key"] == stack.coordinator_public_key
+    token = EnrolmentToken.decode(issued["token"])
+    assert token.coordinator_key.hex() == stack.coordinator_public_key
+
+    # Without a token, or with one the registry never issued: no device.
+    stranger = f"stranger-{tag}"
+    unsigned_key = signing.generate_private_key()
+    no_token = signing.sign_enrolment(
+        _enrolment(stranger, unsigned_key, token).model_copy(
+            update={"enrolment_token_id": None, "token_signature": None}
+        ),
+        unsigned_key,
+    )
+    assert "needs an enrolment token" in await _refused(stack, no_token)
+    made_up = enrolment_tokens.issue(token.fleet, coordinator_key=token.coordinator_key)
+    assert "unknown enrolment token" in await _refused(
+        stack, _enrolment(stranger, signing.generate_private_key(), made_up)
+    )
+
+    # The token enrols one device, then it is full.
+    first = f"tok-{tag}-1"
+    key = signing.generate_private_key()
+    await send(stack.kafka, topics.DEVICES, key=first, message=_enrolment(first, key, token))
+    device = await eventually(lambda: device_or_none(client, first))
+    assert device["fleet"] == token.fleet
+    assert "has enrolled its 1 devices" in await _refused(
+        stack, _enrolment(f"tok-{tag}-2", signing.generate_private_key(), token)
+    )
+
+    # The enrolled device re-enrols without a token: refused, the device as it was.
+    bare = signing.sign_enrolment(
+        _enrolment(first, key, token, privacy=PrivacyLevel.NONE).model_copy(
+            update={"enrolment_token_id": None, "token_signature": None}
+        ),
+        key,
+    )
+    assert "needs an enrolment token" in await _refused(stack, bare)
+    assert (await _device(client, first))["privacy_level"] == "high"
+
+    # Revoked: the listing says so, and the enrolled device may no longer re-enrol with it.
+    await client.revoke_enrolment_token(str(token.token_id))
+
+    async def revoked() -> dict[str, Any] | None:
+        for listed in await client.list_enrolment_tokens():
+            if listed["token_id"] == str(token.token_id) and listed["revoked_at"]:
+                return listed
+        return None
+
+    listed = await eventually(revoked)
+    assert listed["enrolled"] == 1 and listed["revoked_by"] == "pytest"
+    assert "revoked" in await _refused(stack, _enrolment(first, key, token))
+    assert (await _device(client, first))["status"] != "removed"

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from fedcommon import auth
+from fedcommon import auth, signing
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
 from tests.integration.helpers import device_or_none, eventually
@@ -42,7 +42,9 @@ async def test_roles_are_enforced_with_403(stack: Stack) -> None:
         assert (await viewer.get("/tasks")).status_code == 200
         assert (await viewer.post("/tasks", json={"task_name": "x"})).status_code == 403
         assert (
-            await viewer.post("/devices", json={"device_name": "d", "device_type": "iot"})
+            await viewer.post(
+                "/devices", json={"device_name": "d", "device_type": "iot", "generate_key": True}
+            )
         ).status_code == 403
         assert (await operator.delete("/devices/whatever")).status_code == 403
         assert (await operator.post("/cleanup", json={})).status_code == 403
@@ -64,6 +66,23 @@ async def test_roles_are_enforced_with_403(stack: Stack) -> None:
             "privacy_level",
         ),
         ("/devices", {"device_name": "d", "device_type": "iot", "public_key": "zz"}, "public_key"),
+        ("/devices", {"device_name": "d", "device_type": "iot"}, "generate_key"),
+        (
+            "/devices",
+            {"device_name": "d", "device_type": "iot", "device_id": "d1", "public_key": "ab" * 32},
+            "key_signature",
+        ),
+        (
+            "/devices",
+            {
+                "device_name": "d",
+                "device_type": "iot",
+                "device_id": "d1",
+                "public_key": "ab" * 32,
+                "key_signature": "cd" * 64,
+            },
+            "does not verify",
+        ),
     ],
 )
 async def test_bad_bodies_get_422_with_a_message(
@@ -81,12 +100,18 @@ async def test_devices_can_be_added_listed_and_removed(
     async with http(stack, auth.Role.OPERATOR) as api:
         response = await api.post(
             "/devices",
-            json={"device_name": "kitchen sensor", "device_type": "iot", "privacy_level": "high"},
+            json={
+                "device_name": "kitchen sensor",
+                "device_type": "iot",
+                "privacy_level": "high",
+                "generate_key": True,
+            },
         )
     assert response.status_code == 202
     accepted = response.json()
     assert response.headers["Location"] == f"{API}/devices/{accepted['id']}"
     assert len(accepted["private_key"]) == 64
+    assert accepted["coordinator_public_key"] == stack.coordinator_public_key
     device = await eventually(lambda: device_or_none(client, accepted["id"]))
     assert (device["device_type"], device["privacy_level"], device["status"]) == (
         "iot",
@@ -143,3 +168,31 @@ async def test_commands_that_cannot_apply_get_409(stack: Stack, client: FedEngin
             response = await api.post(f"/tasks/{task_id}/{command}")
             assert response.status_code == 409, command
             assert "cancelled" in response.json()["detail"]
+
+
+async def test_a_device_enrolled_over_rest_with_its_own_key_proves_it_holds_it(
+    stack: Stack, client: FedEngineClient
+) -> None:
+    device_id = f"own-key-{uuid.uuid4().hex[:8]}"
+    key = signing.generate_private_key()
+    public = signing.public_key_bytes(key)
+    body = {
+        "device_id": device_id,
+        "device_name": "own key",
+        "device_type": "mobile",
+        "public_key": public.hex(),
+        "key_signature": key.sign(
+            signing.possession_payload(device_id=device_id, public_key=public)
+        ).hex(),
+    }
+    async with http(stack, auth.Role.OPERATOR) as api:
+        # Another device's id under the same signature does not verify.
+        stolen = await api.post("/devices", json={**body, "device_id": f"{device_id}-x"})
+        assert stolen.status_code == 422 and "does not verify" in stolen.text
+        response = await api.post("/devices", json=body)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert "private_key" not in accepted
+    assert accepted["coordinator_public_key"] == stack.coordinator_public_key
+    device = await eventually(lambda: device_or_none(client, device_id))
+    assert device["public_key"] == public.hex()

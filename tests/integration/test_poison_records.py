@@ -17,8 +17,6 @@ from aiokafka import ConsumerRecord
 from fedcommon import arrays, signing, topics
 from fedcommon.failures import Failure, classify
 from fedcommon.messages.v1 import (
-    DeviceEnrolled,
-    DeviceType,
     HeartbeatSent,
     ModelArchitecture,
     RoundAggregated,
@@ -33,6 +31,7 @@ from fedengine_aggregator import store as aggregator_store
 from tests.integration.conftest import Stack
 from tests.integration.helpers import device_or_none, eventually, run_fleet_task
 from tests.integration.kafka_tools import (
+    enrolment,
     find_records,
     headers_of,
     send,
@@ -67,21 +66,14 @@ async def _services_still_work(stack: Stack, client: FedEngineClient, fleet: str
     """Every consumer is alive: the registry enrols, and a task trains to completion (the
     coordinator, the aggregator and the simulator all take part)."""
     device_id = f"alive-{uuid.uuid4().hex[:8]}"
-    await send(stack.kafka, topics.DEVICES, key=device_id, message=_enrolment(device_id))
+    await send(
+        stack.kafka,
+        topics.DEVICES,
+        key=device_id,
+        message=enrolment(device_id, signing.generate_private_key(), stack.enrolment_token),
+    )
     await eventually(lambda: device_or_none(client, device_id), timeout_s=60)
     await run_fleet_task(client, fleet, rounds=1)
-
-
-def _enrolment(device_id: str) -> DeviceEnrolled:
-    key = signing.generate_private_key()
-    enrolment = DeviceEnrolled(
-        producer="pytest",
-        device_id=device_id,
-        device_name=device_id,
-        device_type=DeviceType.IOT,
-        public_key=signing.public_key_bytes(key),
-    )
-    return signing.sign_enrolment(enrolment, key)
 
 
 @pytest.mark.parametrize("excess", [-4096, 1024 * 1024], ids=["just_under_limit", "over_limit"])
@@ -118,10 +110,18 @@ async def test_enrolments_with_nul_bytes_never_stop_the_registry(
     tag = uuid.uuid4().hex[:8]
     for index in range(15):  # more than the consecutive-unhandled limit of 10
         device_id = f"nul-{tag}-{index}"
-        raw = tampered(_enrolment(device_id), device_name=f"evil\x00{index}")
+        raw = tampered(
+            enrolment(device_id, signing.generate_private_key(), stack.enrolment_token),
+            device_name=f"evil\x00{index}",
+        )
         await send_raw(stack.kafka, topics.DEVICES, key=device_id.encode(), value=raw)
     survivor = f"after-nul-{tag}"
-    await send(stack.kafka, topics.DEVICES, key=survivor, message=_enrolment(survivor))
+    await send(
+        stack.kafka,
+        topics.DEVICES,
+        key=survivor,
+        message=enrolment(survivor, signing.generate_private_key(), stack.enrolment_token),
+    )
 
     assert await eventually(lambda: device_or_none(client, survivor), timeout_s=30)
     letters = await find_records(

@@ -41,7 +41,9 @@ async def test_silence_offline_heartbeat_online_forgery_rejected_removal(
     stack: Stack, client: FedEngineClient
 ) -> None:
     device_id = f"hb-{uuid.uuid4().hex[:8]}"
-    key = await enrol(stack.kafka, device_id, device_type=DeviceType.MOBILE)
+    key = await enrol(
+        stack.kafka, device_id, token=stack.enrolment_token, device_type=DeviceType.MOBILE
+    )
     await eventually(lambda: _is(client, device_id, "online"))
 
     await eventually(lambda: _is(client, device_id, "offline"), timeout_s=20)
@@ -85,7 +87,7 @@ async def test_offline_detection_carries_on_after_a_registry_restart(
     from fedengine import launcher
 
     device_id = f"survivor-{uuid.uuid4().hex[:8]}"
-    key = await enrol(stack.kafka, device_id)
+    key = await enrol(stack.kafka, device_id, token=stack.enrolment_token)
     await eventually(lambda: _is(client, device_id, "online"))
 
     launcher.restart(stack.settings, "registry")

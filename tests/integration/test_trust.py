@@ -12,7 +12,13 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from fedcommon import codec, signing, topics, trust
-from fedcommon.messages.v1 import DeviceRemoved, Envelope, TaskCreateRequested, TaskSpec
+from fedcommon.messages.v1 import (
+    DeviceRemoved,
+    EnrolmentTokenIssued,
+    Envelope,
+    TaskCreateRequested,
+    TaskSpec,
+)
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
 from tests.integration.helpers import device_or_none, metric_total
@@ -77,8 +83,9 @@ async def test_forged_service_messages_of_every_type_are_refused_and_counted(
         timeout_s=60,
     )
 
-    # 6 task commands, removal, restore, train request, round.opened, 2 round results
-    assert len(SERVICE_ONLY) == 12
+    # 6 task commands, removal, restore, token issue and revocation, train request,
+    # round.opened, 2 round results
+    assert len(SERVICE_ONLY) == 14
     assert len(letters) == len(SERVICE_ONLY) * len(FORGERIES)
     for letter in letters:
         base, kind, how = expected[letter.key]
@@ -110,10 +117,21 @@ async def test_forged_commands_change_nothing(
     )
     victim = f"{fleet}-0003"
     remove = DeviceRemoved(producer="gateway", device_id=victim, issued_by="eve")
+    # A token of her own, to enrol devices of her own.
+    token = EnrolmentTokenIssued(
+        producer="gateway",
+        token_id=uuid.uuid4(),
+        fleet="eve",
+        public_key=signing.public_key_bytes(signing.generate_private_key()),
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+        max_devices=1000,
+        issued_by="eve",
+    )
     eve = trust.Signer("gateway", signing.generate_private_key())
     for base, key, message in (
         (topics.TASKS, str(task_id), create),
         (topics.DEVICES, victim, remove),
+        (topics.DEVICES, str(token.token_id), token),
     ):
         value = codec.encode(message)
         topic = topics.topic_name(stack.kafka.topic_prefix, base)
@@ -128,7 +146,11 @@ async def test_forged_commands_change_nothing(
     await find_records(
         stack.kafka,
         topics.DLQ,
-        [_keyed(str(task_id).encode()), _keyed(victim.encode())],
+        [
+            _keyed(str(task_id).encode()),
+            _keyed(victim.encode()),
+            _keyed(str(token.token_id).encode()),
+        ],
         timeout_s=30,
     )
     device = await device_or_none(client, victim)
@@ -138,4 +160,9 @@ async def test_forged_commands_change_nothing(
             f"/api/federated/tasks/{task_id}",
             headers={"Authorization": f"Bearer {stack.token()}"},
         )
-    assert response.status_code == 404
+        assert response.status_code == 404
+        response = await http.get(
+            f"/api/federated/enrolment-tokens/{token.token_id}",
+            headers={"Authorization": f"Bearer {stack.token()}"},
+        )
+        assert response.status_code == 404

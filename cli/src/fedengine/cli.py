@@ -54,6 +54,36 @@ def token(
     typer.echo(auth.issue_token(secret=secret, subject=subject, role=role, ttl_s=ttl_s))
 
 
+@app.command("enrolment-token")
+def enrolment_token(
+    fleet: Annotated[str, typer.Option(help="the fleet its devices join")],
+    max_devices: Annotated[int, typer.Option(help="how many devices may enrol with it")] = 100,
+    expires_in_s: Annotated[float, typer.Option(help="lifetime in seconds")] = 7 * 86_400,
+    gateway_url: Annotated[
+        str | None, typer.Option(help="a deployment's gateway (default: the local stack's)")
+    ] = None,
+) -> None:
+    """Issue an enrolment token for a fleet and print it (it is shown once).
+
+    Devices enrol themselves over Kafka with it: a simulator takes it as
+    SIMULATOR_ENROLMENT_TOKEN. The admin token is signed with FEDENGINE_JWT_SECRET (or the
+    local stack's secret).
+    """
+    settings = LauncherSettings()
+    if gateway_url is None:
+        stack = launcher.running_stack(settings)
+        if stack is None:
+            console.print("[red]no stack is running[/red]: fedengine up, or pass --gateway-url")
+            raise typer.Exit(1)
+        gateway_url = stack.gateway_url
+    secret, _ = launcher.jwt_secret(settings)
+    typer.echo(
+        launcher.issue_enrolment_token(
+            gateway_url, secret, fleet, max_devices=max_devices, expires_in_s=expires_in_s
+        )
+    )
+
+
 @app.command()
 def keys() -> None:
     """Print a fresh set of service keys as an env file, for docker-compose or Kubernetes.

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from fedcommon import signing, trust
+from fedcommon import auth, signing, trust
 from fedengine import infra
 from fedengine.settings import LauncherSettings
 
@@ -262,12 +262,20 @@ def up(
         for name in SERVICES:
             stack.processes.append(spawn(settings, name, f"fedengine_{name}", env))
         stack.processes.append(spawn(settings, GATEWAY, "fedengine_gateway", env))
-        for fleet in fleets:
-            stack.processes.append(
-                spawn(settings, fleet.process_name, "fedengine_simulator", fleet.env(env))
-            )
         stack.save(_state_file(settings))
         wait_ready(settings, stack.processes, gateway_url=stack.gateway_url)
+        # Fleets enrol with an operator's token, which the registry must hold first.
+        simulators = []
+        for fleet in fleets:
+            token = issue_enrolment_token(
+                stack.gateway_url, secret, fleet.name, max_devices=fleet.devices
+            )
+            simulators.append(
+                spawn(settings, fleet.process_name, "fedengine_simulator", fleet.env(env, token))
+            )
+        stack.processes.extend(simulators)
+        stack.save(_state_file(settings))
+        wait_ready(settings, simulators, gateway_url=None)
     except BaseException:
         down(settings)
         raise
@@ -362,9 +370,10 @@ class Fleet:
     def process_name(self) -> str:
         return f"simulator-{self.name}"
 
-    def env(self, base: dict[str, str]) -> dict[str, str]:
+    def env(self, base: dict[str, str], enrolment_token: str) -> dict[str, str]:
         return {
             **base,
+            "SIMULATOR_ENROLMENT_TOKEN": enrolment_token,
             "SIMULATOR_FLEET": self.name,
             "SIMULATOR_DEVICES": str(self.devices),
             "SIMULATOR_PARTITIONING": self.partitioning,
@@ -373,10 +382,38 @@ class Fleet:
         }
 
 
+def issue_enrolment_token(
+    gateway_url: str,
+    secret: str,
+    fleet: str,
+    *,
+    max_devices: int,
+    expires_in_s: float = 7 * 86_400,
+) -> str:
+    """Issue an enrolment token for ``fleet`` through the gateway, as an operator would.
+
+    Returns the token once the registry has recorded it, so that devices may enrol at once.
+    """
+    bearer = auth.issue_token(secret=secret, subject="fedengine-launcher", role=auth.Role.ADMIN)
+    response = httpx.post(
+        f"{gateway_url}/api/federated/enrolment-tokens",
+        json={"fleet": fleet, "max_devices": max_devices, "expires_in_s": expires_in_s},
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=30,
+    )
+    if response.status_code != 201:
+        raise RuntimeError(
+            f"enrolment token for fleet {fleet}: {response.status_code} {response.text[:500]}"
+        )
+    token: str = response.json()["token"]
+    return token
+
+
 def start_simulator(settings: LauncherSettings, stack: Stack, fleet: Fleet) -> Process:
     """Start a simulator process for one fleet and wait until it has joined and enrolled."""
     secret, _ = jwt_secret(settings)
-    env = fleet.env(service_env(settings, stack, secret))
+    token = issue_enrolment_token(stack.gateway_url, secret, fleet.name, max_devices=fleet.devices)
+    env = fleet.env(service_env(settings, stack, secret), token)
     process = spawn(settings, fleet.process_name, "fedengine_simulator", env)
     stack.processes.append(process)
     stack.save(_state_file(settings))

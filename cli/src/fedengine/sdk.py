@@ -57,8 +57,28 @@ class FedEngineClient:
 
     # --- devices ---------------------------------------------------------------------------
     async def add_edge_device(self, **device: Any) -> dict[str, Any]:
-        """Enrol a device; returns ``{"id", "location", "private_key"?}``."""
+        """Enrol a device as an operator; returns ``{"id", "location", "coordinator_public_key",
+        "private_key"?}``.
+
+        Give the device's ``public_key`` with its ``key_signature`` (and ``device_id``), or
+        ``generate_key=True`` for a pair the gateway generates (``private_key``, shown once).
+        """
         return await self._json("POST", "/devices", json=device)
+
+    async def issue_enrolment_token(
+        self, fleet: str, *, max_devices: int = 100, expires_in_s: float = 7 * 86_400
+    ) -> dict[str, Any]:
+        """Issue a token with which a fleet's devices enrol themselves (``token``: shown once)."""
+        body = {"fleet": fleet, "max_devices": max_devices, "expires_in_s": expires_in_s}
+        return await self._json("POST", "/enrolment-tokens", json=body)
+
+    async def list_enrolment_tokens(self) -> list[dict[str, Any]]:
+        page = await self._json("GET", "/enrolment-tokens", params={"limit": 500})
+        items: list[dict[str, Any]] = page["items"]
+        return items
+
+    async def revoke_enrolment_token(self, token_id: str) -> dict[str, Any]:
+        return await self._json("DELETE", f"/enrolment-tokens/{token_id}")
 
     async def list_devices(self, *, status: str | None = None) -> list[dict[str, Any]]:
         """Return every device (all pages), optionally only those with ``status``."""

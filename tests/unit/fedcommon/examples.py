@@ -28,10 +28,23 @@ EXAMPLES: list[v1.Envelope] = [
         privacy_level=v1.PrivacyLevel.HIGH,
         public_key=KEY,
         fleet="f",
+        enrolment_token_id=T,
+        token_signature=SIG,
+        signature=SIG,
     ),
     v1.HeartbeatSent(**base, device_id="dev-1", sequence=7, battery_pct=55.5, signature=SIG),
     v1.DeviceRemoved(**base, device_id="dev-1", issued_by="admin"),
     v1.DeviceRestored(**base, device_id="dev-1", issued_by="admin"),
+    v1.EnrolmentTokenIssued(
+        **base,
+        token_id=T,
+        fleet="f",
+        public_key=KEY,
+        expires_at=WHEN,
+        max_devices=100,
+        issued_by="admin",
+    ),
+    v1.EnrolmentTokenRevoked(**base, token_id=T, issued_by="admin"),
     v1.TaskCreateRequested(
         **base, task_id=T, spec=v1.TaskSpec(task_name="t", devices_per_round=3), issued_by="op"
     ),

@@ -34,7 +34,7 @@ def _client(producer: FakeProducer, role: auth.Role = auth.Role.ADMIN) -> httpx.
     settings = Settings(
         FEDENGINE_JWT_SECRET=SecretStr(SECRET),
         postgres={"DATABASE_URL": "postgresql://unused"},  # type: ignore[arg-type]
-        trust={"FEDENGINE_SERVICE_KEYS": {}},  # type: ignore[arg-type]
+        trust={"FEDENGINE_SERVICE_KEYS": {"coordinator": "00" * 32}},  # type: ignore[arg-type]
         max_body_bytes=4096,
     )
     app = create_app(settings)  # no lifespan: no pool, and this producer

@@ -1,29 +1,51 @@
-"""Enrolment rules: a device's identity cannot be taken over by whoever writes to fed.devices."""
+"""Enrolment rules: a device's identity cannot be taken over by whoever writes to fed.devices,
+and nobody enrols a device without an operator's token for its fleet."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcommon import signing
+from fedcommon import enrolment_tokens, signing
+from fedcommon.enrolment_tokens import EnrolmentToken
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, PrivacyLevel
-from fedengine_registry.core.enrolment import Enrolled, check_enrolment
+from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment
 
 THEN = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 OLD = signing.generate_private_key()
 NEW = signing.generate_private_key()
+TOKEN = enrolment_tokens.issue("f1", coordinator_key=bytes(32))
+OTHER_TOKEN = enrolment_tokens.issue("f1", coordinator_key=bytes(32))
+
+
+def registered(token: EnrolmentToken = TOKEN, **changes: object) -> Token:
+    """What the registry holds of ``token``: valid for a week, room for 10 devices."""
+    held = Token(
+        fleet=token.fleet,
+        public_key=token.public_key,
+        expires_at=THEN + timedelta(days=7),
+        max_devices=10,
+        revoked=False,
+        enrolled=3,
+    )
+    return replace(held, **changes)  # type: ignore[arg-type]
 
 
 def enrolment(
-    key: object = NEW, *, at: datetime = THEN, signed_by: object = None
+    key: Ed25519PrivateKey = NEW,
+    *,
+    at: datetime = THEN,
+    signed_by: Ed25519PrivateKey | None = None,
+    token: EnrolmentToken = TOKEN,
 ) -> DeviceEnrolled:
-    public = signing.public_key_bytes(key)  # type: ignore[arg-type]
+    public = signing.public_key_bytes(key)
     signature = None
     if signed_by is not None:
-        signature = signed_by.sign(  # type: ignore[attr-defined]
+        signature = signed_by.sign(
             signing.key_change_payload(
                 device_id="d1", new_public_key=public, sent_at_us=int(at.timestamp() * 1e6)
             )
@@ -38,21 +60,37 @@ def enrolment(
         sent_at=at,
         key_change_signature=signature,
     )
-    return signing.sign_enrolment(message, key)
+    return enrolment_tokens.sign_enrolment(message, device_key=key, token=token)
 
 
 def held(status: str = "online", key: Ed25519PrivateKey = OLD) -> Enrolled:
-    return Enrolled(status, signing.public_key_bytes(key), THEN - timedelta(days=1))
+    return Enrolled(status, signing.public_key_bytes(key), THEN - timedelta(hours=1))
+
+
+def check(
+    message: DeviceEnrolled,
+    existing: Enrolled | None = None,
+    *,
+    by_operator: bool = False,
+    token: Token | None = None,
+) -> None:
+    check_enrolment(
+        message,
+        existing=existing,
+        by_operator=by_operator,
+        token=registered() if token is None else token,
+        now=THEN + timedelta(minutes=1),
+    )
 
 
 def test_a_new_device_and_a_newer_enrolment_with_the_same_key_are_accepted() -> None:
-    check_enrolment(enrolment(), existing=None, by_operator=False)
-    check_enrolment(enrolment(OLD), existing=held(), by_operator=False)
+    check(enrolment())
+    check(enrolment(OLD), held())
 
 
 def test_a_key_changes_with_the_old_keys_signature_or_by_an_operator() -> None:
-    check_enrolment(enrolment(signed_by=OLD), existing=held(), by_operator=False)
-    check_enrolment(enrolment(), existing=held(), by_operator=True)
+    check(enrolment(signed_by=OLD), held())
+    check(enrolment(), held(), by_operator=True)
 
 
 @pytest.mark.parametrize(
@@ -61,18 +99,18 @@ def test_a_key_changes_with_the_old_keys_signature_or_by_an_operator() -> None:
         (enrolment(), held(), "changes only with its old key"),
         (enrolment(signed_by=NEW), held(), "bad signature"),  # signed by the new key only
         (enrolment(OLD), held("removed"), "only an operator can restore"),
-        (enrolment(OLD, at=THEN - timedelta(days=2)), held(), "not newer"),
+        (enrolment(OLD, at=THEN - timedelta(hours=2)), held(), "not newer"),
     ],
     ids=["unsigned-new-key", "new-key-only", "removed", "replayed-older"],
 )
 def test_takeovers_are_refused(message: DeviceEnrolled, existing: Enrolled, reason: str) -> None:
     with pytest.raises(ProtocolViolation, match=reason):
-        check_enrolment(message, existing=existing, by_operator=False)
+        check(message, existing)
 
 
 def test_an_operator_cannot_enrol_a_removed_device_back_either() -> None:
     with pytest.raises(ProtocolViolation, match="restore"):
-        check_enrolment(enrolment(), existing=held("removed"), by_operator=True)
+        check(enrolment(), held("removed"), by_operator=True)
 
 
 def test_an_enrolment_must_be_signed_by_the_key_it_enrols() -> None:
@@ -80,7 +118,70 @@ def test_an_enrolment_must_be_signed_by_the_key_it_enrols() -> None:
     relabelled = enrolment().model_copy(update={"privacy_level": PrivacyLevel.NONE})
 
     with pytest.raises(ProtocolViolation, match="signed by the key it enrols"):
-        check_enrolment(unsigned, existing=None, by_operator=False)
+        check(unsigned)
     with pytest.raises(ProtocolViolation, match="bad signature"):
-        check_enrolment(relabelled, existing=None, by_operator=False)
-    check_enrolment(unsigned, existing=None, by_operator=True)  # an operator, through the gateway
+        check(relabelled)
+    check(unsigned, by_operator=True)  # an operator, through the gateway
+
+
+def _without_token() -> DeviceEnrolled:
+    message = enrolment().model_copy(
+        update={"enrolment_token_id": None, "token_signature": None, "fleet": None}
+    )
+    return signing.sign_enrolment(message, NEW)
+
+
+def _moved_to(fleet: str) -> DeviceEnrolled:
+    """Signed by both keys, but naming another fleet than the token's."""
+    token = enrolment_tokens.EnrolmentToken(TOKEN.token_id, fleet, TOKEN.key, bytes(32))
+    return enrolment(token=token)
+
+
+@pytest.mark.parametrize(
+    ("message", "token", "reason"),
+    [
+        (_without_token(), registered(), "needs an enrolment token"),
+        (enrolment(token=OTHER_TOKEN), None, "unknown enrolment token"),
+        (enrolment(), registered(revoked=True), "revoked"),
+        (enrolment(), registered(expires_at=THEN - timedelta(seconds=1)), "expired"),
+        (enrolment(), registered(enrolled=10), "has enrolled its 10 devices"),
+        (enrolment(token=OTHER_TOKEN), registered(OTHER_TOKEN, fleet="f2"), "for fleet 'f2'"),
+        (_moved_to("f9"), registered(), "for fleet 'f1', not 'f9'"),
+        # A token's signature made with another token's key.
+        (enrolment(token=OTHER_TOKEN), registered(TOKEN), "bad signature"),
+        (enrolment(at=THEN - timedelta(days=2)), registered(), "within a day"),
+        (enrolment(at=THEN + timedelta(hours=1)), registered(), "within a day"),
+    ],
+    ids=[
+        "none",
+        "unknown",
+        "revoked",
+        "expired",
+        "full",
+        "other-fleet",
+        "relabelled-fleet",
+        "forged",
+        "backdated",
+        "future",
+    ],
+)
+def test_a_device_enrols_itself_only_with_a_valid_token_for_its_fleet(
+    message: DeviceEnrolled, token: Token | None, reason: str
+) -> None:
+    with pytest.raises(ProtocolViolation, match=reason):
+        check_enrolment(
+            message,
+            existing=None,
+            by_operator=False,
+            token=token,
+            now=THEN + timedelta(minutes=1),
+        )
+
+
+def test_an_unknown_token_is_refused_even_for_an_existing_device() -> None:
+    with pytest.raises(ProtocolViolation, match="unknown enrolment token"):
+        check_enrolment(enrolment(OLD), existing=held(), by_operator=False, token=None, now=THEN)
+
+
+def test_an_operator_needs_no_token() -> None:
+    check_enrolment(_without_token(), existing=None, by_operator=True, token=None, now=THEN)

@@ -39,6 +39,10 @@ MAX_TEXT_LENGTH = 2_000
 MAX_SETTING = 1e9
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+# A fleet names a group of devices enrolled with one operator's tokens (and a simulator process).
+FLEET_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# How many devices one enrolment token may enrol.
+MAX_TOKEN_DEVICES = 1_000_000
 
 # Typed aliases the schemas share; a field's type says which column range it must fit.
 Int32 = Annotated[int, Field(ge=0, le=INT32_MAX)]
@@ -55,6 +59,7 @@ def _no_nul(value: str) -> str:
 
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+FleetName = Annotated[str, Field(pattern=FLEET_PATTERN)]
 # Text types refuse NUL themselves too, so that they hold outside a Constrained model.
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_no_nul)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), AfterValidator(_no_nul)]

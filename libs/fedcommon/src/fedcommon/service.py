@@ -180,10 +180,12 @@ class ServiceSettings(Protocol):
 
     kafka: KafkaSettings
     postgres: PostgresSettings
-    trust: TrustSettings
     run_dir: Path | None
     metrics_port: int
     log_json: bool
+
+    @property
+    def trust(self) -> TrustSettings: ...
 
 
 def main(

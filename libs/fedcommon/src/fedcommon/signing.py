@@ -103,15 +103,26 @@ def key_change_payload(*, device_id: str, new_public_key: bytes, sent_at_us: int
 
 
 def enrolment_payload(message: DeviceEnrolled) -> bytes:
-    """Return the bytes a device signs to enrol: the enrolment itself, without its signature.
+    """Return the bytes a device and its enrolment token sign: the enrolment without signatures.
 
     Signing with the key being enrolled proves possession of it, and covers every field that
-    matters (name, type, privacy level, capabilities, fleet, key, send time), so that none can
-    be changed by whoever relays it.
+    matters (name, type, privacy level, capabilities, fleet, key, token id, send time), so that
+    none can be changed by whoever relays it.
     """
-    return b"fedengine-enrolment-v1" + codec.encode(message.model_copy(update={"signature": None}))
+    unsigned = message.model_copy(update={"signature": None, "token_signature": None})
+    return b"fedengine-enrolment-v1" + codec.encode(unsigned)
 
 
 def sign_enrolment(message: DeviceEnrolled, private_key: Ed25519PrivateKey) -> DeviceEnrolled:
     """Return ``message`` signed by ``private_key`` (whose public half it enrols)."""
     return message.model_copy(update={"signature": private_key.sign(enrolment_payload(message))})
+
+
+def possession_payload(*, device_id: str, public_key: bytes) -> bytes:
+    """Return the bytes a device signs to hand its public key to an operator for REST enrolment.
+
+    The operator's gateway checks it before vouching for the key, so that nobody enrols a key
+    whose private half they do not hold (and then blames its device for what it never sent).
+    """
+    device = device_id.encode()
+    return b"fedengine-key-possession-v1" + struct.pack("<H", len(device)) + device + public_key

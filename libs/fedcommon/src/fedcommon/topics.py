@@ -32,10 +32,17 @@ class TopicSpec:
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         DEVICES,
-        "device_id",
+        "device_id (token_id for enrolment tokens)",
         ("simulator", "gateway"),
         ("registry",),
-        ("device.enrolled", "device.heartbeat_sent", "device.removed", "device.restored"),
+        (
+            "device.enrolled",
+            "device.heartbeat_sent",
+            "device.removed",
+            "device.restored",
+            "enrolment_token.issued",
+            "enrolment_token.revoked",
+        ),
     ),
     TopicSpec(
         TASKS,

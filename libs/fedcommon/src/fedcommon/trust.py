@@ -36,12 +36,14 @@ _COORDINATOR = frozenset({"coordinator"})
 
 # (topic, message type) -> who may send it. Anything not listed is refused.
 MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
-    # Until device enrolment proves possession of the key (the next step of this issue), a
-    # device may still enrol itself unsigned; the gateway enrols devices as a service.
+    # A device enrols itself with its own key and an operator's enrolment token (the registry
+    # checks both); the gateway enrols devices as a service, for an operator.
     (topics.DEVICES, "device.enrolled"): frozenset({"gateway", DEVICE}),
     (topics.DEVICES, "device.heartbeat_sent"): frozenset({DEVICE}),
     (topics.DEVICES, "device.removed"): _GATEWAY,
     (topics.DEVICES, "device.restored"): _GATEWAY,
+    (topics.DEVICES, "enrolment_token.issued"): _GATEWAY,
+    (topics.DEVICES, "enrolment_token.revoked"): _GATEWAY,
     # Every task command, and cleanup: what people ask for through the gateway.
     **{(topics.TASKS, kind): _GATEWAY for kind in topics.carried(topics.TASKS)},
     (topics.DEVICE_COMMANDS, "train.requested"): _COORDINATOR,

@@ -10,35 +10,16 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-import psycopg
-from fastapi import (
-    APIRouter,
-    Depends,
-    FastAPI,
-    HTTPException,
-    Path,
-    Query,
-    Request,
-    Response,
-    status,
-)
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
-from psycopg_pool import AsyncConnectionPool
-from pydantic import TypeAdapter, ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from pydantic import ValidationError
 
-from fedcommon import auth, background, db, kafka, lifecycle, signing, topics
-from fedcommon.constraints import DEVICE_ID_PATTERN, INT32_MAX, INT64_MAX, Name
+from fedcommon import background, db, kafka, lifecycle, topics
+from fedcommon.constraints import INT32_MAX
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     CleanupRequested,
-    DeviceCapabilities,
-    DeviceEnrolled,
-    DeviceRemoved,
-    DeviceRestored,
-    DeviceStatus,
-    Envelope,
     TaskCancelRequested,
     TaskCreateRequested,
     TaskPauseRequested,
@@ -46,13 +27,24 @@ from fedcommon.messages.v1 import (
     TaskStartRequested,
     TaskState,
 )
-from fedengine_gateway import errors, queries
+from fedengine_gateway import devices, errors, queries
 from fedengine_gateway.body_limit import BodyLimit
+from fedengine_gateway.deps import (
+    PREFIX,
+    PRODUCER,
+    Admin,
+    Conn,
+    Limit,
+    Offset,
+    Operator,
+    Viewer,
+    accepted,
+    publish,
+    settings_of,
+)
 from fedengine_gateway.schemas import (
     Accepted,
     CleanupRequest,
-    DeviceCreate,
-    DevicePublic,
     Health,
     Page,
     RoundPublic,
@@ -65,9 +57,6 @@ from fedengine_gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "/api/federated"
-PRODUCER = "gateway"
-COMMANDS = Counter("fedengine_gateway_commands_total", "Commands published", ["type"])
 PROJECTION = Gauge("fedengine_projection", "Counts read from the projections", ["kind", "key"])
 ROUND_SECONDS_SUM = Gauge(
     "fedengine_rounds_duration_seconds_sum", "Summed duration of completed rounds"
@@ -77,212 +66,7 @@ DEAD_LETTERS = Gauge(
     "fedengine_dead_letters", "Records in the dead-letter topic", ["original_topic", "error_type"]
 )
 
-_bearer = HTTPBearer(auto_error=False)
-
-
-class Principal:
-    def __init__(self, subject: str, role: auth.Role) -> None:
-        self.subject = subject
-        self.role = role
-
-
-# A token's subject becomes ``issued_by`` on bus messages, so it must be a valid ``Name``.
-_SUBJECT: TypeAdapter[str] = TypeAdapter(Name)
-
-
-def require(role: auth.Role) -> Any:
-    """Return a dependency that admits tokens whose role is at least ``role``."""
-
-    async def dependency(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        if credentials is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        settings: Settings = request.app.state.settings
-        try:
-            subject, token_role = auth.verify_token(
-                credentials.credentials, secret=settings.jwt_secret.get_secret_value()
-            )
-        except auth.TokenError as exc:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                f"invalid token: {exc}",
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from exc
-        try:
-            _SUBJECT.validate_python(subject)
-        except ValidationError as exc:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "invalid token: its subject must be 1 to 200 characters without NUL bytes",
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from exc
-        if not auth.allows(token_role, role):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                f"role {token_role.value} may not do this; needs {role.value}",
-            )
-        return Principal(subject, token_role)
-
-    return dependency
-
-
-Viewer = Annotated[Principal, Depends(require(auth.Role.VIEWER))]
-Operator = Annotated[Principal, Depends(require(auth.Role.OPERATOR))]
-Admin = Annotated[Principal, Depends(require(auth.Role.ADMIN))]
-Limit = Annotated[int, Query(ge=1, le=500)]
-# PostgreSQL's OFFSET takes a bigint.
-Offset = Annotated[int, Query(ge=0, le=INT64_MAX)]
-DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
-
-
-async def _conn(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:
-    pool: AsyncConnectionPool = request.app.state.pool
-    async with pool.connection() as conn:
-        yield conn
-
-
-Conn = Annotated[psycopg.AsyncConnection, Depends(_conn)]
-
-
-async def _publish(request: Request, base: str, key: str, message: Envelope) -> None:
-    settings: Settings = request.app.state.settings
-    await kafka.publish(request.app.state.producer, settings.kafka, base, key=key, message=message)
-    COMMANDS.labels(message.type).inc()  # type: ignore[attr-defined]
-
-
-def _accepted(response: Response, identifier: str, location: str, **extra: Any) -> Accepted:
-    response.headers["Location"] = location
-    return Accepted(id=identifier, location=location, **extra)
-
-
 router = APIRouter(prefix=PREFIX)
-
-
-async def _device_or_404(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any]:
-    device = await queries.get_device(conn, device_id)
-    if device is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id} not found")
-    return device
-
-
-@router.post(
-    "/devices",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=Accepted,
-    response_model_exclude_none=True,
-    responses=errors.responses(400, 401, 403, 409, 413, 422, 503),
-)
-async def add_device(
-    body: DeviceCreate, request: Request, response: Response, conn: Conn, who: Operator
-) -> Accepted:
-    device_id = body.device_id or f"dev-{uuid4().hex[:16]}"
-    if body.device_id is not None:
-        existing = await queries.get_device(conn, device_id)
-        if existing is not None and existing["status"] == "removed":
-            # The registry would refuse it: a removed device comes back only by a restore.
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"device {device_id} was removed; restore it first"
-            )
-    private_key = None
-    if body.public_key is None:
-        key = signing.generate_private_key()
-        public_key = signing.public_key_bytes(key)
-        private_key = signing.private_key_to_bytes(key).hex()
-    else:
-        public_key = bytes.fromhex(body.public_key)
-    await _publish(
-        request,
-        topics.DEVICES,
-        device_id,
-        DeviceEnrolled(
-            producer=PRODUCER,
-            device_id=device_id,
-            device_name=body.device_name,
-            device_type=body.device_type,
-            privacy_level=body.privacy_level,
-            capabilities=DeviceCapabilities(**body.capabilities.model_dump()),
-            public_key=public_key,
-            issued_by=who.subject,
-        ),
-    )
-    return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}", private_key=private_key)
-
-
-@router.get(
-    "/devices", response_model=Page[DevicePublic], responses=errors.responses(401, 413, 422, 503)
-)
-async def list_devices(
-    conn: Conn,
-    _: Viewer,
-    status_filter: Annotated[DeviceStatus | None, Query(alias="status")] = None,
-    limit: Limit = 100,
-    offset: Offset = 0,
-) -> Page[DevicePublic]:
-    rows, total = await queries.list_devices(
-        conn,
-        status=None if status_filter is None else status_filter.value,
-        limit=limit,
-        offset=offset,
-    )
-    return Page(items=[DevicePublic(**r) for r in rows], total=total, limit=limit, offset=offset)
-
-
-@router.get(
-    "/devices/{device_id}",
-    response_model=DevicePublic,
-    responses=errors.responses(401, 404, 413, 422, 503),
-)
-async def get_device(device_id: DevicePath, conn: Conn, _: Viewer) -> DevicePublic:
-    return DevicePublic(**await _device_or_404(conn, device_id))
-
-
-@router.delete(
-    "/devices/{device_id}",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=Accepted,
-    response_model_exclude_none=True,
-    responses=errors.responses(401, 403, 404, 413, 422, 503),
-)
-async def remove_device(
-    device_id: DevicePath, request: Request, response: Response, conn: Conn, who: Admin
-) -> Accepted:
-    await _device_or_404(conn, device_id)
-    await _publish(
-        request,
-        topics.DEVICES,
-        device_id,
-        DeviceRemoved(producer=PRODUCER, device_id=device_id, issued_by=who.subject),
-    )
-    return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}")
-
-
-@router.post(
-    "/devices/{device_id}/restore",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=Accepted,
-    response_model_exclude_none=True,
-    responses=errors.responses(401, 403, 404, 409, 413, 422, 503),
-)
-async def restore_device(
-    device_id: DevicePath, request: Request, response: Response, conn: Conn, who: Admin
-) -> Accepted:
-    """Bring a removed device back; it is offline until its next heartbeat."""
-    device = await _device_or_404(conn, device_id)
-    if device["status"] != "removed":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is not removed")
-    await _publish(
-        request,
-        topics.DEVICES,
-        device_id,
-        DeviceRestored(producer=PRODUCER, device_id=device_id, issued_by=who.subject),
-    )
-    return _accepted(response, device_id, f"{PREFIX}/devices/{device_id}")
 
 
 @router.post(
@@ -305,13 +89,13 @@ async def create_task(
             ]
         ) from exc
     task_id = uuid4()
-    await _publish(
+    await publish(
         request,
         topics.TASKS,
         str(task_id),
         TaskCreateRequested(producer=PRODUCER, task_id=task_id, spec=spec, issued_by=who.subject),
     )
-    return _accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
+    return accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
 
 
 @router.get(
@@ -366,13 +150,13 @@ def _task_command(name: str) -> Any:
             raise HTTPException(
                 status.HTTP_409_CONFLICT, f"cannot {name} a task that is {state.value}"
             )
-        await _publish(
+        await publish(
             request,
             topics.TASKS,
             str(task_id),
             command(producer=PRODUCER, task_id=task_id, issued_by=who.subject),
         )
-        return _accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
+        return accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
 
     endpoint.__name__ = f"{name}_task"
     return endpoint
@@ -465,15 +249,15 @@ async def get_status(conn: Conn, _: Viewer) -> StatusPublic:
 async def cleanup(
     request: Request, response: Response, who: Admin, body: CleanupRequest | None = None
 ) -> Accepted:
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     retention = (
         settings.cleanup_retention_s
         if body is None or body.retention_s is None
         else body.retention_s
     )
     message = CleanupRequested(producer=PRODUCER, retention_s=retention, issued_by=who.subject)
-    await _publish(request, topics.TASKS, "cleanup", message)
-    return _accepted(response, str(message.message_id), f"{PREFIX}/status")
+    await publish(request, topics.TASKS, "cleanup", message)
+    return accepted(response, str(message.message_id), f"{PREFIX}/status")
 
 
 @router.get("/health", response_model=Health, responses=errors.responses(413, 503))
@@ -562,6 +346,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Federated learning over Kafka: devices, tasks, rounds, models.",
     )
     app.include_router(router)
+    app.include_router(devices.router)
     errors.install(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     return app

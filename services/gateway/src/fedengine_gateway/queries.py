@@ -12,6 +12,11 @@ _DEVICE_COLUMNS = (
     "device_id, device_name, device_type, privacy_level, status, capabilities, "
     "encode(public_key, 'hex') AS public_key, fleet, battery_pct, enrolled_at, last_heartbeat_at"
 )
+_TOKEN_COLUMNS = (
+    "t.token_id, t.fleet, t.expires_at, t.max_devices, t.issued_by, t.issued_at, t.revoked_at, "
+    "t.revoked_by, (SELECT count(*) FROM registry.devices d "
+    "WHERE d.enrolment_token_id = t.token_id) AS enrolled"
+)
 _TASK_COLUMNS = (
     "t.task_id, t.task_name, t.state, t.stop_reason, t.current_round, t.model_version, t.spec, "
     "t.created_by, t.created_at, t.started_at, t.finished_at, "
@@ -74,6 +79,30 @@ async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> dict[str,
         conn, f"SELECT {_DEVICE_COLUMNS} FROM registry.devices WHERE device_id = %s", (device_id,)
     )
     return rows[0] if rows else None
+
+
+async def get_token(conn: psycopg.AsyncConnection, token_id: UUID) -> dict[str, Any] | None:
+    rows = await _all(
+        conn,
+        f"SELECT {_TOKEN_COLUMNS} FROM registry.enrolment_tokens t WHERE t.token_id = %s",
+        (token_id,),
+    )
+    return rows[0] if rows else None
+
+
+async def list_tokens(
+    conn: psycopg.AsyncConnection, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    return await _page(
+        conn,
+        columns=_TOKEN_COLUMNS,
+        source="registry.enrolment_tokens t",
+        where="",
+        params=(),
+        order="t.issued_at DESC, t.token_id",
+        limit=limit,
+        offset=offset,
+    )
 
 
 async def list_tasks(

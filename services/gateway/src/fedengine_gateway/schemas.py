@@ -13,6 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedcommon import signing
 from fedcommon.constraints import (
     MAX_BATCH_SIZE,
     MAX_DEVICES_PER_ROUND,
@@ -23,11 +24,14 @@ from fedcommon.constraints import (
     MAX_ROUNDS,
     MAX_SETTING,
     MAX_TIMEOUT_S,
+    MAX_TOKEN_DEVICES,
     Constrained,
     DeviceId,
+    FleetName,
     Name,
     Seed,
 )
+from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     DeviceCapabilities,
     DeviceType,
@@ -39,6 +43,9 @@ from fedcommon.messages.v1 import (
 T = TypeVar("T")
 
 _PUBLIC_KEY_PATTERN = r"^[0-9a-fA-F]{64}$"
+_SIGNATURE_PATTERN = r"^[0-9a-fA-F]{128}$"
+# The longest an enrolment token may live.
+MAX_TOKEN_LIFETIME_S = 365 * 86_400.0
 
 
 class CapabilitiesCreate(DeviceCapabilities):
@@ -47,7 +54,18 @@ class CapabilitiesCreate(DeviceCapabilities):
     model_config = ConfigDict(extra="forbid")
 
 
+def _hex(value: str | None, *, name: str, length: int) -> str | None:
+    if value is not None and (
+        len(value) != length or not all(c in "0123456789abcdefABCDEF" for c in value)
+    ):
+        raise ValueError(f"{name} must be {length} hex characters")
+    return value
+
+
 class DeviceCreate(Constrained):
+    """Enrol a device: with the device's own public key and its signature over it, or, as an
+    explicit choice, with a key pair the gateway generates (and returns once)."""
+
     model_config = ConfigDict(extra="forbid")
 
     device_name: Name
@@ -57,18 +75,98 @@ class DeviceCreate(Constrained):
     capabilities: CapabilitiesCreate = Field(default_factory=CapabilitiesCreate)
     public_key: str | None = Field(
         default=None,
-        description="Ed25519 public key, 64 hex characters (raw 32 bytes)",
+        description="The device's Ed25519 public key, 64 hex characters (raw 32 bytes)",
         json_schema_extra={"pattern": _PUBLIC_KEY_PATTERN},
+    )
+    key_signature: str | None = Field(
+        default=None,
+        description=(
+            "The device's signature, with that key, over signing.possession_payload(device_id, "
+            "public_key): 128 hex characters. Required with public_key."
+        ),
+        json_schema_extra={"pattern": _SIGNATURE_PATTERN},
+    )
+    generate_key: bool = Field(
+        default=False,
+        description="Have the gateway generate the key pair (the private key is returned once)",
     )
 
     @field_validator("public_key")
     @classmethod
     def _hex_key(cls, value: str | None) -> str | None:
-        if value is not None and (
-            len(value) != 64 or not all(c in "0123456789abcdefABCDEF" for c in value)
-        ):
-            raise ValueError("public_key must be 64 hex characters (a raw Ed25519 key)")
-        return value
+        return _hex(value, name="public_key", length=64)
+
+    @field_validator("key_signature")
+    @classmethod
+    def _hex_signature(cls, value: str | None) -> str | None:
+        return _hex(value, name="key_signature", length=128)
+
+    @model_validator(mode="after")
+    def _key_source(self) -> DeviceCreate:
+        if self.generate_key:
+            if self.public_key is not None or self.key_signature is not None:
+                raise ValueError("generate_key excludes public_key and key_signature")
+            return self
+        if self.public_key is None:
+            raise ValueError(
+                "send the device's public_key with its key_signature, or set generate_key "
+                "to true for a key pair the gateway generates"
+            )
+        if self.device_id is None or self.key_signature is None:
+            raise ValueError(
+                "public_key needs device_id and key_signature: the device signs "
+                "possession_payload(device_id, public_key) to prove it holds the key"
+            )
+        try:
+            signing.verify(
+                public_key=bytes.fromhex(self.public_key),
+                signature=bytes.fromhex(self.key_signature),
+                payload=signing.possession_payload(
+                    device_id=self.device_id, public_key=bytes.fromhex(self.public_key)
+                ),
+            )
+        except ProtocolViolation:
+            raise ValueError(
+                "key_signature does not verify: it must be the device's signature over "
+                "possession_payload(device_id, public_key) with that key"
+            ) from None
+        return self
+
+
+class EnrolmentTokenCreate(Constrained):
+    model_config = ConfigDict(extra="forbid")
+
+    fleet: FleetName
+    expires_in_s: float = Field(
+        default=7 * 86_400.0, ge=60.0, le=MAX_TOKEN_LIFETIME_S, description="Lifetime (s)"
+    )
+    max_devices: int = Field(default=100, ge=1, le=MAX_TOKEN_DEVICES)
+
+
+class EnrolmentTokenIssuedPublic(BaseModel):
+    token_id: UUID
+    fleet: str
+    expires_at: datetime
+    max_devices: int
+    token: str = Field(description="The token itself, for the fleet's devices: shown once")
+    coordinator_public_key: str = Field(
+        description="The key the devices check train requests with (the token carries it too)"
+    )
+    recorded: bool = Field(
+        description="Whether the registry had recorded the token when this answer left"
+    )
+
+
+class EnrolmentTokenPublic(BaseModel):
+    token_id: UUID
+    fleet: str
+    expires_at: datetime
+    max_devices: int
+    enrolled: int
+    issued_by: str | None
+    issued_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
 
 
 def _spec_errors(exc: ValidationError) -> str:
@@ -140,8 +238,14 @@ class Accepted(BaseModel):
     id: str
     location: str
     status: str = "accepted"
+
+
+class DeviceAccepted(Accepted):
     private_key: str | None = Field(
         default=None, description="Only when the gateway generated the device key: shown once"
+    )
+    coordinator_public_key: str = Field(
+        description="The coordinator's Ed25519 key (hex): train requests are signed with it"
     )
 
 

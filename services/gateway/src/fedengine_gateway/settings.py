@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # The largest request body accepted; larger ones get 413 before anything parses them.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_page_size: int = 500
+    # How long a command that issues an id waits for the projection to show it (tokens).
+    projection_wait_s: float = Field(default=5.0, ge=0, le=60)
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
 
@@ -42,4 +44,7 @@ class Settings(BaseSettings):
             raise ValueError("FEDENGINE_JWT_SECRET must be at least 32 characters")
         if self.environment != "local" and secret in PLACEHOLDER_SECRETS:
             raise ValueError("FEDENGINE_JWT_SECRET is a placeholder; set a real secret")
+        if "coordinator" not in self.trust.service_keys:
+            # Devices get it at enrolment, to check their train requests with.
+            raise ValueError("FEDENGINE_SERVICE_KEYS must name the coordinator's public key")
         return self

@@ -3,7 +3,9 @@ and the timer that marks silent devices offline."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from datetime import UTC, datetime
 
 import psycopg
 from prometheus_client import Counter, Gauge
@@ -18,11 +20,13 @@ from fedcommon.messages.v1 import (
     DeviceRestored,
     DeviceStatus,
     DeviceStatusChanged,
+    EnrolmentTokenIssued,
+    EnrolmentTokenRevoked,
     HeartbeatSent,
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_registry import store
-from fedengine_registry.core.enrolment import Enrolled, check_enrolment
+from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment
 from fedengine_registry.core.heartbeats import check_heartbeat
 from fedengine_registry.settings import Settings
 
@@ -59,6 +63,12 @@ class Registry:
                 return
             if isinstance(message, DeviceEnrolled):
                 device = await store.get_device(conn, message.device_id)
+                token = None
+                if message.enrolment_token_id is not None:
+                    row = await store.get_token(
+                        conn, message.enrolment_token_id, other_than=message.device_id
+                    )
+                    token = None if row is None else Token(**dataclasses.asdict(row))
                 check_enrolment(
                     message,
                     existing=None
@@ -67,12 +77,31 @@ class Registry:
                     # The consume loop has verified the signature: the gateway vouches for an
                     # operator's enrolment.
                     by_operator=trust.signer_of(record.headers) == "gateway",
+                    token=token,
+                    now=datetime.now(UTC),
                 )
                 await store.upsert_enrolled(conn, message)
                 await store.log_event(
                     conn, device_id=message.device_id, kind="enrolled", issued_by=message.issued_by
                 )
                 await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
+            elif isinstance(message, EnrolmentTokenIssued):
+                if not await store.insert_token(conn, message):
+                    raise ProtocolViolation(f"enrolment token {message.token_id} exists already")
+                logger.info(
+                    "enrolment token %s issued for fleet %s by %s",
+                    message.token_id,
+                    message.fleet,
+                    message.issued_by,
+                )
+            elif isinstance(message, EnrolmentTokenRevoked):
+                if not await store.revoke_token(
+                    conn, message.token_id, issued_by=message.issued_by
+                ):
+                    raise ProtocolViolation(
+                        f"enrolment token {message.token_id} is unknown or revoked already"
+                    )
+                logger.info("enrolment token %s revoked by %s", message.token_id, message.issued_by)
             elif isinstance(message, DeviceRestored):
                 if not await store.restore(conn, message.device_id):
                     raise ProtocolViolation(f"device {message.device_id} is not removed")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fedcommon.messages.v1 import DeviceEnrolled
+from fedcommon.messages.v1 import DeviceEnrolled, EnrolmentTokenIssued
 
 SCHEMA = "registry"
 
@@ -39,15 +40,15 @@ async def upsert_enrolled(conn: psycopg.AsyncConnection, message: DeviceEnrolled
         """
         INSERT INTO registry.devices (device_id, device_name, device_type, privacy_level,
             capabilities, public_key, fleet, status, last_heartbeat_at, battery_pct,
-            enrolled_sent_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s, %s)
+            enrolled_sent_at, enrolment_token_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s, %s, %s)
         ON CONFLICT (device_id) DO UPDATE SET
             device_name = EXCLUDED.device_name, device_type = EXCLUDED.device_type,
             privacy_level = EXCLUDED.privacy_level, capabilities = EXCLUDED.capabilities,
             public_key = COALESCE(EXCLUDED.public_key, registry.devices.public_key),
             fleet = EXCLUDED.fleet, status = 'online', last_heartbeat_at = now(),
             battery_pct = EXCLUDED.battery_pct, enrolled_sent_at = EXCLUDED.enrolled_sent_at,
-            updated_at = now()
+            enrolment_token_id = EXCLUDED.enrolment_token_id, updated_at = now()
         """,
         (
             message.device_id,
@@ -59,6 +60,7 @@ async def upsert_enrolled(conn: psycopg.AsyncConnection, message: DeviceEnrolled
             message.fleet,
             message.capabilities.battery_pct if message.capabilities.has_battery else None,
             message.sent_at,
+            message.enrolment_token_id,
         ),
     )
 
@@ -116,3 +118,64 @@ async def log_event(
         "INSERT INTO registry.device_events (device_id, kind, issued_by) VALUES (%s, %s, %s)",
         (device_id, kind, issued_by),
     )
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    fleet: str
+    public_key: bytes
+    expires_at: datetime
+    max_devices: int
+    revoked: bool
+    # Devices enrolled with this token now, other than the one asking.
+    enrolled: int
+
+
+async def get_token(
+    conn: psycopg.AsyncConnection, token_id: UUID, *, other_than: str
+) -> TokenRow | None:
+    """Return a token, locked so that two enrolments cannot both take its last place."""
+    cursor = await conn.execute(
+        "SELECT fleet, public_key, expires_at, max_devices, revoked_at IS NOT NULL "
+        "FROM registry.enrolment_tokens WHERE token_id = %s FOR UPDATE",
+        (token_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    cursor = await conn.execute(
+        "SELECT count(*) FROM registry.devices WHERE enrolment_token_id = %s AND device_id <> %s",
+        (token_id, other_than),
+    )
+    counted = await cursor.fetchone()
+    assert counted is not None
+    return TokenRow(row[0], bytes(row[1]), row[2], row[3], row[4], counted[0])
+
+
+async def insert_token(conn: psycopg.AsyncConnection, message: EnrolmentTokenIssued) -> bool:
+    """Record a token; False when its id is taken (a token is issued once and never changed)."""
+    cursor = await conn.execute(
+        "INSERT INTO registry.enrolment_tokens "
+        "(token_id, fleet, public_key, expires_at, max_devices, issued_by) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (token_id) DO NOTHING",
+        (
+            message.token_id,
+            message.fleet,
+            message.public_key,
+            message.expires_at,
+            message.max_devices,
+            message.issued_by,
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+async def revoke_token(
+    conn: psycopg.AsyncConnection, token_id: UUID, *, issued_by: str | None
+) -> bool:
+    cursor = await conn.execute(
+        "UPDATE registry.enrolment_tokens SET revoked_at = now(), revoked_by = %s "
+        "WHERE token_id = %s AND revoked_at IS NULL",
+        (issued_by, token_id),
+    )
+    return cursor.rowcount == 1

@@ -13,7 +13,17 @@ import torch
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
-from fedcommon import arrays, background, datasets, db, kafka, models, signing, topics
+from fedcommon import (
+    arrays,
+    background,
+    datasets,
+    db,
+    enrolment_tokens,
+    kafka,
+    models,
+    signing,
+    topics,
+)
 from fedcommon.constraints import MAX_SETTING
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
@@ -95,7 +105,7 @@ class Fleet:
                 self.context.kafka,
                 topics.DEVICES,
                 key=device.device_id,
-                message=signing.sign_enrolment(
+                message=enrolment_tokens.sign_enrolment(
                     DeviceEnrolled(
                         producer=PRODUCER,
                         device_id=device.device_id,
@@ -104,9 +114,9 @@ class Fleet:
                         privacy_level=device.privacy_level,
                         capabilities=device.capabilities,
                         public_key=signing.public_key_bytes(self.keys[device.device_id]),
-                        fleet=self.settings.fleet,
                     ),
-                    self.keys[device.device_id],
+                    device_key=self.keys[device.device_id],
+                    token=self.settings.token,
                 ),
             )
         logger.info("enrolled %d devices of fleet %s", len(self.devices), self.settings.fleet)

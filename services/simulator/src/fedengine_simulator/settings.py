@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedcommon import enrolment_tokens
+from fedcommon.constraints import FLEET_PATTERN
 from fedcommon.messages.v1 import Partitioning
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
@@ -18,8 +21,11 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
-    trust: TrustSettings = Field(default_factory=TrustSettings)
-    fleet: str = Field(default="sim", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    fleet: str = Field(default="sim", pattern=FLEET_PATTERN)
+    # The operator's enrolment token for this fleet (`fedengine enrolment-token`, or POST
+    # /api/federated/enrolment-tokens): the simulated devices enrol with it, and it carries the
+    # coordinator's public key, the only key their train requests are accepted under.
+    enrolment_token: SecretStr | None = None
     devices: int = Field(default=10, ge=1, le=100_000)
     dataset: str = "digits"
     partitioning: Partitioning = Partitioning.IID
@@ -30,3 +36,30 @@ class Settings(BaseSettings):
     metrics_port: int = 0
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
+
+    @model_validator(mode="after")
+    def _token_for_this_fleet(self) -> Settings:
+        if self.enrolment_token is None or not self.enrolment_token.get_secret_value():
+            raise ValueError(
+                "SIMULATOR_ENROLMENT_TOKEN is not set: its devices enrol with an operator's "
+                "enrolment token (fedengine enrolment-token --fleet NAME)"
+            )
+        token = self.token
+        if token.fleet != self.fleet:
+            raise ValueError(
+                f"SIMULATOR_ENROLMENT_TOKEN is for fleet {token.fleet!r}, "
+                f"not SIMULATOR_FLEET {self.fleet!r}"
+            )
+        return self
+
+    @cached_property
+    def token(self) -> enrolment_tokens.EnrolmentToken:
+        assert self.enrolment_token is not None
+        return enrolment_tokens.EnrolmentToken.decode(self.enrolment_token.get_secret_value())
+
+    @property
+    def trust(self) -> TrustSettings:
+        """Devices trust the coordinator's key their token carries, and no other service's."""
+        return TrustSettings(
+            FEDENGINE_SERVICE_KEYS={"coordinator": self.token.coordinator_key.hex()}
+        )

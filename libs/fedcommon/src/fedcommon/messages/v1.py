@@ -24,9 +24,11 @@ from fedcommon.constraints import (
     MAX_ROUNDS,
     MAX_SETTING,
     MAX_TIMEOUT_S,
+    MAX_TOKEN_DEVICES,
     Constrained,
     DeviceId,
     ExampleCount,
+    FleetName,
     Int32,
     Int64,
     Name,
@@ -181,11 +183,16 @@ class DeviceEnrolled(Envelope):
     privacy_level: PrivacyLevel = PrivacyLevel.NONE
     capabilities: DeviceCapabilities = Field(default_factory=DeviceCapabilities)
     public_key: PublicKey | None = None
-    fleet: Name | None = None
+    fleet: FleetName | None = None
     issued_by: Name | None = None
     # The old key's signature handing the device to ``public_key`` (signing.key_change_payload):
     # without it, only an operator (through the gateway) can change a device's key.
     key_change_signature: Signature | None = None
+    # The operator-issued enrolment token this device enrols with (fedcommon.enrolment_tokens),
+    # and that token's signature over this enrolment (signing.enrolment_payload). A device that
+    # enrols itself needs both; the gateway, vouching for an operator, does not.
+    enrolment_token_id: UUID | None = None
+    token_signature: Signature | None = None
     # The enrolled key's own signature over this enrolment (signing.enrolment_payload): proof
     # that whoever enrols the device holds its key. Only the gateway, vouching as a service for
     # an operator, may enrol without it.
@@ -205,6 +212,26 @@ class DeviceRestored(Envelope):
 
     type: Literal["device.restored"] = "device.restored"
     device_id: DeviceId
+    issued_by: Name | None = None
+
+
+class EnrolmentTokenIssued(Envelope):
+    """An operator issued an enrolment token for a fleet: the registry keeps its public half."""
+
+    type: Literal["enrolment_token.issued"] = "enrolment_token.issued"
+    token_id: UUID
+    fleet: FleetName
+    public_key: PublicKey
+    expires_at: AwareDatetime
+    max_devices: int = Field(ge=1, le=MAX_TOKEN_DEVICES)
+    issued_by: Name | None = None
+
+
+class EnrolmentTokenRevoked(Envelope):
+    """An operator revoked a token: no device enrols with it any more (enrolled ones stay)."""
+
+    type: Literal["enrolment_token.revoked"] = "enrolment_token.revoked"
+    token_id: UUID
     issued_by: Name | None = None
 
 
@@ -376,6 +403,8 @@ AnyMessage = Annotated[
     | HeartbeatSent
     | DeviceRemoved
     | DeviceRestored
+    | EnrolmentTokenIssued
+    | EnrolmentTokenRevoked
     | TaskCreateRequested
     | TaskStartRequested
     | TaskPauseRequested
@@ -400,6 +429,8 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     HeartbeatSent,
     DeviceRemoved,
     DeviceRestored,
+    EnrolmentTokenIssued,
+    EnrolmentTokenRevoked,
     TaskCreateRequested,
     TaskStartRequested,
     TaskPauseRequested,

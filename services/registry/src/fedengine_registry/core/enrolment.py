@@ -3,6 +3,10 @@
 A device's identity cannot be taken over by anyone who can write to fed.devices:
 - an enrolment is signed by the key it enrols (proof of possession, covering every field),
   unless an operator enrols the device through the gateway;
+- a device that enrols itself also needs an operator's enrolment token for its fleet (signed by
+  the token's key, fedcommon.enrolment_tokens): unknown, revoked, expired or full tokens, and
+  tokens of another fleet, are refused, so that nobody floods the registry with self-made
+  devices;
 - its key changes only with a signature by the old key, or by an operator (an enrolment the
   gateway vouches for as a service);
 - a removed device stays removed until an operator restores it;
@@ -13,9 +17,9 @@ A device's identity cannot be taken over by anyone who can write to fed.devices:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from fedcommon import signing
+from fedcommon import signing, trust
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceStatus
 
@@ -29,10 +33,67 @@ class Enrolled:
     enrolled_sent_at: datetime | None
 
 
+# A device's enrolment must be this fresh: it bounds how far a token holder can backdate an
+# enrolment past the token's expiry. The same as the services' replay window.
+FRESH_FOR = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Token:
+    """An enrolment token as the registry holds it (only its public half)."""
+
+    fleet: str
+    public_key: bytes
+    expires_at: datetime
+    max_devices: int
+    revoked: bool
+    # Devices enrolled with it now, other than the one asking.
+    enrolled: int
+
+
+def check_token(message: DeviceEnrolled, token: Token | None, *, now: datetime) -> None:
+    """Raise ``ProtocolViolation`` unless ``token`` admits ``message`` into its fleet."""
+    device = message.device_id
+    if message.enrolment_token_id is None or message.token_signature is None:
+        raise ProtocolViolation(
+            f"enrolment of {device} needs an enrolment token an operator issued for its fleet"
+        )
+    if token is None:
+        raise ProtocolViolation(f"enrolment of {device}: unknown enrolment token")
+    if token.revoked:
+        raise ProtocolViolation(f"enrolment of {device}: the enrolment token was revoked")
+    if message.fleet != token.fleet:
+        raise ProtocolViolation(
+            f"enrolment of {device}: the token is for fleet {token.fleet!r}, not {message.fleet!r}"
+        )
+    signing.verify(
+        public_key=token.public_key,
+        signature=message.token_signature,
+        payload=signing.enrolment_payload(message),
+    )
+    if not now - FRESH_FOR <= message.sent_at <= now + trust.CLOCK_SKEW:
+        raise ProtocolViolation(f"enrolment of {device}: sent_at is not within a day of now")
+    if message.sent_at > token.expires_at:
+        raise ProtocolViolation(f"enrolment of {device}: the enrolment token has expired")
+    if token.enrolled >= token.max_devices:
+        raise ProtocolViolation(
+            f"enrolment of {device}: the token has enrolled its {token.max_devices} devices"
+        )
+
+
 def check_enrolment(
-    message: DeviceEnrolled, *, existing: Enrolled | None, by_operator: bool
+    message: DeviceEnrolled,
+    *,
+    existing: Enrolled | None,
+    by_operator: bool,
+    token: Token | None = None,
+    now: datetime,
 ) -> None:
-    """Raise ``ProtocolViolation`` unless ``message`` may (re-)enrol its device."""
+    """Raise ``ProtocolViolation`` unless ``message`` may (re-)enrol its device.
+
+    ``token`` is the enrolment token the message names (None when it names none or an unknown
+    one); an operator's enrolment, vouched for by the gateway, needs none.
+    """
     if not by_operator:
         if message.public_key is None or message.signature is None:
             raise ProtocolViolation(
@@ -43,6 +104,7 @@ def check_enrolment(
             signature=message.signature,
             payload=signing.enrolment_payload(message),
         )
+        check_token(message, token, now=now)
     if existing is None:
         return
     if existing.status == DeviceStatus.REMOVED:

@@ -1,0 +1,95 @@
+"""Enrolment tokens: round trip, damage is named without echoing the key, signatures bind."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedcommon import enrolment_tokens, signing
+from fedcommon.enrolment_tokens import EnrolmentToken, InvalidToken
+from fedcommon.messages.v1 import DeviceEnrolled, DeviceType
+
+COORDINATOR = signing.public_key_bytes(signing.generate_private_key())
+
+
+def test_a_token_round_trips_through_its_text() -> None:
+    token = enrolment_tokens.issue("fleet-1", coordinator_key=COORDINATOR)
+
+    text = token.encode()
+    again = EnrolmentToken.decode(text)
+
+    assert text.startswith("fet1.")
+    assert (again.token_id, again.fleet, again.coordinator_key) == (
+        token.token_id,
+        "fleet-1",
+        COORDINATOR,
+    )
+    assert again.public_key == token.public_key
+
+
+def _encoded(document: dict[str, object]) -> str:
+    raw = json.dumps(document).encode()
+    return "fet1." + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_damaged_tokens_are_refused_without_echoing_them() -> None:
+    good = enrolment_tokens.issue("f", coordinator_key=COORDINATOR)
+    document = json.loads(base64.urlsafe_b64decode(good.encode()[5:] + "=="))
+    cases = [
+        "",
+        "x" * 5000,
+        "fet2." + good.encode()[5:],
+        good.encode()[:-7],
+        _encoded({**document, "fleet": "bad fleet/\x00"}),
+        _encoded({**document, "key": "00" * 31}),
+        _encoded({**document, "coordinator": "00" * 31}),
+        _encoded({k: v for k, v in document.items() if k != "id"}),
+        "fet1.////",
+    ]
+    for text in cases:
+        with pytest.raises(InvalidToken) as caught:
+            EnrolmentToken.decode(text)
+        assert document["key"] not in str(caught.value)
+
+
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_any_body_decodes_to_a_whole_token_or_is_refused_as_invalid(raw: bytes) -> None:
+    try:
+        token = EnrolmentToken.decode("fet1." + base64.urlsafe_b64encode(raw).decode())
+    except InvalidToken:
+        return
+    assert len(token.coordinator_key) == 32 and len(token.public_key) == 32
+
+
+def test_both_signatures_cover_the_fleet_and_the_token_id() -> None:
+    token = enrolment_tokens.issue("f", coordinator_key=COORDINATOR)
+    device = signing.generate_private_key()
+    message = enrolment_tokens.sign_enrolment(
+        DeviceEnrolled(
+            producer="d",
+            device_id="d1",
+            device_name="d1",
+            device_type=DeviceType.IOT,
+            public_key=signing.public_key_bytes(device),
+        ),
+        device_key=device,
+        token=token,
+    )
+    assert message.fleet == "f" and message.enrolment_token_id == token.token_id
+    assert message.signature is not None and message.token_signature is not None
+    payload = signing.enrolment_payload(message)
+    signing.verify(public_key=token.public_key, signature=message.token_signature, payload=payload)
+    signing.verify(
+        public_key=signing.public_key_bytes(device), signature=message.signature, payload=payload
+    )
+    moved = message.model_copy(update={"fleet": "g"})
+    with pytest.raises(Exception, match="bad signature"):
+        signing.verify(
+            public_key=token.public_key,
+            signature=message.token_signature,
+            payload=signing.enrolment_payload(moved),
+        )
