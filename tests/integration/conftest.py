@@ -60,6 +60,21 @@ class Stack:
         return FedEngineClient(self.stack.gateway_url, self.token(role))
 
 
+def start_stack(settings: LauncherSettings, database_url: str, fleet: launcher.Fleet) -> Stack:
+    """``fedengine up`` with ``fleet``, and a token for the tests' own devices (fleet "manual")."""
+    running = launcher.up(settings, log=lambda *_: None, fleets=[fleet])
+    secret, _ = launcher.jwt_secret(settings)
+    kafka = KafkaSettings(
+        bootstrap_servers=running.bootstrap_servers, topic_prefix=running.topic_prefix
+    )
+    token = launcher.issue_enrolment_token(
+        running.gateway_url, secret, "manual", max_devices=100_000
+    )
+    return Stack(
+        settings, running, kafka, database_url, secret, fleet.name, EnrolmentToken.decode(token)
+    )
+
+
 def _drop_database(server_url: str, database_url: str) -> None:
     name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
     with psycopg.connect(server_url, autocommit=True) as conn:
@@ -94,23 +109,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         },
     )
     try:
-        fleet = launcher.Fleet(name=f"f{uuid.uuid4().hex[:6]}", devices=8, seed=1)
-        running = launcher.up(settings, log=lambda *_: None, fleets=[fleet])
-        secret, _ = launcher.jwt_secret(settings)
-        kafka = KafkaSettings(
-            bootstrap_servers=running.bootstrap_servers, topic_prefix=running.topic_prefix
-        )
-        token = launcher.issue_enrolment_token(
-            running.gateway_url, secret, "manual", max_devices=100_000
-        )
-        yield Stack(
+        yield start_stack(
             settings,
-            running,
-            kafka,
             database_url,
-            secret,
-            fleet.name,
-            EnrolmentToken.decode(token),
+            launcher.Fleet(name=f"f{uuid.uuid4().hex[:6]}", devices=8, seed=1),
         )
     finally:
         launcher.down(settings)

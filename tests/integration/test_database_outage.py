@@ -24,7 +24,7 @@ from fedcommon.settings import KafkaSettings
 from fedengine import infra, launcher
 from fedengine.sdk import FedEngineError
 from fedengine.settings import LauncherSettings
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, start_stack
 from tests.integration.helpers import metric_total, run_fleet_task
 from tests.integration.kafka_tools import headers_of
 
@@ -47,12 +47,7 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sta
     )
     try:
         fleet = launcher.Fleet(name=f"o{uuid.uuid4().hex[:6]}", devices=8, seed=3)
-        running = launcher.up(settings, log=lambda *_: None, fleets=[fleet])
-        secret, _ = launcher.jwt_secret(settings)
-        kafka = KafkaSettings(
-            bootstrap_servers=running.bootstrap_servers, topic_prefix=running.topic_prefix
-        )
-        yield Stack(settings, running, kafka, database_url, secret, fleet.name), pgdata
+        yield start_stack(settings, database_url, fleet), pgdata
     finally:
         launcher.down(settings)
         infra.stop_postgres(pgdata)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
+from fedcommon import signing
 from fedcommon.constraints import DEVICE_ID_PATTERN, MAX_DEVICES_PER_ROUND, DeviceId
 from fedcommon.messages.v1 import (
     CleanupRequested,
@@ -16,7 +17,13 @@ from fedcommon.messages.v1 import (
     ModelArchitecture,
     TaskSpec,
 )
-from fedengine_gateway.schemas import CapabilitiesCreate, CleanupRequest, DeviceCreate, TaskCreate
+from fedengine_gateway.schemas import (
+    CapabilitiesCreate,
+    CleanupRequest,
+    DeviceCreate,
+    EnrolmentTokenCreate,
+    TaskCreate,
+)
 from fedengine_gateway.settings import Settings
 
 
@@ -39,7 +46,7 @@ def test_unknown_fields_and_bad_keys_are_refused() -> None:
         DeviceCreate(device_name="d", device_type="iot", public_key="ab")  # type: ignore[arg-type]
 
 
-TRUST = {"FEDENGINE_SERVICE_KEYS": {}}
+TRUST = {"FEDENGINE_SERVICE_KEYS": {"coordinator": "00" * 32}}
 
 
 def test_weak_or_placeholder_secrets_are_refused() -> None:
@@ -57,6 +64,12 @@ def test_weak_or_placeholder_secrets_are_refused() -> None:
             postgres=base,
             trust=TRUST,
         )  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="coordinator"):
+        Settings(
+            FEDENGINE_JWT_SECRET=SecretStr("s" * 40),
+            postgres=base,  # type: ignore[arg-type]
+            trust={"FEDENGINE_SERVICE_KEYS": {}},  # type: ignore[arg-type]
+        )
 
 
 # --- the gateway accepts exactly what the bus accepts ----------------------------------------
@@ -108,7 +121,60 @@ def test_the_default_round_size_stays_inside_its_bound() -> None:
 )
 def test_device_bodies_the_registry_would_refuse_are_refused(body: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        DeviceCreate.model_validate(body)
+        DeviceCreate.model_validate({**body, "generate_key": True})
+
+
+def _own_key(device_id: str = "d1") -> dict[str, Any]:
+    key = signing.generate_private_key()
+    public = signing.public_key_bytes(key)
+    proof = key.sign(signing.possession_payload(device_id=device_id, public_key=public))
+    return {"device_id": device_id, "public_key": public.hex(), "key_signature": proof.hex()}
+
+
+@pytest.mark.parametrize(
+    ("key_fields", "reason"),
+    [
+        ({}, "or set generate_key"),
+        ({"public_key": "ab" * 32}, "needs device_id and key_signature"),
+        ({"public_key": "ab" * 32, "device_id": "d1"}, "needs device_id and key_signature"),
+        ({**_own_key(), "device_id": "d2"}, "does not verify"),  # another device's proof
+        ({**_own_key(), "key_signature": "00" * 64}, "does not verify"),
+        ({**_own_key(), "public_key": "ab" * 32}, "does not verify"),
+        ({**_own_key(), "generate_key": True}, "excludes public_key"),
+        ({**_own_key(), "key_signature": "ab"}, "128 hex"),
+    ],
+)
+def test_a_device_key_comes_with_its_signature_or_is_generated_on_request(
+    key_fields: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        DeviceCreate.model_validate({"device_name": "d", "device_type": "iot", **key_fields})
+
+
+def test_a_signed_own_key_or_an_explicit_generate_key_is_accepted() -> None:
+    own = DeviceCreate.model_validate({"device_name": "d", "device_type": "iot", **_own_key()})
+    assert own.public_key is not None and not own.generate_key
+    generated = DeviceCreate.model_validate(
+        {"device_name": "d", "device_type": "iot", "generate_key": True}
+    )
+    assert generated.public_key is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"fleet": "bad fleet"},
+        {"fleet": "f\x00"},
+        {"fleet": "f", "max_devices": 0},
+        {"fleet": "f", "max_devices": 2**64},
+        {"fleet": "f", "expires_in_s": math.inf},
+        {"fleet": "f", "expires_in_s": 10},
+        {"fleet": "f", "token": "mine"},
+    ],
+)
+def test_token_bodies_outside_the_bus_bounds_are_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        EnrolmentTokenCreate.model_validate(body)
 
 
 def _bounds(field: Any) -> dict[str, float]:

@@ -194,7 +194,7 @@ async def restore_device(
             "model": EnrolmentTokenIssuedPublic,
             "description": "Issued, but the registry had not recorded it yet (recorded: false)",
         },
-        **errors.responses(401, 403, 413, 422, 503),
+        **errors.responses(400, 401, 403, 413, 422, 503),
     },
 )
 async def issue_enrolment_token(

@@ -95,20 +95,41 @@ class Registry:
                     message.issued_by,
                 )
             elif isinstance(message, EnrolmentTokenRevoked):
-                if not await store.revoke_token(
+                revoked = await store.revoke_token(
                     conn, message.token_id, issued_by=message.issued_by
-                ):
-                    raise ProtocolViolation(
-                        f"enrolment token {message.token_id} is unknown or revoked already"
-                    )
-                logger.info("enrolment token %s revoked by %s", message.token_id, message.issued_by)
-            elif isinstance(message, DeviceRestored):
-                if not await store.restore(conn, message.device_id):
-                    raise ProtocolViolation(f"device {message.device_id} is not removed")
-                await store.log_event(
-                    conn, device_id=message.device_id, kind="restored", issued_by=message.issued_by
                 )
-                await self._status_changed(conn, message.device_id, DeviceStatus.OFFLINE)
+                if revoked is None:
+                    raise ProtocolViolation(f"enrolment token {message.token_id} is unknown")
+                # Two revocations can both pass the gateway's check before the first lands:
+                # the second finds the token revoked already, which is what it asked for.
+                logger.info(
+                    "enrolment token %s %s by %s",
+                    message.token_id,
+                    "revoked" if revoked else "was revoked already; revocation ignored",
+                    message.issued_by,
+                )
+            elif isinstance(message, DeviceRestored):
+                device = await store.get_device(conn, message.device_id)
+                if device is None:
+                    raise ProtocolViolation(f"device {message.device_id} is unknown")
+                if device.status != DeviceStatus.REMOVED:
+                    # Restored already (two restores both passed the gateway's check): what it
+                    # asked for holds; recorded as ignored.
+                    await store.log_event(
+                        conn,
+                        device_id=message.device_id,
+                        kind="restore_ignored",
+                        issued_by=message.issued_by,
+                    )
+                else:
+                    await store.restore(conn, message.device_id)
+                    await store.log_event(
+                        conn,
+                        device_id=message.device_id,
+                        kind="restored",
+                        issued_by=message.issued_by,
+                    )
+                    await self._status_changed(conn, message.device_id, DeviceStatus.OFFLINE)
             elif isinstance(message, HeartbeatSent):
                 device = await store.get_device(conn, message.device_id)
                 if device is None:

@@ -172,10 +172,21 @@ async def insert_token(conn: psycopg.AsyncConnection, message: EnrolmentTokenIss
 
 async def revoke_token(
     conn: psycopg.AsyncConnection, token_id: UUID, *, issued_by: str | None
-) -> bool:
+) -> bool | None:
+    """Revoke a token: True when this revoked it, False when it was already, None if unknown."""
     cursor = await conn.execute(
+        "SELECT revoked_at IS NOT NULL FROM registry.enrolment_tokens "
+        "WHERE token_id = %s FOR UPDATE",
+        (token_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    if row[0]:
+        return False
+    await conn.execute(
         "UPDATE registry.enrolment_tokens SET revoked_at = now(), revoked_by = %s "
-        "WHERE token_id = %s AND revoked_at IS NULL",
+        "WHERE token_id = %s",
         (issued_by, token_id),
     )
-    return cursor.rowcount == 1
+    return True
