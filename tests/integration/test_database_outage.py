@@ -25,7 +25,7 @@ from fedengine import infra, launcher
 from fedengine.sdk import FedEngineError
 from fedengine.settings import LauncherSettings
 from tests.integration.conftest import Stack, start_stack
-from tests.integration.helpers import metric_total, run_fleet_task
+from tests.integration.helpers import eventually, metric_total, run_fleet_task
 from tests.integration.kafka_tools import headers_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -177,8 +177,23 @@ async def test_a_service_stopped_while_the_broker_is_frozen_still_exits_cleanly(
     os.kill(broker.pid, signal.SIGSTOP)
     try:
         began = time.monotonic()
-        status = await asyncio.to_thread(launcher.terminate, aggregator, timeout_s=40)
+        os.kill(aggregator.pid, signal.SIGTERM)
+        while launcher.alive(aggregator) and time.monotonic() - began < 40:
+            await asyncio.sleep(0.1)
         took = time.monotonic() - began
+
+        async def exit_recorded() -> int | None:
+            # The supervisor reaps it, records how it exited, and starts it again.
+            state = launcher.Stack.load(stack.settings.run_dir / "stack.json")
+            process = None if state is None else state.process("aggregator")
+            return None if process is None or process.pid == aggregator.pid else 1
+
+        await eventually(exit_recorded, timeout_s=10)
+        state = launcher.Stack.load(stack.settings.run_dir / "stack.json")
+        assert state is not None
+        restarted = state.process("aggregator")
+        assert restarted is not None
+        status = restarted.last_exit
     finally:
         os.kill(broker.pid, signal.SIGCONT)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Annotated
+from uuid import uuid4
 
 import typer
 from rich.console import Console
@@ -13,7 +15,7 @@ from rich.table import Table
 
 from fedcommon import auth, signing, trust
 from fedcommon.messages.v1 import ModelArchitecture
-from fedengine import launcher
+from fedengine import fleets, launcher
 from fedengine.demo import DemoOptions, run_demo
 from fedengine.settings import LauncherSettings
 
@@ -38,9 +40,141 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """Show what runs."""
-    console.print_json(json.dumps(launcher.status(LauncherSettings())))
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show every process (pid, uptime, restarts, health), the broker, the database, the home."""
+    state = launcher.status(LauncherSettings())
+    if as_json:
+        console.print_json(json.dumps(state))
+        return
+    console.print(f"home: {state['home']}")
+    if "processes" not in state:
+        console.print("nothing runs: fedengine up")
+        return
+    table = Table("process", "pid", "health", "uptime (s)", "restarts", "last exit")
+    supervisor = state["supervisor"]
+    table.add_row(
+        "supervisor",
+        str(supervisor and supervisor["pid"]),
+        "up" if supervisor and supervisor["alive"] else "down",
+        "",
+        "",
+        "",
+    )
+    broker, postgres = state["broker"], state["postgres"]
+    table.add_row(
+        f"broker {broker['bootstrap_servers']}",
+        str(broker["pid"]),
+        "up" if broker["up"] else "down",
+        "",
+        str(broker["restarts"]),
+        "",
+    )
+    table.add_row(
+        f"postgres {postgres['data'] or '(external)'}",
+        str(postgres["pid"]),
+        "up" if postgres["pid"] or not postgres["embedded"] else "down",
+        "",
+        str(postgres["restarts"]),
+        "",
+    )
+    for name, process in state["processes"].items():
+        table.add_row(
+            name,
+            str(process["pid"]),
+            process["health"],
+            str(process["uptime_s"] or ""),
+            str(process["restarts"]),
+            "" if process["last_exit"] is None else str(process["last_exit"]),
+        )
+    console.print(table)
+    console.print(f"gateway: {state['gateway_url']}")
+
+
+@app.command()
+def restart(
+    name: Annotated[str, typer.Argument(help="a service (registry, coordinator...) or fleet")],
+    kill: Annotated[bool, typer.Option(help="SIGKILL instead of a graceful stop")] = False,
+) -> None:
+    """Restart one process of the running stack and wait until it is ready again."""
+    try:
+        process, exit_status = launcher.restart(LauncherSettings(), name, kill=kill)
+    except (LookupError, RuntimeError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{name} restarted: pid {process.pid} (the old one exited with {exit_status})")
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="a service, a fleet's simulator-NAME, supervisor")],
+    lines: Annotated[int, typer.Option(min=1, help="how many of the last lines")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing")] = False,
+) -> None:
+    """Show a process's log (under FEDENGINE_HOME/logs)."""
+    settings = LauncherSettings()
+    path = settings.log_dir / f"{name}.log"
+    if not path.exists():
+        known = sorted(p.stem for p in settings.log_dir.glob("*.log"))
+        console.print(f"[red]no log for {name!r}[/red]; there are: {', '.join(known) or 'none'}")
+        raise typer.Exit(1)
+    with open(path, errors="replace") as handle:
+        for line in handle.readlines()[-lines:]:
+            typer.echo(line.rstrip("\n"))
+        while follow:
+            line = handle.readline()
+            if line:
+                typer.echo(line.rstrip("\n"))
+            else:
+                time.sleep(0.2)
+
+
+fleet_app = typer.Typer(help="Simulated devices attached to a running stack.")
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.callback(invoke_without_command=True)
+def fleet(
+    context: typer.Context,
+    devices: Annotated[int, typer.Option(min=1, max=100_000, help="how many devices")] = 10,
+    non_iid: Annotated[
+        float | None, typer.Option(help="Dirichlet alpha for non-IID data (default: IID)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed for data partitions")] = 0,
+    name: Annotated[str | None, typer.Option(help="fleet name (default: generated)")] = None,
+) -> None:
+    """Attach simulated devices to the running stack (`fedengine fleet stop NAME` removes them)."""
+    if context.invoked_subcommand is not None:
+        return
+    fleet_name = name or f"fleet-{uuid4().hex[:6]}"
+    chosen = launcher.Fleet(
+        name=fleet_name,
+        devices=devices,
+        partitioning="iid" if non_iid is None else "dirichlet",
+        alpha=non_iid or 0.5,
+        seed=seed,
+    )
+    try:
+        process = fleets.start(LauncherSettings(), chosen)
+    except (RuntimeError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"fleet {fleet_name}: {devices} devices enrolled ({fleet_name}-0000 ... "
+        f"{fleet_name}-{devices - 1:04d}), pid {process.pid}"
+    )
+
+
+@fleet_app.command("stop")
+def fleet_stop(name: Annotated[str, typer.Argument(help="the fleet's name")]) -> None:
+    """Stop a fleet and remove its devices."""
+    try:
+        removed = fleets.stop(LauncherSettings(), name)
+    except (LookupError, RuntimeError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"fleet {name} stopped; {removed} device(s) removed")
 
 
 @app.command()

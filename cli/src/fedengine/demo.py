@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedcommon import auth
 from fedcommon.lifecycle import FINISHED
-from fedengine import launcher
+from fedengine import fleets, launcher
 from fedengine.sdk import FedEngineClient
 from fedengine.settings import LauncherSettings
 
@@ -72,12 +72,11 @@ async def run_demo(
     simulator = None
     try:
         if started_here:
-            # A new stack: the fleet starts together with the services.
             stack = launcher.up(settings, log=console.print, fleets=[fleet])
+            simulator = stack.process(fleet.process_name)
         else:
             stack = launcher.up(settings, log=console.print)
-            launcher.start_simulator(settings, stack, fleet)
-        simulator = next(p for p in stack.processes if p.name == fleet.process_name)
+            simulator = launcher.start_simulator(settings, stack, fleet)
         mark("stack_up_s")
         secret, _ = launcher.jwt_secret(settings)
         token = auth.issue_token(secret=secret, subject="fedengine-demo", role=auth.Role.OPERATOR)
@@ -151,7 +150,8 @@ async def run_demo(
         }
     finally:
         if simulator is not None:
-            launcher.stop_process(settings, simulator)
+            # The demo's devices go with it: nothing offline is left in the registry.
+            fleets.stop(settings, fleet.name)
         if started_here and not keep_running:
             launcher.down(settings)
     mark("teardown_s")

@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -88,6 +90,9 @@ def _embedded_postgres() -> Any:
 def start_postgres(pgdata: Path) -> tuple[int | None, str]:
     """Start (or reuse) the embedded PostgreSQL under ``pgdata``; return its pid and URI."""
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if postgres_pid(pgdata) is None:
+        # A crash leaves postmaster.pid behind; the server would refuse to start over it.
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = _embedded_postgres().get_server(pgdata, cleanup_mode=None)
@@ -98,10 +103,32 @@ def start_postgres(pgdata: Path) -> tuple[int | None, str]:
     return server.get_pid(), server.get_uri()
 
 
+def postgres_pid(pgdata: Path) -> int | None:
+    """The pid of the PostgreSQL running on ``pgdata``, or None (no server, or a stale pid file
+    that a crash left behind)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    try:
+        name = psutil.Process(pid).name()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:  # it runs as another user: assume it is the server
+        return pid
+    return pid if "postgres" in name else None  # a recycled pid is not the server
+
+
 def stop_postgres(pgdata: Path) -> None:
-    """Stop the embedded PostgreSQL under ``pgdata`` (fast shutdown)."""
+    """Stop the embedded PostgreSQL under ``pgdata`` (fast shutdown); a crashed one's stale pid
+    file is removed instead, so that stopping what is not running succeeds."""
     user = "embedded_postgres" if os.geteuid() == 0 else None
-    if (pgdata / "postmaster.pid").exists():
-        _embedded_postgres()._commands.pg_ctl(
-            ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=30
-        )
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    if postgres_pid(pgdata) is None:
+        pid_file.unlink(missing_ok=True)
+        return
+    _embedded_postgres()._commands.pg_ctl(
+        ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=30
+    )

@@ -1,218 +1,156 @@
-"""``fedengine up / down / status``: start what is not configured, then every service.
+"""``fedengine up / down / status / restart / fleet``: start what is not configured, then a
+supervisor that starts every service and keeps it alive (``fedengine.supervisor``).
 
-State lives in ``<home>/run/stack.json``: what was started, by whom, with which pid, so that
-``down`` stops exactly that, also after a crash left stale entries behind.
+State lives in ``<home>/run/stack.json``: what was started, with which pid, how often it was
+restarted, so that ``down`` stops exactly that, also after a crash left stale entries behind.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 
-from fedcommon import auth, signing, trust
+from fedcommon import auth
 from fedengine import infra
+from fedengine.identity import jwt_secret, public_keys, service_keys
+from fedengine.processes import (
+    GATEWAY,
+    SERVICES,
+    Process,
+    Stack,
+    alive,
+    log_tail,
+    service_env,
+    spawn,
+    state_file,
+    terminate,
+    terminate_all,
+)
 from fedengine.settings import LauncherSettings
+from fedengine.supervisor import send_request, write_settings
 
-SERVICES = ("registry", "coordinator", "aggregator")
-GATEWAY = "gateway"
+__all__ = [
+    "GATEWAY",
+    "SERVICES",
+    "Fleet",
+    "Process",
+    "Stack",
+    "alive",
+    "down",
+    "issue_enrolment_token",
+    "jwt_secret",
+    "public_keys",
+    "restart",
+    "running_stack",
+    "service_env",
+    "service_keys",
+    "spawn",
+    "start_simulator",
+    "status",
+    "stop_process",
+    "terminate",
+    "up",
+]
 
-
-@dataclass
-class Process:
-    name: str
-    pid: int
-    module: str | None = None
-    metrics_port: int | None = None
-
-    @property
-    def metrics_url(self) -> str | None:
-        return (
-            None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
-        )
-
-
-@dataclass
-class Stack:
-    bootstrap_servers: str
-    database_url: str
-    topic_prefix: str
-    gateway_url: str
-    jwt_secret_file: str
-    broker: Process | None = None
-    postgres_data: str | None = None
-    processes: list[Process] = field(default_factory=list)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> Stack | None:
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        data["broker"] = Process(**data["broker"]) if data.get("broker") else None
-        data["processes"] = [Process(**p) for p in data.get("processes", [])]
-        return cls(**data)
+SIMULATOR = "fedengine_simulator"
 
 
-def _state_file(settings: LauncherSettings) -> Path:
-    path: Path = settings.run_dir / "stack.json"
-    return path
+def _load(settings: LauncherSettings) -> Stack | None:
+    return Stack.load(state_file(settings))
 
 
-def alive(process: Process) -> bool:
-    """Whether ``process`` still runs and is still ours (a recycled pid is not)."""
+def _ready(settings: LauncherSettings, name: str, gateway_url: str | None) -> bool:
+    if name != GATEWAY:
+        return (settings.run_dir / f"{name}.ready").exists()
     try:
-        proc = psutil.Process(process.pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if process.module is None:
-            return True
-        return process.module in " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return httpx.get(f"{gateway_url}/api/federated/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
         return False
 
 
-def jwt_secret(settings: LauncherSettings) -> tuple[str, Path]:
-    """Return the signing secret: configured, or generated once under FEDENGINE_HOME."""
-    path = settings.home / "jwt_secret"
-    if settings.jwt_secret is not None:
-        return settings.jwt_secret.get_secret_value(), path
-    if not path.exists():
-        settings.home.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip(), path
-
-
-def service_keys(settings: LauncherSettings) -> dict[str, str]:
-    """Return every service's private key (hex), generated once under FEDENGINE_HOME/keys."""
-    folder = settings.home / "keys"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    keys: dict[str, str] = {}
-    for name in trust.SERVICES:
-        path = folder / f"{name}.key"
-        if not path.exists():
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(signing.private_key_to_bytes(signing.generate_private_key()).hex())
-        keys[name] = path.read_text().strip()
-    return keys
-
-
-def public_keys(private: dict[str, str]) -> dict[str, str]:
-    """Return the public halves of ``private`` (hex), as FEDENGINE_SERVICE_KEYS carries them."""
-    return {
-        name: signing.public_key_bytes(signing.private_key_from_bytes(bytes.fromhex(key))).hex()
-        for name, key in private.items()
-    }
-
-
-def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": stack.topic_prefix,
-        "DATABASE_URL": stack.database_url,
-        "FEDENGINE_HOME": str(settings.home.resolve()),
-        "FEDENGINE_RUN_DIR": str(settings.run_dir.resolve()),
-        "FEDENGINE_JWT_SECRET": secret,
-        "FEDENGINE_SERVICE_KEYS": json.dumps(public_keys(service_keys(settings))),
-        "GATEWAY_HOST": settings.gateway_host,
-        "GATEWAY_PORT": str(settings.gateway_port),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.update(settings.service_env)
-    return env
-
-
-def spawn(
-    settings: LauncherSettings,
-    name: str,
-    module: str,
-    env: dict[str, str],
-    *,
-    metrics_port: int | None = None,
-) -> Process:
-    """Start ``python -m module`` detached, logging to ``<home>/logs/<name>.log``.
-
-    Services other than the gateway get a loopback port for their own Prometheus endpoint.
-    """
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    service = module.removeprefix("fedengine_")
-    # Each service gets its own private key only; the simulator plays devices and gets none.
-    env = {k: v for k, v in env.items() if k != "FEDENGINE_SERVICE_KEY"}
-    if service in trust.SERVICES:
-        env["FEDENGINE_SERVICE_KEY"] = service_keys(settings)[service]
-    if module != "fedengine_gateway":
-        # Only the gateway checks tokens; no other process needs the signing secret.
-        env = {k: v for k, v in env.items() if k != "FEDENGINE_JWT_SECRET"}
-        metrics_port = metrics_port or infra.free_port()
-        env = {
-            **env,
-            f"{module.removeprefix('fedengine_').upper()}_METRICS_PORT": str(metrics_port),
-        }
-    (settings.run_dir / f"{name}.ready").unlink(missing_ok=True)
-    with open(settings.log_dir / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    return Process(name=name, pid=process.pid, module=module, metrics_port=metrics_port)
-
-
 def wait_ready(
-    settings: LauncherSettings, processes: list[Process], *, gateway_url: str | None
-) -> None:
-    """Wait until every service wrote its ready file (and the gateway answers /health)."""
+    settings: LauncherSettings,
+    names: Sequence[str],
+    *,
+    gateway_url: str | None,
+    since: float | None = None,
+    not_pid: dict[str, int] | None = None,
+) -> Stack:
+    """Wait until the supervisor runs each of ``names`` (with a pid other than ``not_pid``'s)
+    and each wrote its ready file (the gateway: answers /health); return the stack then.
+
+    A process started after ``since`` that exits while starting fails this with its log's
+    tail, rather than being restarted over and over behind the caller's back.
+    """
+    since = time.time() if since is None else since
     deadline = time.monotonic() + settings.ready_timeout_s
-    pending = {p.name: p for p in processes}
-    while pending:
-        for name, process in list(pending.items()):
-            if not alive(process):
-                log = (settings.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited during start-up; log tail:\n{log}")
-            if name == GATEWAY:
-                try:
-                    ok = (
-                        httpx.get(f"{gateway_url}/api/federated/health", timeout=1).status_code
-                        == 200
-                    )
-                except httpx.HTTPError:
-                    ok = False
-            else:
-                ok = (settings.run_dir / f"{name}.ready").exists()
-            if ok:
-                del pending[name]
-        if pending and time.monotonic() > deadline:
+    pending = set(names)
+    while True:
+        stack = _load(settings)
+        if stack is None or stack.supervisor is None or not alive(stack.supervisor):
+            raise RuntimeError(f"the supervisor is not running; see {settings.log_dir}")
+        for name in sorted(pending):
+            process = stack.process(name)
+            if process is None:
+                continue
+            crashed = process.state == "restarting" and process.last_exit is not None
+            if crashed and process.started_at >= since:
+                raise RuntimeError(
+                    f"{name} exited during start-up; log tail:\n{log_tail(settings, name)}"
+                )
+            fresh = not_pid is None or process.pid != not_pid.get(name)
+            if process.state == "running" and fresh and _ready(settings, name, gateway_url):
+                pending.discard(name)
+        if not pending:
+            return stack
+        if time.monotonic() > deadline:
             raise TimeoutError(f"not ready within {settings.ready_timeout_s}s: {sorted(pending)}")
         time.sleep(0.1)
 
 
 def running_stack(settings: LauncherSettings) -> Stack | None:
     """Return the recorded stack if its gateway process is still alive."""
-    stack = Stack.load(_state_file(settings))
+    stack = _load(settings)
     if stack is None:
         return None
     if any(p.name == GATEWAY and alive(p) for p in stack.processes):
         return stack
     return None
+
+
+def _start_supervisor(settings: LauncherSettings) -> None:
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    write_settings(settings)
+    with open(settings.log_dir / "supervisor.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "fedengine.supervisor", str(settings.run_dir.resolve())],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _wait_supervisor(settings: LauncherSettings, *, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack = _load(settings)
+        if stack is not None and stack.supervisor is not None and alive(stack.supervisor):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"the supervisor did not start; log tail:\n{log_tail(settings, 'supervisor')}"
+    )
 
 
 def up(
@@ -221,12 +159,19 @@ def up(
     log: Callable[[str], object] = print,
     fleets: Sequence[Fleet] = (),
 ) -> Stack:
-    """Start the broker and database unless configured, then all services; return the stack.
+    """Start the broker and database unless configured, then the supervisor, which starts all
+    services; return the stack once every service is ready.
 
-    ``fleets`` are simulator fleets to start with the services when the stack is new.
+    ``fleets`` are simulator fleets to start once the services are ready (each with an
+    enrolment token issued through the gateway). A stack that runs already is returned (its
+    supervisor started again if it was gone).
     """
     existing = running_stack(settings)
     if existing is not None:
+        if existing.supervisor is None or not alive(existing.supervisor):
+            log("the supervisor was gone; starting it again")
+            _start_supervisor(settings)
+            _wait_supervisor(settings)
         return existing
     down(settings)  # clear what a crash may have left behind
     settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +181,7 @@ def up(
         bootstrap = settings.kafka_bootstrap_servers
     else:
         pid, bootstrap = infra.start_broker(log_path=settings.log_dir / "broker.log")
-        broker = Process(name="broker", pid=pid, module="tansu")
+        broker = Process(name="broker", pid=pid, module="tansu", started_at=time.time())
         log(f"broker (Tansu) on {bootstrap}")
     postgres_data = None
     if settings.database_url is not None:
@@ -254,28 +199,22 @@ def up(
         jwt_secret_file=str(secret_path),
         broker=broker,
         postgres_data=postgres_data,
-    )
-    stack.save(_state_file(settings))
-    env = service_env(settings, stack, secret)
-    try:
         # Everything starts at once: consumer-group joins dominate start-up, and they overlap.
-        for name in SERVICES:
-            stack.processes.append(spawn(settings, name, f"fedengine_{name}", env))
-        stack.processes.append(spawn(settings, GATEWAY, "fedengine_gateway", env))
-        stack.save(_state_file(settings))
-        wait_ready(settings, stack.processes, gateway_url=stack.gateway_url)
-        # Fleets enrol with an operator's token, which the registry must hold first.
-        simulators = []
+        processes=[
+            Process(name=name, pid=0, module=f"fedengine_{name}") for name in (*SERVICES, GATEWAY)
+        ],
+    )
+    stack.save(state_file(settings))
+    since = time.time()
+    try:
+        _start_supervisor(settings)
+        _wait_supervisor(settings)
+        stack = wait_ready(
+            settings, (*SERVICES, GATEWAY), gateway_url=stack.gateway_url, since=since
+        )
         for fleet in fleets:
-            token = issue_enrolment_token(
-                stack.gateway_url, secret, fleet.name, max_devices=fleet.devices
-            )
-            simulators.append(
-                spawn(settings, fleet.process_name, "fedengine_simulator", fleet.env(env, token))
-            )
-        stack.processes.extend(simulators)
-        stack.save(_state_file(settings))
-        wait_ready(settings, simulators, gateway_url=None)
+            # Fleets enrol with an operator's token, which the registry must hold first.
+            stack = _start_fleet(settings, stack, secret, fleet)
     except BaseException:
         down(settings)
         raise
@@ -283,47 +222,35 @@ def up(
     return stack
 
 
-def terminate(process: Process, *, timeout_s: float = 15.0) -> int | None:
-    """SIGTERM (graceful: finish, commit, exit), then SIGKILL after ``timeout_s``.
-
-    Returns the exit status when this process is the parent (else None).
-    """
-    if not alive(process):
-        return None
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        status: int | None = psutil.Process(process.pid).wait(timeout_s)
-        return status
-    except psutil.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-    except psutil.NoSuchProcess:
-        pass
-    return None
-
-
-def terminate_all(processes: list[Process], *, timeout_s: float = 15.0) -> list[str]:
-    """SIGTERM every live process at once, wait for all, SIGKILL what outlives ``timeout_s``."""
-    live: dict[int, Process] = {p.pid: p for p in processes if alive(p)}
-    handles = []
-    for pid in live:
-        try:
-            handle = psutil.Process(pid)
-            handle.terminate()
-            handles.append(handle)
-        except psutil.NoSuchProcess:
-            continue
-    _, remaining = psutil.wait_procs(handles, timeout=timeout_s)
-    for handle in remaining:
-        handle.kill()
-    return [live[handle.pid].name for handle in handles]
+def _start_fleet(settings: LauncherSettings, stack: Stack, secret: str, fleet: Fleet) -> Stack:
+    token = issue_enrolment_token(stack.gateway_url, secret, fleet.name, max_devices=fleet.devices)
+    since = time.time()
+    send_request(
+        settings, action="start", name=fleet.process_name, module=SIMULATOR, env=fleet.env(token)
+    )
+    return wait_ready(settings, [fleet.process_name], gateway_url=None, since=since)
 
 
 def down(settings: LauncherSettings) -> list[str]:
-    """Stop everything the state file says we started; return what was stopped."""
-    stack = Stack.load(_state_file(settings))
+    """Stop everything the state file says we started; return what was stopped.
+
+    The supervisor stops its processes gracefully; whatever outlives it (it was killed, say)
+    is stopped from the recorded pids, and a crashed database's stale pid file is cleared.
+    """
+    stack = _load(settings)
     stopped: list[str] = []
     if stack is None:
         return stopped
+    supervisor = stack.supervisor
+    if supervisor is not None and alive(supervisor):
+        os.kill(supervisor.pid, signal.SIGTERM)
+        try:
+            psutil.Process(supervisor.pid).wait(40)
+        except psutil.TimeoutExpired:
+            os.kill(supervisor.pid, signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+        stopped.append("supervisor")
     stopped.extend(terminate_all(stack.processes))
     if stack.broker is not None and alive(stack.broker):
         terminate(stack.broker, timeout_s=5)
@@ -331,29 +258,68 @@ def down(settings: LauncherSettings) -> list[str]:
     if stack.postgres_data is not None:
         infra.stop_postgres(Path(stack.postgres_data))
         stopped.append("postgres")
-    _state_file(settings).unlink(missing_ok=True)
+    state_file(settings).unlink(missing_ok=True)
     for ready in settings.run_dir.glob("*.ready"):
         ready.unlink(missing_ok=True)
     return stopped
 
 
-def status(settings: LauncherSettings) -> dict[str, object]:
-    stack = Stack.load(_state_file(settings))
+def _uptime(process: Process) -> float | None:
+    return round(time.time() - process.started_at, 1) if alive(process) else None
+
+
+def status(settings: LauncherSettings) -> dict[str, Any]:
+    """Every process (pid, uptime, restarts, health), the broker and the database."""
+    stack = _load(settings)
+    home = str(settings.home.resolve())
     if stack is None:
-        return {"running": False}
+        return {"running": False, "home": home}
+    processes = {}
+    for p in stack.processes:
+        health = p.state
+        if p.state == "running":
+            if not alive(p):
+                health = "down"
+            elif _ready(settings, p.name, stack.gateway_url):
+                health = "ready"
+            else:
+                health = "starting"
+        processes[p.name] = {
+            "pid": p.pid,
+            "health": health,
+            "uptime_s": _uptime(p),
+            "restarts": p.restarts,
+            "last_exit": p.last_exit,
+            "metrics": p.metrics_url,
+        }
+    pgdata = None if stack.postgres_data is None else Path(stack.postgres_data)
     return {
         "running": running_stack(settings) is not None,
+        "home": home,
         "gateway_url": stack.gateway_url,
-        "bootstrap_servers": stack.bootstrap_servers,
-        "broker": None
-        if stack.broker is None
-        else {"pid": stack.broker.pid, "alive": alive(stack.broker)},
-        "postgres_data": stack.postgres_data,
-        "processes": {
-            p.name: {"pid": p.pid, "alive": alive(p), "metrics": p.metrics_url}
-            for p in stack.processes
+        "supervisor": None
+        if stack.supervisor is None
+        else {"pid": stack.supervisor.pid, "alive": alive(stack.supervisor)},
+        "broker": {
+            "bootstrap_servers": stack.bootstrap_servers,
+            "embedded": stack.broker is not None,
+            "pid": None if stack.broker is None else stack.broker.pid,
+            "up": infra.api_versions_answers(*_host_port(stack.bootstrap_servers)),
+            "restarts": 0 if stack.broker is None else stack.broker.restarts,
         },
+        "postgres": {
+            "embedded": pgdata is not None,
+            "data": stack.postgres_data,
+            "pid": None if pgdata is None else infra.postgres_pid(pgdata),
+            "restarts": stack.postgres_restarts,
+        },
+        "processes": processes,
     }
+
+
+def _host_port(bootstrap: str) -> tuple[str, int]:
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -370,9 +336,8 @@ class Fleet:
     def process_name(self) -> str:
         return f"simulator-{self.name}"
 
-    def env(self, base: dict[str, str], enrolment_token: str) -> dict[str, str]:
+    def env(self, enrolment_token: str) -> dict[str, str]:
         return {
-            **base,
             "SIMULATOR_ENROLMENT_TOKEN": enrolment_token,
             "SIMULATOR_FLEET": self.name,
             "SIMULATOR_DEVICES": str(self.devices),
@@ -409,50 +374,50 @@ def issue_enrolment_token(
     return token
 
 
+def _running(settings: LauncherSettings) -> Stack:
+    stack = running_stack(settings)
+    if stack is None:
+        raise RuntimeError("no stack is running: fedengine up")
+    if stack.supervisor is None or not alive(stack.supervisor):
+        raise RuntimeError("the stack's supervisor is gone: fedengine up starts it again")
+    return stack
+
+
 def start_simulator(settings: LauncherSettings, stack: Stack, fleet: Fleet) -> Process:
     """Start a simulator process for one fleet and wait until it has joined and enrolled."""
     secret, _ = jwt_secret(settings)
-    token = issue_enrolment_token(stack.gateway_url, secret, fleet.name, max_devices=fleet.devices)
-    env = fleet.env(service_env(settings, stack, secret), token)
-    process = spawn(settings, fleet.process_name, "fedengine_simulator", env)
-    stack.processes.append(process)
-    stack.save(_state_file(settings))
-    wait_ready(settings, [process], gateway_url=None)
+    stack = _start_fleet(settings, _running(settings), secret, fleet)
+    process = stack.process(fleet.process_name)
+    assert process is not None
     return process
 
 
-def stop_process(settings: LauncherSettings, process: Process) -> None:
-    """Stop one process of the stack and forget it."""
-    terminate(process)
-    stack = Stack.load(_state_file(settings))
-    if stack is not None:
-        stack.processes = [p for p in stack.processes if p.pid != process.pid]
-        stack.save(_state_file(settings))
+def stop_process(settings: LauncherSettings, process: Process, *, timeout_s: float = 30.0) -> None:
+    """Stop one process of the stack (a fleet, say) and forget it."""
+    send_request(settings, action="stop", name=process.name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack = _load(settings)
+        if stack is None or stack.process(process.name) is None:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{process.name} did not stop within {timeout_s}s")
 
 
 def restart(
     settings: LauncherSettings, name: str, *, kill: bool = False
 ) -> tuple[Process, int | None]:
-    """Stop service ``name`` (SIGKILL when ``kill``, else graceful) and start it again.
-
-    Returns the new process and the old one's exit status (when known).
-    """
-    stack = Stack.load(_state_file(settings))
-    if stack is None:
-        raise RuntimeError("no stack is running")
-    old = next((p for p in stack.processes if p.name == name), None)
+    """Stop process ``name`` (SIGKILL when ``kill``, else graceful); the supervisor starts it
+    again. Returns the new process once it is ready, and the old one's exit status."""
+    stack = _running(settings)
+    old = stack.process(name)
     if old is None or old.module is None:
-        raise LookupError(f"no service {name!r} in the stack")
-    exit_status: int | None = None
-    if kill and alive(old):
-        os.kill(old.pid, signal.SIGKILL)
-        exit_status = psutil.Process(old.pid).wait(10)
-    else:
-        exit_status = terminate(old)
-    secret, _ = jwt_secret(settings)
-    env = service_env(settings, stack, secret)
-    new = spawn(settings, name, old.module, env, metrics_port=old.metrics_port)
-    stack.processes = [new if p.pid == old.pid else p for p in stack.processes]
-    stack.save(_state_file(settings))
-    wait_ready(settings, [new], gateway_url=stack.gateway_url)
-    return new, exit_status
+        raise LookupError(f"no process {name!r} in the stack")
+    since = time.time()
+    send_request(settings, action="restart", name=name, kill=kill)
+    stack = wait_ready(
+        settings, [name], gateway_url=stack.gateway_url, since=since, not_pid={name: old.pid}
+    )
+    new = stack.process(name)
+    assert new is not None
+    return new, new.last_exit

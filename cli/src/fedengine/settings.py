@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedcommon.settings import default_home
 
 
 class LauncherSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
-    home: Path = Field(default=Path(".fedengine"), validation_alias="FEDENGINE_HOME")
+    # One home whatever the working directory: the same secret and state for `fedengine`, the
+    # services and the gateway (an absolute default; `fedengine status` prints it).
+    home: Path = Field(default_factory=default_home, validation_alias="FEDENGINE_HOME")
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
     )
@@ -23,6 +27,11 @@ class LauncherSettings(BaseSettings):
     ready_timeout_s: float = Field(default=120.0, validation_alias="FEDENGINE_READY_TIMEOUT_S")
     # Extra environment for the service processes (tests use it to shorten timers).
     service_env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
 
     @property
     def run_dir(self) -> Path:

@@ -8,6 +8,7 @@ environment (style.md, rule 27).
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fedcommon import signing, trust
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def default_home() -> Path:
+    """FEDENGINE_HOME when unset: one absolute place, whatever the working directory."""
+    return Path.home() / ".fedengine"
 
 
 class KafkaSettings(BaseSettings):

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fedcommon import enrolment_tokens
 from fedcommon.constraints import FLEET_PATTERN
 from fedcommon.messages.v1 import Partitioning
-from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
+from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings, default_home
 
 
 class Settings(BaseSettings):
@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     alpha: float = Field(default=0.5, gt=0)
     seed: int = 0
     heartbeat_s: float = Field(default=5.0, gt=0)
-    home: Path = Field(default=Path(".fedengine"), validation_alias="FEDENGINE_HOME")
+    home: Path = Field(default_factory=default_home, validation_alias="FEDENGINE_HOME")
     metrics_port: int = 0
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False

@@ -1,0 +1,201 @@
+"""The stack's processes and their state file, ``<home>/run/stack.json``.
+
+While a supervisor runs it is the only writer of the state file (``fedengine.supervisor``);
+everything else reads it, and asks the supervisor for changes through request files. The file
+holds the database URL and fleets' enrolment tokens, so it is written owner-only (0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from fedcommon import trust
+from fedengine import infra
+from fedengine.identity import public_keys, service_keys
+from fedengine.settings import LauncherSettings
+
+SERVICES = ("registry", "coordinator", "aggregator")
+GATEWAY = "gateway"
+
+
+@dataclass
+class Process:
+    name: str
+    pid: int
+    module: str | None = None
+    metrics_port: int | None = None
+    # Environment on top of the services' own (a fleet's size, partitioning and token).
+    env: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0
+    restarts: int = 0
+    last_exit: int | None = None
+    # running | restarting (waiting out its backoff) | stopping
+    state: str = "running"
+
+    @property
+    def metrics_url(self) -> str | None:
+        return (
+            None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
+        )
+
+
+@dataclass
+class Stack:
+    bootstrap_servers: str
+    database_url: str
+    topic_prefix: str
+    gateway_url: str
+    jwt_secret_file: str
+    broker: Process | None = None
+    postgres_data: str | None = None
+    supervisor: Process | None = None
+    processes: list[Process] = field(default_factory=list)
+    postgres_restarts: int = 0
+
+    def save(self, path: Path) -> None:
+        """Write atomically (readers never see half a file), owner-only."""
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(asdict(self), indent=2))
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Stack | None:
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        for single in ("broker", "supervisor"):
+            data[single] = Process(**data[single]) if data.get(single) else None
+        data["processes"] = [Process(**p) for p in data.get("processes", [])]
+        return cls(**data)
+
+    def process(self, name: str) -> Process | None:
+        return next((p for p in self.processes if p.name == name), None)
+
+
+def state_file(settings: LauncherSettings) -> Path:
+    path: Path = settings.run_dir / "stack.json"
+    return path
+
+
+def alive(process: Process) -> bool:
+    """Whether ``process`` still runs and is still ours (a recycled pid is not)."""
+    try:
+        proc = psutil.Process(process.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if process.module is None:
+            return True
+        return process.module in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": stack.topic_prefix,
+        "DATABASE_URL": stack.database_url,
+        "FEDENGINE_HOME": str(settings.home.resolve()),
+        "FEDENGINE_RUN_DIR": str(settings.run_dir.resolve()),
+        "FEDENGINE_JWT_SECRET": secret,
+        "FEDENGINE_SERVICE_KEYS": json.dumps(public_keys(service_keys(settings))),
+        "GATEWAY_HOST": settings.gateway_host,
+        "GATEWAY_PORT": str(settings.gateway_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(settings.service_env)
+    return env
+
+
+def spawn(
+    settings: LauncherSettings,
+    name: str,
+    module: str,
+    env: dict[str, str],
+    *,
+    metrics_port: int | None = None,
+) -> Process:
+    """Start ``python -m module`` detached, logging to ``<home>/logs/<name>.log``.
+
+    Services other than the gateway get a loopback port for their own Prometheus endpoint.
+    """
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    service = module.removeprefix("fedengine_")
+    # Each service gets its own private key only; the simulator plays devices and gets none.
+    env = {k: v for k, v in env.items() if k != "FEDENGINE_SERVICE_KEY"}
+    if service in trust.SERVICES:
+        env["FEDENGINE_SERVICE_KEY"] = service_keys(settings)[service]
+    if module != "fedengine_gateway":
+        # Only the gateway checks tokens; no other process needs the signing secret.
+        env = {k: v for k, v in env.items() if k != "FEDENGINE_JWT_SECRET"}
+        metrics_port = metrics_port or infra.free_port()
+        env = {**env, f"{service.upper()}_METRICS_PORT": str(metrics_port)}
+    (settings.run_dir / f"{name}.ready").unlink(missing_ok=True)
+    with open(settings.log_dir / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    return Process(
+        name=name,
+        pid=process.pid,
+        module=module,
+        metrics_port=metrics_port,
+        started_at=time.time(),
+    )
+
+
+def terminate(process: Process, *, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM (graceful: finish, commit, exit), then SIGKILL after ``timeout_s``.
+
+    Returns the exit status when this process is the parent (else None).
+    """
+    if not alive(process):
+        return None
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        status: int | None = psutil.Process(process.pid).wait(timeout_s)
+        return status
+    except psutil.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        pass
+    return None
+
+
+def terminate_all(processes: list[Process], *, timeout_s: float = 15.0) -> list[str]:
+    """SIGTERM every live process at once, wait for all, SIGKILL what outlives ``timeout_s``."""
+    live: dict[int, Process] = {p.pid: p for p in processes if alive(p)}
+    handles = []
+    for pid in live:
+        try:
+            handle = psutil.Process(pid)
+            handle.terminate()
+            handles.append(handle)
+        except psutil.NoSuchProcess:
+            continue
+    _, remaining = psutil.wait_procs(handles, timeout=timeout_s)
+    for handle in remaining:
+        handle.kill()
+    return [live[handle.pid].name for handle in handles]
+
+
+def log_tail(settings: LauncherSettings, name: str, *, chars: int = 3000) -> str:
+    path = settings.log_dir / f"{name}.log"
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""

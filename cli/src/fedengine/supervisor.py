@@ -1,0 +1,356 @@
+"""The supervisor: keeps what ``fedengine up`` started alive, until ``fedengine down``.
+
+One detached process per stack (``python -m fedengine.supervisor <run dir>``). It starts the
+services, then every 0.2 s:
+
+- restarts a service or fleet that exited, after the delay of ``fedengine.supervision``,
+  counting and logging each restart;
+- restarts the embedded broker when it died, on the same port: every other process is paused
+  (SIGSTOP) until the topics exist again, so that nothing produces into a topic the broker
+  would auto-create with the wrong settings; the memory broker loses what it held, which the
+  services treat as lost rounds and re-issue;
+- restarts the embedded PostgreSQL when it crashed (the services wait the outage out; a
+  deliberate stop, which removes its pid file, is left alone);
+- carries out requests that ``fedengine`` writes as files under ``<run>/requests``: restart a
+  process, start or stop a fleet.
+
+It is the only writer of ``stack.json`` while it runs. SIGTERM stops every process gracefully,
+then the supervisor. A supervisor that is itself killed leaves the processes running; the next
+``fedengine up`` starts a new one, which adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedcommon import kafka
+from fedcommon.settings import KafkaSettings
+from fedengine import infra
+from fedengine.identity import jwt_secret
+from fedengine.processes import (
+    Process,
+    Stack,
+    alive,
+    service_env,
+    spawn,
+    state_file,
+    terminate_all,
+)
+from fedengine.settings import LauncherSettings
+from fedengine.supervision import Exit, crashes_in_a_row, restart_delay_s
+
+logger = logging.getLogger("fedengine.supervisor")
+
+TICK_S = 0.2
+# A process asked to stop gracefully is killed after this long.
+STOP_GRACE_S = 15.0
+
+
+def settings_file(run_dir: Path) -> Path:
+    return run_dir / "launcher.json"
+
+
+def requests_dir(run_dir: Path) -> Path:
+    return run_dir / "requests"
+
+
+def write_settings(settings: LauncherSettings) -> None:
+    """Hand the launcher's settings to the supervisor (secrets included, so owner-only)."""
+    document = {
+        "FEDENGINE_HOME": str(settings.home.resolve()),
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": None
+        if settings.database_url is None
+        else settings.database_url.get_secret_value(),
+        "KAFKA_TOPIC_PREFIX": settings.topic_prefix,
+        "FEDENGINE_JWT_SECRET": None
+        if settings.jwt_secret is None
+        else settings.jwt_secret.get_secret_value(),
+        "FEDENGINE_GATEWAY_HOST": settings.gateway_host,
+        "FEDENGINE_GATEWAY_PORT": settings.gateway_port,
+        "FEDENGINE_READY_TIMEOUT_S": settings.ready_timeout_s,
+        "service_env": settings.service_env,
+    }
+    path = settings_file(settings.run_dir)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(document, handle)
+
+
+def send_request(settings: LauncherSettings, **request: object) -> None:
+    """Ask the running supervisor for something (it reads requests in the order written)."""
+    folder = requests_dir(settings.run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{os.getpid()}.json"
+    temporary = folder / f".{name}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(request, handle)
+    os.replace(temporary, folder / name)
+
+
+@dataclass
+class Watched:
+    """What the supervisor knows of a process beyond the state file."""
+
+    crashes: int = 0
+    restart_at: float = 0.0
+    stop_deadline: float | None = None
+    # Why it is being stopped: "restart" (start again at once) or "remove" (forget it).
+    stopping_for: str | None = None
+
+
+@dataclass
+class Supervisor:
+    settings: LauncherSettings
+    stack: Stack
+    watched: dict[str, Watched] = field(default_factory=dict)
+    stopping: bool = False
+    dirty: bool = True
+
+    @property
+    def path(self) -> Path:
+        return state_file(self.settings)
+
+    def env(self, process: Process) -> dict[str, str]:
+        secret, _ = jwt_secret(self.settings)
+        return {**service_env(self.settings, self.stack, secret), **process.env}
+
+    def start(self, process: Process) -> None:
+        assert process.module is not None
+        new = spawn(
+            self.settings,
+            process.name,
+            process.module,
+            self.env(process),
+            metrics_port=process.metrics_port,
+        )
+        process.pid, process.started_at, process.state = new.pid, new.started_at, "running"
+        process.metrics_port = new.metrics_port
+        self.dirty = True
+
+    # --- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
+        for process in self.stack.processes:
+            self.watched.setdefault(process.name, Watched())
+            if not alive(process):  # a new stack, or adopted after a supervisor crash
+                self.start(process)
+        while not self.stopping:
+            self.requests()
+            self.infrastructure()
+            self.watch()
+            if self.dirty:
+                self.stack.save(self.path)
+                self.dirty = False
+            time.sleep(TICK_S)
+        logger.info("stopping every process")
+        terminate_all(self.stack.processes, timeout_s=STOP_GRACE_S)
+        self.reap()
+        self.stack.supervisor = None
+        self.stack.save(self.path)
+
+    def reap(self) -> dict[int, int]:
+        """Collect the exit codes of children that ended (so none stays a zombie)."""
+        codes: dict[int, int] = {}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return codes
+            if pid == 0:
+                return codes
+            codes[pid] = os.waitstatus_to_exitcode(status)
+
+    def reap_one(self, pid: int) -> int | None:
+        """The exit code of a child that died since the last reap (None: not our child)."""
+        for _ in range(50):
+            try:
+                found, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if found:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)  # dying: the kernel has not made it a zombie yet
+        return None
+
+    def watch(self) -> None:
+        now = time.monotonic()
+        codes = self.reap()
+        for process in list(self.stack.processes):
+            watched = self.watched.setdefault(process.name, Watched())
+            if process.state in ("running", "stopping"):
+                ended = process.pid in codes or not alive(process)
+                if not ended:
+                    if watched.stop_deadline is not None and now > watched.stop_deadline:
+                        self.signal(process, signal.SIGKILL)
+                    continue
+                code = codes.get(process.pid)
+                if code is None:
+                    code = self.reap_one(process.pid)
+                self.ended(process, watched, code, now)
+            if process.state == "restarting" and now >= watched.restart_at:
+                process.restarts += 1
+                logger.info("starting %s again (restart %d)", process.name, process.restarts)
+                self.start(process)
+
+    def ended(self, process: Process, watched: Watched, code: int | None, now: float) -> None:
+        process.last_exit = code
+        self.dirty = True
+        reason, watched.stopping_for, watched.stop_deadline = watched.stopping_for, None, None
+        if reason == "remove":
+            logger.info("%s stopped (exit %s)", process.name, code)
+            self.stack.processes.remove(process)
+            self.watched.pop(process.name, None)
+            return
+        uptime = time.time() - process.started_at
+        watched.crashes = crashes_in_a_row(
+            watched.crashes, Exit(uptime_s=uptime, requested=reason == "restart")
+        )
+        delay = restart_delay_s(watched.crashes)
+        process.state = "restarting"
+        watched.restart_at = now + delay
+        if reason == "restart":
+            logger.info("%s stopped on request (exit %s)", process.name, code)
+        else:
+            logger.warning(
+                "%s exited (code %s) after %.1f s; %d crash(es) in a row, restarting in %.1f s",
+                process.name,
+                code,
+                uptime,
+                watched.crashes,
+                delay,
+            )
+
+    def signal(self, process: Process, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, number)
+
+    # --- requests ----------------------------------------------------------------------------
+    def requests(self) -> None:
+        folder = requests_dir(self.settings.run_dir)
+        if not folder.exists():
+            return
+        for path in sorted(folder.glob("*.json")):
+            try:
+                request = json.loads(path.read_text())
+                self.carry_out(request)
+            except Exception:
+                logger.exception("request %s could not be carried out", path.name)
+            path.unlink(missing_ok=True)
+
+    def carry_out(self, request: dict[str, object]) -> None:
+        action, name = request.get("action"), str(request.get("name"))
+        process = self.stack.process(name)
+        if action == "start":
+            if process is not None:
+                logger.info("%s runs already", name)
+                return
+            env = request.get("env")
+            process = Process(
+                name=name,
+                pid=0,
+                module=str(request["module"]),
+                env=dict(env) if isinstance(env, dict) else {},
+            )
+            self.stack.processes.append(process)
+            self.watched[name] = Watched()
+            logger.info("starting %s", name)
+            self.start(process)
+            return
+        if process is None:
+            logger.warning("no process %s to %s", name, action)
+            return
+        watched = self.watched.setdefault(name, Watched())
+        watched.stopping_for = "restart" if action == "restart" else "remove"
+        if process.state == "restarting":  # not running now: act at once
+            self.ended(process, watched, process.last_exit, time.monotonic())
+            return
+        process.state = "stopping"
+        self.dirty = True
+        if request.get("kill"):
+            self.signal(process, signal.SIGKILL)
+        else:
+            self.signal(process, signal.SIGTERM)
+            watched.stop_deadline = time.monotonic() + STOP_GRACE_S
+
+    # --- the broker and the database ---------------------------------------------------------
+    def infrastructure(self) -> None:
+        broker = self.stack.broker
+        if broker is not None and not alive(broker):
+            self.restart_broker(broker)
+        data = self.stack.postgres_data
+        # Crashed, not stopped: a stop (pg_ctl, an operator) removes the pid file, a crash
+        # leaves it behind. A deliberate stop is respected; the services wait it out.
+        if (
+            data is not None
+            and (Path(data) / "postmaster.pid").exists()
+            and infra.postgres_pid(Path(data)) is None
+        ):
+            logger.warning("the embedded PostgreSQL crashed; starting it again")
+            try:
+                infra.start_postgres(Path(data))
+            except Exception:
+                logger.exception("PostgreSQL did not start; trying again")
+                return
+            self.stack.postgres_restarts += 1
+            self.dirty = True
+
+    def restart_broker(self, broker: Process) -> None:
+        logger.warning("the embedded broker (pid %d) is gone; starting it again", broker.pid)
+        paused = [p for p in self.stack.processes if p.state == "running" and alive(p)]
+        for process in paused:  # nobody produces before the topics exist again
+            self.signal(process, signal.SIGSTOP)
+        try:
+            port = int(self.stack.bootstrap_servers.rsplit(":", 1)[1])
+            pid, _ = infra.start_broker(log_path=self.settings.log_dir / "broker.log", port=port)
+            broker.pid, broker.started_at = pid, time.time()
+            broker.restarts += 1
+            self.dirty = True
+            created = asyncio.run(kafka.create_topics(self.kafka_settings()))
+            logger.info("broker back on port %d; %d topics created", port, len(created))
+        except Exception:
+            logger.exception("the broker did not come back; trying again")
+        finally:
+            for process in paused:
+                self.signal(process, signal.SIGCONT)
+
+    def kafka_settings(self) -> KafkaSettings:
+        """The services' Kafka settings: the same environment they get."""
+        secret, _ = jwt_secret(self.settings)
+        env = service_env(self.settings, self.stack, secret)
+        values = {
+            k.removeprefix("KAFKA_").lower(): v for k, v in env.items() if k.startswith("KAFKA_")
+        }
+        return KafkaSettings.model_validate(values)
+
+
+def main() -> None:
+    run_dir = Path(sys.argv[1])
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    settings = LauncherSettings.model_validate(json.loads(settings_file(run_dir).read_text()))
+    stack = Stack.load(state_file(settings))
+    if stack is None:
+        raise SystemExit(f"no stack under {run_dir}")
+    stack.supervisor = Process(
+        name="supervisor", pid=os.getpid(), module="fedengine.supervisor", started_at=time.time()
+    )
+    Supervisor(settings, stack).run()
+
+
+if __name__ == "__main__":
+    main()
