@@ -147,10 +147,11 @@ def bench_demo(
 
 @app.command("create-topics")
 def create_topics() -> None:
-    """Create every topic with its partitions and max.message.bytes (a deployment's init step)."""
+    """Create every topic with its partitions and max.message.bytes (a deployment's init step,
+    whatever KAFKA_CREATE_TOPICS says: that setting is for the services)."""
     from fedcommon.kafka import create_topics as create
     from fedcommon.settings import KafkaSettings
 
     settings = KafkaSettings()
-    created = asyncio.run(create(settings))
+    created = asyncio.run(create(settings, always=True))
     console.print(f"created {len(created)} topic(s) on {settings.bootstrap_servers}: {created}")
