@@ -22,6 +22,9 @@ class TlsFiles:
     client_cert: Path
     client_key: Path  # encrypted with ``client_key_password``
     client_key_password: str
+    # A server certificate from the same CA for another host (elsewhere.invalid) only.
+    misnamed_cert: Path
+    misnamed_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -82,16 +85,24 @@ def make_tls_files(
     )
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in server_dns]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _issue(
-        "broker",
-        server_key,
-        issuer=(ca, ca_key),
-        extensions=[
-            (x509.SubjectAlternativeName(names), False),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-        ],
-    )
+
+    def server_certificate(
+        names: list[x509.GeneralName],
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(
+            "broker",
+            key,
+            issuer=(ca, ca_key),
+            extensions=[
+                (x509.SubjectAlternativeName(names), False),
+                (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            ],
+        )
+        return cert, key
+
+    server, server_key = server_certificate(names)
+    misnamed, misnamed_key = server_certificate([x509.DNSName("elsewhere.invalid")])
     client_key = ec.generate_private_key(ec.SECP256R1())
     client = _issue(
         "registry",
@@ -107,4 +118,6 @@ def make_tls_files(
         client_cert=_write_cert(folder / "client.pem", client),
         client_key=_write_key(folder / "client.key", client_key, password),
         client_key_password=password,
+        misnamed_cert=_write_cert(folder / "misnamed.pem", misnamed),
+        misnamed_key=_write_key(folder / "misnamed.key", misnamed_key),
     )
