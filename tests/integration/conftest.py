@@ -105,6 +105,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         FEDENGINE_GATEWAY_PORT=infra.free_port(),
         service_env={
             "REGISTRY_OFFLINE_AFTER_S": "4",
+            # Heartbeats well inside the offline window, so no shared device flaps offline.
+            "SIMULATOR_HEARTBEAT_S": "1",
             "COORDINATOR_LOST_ROUND_GRACE_S": "5",
         },
     )

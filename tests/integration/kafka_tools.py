@@ -11,7 +11,7 @@ import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcommon import codec, enrolment_tokens, signing, topics, trust
+from fedcommon import codec, enrolment_tokens, kafka, signing, topics, trust
 from fedcommon.enrolment_tokens import EnrolmentToken
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, Envelope
 from fedcommon.settings import KafkaSettings
@@ -34,7 +34,7 @@ async def send_raw(
     ``fedengine up`` generated), plus any extra ``headers`` (forged ones, say)."""
     topic = topics.topic_name(settings.topic_prefix, base)
     extra = [*(headers or []), *(signer.headers(topic, key, value) if signer else [])]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=BIG)
+    producer = AIOKafkaProducer(**kafka.client_options(settings), max_request_size=BIG)
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key, headers=extra or None)
@@ -87,7 +87,7 @@ async def find_records(
     """
     consumer = AIOKafkaConsumer(
         topics.topic_name(settings.topic_prefix, base),
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka.client_options(settings),
         group_id=f"test-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,

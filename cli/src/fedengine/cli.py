@@ -311,10 +311,53 @@ def bench_demo(
 
 @app.command("create-topics")
 def create_topics() -> None:
-    """Create every topic with its partitions and max.message.bytes (a deployment's init step)."""
+    """Create every topic with its partitions and max.message.bytes (a deployment's init step,
+    whatever KAFKA_CREATE_TOPICS says: that setting is for the services)."""
     from fedcommon.kafka import create_topics as create
     from fedcommon.settings import KafkaSettings
 
     settings = KafkaSettings()
-    created = asyncio.run(create(settings))
+    created = asyncio.run(create(settings, always=True))
     console.print(f"created {len(created)} topic(s) on {settings.bootstrap_servers}: {created}")
+
+
+@app.command("acls")
+def acls_command(
+    prefix: Annotated[
+        str, typer.Option(envvar="KAFKA_TOPIC_PREFIX", help="topic prefix of the deployment")
+    ] = "",
+    as_markdown: Annotated[bool, typer.Option("--markdown", help="a table, not a script")] = False,
+    users: Annotated[
+        bool, typer.Option(help="also create each principal's SCRAM credential first")
+    ] = False,
+    admin_user: Annotated[
+        bool, typer.Option(help="also create the admin's SCRAM credential (own broker only)")
+    ] = False,
+    output: Annotated[Path | None, typer.Option(help="write here instead of printing")] = None,
+) -> None:
+    """Print the Kafka ACLs of every principal (services and the device fleet) as a script of
+    kafka-acls.sh commands, derived from the topic registry (docs/security.md)."""
+    from fedengine import acls
+
+    if as_markdown:
+        text = acls.markdown(prefix)
+    else:
+        text = acls.script(prefix, users=users, admin_user=admin_user)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        output.chmod(0o755)
+        console.print(f"wrote {output}")
+
+
+@app.command("kafka-passwords")
+def kafka_passwords() -> None:
+    """Print a fresh password for the Kafka admin and each principal, as an env file
+    (FEDENGINE_KAFKA_PASSWORD_<PRINCIPAL>), for docker-compose or a Kubernetes secret."""
+    import secrets
+
+    from fedengine import acls
+
+    for principal in [acls.ADMIN, *acls.principals()]:
+        typer.echo(f"{acls.password_variable(principal)}={secrets.token_hex(24)}")

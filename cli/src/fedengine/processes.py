@@ -115,6 +115,14 @@ def service_env(settings: LauncherSettings, stack: Stack, secret: str) -> dict[s
         "GATEWAY_PORT": str(settings.gateway_port),
         "PYTHONUNBUFFERED": "1",
     }
+    if stack.broker is not None:
+        # The embedded broker speaks plaintext only: a shell's KAFKA_SECURITY_PROTOCOL or
+        # KAFKA_SASL_* meant for another cluster must not reach the services.
+        env = {
+            k: v
+            for k, v in env.items()
+            if not k.startswith(("KAFKA_SECURITY_", "KAFKA_SASL_", "KAFKA_SSL_"))
+        }
     env.update(settings.service_env)
     return env
 

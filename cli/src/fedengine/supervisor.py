@@ -317,7 +317,7 @@ class Supervisor:
             broker.pid, broker.started_at = pid, time.time()
             broker.restarts += 1
             self.dirty = True
-            created = asyncio.run(kafka.create_topics(self.kafka_settings()))
+            created = asyncio.run(kafka.create_topics(self.kafka_settings(), always=True))
             logger.info("broker back on port %d; %d topics created", port, len(created))
         except Exception:
             logger.exception("the broker did not come back; trying again")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from fedengine.supervision import (
@@ -19,7 +21,7 @@ def test_a_crash_loop_backs_off_doubling_up_to_the_cap() -> None:
         crashes = crashes_in_a_row(crashes, Exit(uptime_s=0.3, requested=False))
         delays.append(restart_delay_s(crashes))
     assert delays[:5] == [0.5, 1.0, 2.0, 4.0, 8.0]
-    assert delays[-1] == MAX_DELAY_S and all(a <= b for a, b in zip(delays, delays[1:]))
+    assert delays[-1] == MAX_DELAY_S and all(a <= b for a, b in itertools.pairwise(delays))
 
 
 @pytest.mark.parametrize(

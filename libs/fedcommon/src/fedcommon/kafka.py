@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from prometheus_client import Counter, Gauge
 
 from fedcommon import codec, topics, trust
@@ -82,13 +84,62 @@ class SigningProducer(AIOKafkaProducer):  # type: ignore[misc]
         return future
 
 
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """The connection options every Kafka client gets: where the broker is, and the security
+    protocol, SASL credentials and TLS context of ``settings``.
+
+    Every producer, consumer and admin client is built with these (make_producer,
+    make_consumer, create_topics), so that no client connects with less. Raises ValueError
+    naming the setting when a TLS file cannot be used (a service fails at start-up).
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.uses_sasl:
+        if settings.sasl_username is None or settings.sasl_password is None:
+            raise ValueError("SASL needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if settings.uses_tls:
+        options["ssl_context"] = ssl_context(settings)
+    return options
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    """The TLS context of ``settings``: the broker verified against KAFKA_SSL_CAFILE (or the
+    system's CAs), with the name check unless turned off, and a client certificate if given."""
+    password = settings.ssl_password.get_secret_value() if settings.ssl_password else None
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=settings.ssl_cafile,
+            certfile=settings.ssl_certfile,
+            keyfile=settings.ssl_keyfile,
+            password=password,
+        )
+    except (ssl.SSLError, OSError) as exc:
+        files = ", ".join(
+            f"{name}={path}"
+            for name, path in (
+                ("KAFKA_SSL_CAFILE", settings.ssl_cafile),
+                ("KAFKA_SSL_CERTFILE", settings.ssl_certfile),
+                ("KAFKA_SSL_KEYFILE", settings.ssl_keyfile),
+            )
+            if path is not None
+        )
+        raise ValueError(f"cannot use the TLS files ({files or 'system CAs'}): {exc}") from exc
+    context.check_hostname = settings.ssl_check_hostname
+    return context
+
+
 def make_producer(
     settings: KafkaSettings, *, client_id: str, signer: trust.Signer | None = None
 ) -> AIOKafkaProducer:
     """Return a producer, signing as ``signer`` when given (every service but the simulator,
     which plays devices); idempotence stays off (broker.md: it fails on the local broker)."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **client_options(settings),
         "client_id": client_id,
         "acks": "all",
         "linger_ms": settings.linger_ms,
@@ -106,7 +157,7 @@ def make_consumer(
     names = [topics.topic_name(settings.topic_prefix, base) for base in topic_bases]
     return AIOKafkaConsumer(
         *names,
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=f"{settings.topic_prefix}{group_id}",
         client_id=client_id,
         enable_auto_commit=False,
@@ -119,13 +170,19 @@ def make_consumer(
     )
 
 
-async def create_topics(settings: KafkaSettings) -> list[str]:
+async def create_topics(settings: KafkaSettings, *, always: bool = False) -> list[str]:
     """Create every topic explicitly, with its partitions and max.message.bytes.
 
     Never rely on auto-creation: the local broker would make 4 partitions and no size config.
-    Returns the names that were newly created.
+    Services call this at start-up; where ``KAFKA_CREATE_TOPICS=false`` (a deployment whose
+    init job creates the topics, so that no service needs the right to) it does nothing,
+    unless ``always`` (``fedengine create-topics``, that init job). Returns the names that
+    were newly created.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    if not (settings.create_topics or always):
+        logger.info("topics are the deployment's to create (KAFKA_CREATE_TOPICS=false)")
+        return []
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     created: list[str] = []
     try:

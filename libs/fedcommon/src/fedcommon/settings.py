@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedcommon import signing, trust
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 def default_home() -> Path:
@@ -26,7 +30,10 @@ def default_home() -> Path:
 class KafkaSettings(BaseSettings):
     """How to reach the broker and how to talk to it."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+    # Errors never echo the input: it may be a password.
+    model_config = SettingsConfigDict(
+        env_prefix="KAFKA_", extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = ""
@@ -39,6 +46,95 @@ class KafkaSettings(BaseSettings):
     linger_ms: int = Field(default=0, ge=0)
     # One setting drives topic max.message.bytes and the client limits together.
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    # Whether a service creates missing topics at start-up. A deployment with ACLs sets it
+    # false: its init job creates the topics as the admin, so services need no CREATE right.
+    create_topics: bool = True
+
+    # Security, for every client (fedcommon.kafka.client_options). PLAINTEXT suits only the
+    # local broker, which has neither working SASL nor TLS (docs/security.md).
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    # SCRAM only: PLAIN would send the password itself, and needs TLS to be safe at all.
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # PEM files. Without a CA file the system's trusted CAs verify the broker.
+    ssl_cafile: Path | None = None
+    # A client certificate (mutual TLS), where the broker asks for one: both files or neither.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None  # of an encrypted key file
+    # False skips only the name check; the broker's certificate chain is still verified.
+    ssl_check_hostname: bool = True
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("sasl_username", "sasl_password", "ssl_password", mode="before")
+    @classmethod
+    def _printable(cls, value: object, info: ValidationInfo) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw == "":
+            return None  # an empty variable counts as unset
+        if isinstance(raw, str) and any(not c.isprintable() for c in raw):
+            raise ValueError(f"{_env(info.field_name)} must be printable text")
+        return value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _readable_file(cls, value: object, info: ValidationInfo) -> object:
+        if value is None or value == "":
+            return None
+        name = _env(info.field_name)
+        text = str(value)
+        if any(not c.isprintable() for c in text):
+            raise ValueError(f"{name} must be printable")
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"{name}={text} is not a file")
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{name}={text} cannot be read: {exc.strerror}") from exc
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        protocol = f"KAFKA_SECURITY_PROTOCOL={self.security_protocol}"
+        if self.uses_sasl:
+            if self.sasl_username is None or self.sasl_password is None:
+                raise ValueError(f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        elif self.sasl_username is not None or self.sasl_password is not None:
+            # Credentials that would silently go unused: refuse rather than connect without.
+            raise ValueError(f"KAFKA_SASL_USERNAME/PASSWORD are set but {protocol} uses no SASL")
+        tls_files = {
+            "KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.ssl_keyfile,
+            "KAFKA_SSL_PASSWORD": self.ssl_password,
+        }
+        given = [name for name, value in tls_files.items() if value is not None]
+        if given and not self.uses_tls:
+            raise ValueError(f"{', '.join(given)} set but {protocol} uses no TLS")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together: set both")
+        if self.ssl_password is not None and self.ssl_keyfile is None:
+            raise ValueError("KAFKA_SSL_PASSWORD is set but there is no KAFKA_SSL_KEYFILE")
+        return self
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+
+def _env(field: str | None) -> str:
+    return f"KAFKA_{(field or '').upper()}"
 
 
 class PostgresSettings(BaseSettings):

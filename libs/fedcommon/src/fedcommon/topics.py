@@ -82,7 +82,8 @@ TOPICS: tuple[TopicSpec, ...] = (
         ("gateway",),
         ("task.state_changed", "round.started", "round.completed", "device.status_changed"),
     ),
-    TopicSpec(DLQ, "original key", ("*",), (), ()),
+    # Every consumer dead-letters ("*"); the gateway counts the dead letters for /metrics.
+    TopicSpec(DLQ, "original key", ("*",), ("gateway",), ()),
 )
 
 
