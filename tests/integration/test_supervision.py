@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from fedengine import infra, launcher
+from fedengine.sdk import FedEngineClient, FedEngineError
 from fedengine.settings import LauncherSettings
 from tests.integration.conftest import Stack, start_stack
 from tests.integration.helpers import eventually, run_fleet_task
@@ -77,6 +78,16 @@ async def _restarted(stack: Stack, name: str, old_pid: int) -> launcher.Process:
         return process if ready.exists() else None
 
     return await eventually(running_again, timeout_s=60)
+
+
+async def _answers(client: FedEngineClient) -> bool:
+    """Whether the gateway reads from the database again (its pool drops dead connections)."""
+    try:
+        await client.get_status()
+    except FedEngineError as exc:
+        assert exc.status_code == 503, exc
+        return False
+    return True
 
 
 def _completed_once(rounds: list[dict[str, Any]], count: int) -> None:
@@ -151,6 +162,7 @@ async def test_postgres_killed_is_restarted_and_down_and_up_work_after_a_crash(
 
     await eventually(postgres_back, timeout_s=60)
     async with stack.client() as client:  # the services waited the outage out
+        await eventually(lambda: _answers(client), timeout_s=30)
         await run_fleet_task(client, stack.fleet, rounds=2)
 
     # Crashed again, and nobody restarts it before `down` (the supervisor stops first): down and
@@ -170,31 +182,24 @@ async def test_postgres_killed_is_restarted_and_down_and_up_work_after_a_crash(
         await run_fleet_task(client, stack.fleet, rounds=1)
 
 
-def test_a_token_made_from_another_working_directory_is_accepted(
+async def test_a_token_made_from_another_working_directory_is_accepted(
     home_stack: Stack, tmp_path: Path
 ) -> None:
     elsewhere = tmp_path / "somewhere" / "else"
     elsewhere.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "FEDENGINE_HOME"}
-    made = subprocess.run(
-        [str(Path(sys.executable).parent / "fedengine"), "token", "--role", "viewer"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    response = httpx.get(
-        f"{home_stack.stack.gateway_url}/api/federated/tasks",
-        headers={"Authorization": f"Bearer {made.stdout.strip()}"},
-    )
+    fedengine = str(Path(sys.executable).parent / "fedengine")
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [fedengine, *args], cwd=elsewhere, env=env, capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    token = (await asyncio.to_thread(run, "token", "--role", "viewer")).strip()
+    async with httpx.AsyncClient(base_url=home_stack.stack.gateway_url) as http:
+        response = await http.get(
+            "/api/federated/tasks", headers={"Authorization": f"Bearer {token}"}
+        )
     assert response.status_code == 200, response.text
-    status = subprocess.run(
-        [str(Path(sys.executable).parent / "fedengine"), "status"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert str(home_stack.settings.home) in status.stdout
+    assert str(home_stack.settings.home) in await asyncio.to_thread(run, "status")
