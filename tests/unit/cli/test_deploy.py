@@ -65,6 +65,8 @@ SHARED = (
     | env_names(PostgresSettings)
     | env_names(LauncherSettings)
     | {"FEDENGINE_HOME"}
+    # Every service reads it (the probes' ready files); the shared block hands it to all.
+    | {"FEDENGINE_RUN_DIR"}
 )
 
 

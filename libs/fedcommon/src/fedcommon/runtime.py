@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,20 @@ def mark_ready(run_dir: Path | None, service: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / f"{service}.ready").write_text("ready\n")
     logger.info("%s ready", service)
+
+
+# How often a running service touches its ready file: its age is the liveness probes' signal.
+ALIVE_EVERY_S = 5.0
+
+
+def touch_ready(run_dir: Path, service: str) -> None:
+    """Refresh the ready file's time: the event loop is still turning (a probe reads its age).
+
+    A file removed meanwhile (``fedengine down`` clears them) is not written again, so a
+    stopping service never leaves a ready file behind for the next start to trust.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(run_dir / f"{service}.ready")
 
 
 def serve_metrics(port: int, *, host: str = "127.0.0.1") -> None:

@@ -125,6 +125,17 @@ async def run_service(
         tasks.append(asyncio.create_task(_purge_processed(spec, pool), name="purge"))
         await kafka.wait_for_assignment(consumer)
         runtime.mark_ready(run_dir, spec.name)
+        if run_dir is not None:
+            ready_dir = run_dir
+
+            async def keep_alive() -> None:
+                await background.every(
+                    f"{spec.name}.alive",
+                    runtime.ALIVE_EVERY_S,
+                    lambda: asyncio.to_thread(runtime.touch_ready, ready_dir, spec.name),
+                )
+
+            tasks.append(asyncio.create_task(keep_alive(), name="alive"))
         consume = asyncio.create_task(loop.run(), name="consume")
         tasks.append(consume)
         watched: set[asyncio.Task[None]] = {consume, *tasks}
