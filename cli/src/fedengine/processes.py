@@ -88,11 +88,22 @@ def state_file(settings: LauncherSettings) -> Path:
     return path
 
 
+# How much later than its recorded start a process may have been created and still be ours
+# (the start is recorded just after the process is created; clocks are read differently).
+_CREATED_WITHIN_S = 2.0
+
+
 def alive(process: Process) -> bool:
-    """Whether ``process`` still runs and is still ours (a recycled pid is not)."""
+    """Whether ``process`` still runs and is still ours (a recycled pid is not).
+
+    A recycled pid is one created after ours was recorded, whatever it runs: every fleet runs
+    the same module, and another stack's fleet may get the pid of one of ours that ended.
+    """
     try:
         proc = psutil.Process(process.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if proc.create_time() > process.started_at + _CREATED_WITHIN_S:
             return False
         if process.module is None:
             return True
@@ -177,6 +188,9 @@ def terminate(process: Process, *, timeout_s: float = 15.0) -> int | None:
     if not alive(process):
         return None
     os.kill(process.pid, signal.SIGTERM)
+    # A paused process (a supervisor killed mid broker restart left it SIGSTOPped) would
+    # handle its SIGTERM only when continued, and be SIGKILLed instead.
+    os.kill(process.pid, signal.SIGCONT)
     try:
         status: int | None = psutil.Process(process.pid).wait(timeout_s)
         return status
@@ -195,6 +209,7 @@ def terminate_all(processes: list[Process], *, timeout_s: float = 15.0) -> list[
         try:
             handle = psutil.Process(pid)
             handle.terminate()
+            handle.resume()  # a paused process handles its SIGTERM only once continued
             handles.append(handle)
         except psutil.NoSuchProcess:
             continue
