@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from fedengine import infra, supervisor
-from fedengine.processes import Process, Stack, alive, state_file, terminate_all
+from fedengine.processes import Process, Stack, alive, created_at, state_file, terminate_all
 from fedengine.settings import LauncherSettings
 
 pytestmark = pytest.mark.integration
@@ -159,20 +159,26 @@ def test_a_recycled_pid_running_the_same_module_is_not_ours(
     # the pid a fleet that ended long ago had; every fleet runs that module.
     other = subprocess.Popen([*SLEEPER, "fedengine_simulator"])
     try:
+        created = created_at(other.pid)
+        assert created is not None
         recorded = Process(
             name="simulator-a",
             pid=other.pid,
             module="fedengine_simulator",
             started_at=time.time() - 3600,
+            created_at=created - 3600,
+        )
+        mine = Process(
+            name="mine",
+            pid=other.pid,
+            module="fedengine_simulator",
+            started_at=time.time(),
+            created_at=created,
         )
 
         # Execute / Assert: it is not ours, so down neither waits for it nor kills it.
         assert not alive(recorded)
-        assert alive(
-            Process(
-                name="mine", pid=other.pid, module="fedengine_simulator", started_at=time.time()
-            )
-        )
+        assert alive(mine)
     finally:
         other.kill()
         other.wait()

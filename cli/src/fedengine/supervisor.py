@@ -41,6 +41,7 @@ from fedengine.processes import (
     Process,
     Stack,
     alive,
+    created_at,
     service_env,
     spawn,
     state_file,
@@ -136,6 +137,7 @@ class Supervisor:
             metrics_port=process.metrics_port,
         )
         process.pid, process.started_at, process.state = new.pid, new.started_at, "running"
+        process.created_at = new.created_at
         process.metrics_port = new.metrics_port
         self.dirty = True
 
@@ -320,7 +322,7 @@ class Supervisor:
         try:
             port = int(self.stack.bootstrap_servers.rsplit(":", 1)[1])
             pid, _ = infra.start_broker(log_path=self.settings.log_dir / "broker.log", port=port)
-            broker.pid, broker.started_at = pid, time.time()
+            broker.pid, broker.started_at, broker.created_at = pid, time.time(), created_at(pid)
             broker.restarts += 1
             started = True
             self.dirty = True
@@ -378,7 +380,11 @@ def main() -> None:
     if stack is None:
         raise SystemExit(f"no stack under {run_dir}")
     stack.supervisor = Process(
-        name="supervisor", pid=os.getpid(), module="fedengine.supervisor", started_at=time.time()
+        name="supervisor",
+        pid=os.getpid(),
+        module="fedengine.supervisor",
+        started_at=time.time(),
+        created_at=created_at(os.getpid()),
     )
     Supervisor(settings, stack).run()
 
