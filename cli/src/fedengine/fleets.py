@@ -34,7 +34,13 @@ def _client(settings: LauncherSettings, stack: launcher.Stack) -> httpx.Client:
 def _devices(
     client: httpx.Client, fleet: str, status: str | None = None
 ) -> Iterator[dict[str, Any]]:
-    """The fleet's devices (the simulator names them ``<fleet>-0000``, ``<fleet>-0001``...)."""
+    """The fleet's devices: enrolled into it, and named as its simulator names them
+    (``<fleet>-0000``, ``<fleet>-0001``...).
+
+    The name alone is not enough: a device chooses its own id, so a device enrolled into another
+    fleet (with that fleet's token) may carry one of this fleet's names; ``fleet start`` would
+    restore it after an admin removed it, and ``fleet stop`` would remove it.
+    """
     own = re.compile(re.escape(fleet) + r"-\d{4,}")
     offset = 0
     while True:
@@ -45,7 +51,7 @@ def _devices(
         page.raise_for_status()
         body = page.json()
         for device in body["items"]:
-            if own.fullmatch(device["device_id"]):
+            if device["fleet"] == fleet and own.fullmatch(device["device_id"]):
                 yield device
         offset += len(body["items"])
         if not body["items"] or offset >= body["total"]:

@@ -29,6 +29,7 @@ from fedengine.processes import (
     Process,
     Stack,
     alive,
+    created_at,
     log_tail,
     service_env,
     spawn,
@@ -181,7 +182,13 @@ def up(
         bootstrap = settings.kafka_bootstrap_servers
     else:
         pid, bootstrap = infra.start_broker(log_path=settings.log_dir / "broker.log")
-        broker = Process(name="broker", pid=pid, module="tansu", started_at=time.time())
+        broker = Process(
+            name="broker",
+            pid=pid,
+            module="tansu",
+            started_at=time.time(),
+            created_at=created_at(pid),
+        )
         log(f"broker (Tansu) on {bootstrap}")
     postgres_data = None
     if settings.database_url is not None:

@@ -36,6 +36,10 @@ class Process:
     # Environment on top of the services' own (a fleet's size, partitioning and token).
     env: dict[str, str] = field(default_factory=dict)
     started_at: float = 0.0
+    # The process's creation time as psutil reads it (boot time plus its start in ticks): a
+    # recycled pid has another. Compared with itself, never with the wall clock, which can
+    # drift or step away from the boot time psutil adds (seen here: 4 s in 6 minutes).
+    created_at: float | None = None
     restarts: int = 0
     last_exit: int | None = None
     # running | restarting (waiting out its backoff) | stopping
@@ -88,11 +92,35 @@ def state_file(settings: LauncherSettings) -> Path:
     return path
 
 
+# How far two readings of one process's creation time may differ (psutil rounds; the boot time
+# it adds is whole seconds).
+_SAME_CREATION_S = 1.0
+
+
+def created_at(pid: int) -> float | None:
+    """The creation time of process ``pid`` as ``alive`` compares it (None: it is gone)."""
+    try:
+        created: float = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return created
+
+
 def alive(process: Process) -> bool:
-    """Whether ``process`` still runs and is still ours (a recycled pid is not)."""
+    """Whether ``process`` still runs and is still ours (a recycled pid is not).
+
+    A recycled pid is one created at another time than ours, whatever it runs: every fleet
+    runs the same module, and another stack's fleet may get the pid of one of ours that ended
+    (pids wrap at 32768 on many machines).
+    """
     try:
         proc = psutil.Process(process.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if (
+            process.created_at is not None
+            and abs(proc.create_time() - process.created_at) > _SAME_CREATION_S
+        ):
             return False
         if process.module is None:
             return True
@@ -166,6 +194,7 @@ def spawn(
         module=module,
         metrics_port=metrics_port,
         started_at=time.time(),
+        created_at=created_at(process.pid),
     )
 
 
@@ -177,6 +206,9 @@ def terminate(process: Process, *, timeout_s: float = 15.0) -> int | None:
     if not alive(process):
         return None
     os.kill(process.pid, signal.SIGTERM)
+    # A paused process (a supervisor killed mid broker restart left it SIGSTOPped) would
+    # handle its SIGTERM only when continued, and be SIGKILLed instead.
+    os.kill(process.pid, signal.SIGCONT)
     try:
         status: int | None = psutil.Process(process.pid).wait(timeout_s)
         return status
@@ -195,6 +227,7 @@ def terminate_all(processes: list[Process], *, timeout_s: float = 15.0) -> list[
         try:
             handle = psutil.Process(pid)
             handle.terminate()
+            handle.resume()  # a paused process handles its SIGTERM only once continued
             handles.append(handle)
         except psutil.NoSuchProcess:
             continue

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from fedengine.processes import (
     Process,
     Stack,
     alive,
+    created_at,
     service_env,
     spawn,
     state_file,
@@ -135,6 +137,7 @@ class Supervisor:
             metrics_port=process.metrics_port,
         )
         process.pid, process.started_at, process.state = new.pid, new.started_at, "running"
+        process.created_at = new.created_at
         process.metrics_port = new.metrics_port
         self.dirty = True
 
@@ -146,6 +149,10 @@ class Supervisor:
             self.watched.setdefault(process.name, Watched())
             if not alive(process):  # a new stack, or adopted after a supervisor crash
                 self.start(process)
+            else:
+                # A supervisor killed while it restarted the broker left its processes paused
+                # (SIGSTOP); continuing one that runs does nothing.
+                self.signal(process, signal.SIGCONT)
         while not self.stopping:
             self.requests()
             self.infrastructure()
@@ -311,16 +318,24 @@ class Supervisor:
         paused = [p for p in self.stack.processes if p.state == "running" and alive(p)]
         for process in paused:  # nobody produces before the topics exist again
             self.signal(process, signal.SIGSTOP)
+        started = False
         try:
             port = int(self.stack.bootstrap_servers.rsplit(":", 1)[1])
             pid, _ = infra.start_broker(log_path=self.settings.log_dir / "broker.log", port=port)
-            broker.pid, broker.started_at = pid, time.time()
+            broker.pid, broker.started_at, broker.created_at = pid, time.time(), created_at(pid)
             broker.restarts += 1
+            started = True
             self.dirty = True
             created = asyncio.run(kafka.create_topics(self.kafka_settings(), always=True))
             logger.info("broker back on port %d; %d topics created", port, len(created))
         except Exception:
-            logger.exception("the broker did not come back; trying again")
+            logger.exception("the broker did not come back with its topics; trying again")
+            if started:
+                # Left serving without its topics, it would auto-create them with the wrong
+                # settings once the services resume, and no later tick would notice (it is
+                # alive): stop it, so that the next tick starts it and creates them again.
+                self.signal(broker, signal.SIGKILL)
+                self.reap_one(broker.pid)
         finally:
             for process in paused:
                 self.signal(process, signal.SIGCONT)
@@ -335,6 +350,21 @@ class Supervisor:
         return KafkaSettings.model_validate(values)
 
 
+def lock(run_dir: Path) -> int | None:
+    """Take the stack's supervisor lock for this process's lifetime; None when another holds it.
+
+    Two ``fedengine up`` at once after a supervisor died would each start one: both would
+    restart the same processes, write the state file and carry out every request.
+    """
+    descriptor = os.open(run_dir / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def main() -> None:
     run_dir = Path(sys.argv[1])
     logging.basicConfig(
@@ -342,12 +372,19 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
+    if lock(run_dir) is None:
+        logger.warning("another supervisor runs the stack under %s; leaving it to it", run_dir)
+        return
     settings = LauncherSettings.model_validate(json.loads(settings_file(run_dir).read_text()))
     stack = Stack.load(state_file(settings))
     if stack is None:
         raise SystemExit(f"no stack under {run_dir}")
     stack.supervisor = Process(
-        name="supervisor", pid=os.getpid(), module="fedengine.supervisor", started_at=time.time()
+        name="supervisor",
+        pid=os.getpid(),
+        module="fedengine.supervisor",
+        started_at=time.time(),
+        created_at=created_at(os.getpid()),
     )
     Supervisor(settings, stack).run()
 

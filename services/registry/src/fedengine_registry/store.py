@@ -24,6 +24,17 @@ class DeviceRow:
 
 
 async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> DeviceRow | None:
+    """Return a device, locked for this transaction, also when it does not exist yet.
+
+    FOR UPDATE locks only a row that exists: two first enrolments of one device id (two
+    registry instances, or a record sent under another key to another partition) would both
+    see no device and the later commit would overwrite the first, key and all, unchecked. A
+    transaction-scoped advisory lock on the id serialises them, so the second sees the first.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('registry.devices'), hashtext(%s))",
+        (device_id,),
+    )
     cursor = await conn.execute(
         "SELECT device_id, status, public_key, heartbeat_sequence, enrolled_sent_at "
         "FROM registry.devices WHERE device_id = %s FOR UPDATE",
