@@ -101,14 +101,6 @@ class _NewerDeviceEnrolled(DeviceEnrolled):
     attestation: bytes | None = None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review-attack: enrolment_payload signs codec.encode of the parsed model, so a consumer "
-        "that drops (or adds) an optional field re-encodes other bytes than the device signed; "
-        "verifying over the received map (minus the signatures) would fix it"
-    ),
-)
 def test_an_enrolment_from_a_newer_device_verifies_at_an_older_registry() -> None:
     # Prepare: a device on a later v1 signs its enrolment, which carries the new field unset.
     device_key = signing.generate_private_key()
@@ -125,13 +117,57 @@ def test_an_enrolment_from_a_newer_device_verifies_at_an_older_registry() -> Non
         token=token,
     )
 
-    # Execute: today's registry decodes it (ignoring the field, as v1 promises) and checks it.
-    received = codec.decode(codec.encode(newer))
+    # Execute: today's registry decodes it (ignoring the field, as v1 promises) and checks it
+    # over the fields as sent, as the registry's handler does.
+    raw = codec.encode(newer)
+    received = codec.decode(raw)
     assert isinstance(received, DeviceEnrolled) and received.signature is not None
+    assert received.token_signature is not None
+    payload = signing.enrolment_payload(codec.fields_of(raw))
 
-    # Assert: the device's signature holds (else every such enrolment is dead-lettered).
+    # Assert: both signatures hold (else every such enrolment is dead-lettered), and they would
+    # not over this version's own re-encoding, which drops the field.
     signing.verify(
         public_key=signing.public_key_bytes(device_key),
         signature=received.signature,
-        payload=signing.enrolment_payload(received),
+        payload=payload,
+    )
+    signing.verify(public_key=token.public_key, signature=received.token_signature, payload=payload)
+    assert signing.enrolment_payload(received) != payload
+
+
+def test_an_enrolment_from_an_older_device_verifies_the_same_way() -> None:
+    device_key = signing.generate_private_key()
+    token = enrolment_tokens.issue("f", coordinator_key=b"\x01" * 32)
+    unsigned = DeviceEnrolled(
+        producer="device",
+        device_id="d-1",
+        device_name="d",
+        device_type=DeviceType.IOT,
+        public_key=signing.public_key_bytes(device_key),
+        fleet="f",
+        enrolment_token_id=token.token_id,
+    )
+    # An older device never knew the optional key_change_signature: it signs and sends without.
+    fields = {
+        k: v
+        for k, v in unsigned.model_dump(mode="python").items()
+        if k not in ("key_change_signature", "signature", "token_signature")
+    }
+    payload = signing.enrolment_payload(fields)
+    raw = codec.canonical(
+        {
+            **fields,
+            "signature": device_key.sign(payload),
+            "token_signature": token.key.sign(payload),
+        }
+    )
+
+    received = codec.decode(raw)
+
+    assert isinstance(received, DeviceEnrolled) and received.signature is not None
+    signing.verify(
+        public_key=signing.public_key_bytes(device_key),
+        signature=received.signature,
+        payload=signing.enrolment_payload(codec.fields_of(raw)),
     )

@@ -29,6 +29,32 @@ def encode(message: Envelope) -> bytes:
     return packed
 
 
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [_sorted(item) for item in value]
+    return value
+
+
+def canonical(fields: dict[str, Any]) -> bytes:
+    """Pack a message's fields the one way both ends can reproduce: keys sorted at every level.
+
+    A signature over this, taken from the fields a device sent (not from our parsed model),
+    still verifies at a consumer that knows fewer or more optional fields than the sender.
+    """
+    packed: bytes = msgpack.packb(_sorted(fields), default=_default)
+    return packed
+
+
+def fields_of(raw: bytes) -> dict[str, Any]:
+    """The map a record value carries, as sent (call after ``decode`` accepted it)."""
+    data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    if not isinstance(data, dict):
+        raise InvalidMessage("codec: record value is not a map")
+    return data
+
+
 def decode(raw: bytes | None) -> AnyMessage:
     """Parse a record value; raise ``InvalidMessage`` naming what is wrong."""
     if raw is None:

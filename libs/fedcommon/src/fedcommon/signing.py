@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
+from typing import Any
 from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
@@ -102,15 +104,22 @@ def key_change_payload(*, device_id: str, new_public_key: bytes, sent_at_us: int
     )
 
 
-def enrolment_payload(message: DeviceEnrolled) -> bytes:
-    """Return the bytes a device and its enrolment token sign: the enrolment without signatures.
+ENROLMENT_SIGNATURES = ("signature", "token_signature")
+
+
+def enrolment_payload(message: DeviceEnrolled | Mapping[str, Any]) -> bytes:
+    """Return the bytes a device and its enrolment token sign: the enrolment's fields without
+    its signatures, packed canonically (``codec.canonical``).
 
     Signing with the key being enrolled proves possession of it, and covers every field that
     matters (name, type, privacy level, capabilities, fleet, key, token id, send time), so that
-    none can be changed by whoever relays it.
+    none can be changed by whoever relays it. A consumer verifies over the fields as they were
+    sent (``codec.fields_of`` the record value), not over its own parsed model, so that a device
+    on a later v1 (one more optional field) still verifies at an older registry, and back.
     """
-    unsigned = message.model_copy(update={"signature": None, "token_signature": None})
-    return b"fedengine-enrolment-v1" + codec.encode(unsigned)
+    fields = message.model_dump(mode="python") if isinstance(message, DeviceEnrolled) else message
+    unsigned = {k: v for k, v in fields.items() if k not in ENROLMENT_SIGNATURES}
+    return b"fedengine-enrolment-v2" + codec.canonical(unsigned)
 
 
 def sign_enrolment(message: DeviceEnrolled, private_key: Ed25519PrivateKey) -> DeviceEnrolled:

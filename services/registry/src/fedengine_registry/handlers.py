@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import psycopg
 from prometheus_client import Counter, Gauge
 
-from fedcommon import background, db, outbox, topics, trust
+from fedcommon import background, codec, db, outbox, signing, topics, trust
 from fedcommon.errors import ProtocolViolation
 from fedcommon.kafka import SourceRecord
 from fedcommon.messages.v1 import (
@@ -79,6 +79,8 @@ class Registry:
                     by_operator=trust.signer_of(record.headers) == "gateway",
                     token=token,
                     now=datetime.now(UTC),
+                    # Over the fields as the device sent them, not as this version parsed them.
+                    payload=signing.enrolment_payload(codec.fields_of(record.value or b"")),
                 )
                 await store.upsert_enrolled(conn, message)
                 await store.log_event(

@@ -51,8 +51,13 @@ class Token:
     enrolled: int
 
 
-def check_token(message: DeviceEnrolled, token: Token | None, *, now: datetime) -> None:
-    """Raise ``ProtocolViolation`` unless ``token`` admits ``message`` into its fleet."""
+def check_token(
+    message: DeviceEnrolled, token: Token | None, *, now: datetime, payload: bytes
+) -> None:
+    """Raise ``ProtocolViolation`` unless ``token`` admits ``message`` into its fleet.
+
+    ``payload`` is what the token signed: ``signing.enrolment_payload`` of the fields sent.
+    """
     device = message.device_id
     if message.enrolment_token_id is None or message.token_signature is None:
         raise ProtocolViolation(
@@ -66,11 +71,7 @@ def check_token(message: DeviceEnrolled, token: Token | None, *, now: datetime) 
         raise ProtocolViolation(
             f"enrolment of {device}: the token is for fleet {token.fleet!r}, not {message.fleet!r}"
         )
-    signing.verify(
-        public_key=token.public_key,
-        signature=message.token_signature,
-        payload=signing.enrolment_payload(message),
-    )
+    signing.verify(public_key=token.public_key, signature=message.token_signature, payload=payload)
     if not now - FRESH_FOR <= message.sent_at <= now + trust.CLOCK_SKEW:
         raise ProtocolViolation(f"enrolment of {device}: sent_at is not within a day of now")
     if message.sent_at > token.expires_at:
@@ -88,23 +89,23 @@ def check_enrolment(
     by_operator: bool,
     token: Token | None = None,
     now: datetime,
+    payload: bytes | None = None,
 ) -> None:
     """Raise ``ProtocolViolation`` unless ``message`` may (re-)enrol its device.
 
     ``token`` is the enrolment token the message names (None when it names none or an unknown
-    one); an operator's enrolment, vouched for by the gateway, needs none.
+    one); an operator's enrolment, vouched for by the gateway, needs none. ``payload`` is what
+    the device and its token signed, made from the fields as received (by default, from
+    ``message``).
     """
     if not by_operator:
         if message.public_key is None or message.signature is None:
             raise ProtocolViolation(
                 f"enrolment of {message.device_id} must be signed by the key it enrols"
             )
-        signing.verify(
-            public_key=message.public_key,
-            signature=message.signature,
-            payload=signing.enrolment_payload(message),
-        )
-        check_token(message, token, now=now)
+        signed = signing.enrolment_payload(message) if payload is None else payload
+        signing.verify(public_key=message.public_key, signature=message.signature, payload=signed)
+        check_token(message, token, now=now, payload=signed)
     if existing is None:
         return
     if existing.status == DeviceStatus.REMOVED:
