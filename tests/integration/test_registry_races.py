@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg_pool import AsyncConnectionPool
 
 from fedcommon import db as fedcommon_db
-from fedcommon import enrolment_tokens, signing
+from fedcommon import codec, enrolment_tokens, signing
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType
 from fedcommon.settings import KafkaSettings, PostgresSettings
@@ -104,9 +104,9 @@ async def test_two_first_enrolments_of_one_device_at_once_cannot_both_win(
             "SELECT 1 FROM registry.enrolment_tokens WHERE token_id = %s FOR UPDATE",
             (token.token_id,),
         )
-        one = asyncio.create_task(registry.handle(first, _Record()))
+        one = asyncio.create_task(registry.handle(first, _Record(value=codec.encode(first))))
         await _waiting_on_locks(db, 1)
-        two = asyncio.create_task(registry.handle(second, _Record()))
+        two = asyncio.create_task(registry.handle(second, _Record(value=codec.encode(second))))
         await _waiting_on_locks(db, 2)
         await locker.commit()
         results = await asyncio.gather(one, two, return_exceptions=True)
