@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg_pool import AsyncConnectionPool
 
-from fedcommon import db as fedcommon_db
 from fedcommon import codec, enrolment_tokens, signing
+from fedcommon import db as fedcommon_db
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType
 from fedcommon.settings import KafkaSettings, PostgresSettings
