@@ -142,7 +142,14 @@ async def test_unknown_ids_are_404(stack: Stack) -> None:
 
 async def test_status_health_metrics_cleanup_and_openapi(stack: Stack) -> None:
     async with http(stack, auth.Role.ADMIN) as api:
-        assert (await api.get("/health")).json() == {"status": "ok"}
+        health = (await api.get("/health")).json()
+        assert (health["status"], health["database"]["state"], health["broker"]["state"]) == (
+            "ok",
+            "up",
+            "up",
+        )
+        ready = await api.get("/ready")
+        assert (ready.status_code, ready.json()["down"]) == (200, [])
         status = (await api.get("/status")).json()
         assert set(status) == {"devices", "tasks", "rounds_completed", "updates"}
         metrics = await api.get("/metrics")

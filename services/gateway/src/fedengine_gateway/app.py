@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from fedcommon.messages.v1 import (
     TaskStartRequested,
     TaskState,
 )
-from fedengine_gateway import devices, errors, queries
+from fedengine_gateway import devices, errors, health, queries
 from fedengine_gateway.body_limit import BodyLimit
 from fedengine_gateway.deps import (
     PREFIX,
@@ -39,14 +40,17 @@ from fedengine_gateway.deps import (
     Operator,
     Viewer,
     accepted,
+    prober_of,
     publish,
     settings_of,
 )
 from fedengine_gateway.schemas import (
     Accepted,
     CleanupRequest,
+    DependencyState,
     Health,
     Page,
+    Readiness,
     RoundPublic,
     StatusPublic,
     TaskCreate,
@@ -89,13 +93,15 @@ async def create_task(
             ]
         ) from exc
     task_id = uuid4()
+    location = f"{PREFIX}/tasks/{task_id}"
     await publish(
         request,
         topics.TASKS,
         str(task_id),
         TaskCreateRequested(producer=PRODUCER, task_id=task_id, spec=spec, issued_by=who.subject),
+        location=location,
     )
-    return accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
+    return accepted(response, str(task_id), location)
 
 
 @router.get(
@@ -260,10 +266,47 @@ async def cleanup(
     return accepted(response, str(message.message_id), f"{PREFIX}/status")
 
 
-@router.get("/health", response_model=Health, responses=errors.responses(413, 503))
-async def health(conn: Conn) -> Health:
-    await conn.execute("SELECT 1")
-    return Health(status="ok")
+def _states(results: dict[health.Dependency, health.CheckResult]) -> dict[str, DependencyState]:
+    return {
+        dependency.value: DependencyState(
+            state="up" if result.up else "down",
+            seconds=round(result.seconds, 4),
+            error=result.error,
+        )
+        for dependency, result in results.items()
+    }
+
+
+@router.get("/health", response_model=Health, responses=errors.responses(413))
+async def get_health(request: Request) -> Health:
+    """Liveness: 200 while this process serves, whatever state the database and the broker are
+    in (they are in the body). An orchestrator restarts what fails this, and restarting the
+    gateway cures neither outage: that is /ready's business."""
+    results = await prober_of(request).check_all()
+    return Health(status="ok", **_states(results))
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={
+        503: {"model": Readiness, "description": "The database or the broker does not answer"},
+        **errors.responses(413),
+    },
+)
+async def get_ready(request: Request, response: Response) -> Readiness:
+    """Readiness: 200 when the database and the broker both answer, else 503 naming what is
+    down; within about GATEWAY_HEALTH_TIMEOUT_S, since the two checks run at once."""
+    results = await prober_of(request).check_all()
+    down = health.down(results)
+    if down:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Readiness(
+        status="unavailable" if down else "ready",
+        detail=" and ".join(f"{d.value} down" for d in down) if down else "ready",
+        down=[d.value for d in down],
+        **_states(results),
+    )
 
 
 @router.get(
@@ -329,6 +372,21 @@ def create_app(settings: Settings) -> FastAPI:
             settings.kafka, client_id="gateway", signer=settings.trust.signer("gateway")
         )
         await app.state.producer.start()
+        command_topics = [
+            topics.topic_name(settings.kafka.topic_prefix, base)
+            for base in (topics.TASKS, topics.DEVICES)
+        ]
+        app.state.prober = health.Prober(
+            {
+                health.Dependency.DATABASE: functools.partial(
+                    health.database_answers, app.state.pool, timeout_s=settings.health_timeout_s
+                ),
+                health.Dependency.BROKER: functools.partial(
+                    health.broker_answers, app.state.producer, command_topics
+                ),
+            },
+            timeout_s=settings.health_timeout_s,
+        )
         dead_letters = asyncio.create_task(watch_dead_letters(settings))
         try:
             yield

@@ -3,6 +3,7 @@ publishing a command to Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from fedcommon import auth, kafka
 from fedcommon.constraints import DEVICE_ID_PATTERN, INT64_MAX, Name
 from fedcommon.messages.v1 import Envelope
+from fedengine_gateway import errors, health
 from fedengine_gateway.schemas import Accepted
 from fedengine_gateway.settings import Settings
 
@@ -101,9 +103,33 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-async def publish(request: Request, base: str, key: str, message: Envelope) -> None:
+def prober_of(request: Request) -> health.Prober:
+    prober: health.Prober = request.app.state.prober
+    return prober
+
+
+async def publish(
+    request: Request, base: str, key: str, message: Envelope, *, location: str | None = None
+) -> None:
+    """Send a command and wait for the broker's acknowledgement, within bounds.
+
+    The broker is asked first (the shared check of /ready): when it does not answer, the answer
+    is 503 at once and nothing enters the producer's buffer, so nothing can go out later. Past
+    that check, the acknowledgement is awaited for ``GATEWAY_COMMAND_TIMEOUT_S``; a 503 then
+    cannot promise that nothing was sent (``location`` tells the client where to look), because
+    aiokafka keeps retrying a buffered record until its producer's ``request_timeout_ms``
+    (40 s) and a record a frozen broker already received is written when it resumes.
+    """
     settings = settings_of(request)
-    await kafka.publish(request.app.state.producer, settings.kafka, base, key=key, message=message)
+    if not (await prober_of(request).check(health.Dependency.BROKER)).up:
+        raise errors.BrokerUnavailable()
+    try:
+        async with asyncio.timeout(settings.command_timeout_s):
+            await kafka.publish(
+                request.app.state.producer, settings.kafka, base, key=key, message=message
+            )
+    except TimeoutError as exc:
+        raise errors.CommandNotConfirmed(settings.command_timeout_s, location) from exc
     COMMANDS.labels(message.type).inc()  # type: ignore[attr-defined]
 
 

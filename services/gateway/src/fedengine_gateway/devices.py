@@ -91,6 +91,7 @@ async def add_device(
         private_key = signing.private_key_to_bytes(key).hex()
     else:
         public_key = bytes.fromhex(body.public_key)
+    location = f"{PREFIX}/devices/{device_id}"
     await publish(
         request,
         topics.DEVICES,
@@ -105,8 +106,8 @@ async def add_device(
             public_key=public_key,
             issued_by=who.subject,
         ),
+        location=location,
     )
-    location = f"{PREFIX}/devices/{device_id}"
     response.headers["Location"] = location
     return DeviceAccepted(
         id=device_id,
@@ -221,6 +222,7 @@ async def issue_enrolment_token(
             max_devices=body.max_devices,
             issued_by=who.subject,
         ),
+        location=f"{PREFIX}/enrolment-tokens/{token.token_id}",
     )
     recorded = await _wait_recorded(conn, token.token_id, settings_of(request).projection_wait_s)
     response.headers["Location"] = f"{PREFIX}/enrolment-tokens/{token.token_id}"
