@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
+import psycopg
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
 from pydantic import ValidationError
 
 from fedcommon import background, db, kafka, lifecycle, topics
@@ -43,7 +45,9 @@ from fedengine_gateway.deps import (
     prober_of,
     publish,
     settings_of,
+    wait_for_projection,
 )
+from fedengine_gateway.issued import IssuedIds
 from fedengine_gateway.schemas import (
     Accepted,
     CleanupRequest,
@@ -68,6 +72,11 @@ ROUND_SECONDS_SUM = Gauge(
 ROUND_SECONDS_COUNT = Gauge("fedengine_rounds_duration_seconds_count", "Completed rounds timed")
 DEAD_LETTERS = Gauge(
     "fedengine_dead_letters", "Records in the dead-letter topic", ["original_topic", "error_type"]
+)
+PROJECTION_WAITS = Histogram(
+    "fedengine_gateway_projection_wait_seconds",
+    "Time a request on a task this gateway just created waited for its projection",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
 
 router = APIRouter(prefix=PREFIX)
@@ -101,6 +110,7 @@ async def create_task(
         TaskCreateRequested(producer=PRODUCER, task_id=task_id, spec=spec, issued_by=who.subject),
         location=location,
     )
+    _issued_tasks(request).add(task_id, now=time.monotonic())
     return accepted(response, str(task_id), location)
 
 
@@ -125,11 +135,34 @@ async def list_tasks(
     response_model=TaskPublic,
     responses=errors.responses(401, 404, 413, 422, 503),
 )
-async def get_task(task_id: UUID, conn: Conn, _: Viewer) -> TaskPublic:
+async def get_task(task_id: UUID, request: Request, conn: Conn, _: Viewer) -> TaskPublic:
+    return TaskPublic(**await _task_or_404(request, conn, task_id))
+
+
+def _issued_tasks(request: Request) -> IssuedIds:
+    issued: IssuedIds = request.app.state.issued_tasks
+    return issued
+
+
+async def _task_or_404(
+    request: Request, conn: psycopg.AsyncConnection, task_id: UUID
+) -> dict[str, Any]:
+    """Return the task's projection; for a task this process created a moment ago, wait for it
+    (``GATEWAY_PROJECTION_WAIT_S``) before answering 404. Any other unknown id is 404 at once.
+    """
     row = await queries.get_task(conn, task_id)
+    issued = _issued_tasks(request)
+    if row is None and issued.pending(task_id, now=time.monotonic()):
+        began = time.monotonic()
+        row = await wait_for_projection(
+            functools.partial(queries.get_task, conn, task_id),
+            wait_s=settings_of(request).projection_wait_s,
+        )
+        PROJECTION_WAITS.observe(time.monotonic() - began)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} not found")
-    return TaskPublic(**row)
+    issued.discard(task_id)
+    return row
 
 
 _TASK_COMMANDS: dict[
@@ -148,9 +181,7 @@ def _task_command(name: str) -> Any:
     async def endpoint(
         task_id: UUID, request: Request, response: Response, conn: Conn, who: Operator
     ) -> Accepted:
-        task = await queries.get_task(conn, task_id)
-        if task is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} not found")
+        task = await _task_or_404(request, conn, task_id)
         state = TaskState(task["state"])
         if lifecycle.next_state(state, Command(name)) is None:
             raise HTTPException(
@@ -403,6 +434,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         description="Federated learning over Kafka: devices, tasks, rounds, models.",
     )
+    # Outlives a lifespan restart in tests; holds only what may be lost (issued.py).
+    app.state.issued_tasks = IssuedIds()
     app.include_router(router)
     app.include_router(devices.router)
     errors.install(app)

@@ -4,8 +4,9 @@ publishing a command to Kafka."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 from fastapi import Depends, HTTPException, Path, Query, Request, Response, status
@@ -24,6 +25,8 @@ from fedengine_gateway.settings import Settings
 PREFIX = "/api/federated"
 PRODUCER = "gateway"
 COMMANDS = Counter("fedengine_gateway_commands_total", "Commands published", ["type"])
+
+T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -131,6 +134,22 @@ async def publish(
     except TimeoutError as exc:
         raise errors.CommandNotConfirmed(settings.command_timeout_s, location) from exc
     COMMANDS.labels(message.type).inc()  # type: ignore[attr-defined]
+
+
+async def wait_for_projection(
+    lookup: Callable[[], Awaitable[T | None]], *, wait_s: float, poll_s: float = 0.05
+) -> T | None:
+    """Call ``lookup`` until it finds something or ``wait_s`` has passed; return what it found.
+
+    For ids this process has just issued: the services project them within milliseconds, and a
+    client acting on the id at once should not see 404 in between.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = await lookup()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(poll_s)
 
 
 def accepted(response: Response, identifier: str, location: str, **extra: Any) -> Accepted:

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     # The largest request body accepted; larger ones get 413 before anything parses them.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_page_size: int = 500
-    # How long a command that issues an id waits for the projection to show it (tokens).
+    # How long a request waits for the projection of an id this process issued: an enrolment
+    # token's answer, and a read or command on a task created here a moment ago.
     projection_wait_s: float = Field(default=5.0, ge=0, le=60)
     # The longest a command waits for the broker's acknowledgement before answering 503.
     command_timeout_s: float = Field(default=5.0, gt=0, le=60)
