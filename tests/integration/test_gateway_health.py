@@ -1,5 +1,5 @@
-"""/health and /ready while the broker or PostgreSQL is down, and commands answering 503 quickly
-instead of hanging.
+"""/health and /ready while the broker or PostgreSQL is down (stopped, frozen or killed), and
+commands answering 503 quickly instead of hanging.
 
 Stopping servers needs servers of its own: this module runs its own stack (its own embedded
 PostgreSQL and broker, topic prefix and FEDENGINE_HOME; no fleet). The broker is killed in the
@@ -171,6 +171,31 @@ async def test_postgres_stopped_makes_ready_503_and_reads_503_as_before(
     assert health.status_code == 200
     assert (health.json()["database"]["state"], health.json()["broker"]["state"]) == ("down", "up")
     assert read.status_code == 503 and read_took < READ_BOUND_S, (read.text, read_took)
+    assert (await ready_again(api)).json()["database"]["state"] == "up"
+
+
+async def test_postgres_frozen_makes_ready_503_within_the_bound_every_time(
+    health_stack: HealthStack, api: httpx.AsyncClient
+) -> None:
+    # SIGSTOP to the postmaster and every backend: pooled connections get no answer, and
+    # psycopg, cancelled mid-query, tries for up to 10 s to cancel it in the server.
+    postmaster = int((health_stack.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    frozen = [psutil.Process(postmaster), *psutil.Process(postmaster).children()]
+    for process in frozen:
+        process.suspend()
+    try:
+        readies = [await timed(api.get("/ready")) for _ in range(4)]
+        health, health_took = await timed(api.get("/health"))
+    finally:
+        for process in frozen:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+    print("postgres frozen: /ready " + ", ".join(f"{took:.3f} s" for _, took in readies))
+
+    for ready, took in readies:
+        assert ready.status_code == 503 and took < READY_WITHIN_S, (ready.text, took)
+        assert ready.json()["down"] == ["database"]
+    assert health.status_code == 200 and health_took < READY_WITHIN_S
     assert (await ready_again(api)).json()["database"]["state"] == "up"
 
 

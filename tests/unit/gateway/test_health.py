@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 from aiokafka.errors import KafkaConnectionError, NoBrokersAvailable
@@ -33,6 +34,25 @@ async def test_a_check_that_never_answers_is_down_at_its_bound() -> None:
     result = await health.run_check(_never, timeout_s=0.05)
     assert (result.up, result.error) == (False, "no answer within 0.05 s")
     assert 0.05 <= result.seconds < 1.0
+
+
+async def test_a_check_slow_to_clean_up_after_its_bound_does_not_hold_the_answer() -> None:
+    # Like psycopg cancelled in a query to a frozen server: it tries to cancel it there first.
+    cleaned_up = asyncio.Event()
+
+    async def slow_to_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.3)
+            cleaned_up.set()
+
+    began = time.monotonic()
+    result = await health.run_check(slow_to_cancel, timeout_s=0.05)
+    took = time.monotonic() - began
+
+    assert not result.up and took < 0.2
+    await asyncio.wait_for(cleaned_up.wait(), timeout=2)  # left to finish, not dropped
 
 
 async def test_a_failing_check_is_down_naming_the_kind_of_error_only() -> None:

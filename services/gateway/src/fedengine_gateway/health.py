@@ -52,20 +52,47 @@ class CheckResult:
 Check = Callable[[], Awaitable[None]]
 
 
+# Checks given up on at their bound and still cleaning up; held so that they run to the end.
+_ABANDONED: set[asyncio.Task[None]] = set()
+
+
 async def run_check(check: Check, *, timeout_s: float) -> CheckResult:
-    """Run ``check`` for at most ``timeout_s``; any exception, or no answer in time, is down."""
+    """Run ``check`` for at most ``timeout_s``; any exception, or no answer in time, is down.
+
+    The answer never waits for a check's cleanup: psycopg, cancelled in the middle of a query
+    to a frozen server, first tries to cancel it there and waits up to 10 s for that. A check
+    past its bound is cancelled and left to finish in the background.
+    """
     began = time.monotonic()
+    task = asyncio.ensure_future(check())
     try:
-        async with asyncio.timeout(timeout_s):
-            await check()
-    except TimeoutError:
-        return CheckResult(False, time.monotonic() - began, f"no answer within {timeout_s:g} s")
-    except NotReady as exc:
-        return CheckResult(False, time.monotonic() - began, str(exc))
-    except Exception as exc:
-        logger.debug("health check failed", exc_info=exc)
-        return CheckResult(False, time.monotonic() - began, type(exc).__name__)
-    return CheckResult(True, time.monotonic() - began)
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        _abandon(task)
+        raise
+    seconds = time.monotonic() - began
+    if not done:
+        _abandon(task)
+        return CheckResult(False, seconds, f"no answer within {timeout_s:g} s")
+    failure = task.exception()
+    if failure is None:
+        return CheckResult(True, seconds)
+    if isinstance(failure, NotReady):
+        return CheckResult(False, seconds, str(failure))
+    logger.debug("health check failed", exc_info=failure)
+    return CheckResult(False, seconds, type(failure).__name__)
+
+
+def _abandon(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    _ABANDONED.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("abandoned health check ended", exc_info=task.exception())
 
 
 def down(results: Mapping[Dependency, CheckResult]) -> list[Dependency]:
