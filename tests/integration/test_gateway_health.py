@@ -180,8 +180,10 @@ async def test_postgres_frozen_makes_ready_503_within_the_bound_every_time(
     # SIGSTOP to the postmaster and every backend: pooled connections get no answer, and
     # psycopg, cancelled mid-query, tries for up to 10 s to cancel it in the server.
     postmaster = int((health_stack.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    # The postmaster first: once it is stopped it forks no new backend, so the list is whole.
+    psutil.Process(postmaster).suspend()
     frozen = [psutil.Process(postmaster), *psutil.Process(postmaster).children()]
-    for process in frozen:
+    for process in frozen[1:]:
         process.suspend()
     try:
         readies = [await timed(api.get("/ready")) for _ in range(4)]
