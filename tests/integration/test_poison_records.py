@@ -293,8 +293,9 @@ async def test_a_task_whose_stored_setting_no_longer_validates_fails_alone(
     failed = await client.wait_for_task(bad, lambda t: t["state"] == "failed", timeout_s=30)
     assert failed["stop_reason"] == "error"
     events = await client.get_task_events(bad)
-    (error,) = [e for e in events if e["kind"] == "error"]
-    assert "seed" in error["detail"] and "-1" not in error["detail"]
+    (ended,) = [e for e in events if e["kind"] == "failed"]
+    assert ended == events[-1] and ended["detail"].startswith("error: ")
+    assert "seed" in ended["detail"] and "-1" not in ended["detail"]
     assert (await client.get_task(good))["state"] == "completed"
 
 

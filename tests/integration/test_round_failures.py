@@ -46,8 +46,12 @@ async def test_a_round_short_of_its_minimum_is_reissued_then_the_task_fails(
     ]
     assert rounds[0]["failure"] == "1 of 3 updates by the deadline"
     assert sorted(rounds[1]["participants"]) == sorted(manual.names)
-    kinds = [e["kind"] for e in await client.get_task_events(manual.task_id)]
-    assert kinds.count("round_failed") == 2
+    events = await client.get_task_events(manual.task_id)
+    assert [e["kind"] for e in events].count("round_failed") == 2
+    assert (events[-1]["kind"], events[-1]["detail"]) == (
+        "failed",
+        f"round_failed: round 1 failed 2 times, the last: {rounds[1]['failure']}",
+    )
 
 
 async def test_a_task_without_eligible_devices_fails_with_too_few_devices(
@@ -67,8 +71,12 @@ async def test_a_task_without_eligible_devices_fails_with_too_few_devices(
 
     assert (task["state"], task["stop_reason"]) == ("failed", "too_few_devices")
     assert await client.get_rounds(task_id) == []
-    kinds = [e["kind"] for e in await client.get_task_events(task_id)]
-    assert "waiting_for_devices" in kinds
+    events = await client.get_task_events(task_id)
+    assert "waiting_for_devices" in [e["kind"] for e in events]
+    assert (events[-1]["kind"], events[-1]["detail"]) == (
+        "failed",
+        "too_few_devices: 0 eligible devices for round 1, 1 needed, for more than 1 s",
+    )
 
 
 async def test_resume_after_a_round_failed_while_paused_reissues_the_round(

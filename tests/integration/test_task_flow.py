@@ -52,9 +52,14 @@ async def test_task_runs_to_completion_and_model_downloads(
     assert (predicted == dataset.y_test).mean() == pytest.approx(rounds[-1]["accuracy"], abs=1e-6)
     first, _, first_version = await client.download_model(task_id, version=0)
     assert first_version == 0 and first != data
-    events = [e["kind"] for e in await client.get_task_events(task_id)]
-    assert events[:2] == ["created", "start"]
-    assert all(e["issued_by"] == "pytest" for e in (await client.get_task_events(task_id))[:2])
+    events = await client.get_task_events(task_id)
+    assert [e["kind"] for e in events][:2] == ["created", "start"]
+    assert all(e["issued_by"] == "pytest" for e in events[:2])
+    # The log ends with how the task ended: the stop reason, then the numbers behind it.
+    assert (events[-1]["kind"], events[-1]["issued_by"]) == ("completed", None)
+    assert events[-1]["detail"] == (
+        f"max_rounds: 4 of 4 rounds done, accuracy {rounds[-1]['accuracy']:.4f}"
+    )
 
 
 async def test_pause_finishes_the_round_in_flight_and_resume_continues(
@@ -102,3 +107,8 @@ async def test_cancel_stops_a_running_task(client: FedEngineClient, fleet: str) 
     assert task["state"] == "cancelled"
     assert task["stop_reason"] == "cancelled"
     assert task["current_round"] < 200
+    *_, cancel, ended = await client.get_task_events(task_id)
+    assert (cancel["kind"], ended["kind"]) == ("cancel", "cancelled")
+    assert cancel["issued_by"] == ended["issued_by"] == "pytest"
+    # "cancelled", or "cancelled: round N abandoned" when a round was open
+    assert ended["detail"].startswith("cancelled"), ended

@@ -78,6 +78,44 @@ def test_stop_reasons(
     assert stopping.stop_reason(task, rounds_done=done, accuracies=accuracies) == expected
 
 
+@pytest.mark.parametrize(
+    ("task", "reason", "accuracies", "expected"),
+    [
+        (
+            spec(rounds=3),
+            StopReason.MAX_ROUNDS,
+            [0.5, 0.6, 0.7],
+            "3 of 3 rounds done, accuracy 0.7000",
+        ),
+        (
+            spec(rounds=9, target_accuracy=0.9),
+            StopReason.TARGET_ACCURACY,
+            [0.8, 0.91, 0.93],
+            "accuracy 0.9300 reached the target 0.9 in round 3",
+        ),
+        (
+            spec(rounds=9, patience=2),
+            StopReason.CONVERGED,
+            [0.5, 0.8, 0.8],
+            "no gain over 0.001 in the last 2 rounds; accuracy 0.8000 after round 3",
+        ),
+    ],
+)
+def test_the_reason_a_task_completed_is_said_with_its_numbers(
+    task: TaskSpec, reason: StopReason, accuracies: list[float], expected: str
+) -> None:
+    assert stopping.explain(task, reason, rounds_done=3, accuracies=accuracies) == expected
+
+
+def test_a_task_ending_names_its_stop_reason_first() -> None:
+    assert stopping.end_detail(StopReason.CANCELLED, None) == "cancelled"
+    assert (
+        stopping.end_detail(StopReason.TOO_FEW_DEVICES, "0 eligible")
+        == "too_few_devices: 0 eligible"
+    )
+    assert stopping.end_detail(None, "how") == "how"
+
+
 def test_apply_delta_adds_and_rejects_wrong_shapes() -> None:
     model = evaluation.new_model(ModelArchitecture.MLP, "digits", seed=0)
     before = models.get_arrays(model)

@@ -1,9 +1,13 @@
 """The gateway app in-process, for the paths that need neither the database nor a broker: auth,
-validation, the body limit, publishing through a fake producer, and the broker-down answer."""
+validation, the body limit, publishing through a fake producer, the broker-down answers, and
+/health and /ready over checks that are plain coroutines."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +16,9 @@ from pydantic import SecretStr
 
 from fedcommon import auth, codec
 from fedcommon.messages.v1 import TaskCreateRequested
+from fedengine_gateway import health
 from fedengine_gateway.app import create_app
+from fedengine_gateway.health import Dependency
 from fedengine_gateway.settings import Settings
 
 SECRET = "s" * 40
@@ -20,26 +26,50 @@ API = "/api/federated"
 
 
 class FakeProducer:
-    def __init__(self, error: Exception | None = None) -> None:
+    def __init__(self, error: Exception | None = None, *, silent: bool = False) -> None:
         self.sent: list[tuple[str, bytes, bytes | None]] = []
         self.error = error
+        self.silent = silent  # never acknowledges, like a broker that stopped answering
 
     async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         if self.error is not None:
             raise self.error
+        if self.silent:
+            await asyncio.Event().wait()
         self.sent.append((topic, value, key))
 
 
-def _client(producer: FakeProducer, role: auth.Role = auth.Role.ADMIN) -> httpx.AsyncClient:
+async def _up() -> None:
+    return None
+
+
+async def _down() -> None:
+    raise ConnectionRefusedError("refused")
+
+
+def _client(
+    producer: FakeProducer,
+    role: auth.Role = auth.Role.ADMIN,
+    *,
+    database: health.Check = _up,
+    broker: health.Check = _up,
+    **settings_fields: Any,
+) -> httpx.AsyncClient:
     settings = Settings(
         FEDENGINE_JWT_SECRET=SecretStr(SECRET),
         postgres={"DATABASE_URL": "postgresql://unused"},  # type: ignore[arg-type]
         trust={"FEDENGINE_SERVICE_KEYS": {"coordinator": "00" * 32}},  # type: ignore[arg-type]
         max_body_bytes=4096,
+        health_timeout_s=0.2,
+        **settings_fields,
     )
-    app = create_app(settings)  # no lifespan: no pool, and this producer
+    app = create_app(settings)  # no lifespan: no pool, and this producer and these checks
     app.state.settings = settings
     app.state.producer = producer
+    app.state.prober = health.Prober(
+        {Dependency.DATABASE: database, Dependency.BROKER: broker},
+        timeout_s=settings.health_timeout_s,
+    )
     token = auth.issue_token(secret=SECRET, subject="unit", role=role)
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
@@ -102,3 +132,69 @@ async def test_an_unavailable_broker_is_503_with_a_json_body() -> None:
         response = await client.post("/tasks", json={"task_name": "t"})
     assert response.status_code == 503
     assert "broker unavailable" in response.json()["detail"]
+
+
+async def test_a_command_while_the_broker_does_not_answer_is_503_and_nothing_is_buffered() -> None:
+    producer = FakeProducer()
+    async with _client(producer, auth.Role.OPERATOR, broker=_down) as client:
+        response = await client.post("/tasks", json={"task_name": "t"})
+    assert response.status_code == 503
+    assert response.json() == {"detail": "message broker unavailable: the command was not sent"}
+    assert producer.sent == []
+
+
+async def test_a_command_the_broker_does_not_acknowledge_is_503_within_the_bound() -> None:
+    producer = FakeProducer(silent=True)
+    async with _client(producer, auth.Role.OPERATOR, command_timeout_s=0.1) as client:
+        began = time.monotonic()
+        response = await client.post("/tasks", json={"task_name": "t"})
+        took = time.monotonic() - began
+    assert response.status_code == 503
+    assert took < 1.0
+    detail = response.json()["detail"]
+    # Not "not sent": the record may still go out; the client is told where to look first.
+    assert "did not acknowledge the command within 0.1 s" in detail
+    assert "may still be applied" in detail and "check /api/federated/tasks/" in detail
+
+
+async def test_health_is_200_with_each_dependency_in_the_body_even_when_both_are_down() -> None:
+    async with _client(FakeProducer(), database=_down, broker=_down) as client:
+        response = await client.get("/health", headers={"Authorization": ""})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["database"]["state"] == body["broker"]["state"] == "down"
+    assert body["database"]["error"] == "ConnectionRefusedError"
+    assert body["broker"]["seconds"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("database", "broker", "down"),
+    [(_down, _up, ["database"]), (_up, _down, ["broker"]), (_down, _down, ["database", "broker"])],
+)
+async def test_ready_is_503_naming_what_is_down(
+    database: health.Check, broker: health.Check, down: list[str]
+) -> None:
+    async with _client(FakeProducer(), database=database, broker=broker) as client:
+        response = await client.get("/ready", headers={"Authorization": ""})
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["status"], body["down"]) == ("unavailable", down)
+    assert body["detail"] == " and ".join(f"{name} down" for name in down)
+
+
+async def test_ready_is_200_when_both_answer_and_a_hanging_check_is_cut_at_its_bound() -> None:
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    async with _client(FakeProducer()) as client:
+        ready = await client.get("/ready")
+    async with _client(FakeProducer(), broker=hangs) as client:
+        began = time.monotonic()
+        frozen = await client.get("/ready")
+        took = time.monotonic() - began
+    assert ready.status_code == 200 and ready.json()["down"] == []
+    assert (
+        frozen.status_code == 503 and frozen.json()["broker"]["error"] == "no answer within 0.2 s"
+    )
+    assert took < 1.0

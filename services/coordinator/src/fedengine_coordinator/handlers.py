@@ -94,8 +94,22 @@ class Coordinator:
         task_id: UUID,
         state: TaskState,
         stop_reason: StopReason | None = None,
+        *,
+        detail: str | None = None,
+        issued_by: str | None = None,
     ) -> None:
+        """Move the task to ``state`` and announce it; an ending (completed, failed, cancelled)
+        is also the task's last event, naming the stop reason and ``detail``, in the same
+        transaction as the state it records."""
         await store.set_state(conn, task_id, state, stop_reason=stop_reason)
+        if state in lifecycle.FINISHED:
+            await store.log_event(
+                conn,
+                task_id,
+                state.value,
+                issued_by=issued_by,
+                detail=stopping.end_detail(stop_reason, detail),
+            )
         await self._emit(
             conn,
             topics.EVENTS,
@@ -171,8 +185,9 @@ class Coordinator:
                 await store.fail_round(
                     conn, round_id=open_round.round_id, status="abandoned", failure="task failed"
                 )
-            await store.log_event(conn, task_id, "error", detail=describe(exc))
-            await self._state_changed(conn, task_id, TaskState.FAILED, StopReason.ERROR)
+            await self._state_changed(
+                conn, task_id, TaskState.FAILED, StopReason.ERROR, detail=describe(exc)
+            )
         TASKS_FAILED_BY_ERROR.inc()
         self.context.relay.wake()
         return True
@@ -239,7 +254,14 @@ class Coordinator:
                 await store.fail_round(
                     conn, round_id=open_round.round_id, status="abandoned", failure="task cancelled"
                 )
-            await self._state_changed(conn, task.task_id, target, StopReason.CANCELLED)
+            await self._state_changed(
+                conn,
+                task.task_id,
+                target,
+                StopReason.CANCELLED,
+                detail=None if open_round is None else f"round {open_round.round_number} abandoned",
+                issued_by=message.issued_by,
+            )
             return
         await self._state_changed(conn, task.task_id, target)
         if target == TaskState.RUNNING and await store.open_round_of(conn, task.task_id) is None:
@@ -275,7 +297,12 @@ class Coordinator:
                 )
             elif (now - task.waiting_since).total_seconds() > spec.device_wait_s:
                 await self._state_changed(
-                    conn, task_id, TaskState.FAILED, StopReason.TOO_FEW_DEVICES
+                    conn,
+                    task_id,
+                    TaskState.FAILED,
+                    StopReason.TOO_FEW_DEVICES,
+                    detail=f"{len(pool)} eligible devices for round {round_number}, "
+                    f"{spec.min_devices} needed, for more than {spec.device_wait_s:g} s",
                 )
             return
         if task.waiting_since is not None:
@@ -458,13 +485,20 @@ class Coordinator:
             result.accuracy,
             result.loss,
         )
+        accuracies = await store.accuracies(conn, task.task_id)
         reason = stopping.stop_reason(
-            spec,
-            rounds_done=round_row.round_number,
-            accuracies=await store.accuracies(conn, task.task_id),
+            spec, rounds_done=round_row.round_number, accuracies=accuracies
         )
         if reason is not None:
-            await self._state_changed(conn, task.task_id, TaskState.COMPLETED, reason)
+            await self._state_changed(
+                conn,
+                task.task_id,
+                TaskState.COMPLETED,
+                reason,
+                detail=stopping.explain(
+                    spec, reason, rounds_done=round_row.round_number, accuracies=accuracies
+                ),
+            )
         elif lifecycle.opens_round(task.state):
             await self._open_round(conn, task.task_id, round_number=round_row.round_number + 1)
 
@@ -499,7 +533,14 @@ class Coordinator:
             detail=f"round {round_row.round_number} attempt {round_row.attempt}: {failure}",
         )
         if round_row.attempt >= task.spec.max_round_retries:
-            await self._state_changed(conn, task.task_id, TaskState.FAILED, StopReason.ROUND_FAILED)
+            await self._state_changed(
+                conn,
+                task.task_id,
+                TaskState.FAILED,
+                StopReason.ROUND_FAILED,
+                detail=f"round {round_row.round_number} failed {round_row.attempt + 1} times, "
+                f"the last: {failure}",
+            )
         elif lifecycle.opens_round(task.state):
             await self._open_round(
                 conn,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
+import psycopg
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
 from pydantic import ValidationError
 
 from fedcommon import background, db, kafka, lifecycle, topics
@@ -27,7 +30,7 @@ from fedcommon.messages.v1 import (
     TaskStartRequested,
     TaskState,
 )
-from fedengine_gateway import devices, errors, queries
+from fedengine_gateway import devices, errors, health, queries
 from fedengine_gateway.body_limit import BodyLimit
 from fedengine_gateway.deps import (
     PREFIX,
@@ -39,14 +42,19 @@ from fedengine_gateway.deps import (
     Operator,
     Viewer,
     accepted,
+    prober_of,
     publish,
     settings_of,
+    wait_for_projection,
 )
+from fedengine_gateway.issued import IssuedIds
 from fedengine_gateway.schemas import (
     Accepted,
     CleanupRequest,
+    DependencyState,
     Health,
     Page,
+    Readiness,
     RoundPublic,
     StatusPublic,
     TaskCreate,
@@ -64,6 +72,11 @@ ROUND_SECONDS_SUM = Gauge(
 ROUND_SECONDS_COUNT = Gauge("fedengine_rounds_duration_seconds_count", "Completed rounds timed")
 DEAD_LETTERS = Gauge(
     "fedengine_dead_letters", "Records in the dead-letter topic", ["original_topic", "error_type"]
+)
+PROJECTION_WAITS = Histogram(
+    "fedengine_gateway_projection_wait_seconds",
+    "Time a request on a task this gateway just created waited for its projection",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
 
 router = APIRouter(prefix=PREFIX)
@@ -89,13 +102,16 @@ async def create_task(
             ]
         ) from exc
     task_id = uuid4()
+    location = f"{PREFIX}/tasks/{task_id}"
     await publish(
         request,
         topics.TASKS,
         str(task_id),
         TaskCreateRequested(producer=PRODUCER, task_id=task_id, spec=spec, issued_by=who.subject),
+        location=location,
     )
-    return accepted(response, str(task_id), f"{PREFIX}/tasks/{task_id}")
+    _issued_tasks(request).add(task_id, now=time.monotonic())
+    return accepted(response, str(task_id), location)
 
 
 @router.get(
@@ -119,11 +135,34 @@ async def list_tasks(
     response_model=TaskPublic,
     responses=errors.responses(401, 404, 413, 422, 503),
 )
-async def get_task(task_id: UUID, conn: Conn, _: Viewer) -> TaskPublic:
+async def get_task(task_id: UUID, request: Request, conn: Conn, _: Viewer) -> TaskPublic:
+    return TaskPublic(**await _task_or_404(request, conn, task_id))
+
+
+def _issued_tasks(request: Request) -> IssuedIds:
+    issued: IssuedIds = request.app.state.issued_tasks
+    return issued
+
+
+async def _task_or_404(
+    request: Request, conn: psycopg.AsyncConnection, task_id: UUID
+) -> dict[str, Any]:
+    """Return the task's projection; for a task this process created a moment ago, wait for it
+    (``GATEWAY_PROJECTION_WAIT_S``) before answering 404. Any other unknown id is 404 at once.
+    """
     row = await queries.get_task(conn, task_id)
+    issued = _issued_tasks(request)
+    if row is None and issued.pending(task_id, now=time.monotonic()):
+        began = time.monotonic()
+        row = await wait_for_projection(
+            functools.partial(queries.get_task, conn, task_id),
+            wait_s=settings_of(request).projection_wait_s,
+        )
+        PROJECTION_WAITS.observe(time.monotonic() - began)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} not found")
-    return TaskPublic(**row)
+    issued.discard(task_id)
+    return row
 
 
 _TASK_COMMANDS: dict[
@@ -142,9 +181,7 @@ def _task_command(name: str) -> Any:
     async def endpoint(
         task_id: UUID, request: Request, response: Response, conn: Conn, who: Operator
     ) -> Accepted:
-        task = await queries.get_task(conn, task_id)
-        if task is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id} not found")
+        task = await _task_or_404(request, conn, task_id)
         state = TaskState(task["state"])
         if lifecycle.next_state(state, Command(name)) is None:
             raise HTTPException(
@@ -260,10 +297,47 @@ async def cleanup(
     return accepted(response, str(message.message_id), f"{PREFIX}/status")
 
 
-@router.get("/health", response_model=Health, responses=errors.responses(413, 503))
-async def health(conn: Conn) -> Health:
-    await conn.execute("SELECT 1")
-    return Health(status="ok")
+def _states(results: dict[health.Dependency, health.CheckResult]) -> dict[str, DependencyState]:
+    return {
+        dependency.value: DependencyState(
+            state="up" if result.up else "down",
+            seconds=round(result.seconds, 4),
+            error=result.error,
+        )
+        for dependency, result in results.items()
+    }
+
+
+@router.get("/health", response_model=Health, responses=errors.responses(413))
+async def get_health(request: Request) -> Health:
+    """Liveness: 200 while this process serves, whatever state the database and the broker are
+    in (they are in the body). An orchestrator restarts what fails this, and restarting the
+    gateway cures neither outage: that is /ready's business."""
+    results = await prober_of(request).check_all()
+    return Health(status="ok", **_states(results))
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={
+        503: {"model": Readiness, "description": "The database or the broker does not answer"},
+        **errors.responses(413),
+    },
+)
+async def get_ready(request: Request, response: Response) -> Readiness:
+    """Readiness: 200 when the database and the broker both answer, else 503 naming what is
+    down; within about GATEWAY_HEALTH_TIMEOUT_S, since the two checks run at once."""
+    results = await prober_of(request).check_all()
+    down = health.down(results)
+    if down:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Readiness(
+        status="unavailable" if down else "ready",
+        detail=" and ".join(f"{d.value} down" for d in down) if down else "ready",
+        down=[d.value for d in down],
+        **_states(results),
+    )
 
 
 @router.get(
@@ -329,6 +403,21 @@ def create_app(settings: Settings) -> FastAPI:
             settings.kafka, client_id="gateway", signer=settings.trust.signer("gateway")
         )
         await app.state.producer.start()
+        command_topics = [
+            topics.topic_name(settings.kafka.topic_prefix, base)
+            for base in (topics.TASKS, topics.DEVICES)
+        ]
+        app.state.prober = health.Prober(
+            {
+                health.Dependency.DATABASE: functools.partial(
+                    health.database_answers, app.state.pool, timeout_s=settings.health_timeout_s
+                ),
+                health.Dependency.BROKER: functools.partial(
+                    health.broker_answers, app.state.producer, command_topics
+                ),
+            },
+            timeout_s=settings.health_timeout_s,
+        )
         dead_letters = asyncio.create_task(watch_dead_letters(settings))
         try:
             yield
@@ -345,6 +434,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         description="Federated learning over Kafka: devices, tasks, rounds, models.",
     )
+    # Outlives a lifespan restart in tests; holds only what may be lost (issued.py).
+    app.state.issued_tasks = IssuedIds()
     app.include_router(router)
     app.include_router(devices.router)
     errors.install(app)

@@ -3,8 +3,10 @@ publishing a command to Kafka."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 from fastapi import Depends, HTTPException, Path, Query, Request, Response, status
@@ -16,12 +18,15 @@ from pydantic import TypeAdapter, ValidationError
 from fedcommon import auth, kafka
 from fedcommon.constraints import DEVICE_ID_PATTERN, INT64_MAX, Name
 from fedcommon.messages.v1 import Envelope
+from fedengine_gateway import errors, health
 from fedengine_gateway.schemas import Accepted
 from fedengine_gateway.settings import Settings
 
 PREFIX = "/api/federated"
 PRODUCER = "gateway"
 COMMANDS = Counter("fedengine_gateway_commands_total", "Commands published", ["type"])
+
+T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -101,10 +106,50 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-async def publish(request: Request, base: str, key: str, message: Envelope) -> None:
+def prober_of(request: Request) -> health.Prober:
+    prober: health.Prober = request.app.state.prober
+    return prober
+
+
+async def publish(
+    request: Request, base: str, key: str, message: Envelope, *, location: str | None = None
+) -> None:
+    """Send a command and wait for the broker's acknowledgement, within bounds.
+
+    The broker is asked first (the shared check of /ready): when it does not answer, the answer
+    is 503 at once and nothing enters the producer's buffer, so nothing can go out later. Past
+    that check, the acknowledgement is awaited for ``GATEWAY_COMMAND_TIMEOUT_S``; a 503 then
+    cannot promise that nothing was sent (``location`` tells the client where to look), because
+    aiokafka keeps retrying a buffered record until its producer's ``request_timeout_ms``
+    (40 s) and a record a frozen broker already received is written when it resumes.
+    """
     settings = settings_of(request)
-    await kafka.publish(request.app.state.producer, settings.kafka, base, key=key, message=message)
+    if not (await prober_of(request).check(health.Dependency.BROKER)).up:
+        raise errors.BrokerUnavailable()
+    try:
+        async with asyncio.timeout(settings.command_timeout_s):
+            await kafka.publish(
+                request.app.state.producer, settings.kafka, base, key=key, message=message
+            )
+    except TimeoutError as exc:
+        raise errors.CommandNotConfirmed(settings.command_timeout_s, location) from exc
     COMMANDS.labels(message.type).inc()  # type: ignore[attr-defined]
+
+
+async def wait_for_projection(
+    lookup: Callable[[], Awaitable[T | None]], *, wait_s: float, poll_s: float = 0.05
+) -> T | None:
+    """Call ``lookup`` until it finds something or ``wait_s`` has passed; return what it found.
+
+    For ids this process has just issued: the services project them within milliseconds, and a
+    client acting on the id at once should not see 404 in between.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = await lookup()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(poll_s)
 
 
 def accepted(response: Response, identifier: str, location: str, **extra: Any) -> Accepted:

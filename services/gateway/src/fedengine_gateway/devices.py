@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID, uuid4
@@ -35,6 +33,7 @@ from fedengine_gateway.deps import (
     accepted,
     publish,
     settings_of,
+    wait_for_projection,
 )
 from fedengine_gateway.schemas import (
     Accepted,
@@ -91,6 +90,7 @@ async def add_device(
         private_key = signing.private_key_to_bytes(key).hex()
     else:
         public_key = bytes.fromhex(body.public_key)
+    location = f"{PREFIX}/devices/{device_id}"
     await publish(
         request,
         topics.DEVICES,
@@ -105,8 +105,8 @@ async def add_device(
             public_key=public_key,
             issued_by=who.subject,
         ),
+        location=location,
     )
-    location = f"{PREFIX}/devices/{device_id}"
     response.headers["Location"] = location
     return DeviceAccepted(
         id=device_id,
@@ -221,8 +221,15 @@ async def issue_enrolment_token(
             max_devices=body.max_devices,
             issued_by=who.subject,
         ),
+        location=f"{PREFIX}/enrolment-tokens/{token.token_id}",
     )
-    recorded = await _wait_recorded(conn, token.token_id, settings_of(request).projection_wait_s)
+    recorded = (
+        await wait_for_projection(
+            lambda: queries.get_token(conn, token.token_id),
+            wait_s=settings_of(request).projection_wait_s,
+        )
+        is not None
+    )
     response.headers["Location"] = f"{PREFIX}/enrolment-tokens/{token.token_id}"
     if not recorded:
         response.status_code = status.HTTP_202_ACCEPTED
@@ -235,16 +242,6 @@ async def issue_enrolment_token(
         coordinator_public_key=token.coordinator_key.hex(),
         recorded=recorded,
     )
-
-
-async def _wait_recorded(conn: psycopg.AsyncConnection, token_id: UUID, wait_s: float) -> bool:
-    deadline = time.monotonic() + wait_s
-    while True:
-        if await queries.get_token(conn, token_id) is not None:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
 
 
 @router.get(

@@ -35,7 +35,8 @@ _DESCRIPTIONS = {
     409: "The command does not apply to the task in its current state",
     413: "The request body is larger than the gateway's limit (GATEWAY_MAX_BODY_BYTES)",
     422: "A path, query or body value is invalid; each problem names its field and reason",
-    503: "The database or the message broker is unavailable, or the services are starting",
+    503: "The database or the message broker is unavailable, or the services are starting; "
+    "a command the broker did not acknowledge in time says so, and may still be applied",
 }
 
 
@@ -94,9 +95,41 @@ async def _database_down(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "database unavailable"}, 503)
 
 
+class BrokerUnavailable(Exception):
+    """The broker did not answer the check made before a command: nothing was sent."""
+
+
+class CommandNotConfirmed(Exception):
+    """The broker did not acknowledge a command in time (``GATEWAY_COMMAND_TIMEOUT_S``).
+
+    Unlike a refusal, this is not proof that nothing was sent: the record may sit in the
+    producer's buffer, or have reached a broker that stopped answering, and be written later
+    (docs/reliability.md, "Commands while the broker is down").
+    """
+
+    def __init__(self, timeout_s: float, location: str | None) -> None:
+        super().__init__(f"not acknowledged within {timeout_s:g} s")
+        self.timeout_s = timeout_s
+        self.location = location
+
+
 async def _broker_down(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("broker unavailable, command not sent: %s", type(exc).__name__)
     return JSONResponse({"detail": "message broker unavailable: the command was not sent"}, 503)
+
+
+async def _not_confirmed(request: Request, exc: Exception) -> JSONResponse:
+    timeout_s = exc.timeout_s if isinstance(exc, CommandNotConfirmed) else 0.0
+    location = exc.location if isinstance(exc, CommandNotConfirmed) else None
+    logger.warning("broker did not acknowledge a command within %g s", timeout_s)
+    where = f"; check {location} before repeating it" if location else ""
+    return JSONResponse(
+        {
+            "detail": f"message broker did not acknowledge the command within {timeout_s:g} s: "
+            f"it may still be applied if the broker recovers{where}"
+        },
+        503,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -108,3 +141,5 @@ def install(app: FastAPI) -> None:
     # A connection closed under a request (the server went away mid-query).
     app.add_exception_handler(psycopg.InterfaceError, _database_down)
     app.add_exception_handler(kafka_errors.KafkaError, _broker_down)
+    app.add_exception_handler(BrokerUnavailable, _broker_down)
+    app.add_exception_handler(CommandNotConfirmed, _not_confirmed)

@@ -348,5 +348,30 @@ class ValidationErrorBody(BaseModel):
     detail: list[FieldError]
 
 
+class DependencyState(BaseModel):
+    """One dependency as the last check saw it."""
+
+    state: Literal["up", "down"]
+    seconds: float = Field(description="How long the check took")
+    error: str | None = Field(
+        default=None, description="Why it is down: the kind of failure, never the server's text"
+    )
+
+
 class Health(BaseModel):
+    """Liveness: the process serves (always 200); the dependencies' states are for people."""
+
     status: Literal["ok"]
+    database: DependencyState
+    broker: DependencyState
+
+
+class Readiness(BaseModel):
+    """Readiness: 200 when the database and the broker both answer, else 503 naming what is
+    down."""
+
+    status: Literal["ready", "unavailable"]
+    detail: str
+    down: list[Literal["database", "broker"]]
+    database: DependencyState
+    broker: DependencyState

@@ -32,8 +32,14 @@ class Settings(BaseSettings):
     # The largest request body accepted; larger ones get 413 before anything parses them.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_page_size: int = 500
-    # How long a command that issues an id waits for the projection to show it (tokens).
+    # How long a request waits for the projection of an id this process issued: an enrolment
+    # token's answer, and a read or command on a task created here a moment ago.
     projection_wait_s: float = Field(default=5.0, ge=0, le=60)
+    # The longest a command waits for the broker's acknowledgement before answering 503.
+    command_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # The bound on each dependency check of /health, /ready and the check before a command;
+    # /ready must answer within 2 s while a server is down, and the two checks run at once.
+    health_timeout_s: float = Field(default=1.0, gt=0, le=10)
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
 

@@ -25,3 +25,25 @@ def stop_reason(
         if recent - before <= spec.min_improvement:
             return StopReason.CONVERGED
     return None
+
+
+def explain(
+    spec: TaskSpec, reason: StopReason, *, rounds_done: int, accuracies: Sequence[float]
+) -> str:
+    """Say why ``reason`` stopped the task, for its event log: the rule and the numbers."""
+    last = f"accuracy {accuracies[-1]:.4f}" if accuracies else "no accuracy"
+    if reason == StopReason.TARGET_ACCURACY:
+        return f"{last} reached the target {spec.target_accuracy:g} in round {rounds_done}"
+    if reason == StopReason.CONVERGED:
+        return (
+            f"no gain over {spec.min_improvement:g} in the last {spec.patience} rounds; "
+            f"{last} after round {rounds_done}"
+        )
+    return f"{rounds_done} of {spec.rounds} rounds done, {last}"
+
+
+def end_detail(reason: StopReason | None, detail: str | None) -> str | None:
+    """The detail of a task's last event: why it ended (its stop reason first), and how."""
+    if reason is None:
+        return detail
+    return reason.value if not detail else f"{reason.value}: {detail}"
