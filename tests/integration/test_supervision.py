@@ -71,7 +71,7 @@ async def _restarted(stack: Stack, name: str, old_pid: int) -> launcher.Process:
         if name == launcher.GATEWAY:
             try:
                 async with httpx.AsyncClient(timeout=2) as http:
-                    response = await http.get(f"{stack.stack.gateway_url}/api/federated/health")
+                    response = await http.get(f"{stack.stack.gateway_url}/api/federated/ready")
                 return process if response.status_code == 200 else None
             except httpx.HTTPError:
                 return None

@@ -74,7 +74,7 @@ def _ready(settings: LauncherSettings, name: str, gateway_url: str | None) -> bo
     if name != GATEWAY:
         return (settings.run_dir / f"{name}.ready").exists()
     try:
-        return httpx.get(f"{gateway_url}/api/federated/health", timeout=1).status_code == 200
+        return httpx.get(f"{gateway_url}/api/federated/ready", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -88,7 +88,7 @@ def wait_ready(
     not_pid: dict[str, int] | None = None,
 ) -> Stack:
     """Wait until the supervisor runs each of ``names`` (with a pid other than ``not_pid``'s)
-    and each wrote its ready file (the gateway: answers /health); return the stack then.
+    and each wrote its ready file (the gateway: /ready answers 200); return the stack then.
 
     A process started after ``since`` that exits while starting fails this with its log's
     tail, rather than being restarted over and over behind the caller's back.
