@@ -180,8 +180,12 @@ class Supervisor:
             codes[pid] = os.waitstatus_to_exitcode(status)
 
     def reap_one(self, pid: int) -> int | None:
-        """The exit code of a child that died since the last reap (None: not our child)."""
-        for _ in range(50):
+        """The exit code of a child that died since the last reap (None: not our child).
+
+        A large process (torch, a model) can take seconds to be torn down on a loaded machine
+        before it becomes a zombie; waiting up to 5 s keeps its exit code.
+        """
+        for _ in range(500):
             try:
                 found, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
