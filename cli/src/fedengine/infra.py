@@ -110,13 +110,19 @@ def postgres_pid(pgdata: Path) -> int | None:
         pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return None
+    # A recycled pid is not the server, even when another stack's PostgreSQL got it: stopping
+    # "it" would stop that one. The postmaster runs in its data directory.
     try:
-        name = psutil.Process(pid).name()
-    except psutil.NoSuchProcess:
+        process = psutil.Process(pid)
+        if "postgres" not in process.name():
+            return None
+        try:
+            home = Path(process.cwd()).resolve()
+        except psutil.AccessDenied:
+            return pid if str(pgdata.resolve()) in " ".join(process.cmdline()) else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    except psutil.AccessDenied:  # it runs as another user: assume it is the server
-        return pid
-    return pid if "postgres" in name else None  # a recycled pid is not the server
+    return pid if home == pgdata.resolve() else None
 
 
 def stop_postgres(pgdata: Path) -> None:
