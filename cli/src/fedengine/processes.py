@@ -92,14 +92,21 @@ def state_file(settings: LauncherSettings) -> Path:
     return path
 
 
-# How far two readings of one process's creation time may differ (psutil rounds; the boot time
-# it adds is whole seconds).
-_SAME_CREATION_S = 1.0
+# How far two readings of one process's start may differ. They are clock ticks since boot
+# (/proc/<pid>/stat), which never move; psutil's create_time adds the boot time derived from
+# the wall clock, which drifts (seconds per few minutes on these machines) and made a live
+# process look recycled, so the supervisor restarted a running gateway into its own port.
+_SAME_CREATION_S = 0.0
 
 
 def created_at(pid: int) -> float | None:
-    """The creation time of process ``pid`` as ``alive`` compares it (None: it is gone)."""
+    """When process ``pid`` started, in clock ticks since boot (None: it is gone)."""
     try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return float(fields[19])  # starttime: field 22 of stat(5), counted after the comm
+    except (OSError, IndexError, ValueError):
+        pass
+    try:  # not Linux: psutil's wall-clock reading, good enough where clocks do not drift
         created: float = psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
@@ -117,11 +124,10 @@ def alive(process: Process) -> bool:
         proc = psutil.Process(process.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        if (
-            process.created_at is not None
-            and abs(proc.create_time() - process.created_at) > _SAME_CREATION_S
-        ):
-            return False
+        if process.created_at is not None:
+            now_created = created_at(process.pid)
+            if now_created is None or abs(now_created - process.created_at) > _SAME_CREATION_S:
+                return False
         if process.module is None:
             return True
         return process.module in " ".join(proc.cmdline())
