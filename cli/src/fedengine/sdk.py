@@ -166,8 +166,9 @@ class FedEngineClient:
     ) -> dict[str, Any]:
         """Poll the task projection until ``predicate(task)`` holds.
 
-        Not there yet (404) and briefly unavailable (503: the database restarting) are waited
-        through like any other not-yet.
+        Not there yet (404), briefly unavailable (503: the database restarting) and a gateway
+        that does not answer for a moment (restarted by its supervisor) are waited through
+        like any other not-yet.
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -175,6 +176,8 @@ class FedEngineClient:
                 task = await self.get_task(task_id)
                 if predicate(task):
                     return task
+            except httpx.TransportError:
+                pass
             except FedEngineError as exc:
                 if exc.status_code not in (404, 503):
                     raise

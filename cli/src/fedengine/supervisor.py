@@ -7,8 +7,9 @@ services, then every 0.2 s:
   counting and logging each restart;
 - restarts the embedded broker when it died, on the same port: every other process is paused
   (SIGSTOP) until the topics exist again, so that nothing produces into a topic the broker
-  would auto-create with the wrong settings; the memory broker loses what it held, which the
-  services treat as lost rounds and re-issue;
+  would auto-create with the wrong settings, then started afresh, since the memory broker lost
+  every log and offset and old consumer positions would lie past the new ends; lost rounds
+  are re-issued;
 - restarts the embedded PostgreSQL when it crashed (the services wait the outage out; a
   deliberate stop, which removes its pid file, is left alone);
 - carries out requests that ``fedengine`` writes as files under ``<run>/requests``: restart a
@@ -332,6 +333,18 @@ class Supervisor:
             self.dirty = True
             created = asyncio.run(kafka.create_topics(self.kafka_settings(), always=True))
             logger.info("broker back on port %d; %d topics created", port, len(created))
+            # The memory broker came back empty: every log starts at offset 0 again, while each
+            # paused consumer still holds its old positions, past the new ends, where it would
+            # wait for records that are written below it. Start every process afresh (their
+            # state is in PostgreSQL; what the old broker held is lost either way, and lost
+            # rounds are re-issued).
+            for process in paused:
+                watched = self.watched.setdefault(process.name, Watched())
+                watched.stopping_for = "restart"
+                process.state = "stopping"
+                self.signal(process, signal.SIGKILL)
+            logger.info("restarting %d processes onto the new broker", len(paused))
+            paused = [p for p in paused if p.state != "stopping"]
         except Exception:
             logger.exception("the broker did not come back with its topics; trying again")
             if started:
