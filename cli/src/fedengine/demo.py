@@ -81,7 +81,9 @@ async def run_demo(
         secret, _ = launcher.jwt_secret(settings)
         token = auth.issue_token(secret=secret, subject="fedengine-demo", role=auth.Role.OPERATOR)
         async with FedEngineClient(stack.gateway_url, token) as client:
-            await client.wait_for_devices(options.devices, prefix=f"{fleet.name}-")
+            await client.wait_for_devices(
+                options.devices, prefix=f"{fleet.name}-", timeout_s=settings.ready_timeout_s
+            )
             mark("fleet_ready_s")
             task = {
                 "task_name": f"demo {fleet.name}",
