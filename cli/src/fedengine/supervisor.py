@@ -196,20 +196,37 @@ class Supervisor:
             time.sleep(0.01)  # dying: the kernel has not made it a zombie yet
         return None
 
+    def exited(self, process: Process, codes: dict[int, int]) -> tuple[bool, int | None]:
+        """Whether ``process`` ended, and its exit code when known.
+
+        For a child of this supervisor the kernel's answer (waitpid) is the only one trusted:
+        reading /proc can fail for a live process, and a live gateway judged dead was
+        restarted into its own port. Only adopted processes (children of a supervisor that
+        died) are judged by ``alive``.
+        """
+        if process.pid in codes:
+            return True, codes[process.pid]
+        try:
+            found, status = os.waitpid(process.pid, os.WNOHANG)
+        except ChildProcessError:
+            if alive(process):
+                return False, None
+            return True, self.reap_one(process.pid)
+        if found:
+            return True, os.waitstatus_to_exitcode(status)
+        return False, None
+
     def watch(self) -> None:
         now = time.monotonic()
         codes = self.reap()
         for process in list(self.stack.processes):
             watched = self.watched.setdefault(process.name, Watched())
             if process.state in ("running", "stopping"):
-                ended = process.pid in codes or not alive(process)
+                ended, code = self.exited(process, codes)
                 if not ended:
                     if watched.stop_deadline is not None and now > watched.stop_deadline:
                         self.signal(process, signal.SIGKILL)
                     continue
-                code = codes.get(process.pid)
-                if code is None:
-                    code = self.reap_one(process.pid)
                 self.ended(process, watched, code, now)
             if process.state == "restarting" and now >= watched.restart_at:
                 process.restarts += 1
