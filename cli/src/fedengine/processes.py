@@ -92,15 +92,13 @@ def state_file(settings: LauncherSettings) -> Path:
     return path
 
 
-# How far two readings of one process's start may differ. They are clock ticks since boot
-# (/proc/<pid>/stat), which never move; psutil's create_time adds the boot time derived from
-# the wall clock, which drifts (seconds per few minutes on these machines) and made a live
-# process look recycled, so the supervisor restarted a running gateway into its own port.
-_SAME_CREATION_S = 0.0
-
-
 def created_at(pid: int) -> float | None:
-    """When process ``pid`` started, in clock ticks since boot (None: it is gone)."""
+    """When process ``pid`` started, in clock ticks since boot (None: it is gone).
+
+    Ticks (/proc/<pid>/stat) never move; psutil's create_time adds a boot time derived from
+    the wall clock, which drifts (seconds per few minutes on these machines) and made a live
+    process look recycled.
+    """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return float(fields[19])  # starttime: field 22 of stat(5), counted after the comm
@@ -126,7 +124,7 @@ def alive(process: Process) -> bool:
             return False
         if process.created_at is not None:
             now_created = created_at(process.pid)
-            if now_created is None or abs(now_created - process.created_at) > _SAME_CREATION_S:
+            if now_created != process.created_at:
                 return False
         if process.module is None:
             return True

@@ -181,7 +181,7 @@ class Supervisor:
             codes[pid] = os.waitstatus_to_exitcode(status)
 
     def reap_one(self, pid: int) -> int | None:
-        """The exit code of a child that died since the last reap (None: not our child).
+        """The exit code of a child just killed (None: not our child).
 
         A large process (torch, a model) can take seconds to be torn down on a loaded machine
         before it becomes a zombie; waiting up to 5 s keeps its exit code.
@@ -208,10 +208,8 @@ class Supervisor:
             return True, codes[process.pid]
         try:
             found, status = os.waitpid(process.pid, os.WNOHANG)
-        except ChildProcessError:
-            if alive(process):
-                return False, None
-            return True, self.reap_one(process.pid)
+        except ChildProcessError:  # adopted: its exit code went to its own, dead parent
+            return not alive(process), None
         if found:
             return True, os.waitstatus_to_exitcode(status)
         return False, None
