@@ -204,6 +204,38 @@ async def test_postgres_frozen_makes_ready_503_within_the_bound_every_time(
 async def test_the_broker_killed_makes_ready_503_until_a_broker_with_the_topics_is_back(
     health_stack: HealthStack, api: httpx.AsyncClient
 ) -> None:
+    # The supervisor would restart the broker (pausing and then restarting every process,
+    # the gateway too); held still, it leaves the gateway alone with a dead broker, and this
+    # test starts the broker again itself. It is let go at the end and must recover the stack.
+    supervisor = health_stack.stack.supervisor
+    assert supervisor is not None
+    os.kill(supervisor.pid, signal.SIGSTOP)
+    try:
+        await _broker_killed_and_back(health_stack, api)
+    finally:
+        for pid in health_stack.started_brokers:
+            with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+                os.kill(pid, signal.SIGKILL)
+                await asyncio.to_thread(psutil.Process(pid).wait, 10)
+        os.kill(supervisor.pid, signal.SIGCONT)
+
+    # Assert: the supervisor, let go, restarts its broker (the test's is gone) and the stack.
+    await _ready_through_restarts(api)
+
+
+async def _ready_through_restarts(api: httpx.AsyncClient) -> None:
+    """Wait for /ready 200 while the gateway itself may be restarting (refused connections)."""
+
+    async def ready() -> bool:
+        try:
+            return (await api.get("/ready")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await eventually(ready, timeout_s=120, interval_s=0.5)
+
+
+async def _broker_killed_and_back(health_stack: HealthStack, api: httpx.AsyncClient) -> None:
     bootstrap = health_stack.stack.bootstrap_servers
     os.kill(health_stack.broker_pid, signal.SIGKILL)
     await asyncio.to_thread(psutil.Process(health_stack.broker_pid).wait, 10)

@@ -131,6 +131,11 @@ def test_terminate_all_stops_a_paused_process_gracefully(tmp_path: Path) -> None
         graceful.wait()
 
 
+def _supervisor_pid(settings: LauncherSettings) -> int | None:
+    stack = Stack.load(state_file(settings))
+    return None if stack is None or stack.supervisor is None else stack.supervisor.pid
+
+
 def test_only_one_supervisor_runs_a_stack(tmp_path: Path) -> None:
     # Prepare: two `fedengine up` at once after the supervisor died both start one.
     settings = _settings(tmp_path)
@@ -139,7 +144,8 @@ def test_only_one_supervisor_runs_a_stack(tmp_path: Path) -> None:
     # Execute
     first = _start_supervisor(settings)
     try:
-        assert _eventually(lambda: "supervisor" in state_file(settings).read_text())
+        # (the state file names the supervisor once it holds the lock; before, it says null)
+        assert _eventually(lambda: _supervisor_pid(settings) == first.pid)
         second = _start_supervisor(settings)
         try:
             # Assert: the second gives way (two would each restart, and each carry out every
