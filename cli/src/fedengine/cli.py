@@ -309,6 +309,37 @@ def bench_demo(
     typer.echo(json.dumps(asyncio.run(run(LauncherSettings(), options)), indent=2))
 
 
+@bench_app.command("idle")
+def bench_idle(
+    devices: Annotated[int, typer.Option(min=0, help="a fleet of this many devices")] = 0,
+    warmup_s: Annotated[float, typer.Option(min=0)] = 20.0,
+    window_s: Annotated[float, typer.Option(min=1)] = 30.0,
+    hops: Annotated[int, typer.Option(min=1)] = 5,
+    idle_gap_s: Annotated[float, typer.Option(min=0)] = 8.0,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for the services (e.g. KAFKA_IDLE_FETCH_MAX_WAIT_MS=5)"),
+    ] = None,
+) -> None:
+    """CPU of an idle stack per process, and the first command's latency after idleness
+    (a fresh stack under a temporary home)."""
+    from fedengine.bench_idle import IdleOptions
+    from fedengine.bench_idle import bench_idle as run
+
+    service_env = dict(_key_value(item) for item in env or [])
+    options = IdleOptions(
+        devices=devices, warmup_s=warmup_s, window_s=window_s, hops=hops, idle_gap_s=idle_gap_s
+    )
+    typer.echo(json.dumps(run(options, service_env=service_env), indent=2))
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
+    return key, value
+
+
 @app.command("create-topics")
 def create_topics() -> None:
     """Create every topic with its partitions and max.message.bytes (a deployment's init step,

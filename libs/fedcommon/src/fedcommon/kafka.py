@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from fedcommon import codec, topics, trust
 from fedcommon.background import Backoff
 from fedcommon.errors import InvalidMessage
 from fedcommon.failures import Failure, classify, describe
+from fedcommon.fetch_pacing import FetchPacing
 from fedcommon.messages.v1 import AnyMessage, Envelope
 from fedcommon.settings import KafkaSettings
 
@@ -151,9 +153,15 @@ def make_producer(
 
 
 def make_consumer(
-    settings: KafkaSettings, *, group_id: str, topic_bases: Iterable[str], client_id: str
+    settings: KafkaSettings,
+    *,
+    group_id: str,
+    topic_bases: Iterable[str],
+    client_id: str,
+    fetch_max_wait_ms: int | None = None,
 ) -> AIOKafkaConsumer:
-    """Return a manually committing consumer of the prefixed topics."""
+    """Return a manually committing consumer of the prefixed topics (with the settings' fetch
+    wait unless ``fetch_max_wait_ms`` says otherwise)."""
     names = [topics.topic_name(settings.topic_prefix, base) for base in topic_bases]
     return AIOKafkaConsumer(
         *names,
@@ -162,7 +170,9 @@ def make_consumer(
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_max_wait_ms=(
+            settings.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms
+        ),
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_partition_fetch_bytes=settings.max_message_bytes,
@@ -467,6 +477,8 @@ class ConsumeLoop:
     # and each is committed after it is handled). For handlers whose partitions are independent.
     concurrent_partitions: bool = False
     poll_interval_s: float = 1.0
+    # Slower fetches while nothing arrives (fedcommon.fetch_pacing); None keeps one wait.
+    pacing: FetchPacing | None = None
     # Per partition, the offset just past the last record handled: what a final commit may
     # cover (the consumer's position may lie past records fetched but never handled).
     _handled: dict[TopicPartition, int] = field(default_factory=dict)
@@ -482,6 +494,8 @@ class ConsumeLoop:
     async def run(self) -> None:
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(timeout_ms=200, max_records=100)
+            if self.pacing is not None:
+                self.pacing.apply(self.consumer, bool(batches), time.monotonic())
             if not batches:
                 continue
             work = asyncio.ensure_future(self._handle(batches))

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from fedcommon import background, db, kafka, runtime
 from fedcommon import logging as fedlogging
 from fedcommon.failures import describe
+from fedcommon.fetch_pacing import FetchPacing
 from fedcommon.outbox import OutboxRelay
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
@@ -62,6 +63,9 @@ class ServiceSpec:
     # Whether what this service produces is signed as the service (fedcommon.trust). The
     # simulator plays devices: it speaks with their keys, not as a service.
     signs: bool = True
+    # Whether a round waits on what this service consumes. One that is not polls with the
+    # idle fetch wait always (the registry: a fleet's heartbeats would keep it awake).
+    on_round_path: bool = True
 
 
 async def run_service(
@@ -83,7 +87,11 @@ async def run_service(
     )
     producer = kafka.make_producer(kafka_settings, client_id=spec.name, signer=signer)
     consumer = kafka.make_consumer(
-        kafka_settings, group_id=spec.group_id, topic_bases=spec.topic_bases, client_id=spec.name
+        kafka_settings,
+        group_id=spec.group_id,
+        topic_bases=spec.topic_bases,
+        client_id=spec.name,
+        fetch_max_wait_ms=None if spec.on_round_path else kafka_settings.idle_fetch_max_wait_ms,
     )
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -105,6 +113,13 @@ async def run_service(
             ),
             commit_position=parts.commit_position,
             concurrent_partitions=spec.concurrent_partitions,
+            pacing=FetchPacing(
+                busy_ms=kafka_settings.fetch_max_wait_ms,
+                idle_ms=kafka_settings.idle_fetch_max_wait_ms,
+                idle_after_s=kafka_settings.idle_after_s,
+            )
+            if spec.on_round_path
+            else None,
         )
 
         stopping = asyncio.Event()

@@ -43,6 +43,10 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # The round path pays this wait per hop (design.md, "Latency"): keep it a few ms.
     fetch_max_wait_ms: int = Field(default=5, ge=0)
+    # ... and after this long without a record, this longer wait (fedcommon.fetch_pacing): an
+    # idle consumer polling every few ms was most of an idle stack's CPU.
+    idle_fetch_max_wait_ms: int = Field(default=200, ge=0, le=10_000)
+    idle_after_s: float = Field(default=5.0, gt=0)
     linger_ms: int = Field(default=0, ge=0)
     # One setting drives topic max.message.bytes and the client limits together.
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)

@@ -370,6 +370,8 @@ async def watch_dead_letters(settings: Settings) -> None:
         group_id=f"gateway-dlq-{uuid4().hex[:8]}",
         topic_bases=(topics.DLQ,),
         client_id="gateway-dlq",
+        # Counting dead letters waits on nothing: poll like an idle consumer.
+        fetch_max_wait_ms=settings.kafka.idle_fetch_max_wait_ms,
     )
     await background.until_done("gateway.dead_letters.start", consumer.start)
     seen: dict[tuple[str, str], int] = {}

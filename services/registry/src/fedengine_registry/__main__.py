@@ -12,6 +12,8 @@ SPEC = service.ServiceSpec(
     migrations_package="fedengine_registry",
     group_id="registry",
     topic_bases=(topics.DEVICES,),
+    # Enrolments, heartbeats and removals: no round waits on them (fedcommon.fetch_pacing).
+    on_round_path=False,
 )
 
 
