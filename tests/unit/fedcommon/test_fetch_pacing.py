@@ -41,9 +41,7 @@ def _pacing() -> FetchPacing:
         ),
     ],
 )
-def test_the_wait_follows_the_records(
-    polls: list[tuple[bool, float]], expected: list[int]
-) -> None:
+def test_the_wait_follows_the_records(polls: list[tuple[bool, float]], expected: list[int]) -> None:
     # Prepare
     pacing = _pacing()
 
