@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from uuid import UUID
 
 from fedcommon import lifecycle, topics
 from fedcommon.errors import ProtocolViolation
@@ -257,7 +258,7 @@ def _open(
     return effects
 
 
-def _check_task(round_: Round, task_id: object) -> None:
+def _check_task(round_: Round, task_id: UUID) -> None:
     """A round result must name the round's own task: the round id alone is not proof."""
     if round_.task_id != task_id:
         raise ProtocolViolation(f"round {round_.round_id} does not belong to task {task_id}")

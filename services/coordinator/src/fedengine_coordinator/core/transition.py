@@ -18,11 +18,14 @@ _T = TypeVar("_T")
 
 
 class Decision(NamedTuple):
+    """``decide``'s answer; a tuple, so that ``state, effects = decide(...)`` reads as such."""
+
     state: State
     effects: list[Effect]
 
 
 def open_round_of(state: State) -> Round | None:
+    """The round in play if it is still open: a closed one neither blocks nor is closed again."""
     return state.round if state.round and state.round.status == RoundStatus.OPEN else None
 
 
