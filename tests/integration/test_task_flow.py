@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Any
 
+import psycopg
 import pytest
 import torch
 
@@ -112,3 +114,32 @@ async def test_cancel_stops_a_running_task(client: FedEngineClient, fleet: str) 
     assert cancel["issued_by"] == ended["issued_by"] == "pytest"
     # "cancelled", or "cancelled: round N abandoned" when a round was open
     assert ended["detail"].startswith("cancelled"), ended
+
+
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        (
+            "INSERT INTO coordinator.tasks (task_id, task_name, spec, state, created_by) "
+            "VALUES (%s, 'x', '{}', 'finished', 'pytest')",
+            "tasks_state_check",
+        ),
+        (
+            "INSERT INTO coordinator.tasks (task_id, task_name, spec, state, stop_reason, "
+            "created_by) VALUES (%s, 'x', '{}', 'completed', 'bored', 'pytest')",
+            "tasks_stop_reason_check",
+        ),
+        (
+            "INSERT INTO coordinator.rounds (round_id, task_id, round_number, attempt, status, "
+            "participants, model_version_in, deadline) "
+            "VALUES (%s, gen_random_uuid(), 1, 0, 'done', '{}', 0, now())",
+            "rounds_status_check",
+        ),
+    ],
+    ids=["task state", "stop reason", "round status"],
+)
+async def test_the_database_refuses_a_status_outside_its_enum(
+    db: psycopg.AsyncConnection, statement: str, constraint: str
+) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+        await db.execute(statement, (uuid.uuid4(),))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -13,30 +12,9 @@ from psycopg.types.json import Jsonb
 
 from fedcommon.messages.v1 import StopReason, TaskSpec, TaskState
 from fedengine_coordinator.core.selection import Candidate
+from fedengine_coordinator.core.state import Round, RoundStatus, Task
 
 SCHEMA = "coordinator"
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    task_id: UUID
-    spec: TaskSpec
-    state: TaskState
-    current_round: int
-    model_version: int
-    waiting_since: datetime | None
-
-
-@dataclass(frozen=True)
-class RoundRow:
-    round_id: UUID
-    task_id: UUID
-    round_number: int
-    attempt: int
-    status: str
-    participants: list[str]
-    model_version_in: int
-    deadline: datetime
 
 
 _TASK_COLUMNS = "task_id, spec, state, current_round, model_version, waiting_since"
@@ -45,16 +23,16 @@ _ROUND_COLUMNS = (
 )
 
 
-def _task(row: tuple[Any, ...], *, validate: bool = True) -> TaskRow:
+def _task(row: tuple[Any, ...], *, validate: bool = True) -> Task:
     spec = row[1] if isinstance(row[1], dict) else json.loads(row[1])
     # A stored spec that no longer validates (written by an older version, or by hand) raises
     # here; the caller fails that task alone. Failing it must not need the spec parsed.
     parsed = TaskSpec.model_validate(spec) if validate else TaskSpec.model_construct(**spec)
-    return TaskRow(row[0], parsed, TaskState(row[2]), row[3], row[4], row[5])
+    return Task(row[0], parsed, TaskState(row[2]), row[3], row[4], row[5])
 
 
-def _round(row: tuple[Any, ...]) -> RoundRow:
-    return RoundRow(row[0], row[1], row[2], row[3], row[4], list(row[5]), row[6], row[7])
+def _round(row: tuple[Any, ...]) -> Round:
+    return Round(row[0], row[1], row[2], row[3], RoundStatus(row[4]), tuple(row[5]), row[6], row[7])
 
 
 async def insert_task(
@@ -70,7 +48,7 @@ async def insert_task(
 
 async def lock_task(
     conn: psycopg.AsyncConnection, task_id: UUID, *, validate: bool = True
-) -> TaskRow | None:
+) -> Task | None:
     cursor = await conn.execute(
         f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks WHERE task_id = %s FOR UPDATE",
         (task_id,),
@@ -173,21 +151,20 @@ async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:
     return {r[0] for r in await cursor.fetchall()}
 
 
-async def insert_round(
-    conn: psycopg.AsyncConnection,
-    *,
-    round_id: UUID,
-    task_id: UUID,
-    round_number: int,
-    attempt: int,
-    participants: list[str],
-    model_version_in: int,
-    deadline: datetime,
-) -> None:
+async def insert_round(conn: psycopg.AsyncConnection, round_: Round) -> None:
     await conn.execute(
         "INSERT INTO coordinator.rounds (round_id, task_id, round_number, attempt, status, "
-        "participants, model_version_in, deadline) VALUES (%s, %s, %s, %s, 'open', %s, %s, %s)",
-        (round_id, task_id, round_number, attempt, participants, model_version_in, deadline),
+        "participants, model_version_in, deadline) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            round_.round_id,
+            round_.task_id,
+            round_.round_number,
+            round_.attempt,
+            round_.status.value,
+            list(round_.participants),
+            round_.model_version_in,
+            round_.deadline,
+        ),
     )
 
 
@@ -202,7 +179,7 @@ async def next_attempt(conn: psycopg.AsyncConnection, task_id: UUID, round_numbe
     return int(row[0]) if row else 0
 
 
-async def lock_round(conn: psycopg.AsyncConnection, round_id: UUID) -> RoundRow | None:
+async def lock_round(conn: psycopg.AsyncConnection, round_id: UUID) -> Round | None:
     cursor = await conn.execute(
         f"SELECT {_ROUND_COLUMNS} FROM coordinator.rounds WHERE round_id = %s FOR UPDATE",
         (round_id,),
@@ -211,7 +188,7 @@ async def lock_round(conn: psycopg.AsyncConnection, round_id: UUID) -> RoundRow 
     return None if row is None else _round(row)
 
 
-async def open_round_of(conn: psycopg.AsyncConnection, task_id: UUID) -> RoundRow | None:
+async def open_round_of(conn: psycopg.AsyncConnection, task_id: UUID) -> Round | None:
     cursor = await conn.execute(
         f"SELECT {_ROUND_COLUMNS} FROM coordinator.rounds WHERE task_id = %s AND status = 'open'",
         (task_id,),
@@ -258,18 +235,19 @@ async def complete_round(
     )
 
 
-async def fail_round(
+async def close_round(
     conn: psycopg.AsyncConnection,
     *,
     round_id: UUID,
-    status: str,
+    status: RoundStatus,
     failure: str,
-    rejected: dict[str, int] | None = None,
+    rejected: dict[str, int],
 ) -> None:
+    """End an open try without a result (failed or abandoned)."""
     await conn.execute(
         "UPDATE coordinator.rounds SET status = %s, closed_at = now(), failure = %s, "
         "rejected = %s WHERE round_id = %s",
-        (status, failure, Jsonb(rejected or {}), round_id),
+        (status.value, failure, Jsonb(rejected), round_id),
     )
 
 

@@ -1,0 +1,164 @@
+"""What ``decide`` asks the shell to do, as plain data, in the order it must be done.
+
+Two kinds:
+
+- writes (``InsertTask`` ... ``Emit``): the shell carries each out in the handler's one
+  transaction; ``Emit`` goes to the outbox, so a message leaves only if the state it follows
+  from was committed;
+- requests (``BuildInitialModel``, ``ApplyResult``, ``OpenRound``): work the core cannot do
+  without I/O, a clock or heavy compute. The shell does it and feeds the answer back to
+  ``decide`` as the event of the matching name (``ModelBuilt``, ``ModelApplied``,
+  ``DevicesOffered``), in the same transaction. A request is always the last effect of a
+  decision, so the answer sees every write before it.
+
+``Ignored`` writes nothing; it says why an event changed nothing, for the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from fedcommon.messages.v1 import Envelope, RoundAggregated, StopReason, TaskSpec, TaskState
+from fedengine_coordinator.core.events import FailureSource
+from fedengine_coordinator.core.state import Round, RoundStatus, Task
+
+
+@dataclass(frozen=True)
+class InsertTask:
+    task_id: UUID
+    spec: TaskSpec
+    created_by: str
+
+
+@dataclass(frozen=True)
+class SetTaskState:
+    """Move the task to ``state``; a finishing state also stamps when it finished."""
+
+    task_id: UUID
+    state: TaskState
+    stop_reason: StopReason | None = None
+
+
+@dataclass(frozen=True)
+class SetWaiting:
+    task_id: UUID
+    since: datetime | None
+
+
+@dataclass(frozen=True)
+class AdvanceTask:
+    """Record that ``round_number`` was applied and produced ``model_version``."""
+
+    task_id: UUID
+    round_number: int
+    model_version: int
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A line of the task's event log (what the gateway shows as the task's history)."""
+
+    task_id: UUID
+    kind: str
+    issued_by: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class InsertRound:
+    round: Round
+
+
+@dataclass(frozen=True)
+class CloseRound:
+    """End an open try without a result (``failed`` or ``abandoned``)."""
+
+    round_id: UUID
+    status: RoundStatus
+    failure: str
+    rejected: dict[str, int] = field(default_factory=dict)
+    # Set for a failed try: where its failure was seen, for the failed-rounds metric.
+    source: FailureSource | None = None
+
+
+@dataclass(frozen=True)
+class CompleteRound:
+    """Store a try's result: the model version it produced and what it cost."""
+
+    round_id: UUID
+    model_version_out: int
+    accuracy: float
+    loss: float
+    train_loss: float
+    num_examples: int
+    aggregated: list[str]
+    dropped: list[str]
+    rejected: dict[str, int]
+    bytes_up: int
+    bytes_down: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Write ``message`` to the outbox for topic ``base`` (unprefixed) under ``key``."""
+
+    base: str
+    key: str
+    message: Envelope
+
+
+@dataclass(frozen=True)
+class BuildInitialModel:
+    """Request: build, store and digest model version 0 of a new task (-> ``ModelBuilt``)."""
+
+    task_id: UUID
+    spec: TaskSpec
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Request: check the aggregate fits the model, add it to the round's input version,
+    evaluate and store the new version (-> ``ModelApplied``).
+
+    A server optimizer (FedAdam, FedYogi on the published pseudo-gradient) belongs here: a
+    request of its own, answered with the same ``ModelApplied``, so that ``decide`` after it
+    does not change.
+    """
+
+    task: Task
+    round: Round
+    result: RoundAggregated
+
+
+@dataclass(frozen=True)
+class OpenRound:
+    """Request: gather what opening a try of ``round_number`` needs (-> ``DevicesOffered``).
+
+    ``task`` is the task as decided, so the shell needs no second look at it.
+    """
+
+    task: Task
+    round_number: int
+
+
+@dataclass(frozen=True)
+class Ignored:
+    why: str
+
+
+Write = (
+    InsertTask
+    | SetTaskState
+    | SetWaiting
+    | AdvanceTask
+    | LogEvent
+    | InsertRound
+    | CloseRound
+    | CompleteRound
+    | Emit
+)
+Request = BuildInitialModel | ApplyResult | OpenRound
+Effect = Write | Request | Ignored

@@ -1,0 +1,127 @@
+"""What ``decide`` reacts to: bus messages, the clock's tick, and answers to its own requests.
+
+Events are plain data. Anything the core may not compute itself (the time, a fresh id, the
+devices online, a model's bytes) arrives inside an event, filled in by the shell. The answers
+(``ModelBuilt``, ``ModelApplied``, ``DevicesOffered``) follow request effects of the same
+names in :mod:`fedengine_coordinator.core.effects`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+from fedcommon.lifecycle import Command
+from fedcommon.messages.v1 import RoundAggregated, TaskSpec
+from fedengine_coordinator.core.selection import Candidate
+
+
+class FailureSource(StrEnum):
+    """Where a round failure was seen (a label of the failed-rounds metric)."""
+
+    AGGREGATOR = "aggregator"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class CreateReceived:
+    task_id: UUID
+    spec: TaskSpec
+    issued_by: str
+
+
+@dataclass(frozen=True)
+class CommandReceived:
+    command: Command
+    issued_by: str
+
+
+@dataclass(frozen=True)
+class ResultReceived:
+    """The aggregator published a round's aggregate (``State.round`` is the round it names)."""
+
+    result: RoundAggregated
+
+
+@dataclass(frozen=True)
+class FailureReceived:
+    """A round try failed: the aggregator said so, or (``task_id`` None) its deadline passed
+    with no word at all and the tick took it as lost."""
+
+    task_id: UUID | None
+    failure: str
+    rejected: dict[str, int] = field(default_factory=dict)
+    source: FailureSource = FailureSource.AGGREGATOR
+
+
+@dataclass(frozen=True)
+class Ticked:
+    """The periodic tick: a running task with no open round tries to open one."""
+
+
+@dataclass(frozen=True)
+class ErrorRaised:
+    """The task's own processing raised (a stored spec that no longer validates, a bug)."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class ModelBuilt:
+    """Answer to ``BuildInitialModel``: version 0 is stored."""
+
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelApplied:
+    """Answer to ``ApplyResult``: the new version is stored and was evaluated.
+
+    ``history`` holds the accuracies of the task's rounds completed before this one, oldest
+    first; ``model_in_size`` is the size of the version the round trained from.
+    """
+
+    result: RoundAggregated
+    version: int
+    sha256: str
+    size_bytes: int
+    model_in_size: int
+    accuracy: float
+    loss: float
+    history: tuple[float, ...]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class DevicesOffered:
+    """Answer to ``OpenRound``: who could take part, and what a new try would need.
+
+    ``busy`` are devices in another task's open round; ``attempt`` is the next try number of
+    ``round_number``; ``round_id`` is the id the try gets if it opens.
+    """
+
+    round_number: int
+    candidates: Sequence[Candidate]
+    busy: frozenset[str]
+    attempt: int
+    model_sha256: str
+    param_shapes: list[list[int]]
+    round_id: UUID
+    now: datetime
+
+
+Event = (
+    CreateReceived
+    | CommandReceived
+    | ResultReceived
+    | FailureReceived
+    | Ticked
+    | ErrorRaised
+    | ModelBuilt
+    | ModelApplied
+    | DevicesOffered
+)

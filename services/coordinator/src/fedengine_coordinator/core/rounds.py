@@ -1,0 +1,264 @@
+"""Transitions of a round try: its result applied, its failure, and its opening."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from uuid import UUID
+
+from fedcommon import lifecycle, topics
+from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import (
+    ModelPublished,
+    Participant,
+    RoundCompleted,
+    RoundOpened,
+    RoundStarted,
+    StopReason,
+    TaskState,
+    TrainRequested,
+)
+from fedengine_coordinator.core import selection, stopping
+from fedengine_coordinator.core.effects import (
+    AdvanceTask,
+    ApplyResult,
+    CloseRound,
+    CompleteRound,
+    Effect,
+    Emit,
+    Ignored,
+    InsertRound,
+    LogEvent,
+    OpenRound,
+    SetWaiting,
+)
+from fedengine_coordinator.core.events import (
+    DevicesOffered,
+    FailureReceived,
+    ModelApplied,
+    ResultReceived,
+)
+from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
+from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
+
+
+def on_result(state: State, event: ResultReceived) -> Decision:
+    round_ = state.round
+    if round_ is None or round_.status != RoundStatus.OPEN:
+        return Decision(state, [Ignored(f"result for round {event.result.round_id} not open")])
+    _check_task(round_, event.result.task_id)
+    if state.task is None:
+        return Decision(state, [Ignored(f"result for round {round_.round_id} of no task")])
+    return Decision(state, [ApplyResult(state.task, round_, event.result)])
+
+
+def on_applied(state: State, event: ModelApplied) -> Decision:
+    task = required(state.task, event)
+    round_ = required(state.round, event)
+    result = event.result
+    # Time differences only: no datetime arithmetic that a far-off sent_at could overflow.
+    duration = (event.now - result.sent_at).total_seconds() + result.duration_s
+    key = str(task.task_id)
+    effects: list[Effect] = [
+        CompleteRound(
+            round_.round_id,
+            model_version_out=event.version,
+            accuracy=event.accuracy,
+            loss=event.loss,
+            train_loss=result.train_loss,
+            num_examples=result.num_examples,
+            aggregated=list(result.participants),
+            dropped=list(result.dropped),
+            rejected=dict(result.rejected),
+            bytes_up=result.bytes_up,
+            bytes_down=event.model_in_size * len(round_.participants),
+            duration_s=duration,
+        ),
+        AdvanceTask(task.task_id, round_number=round_.round_number, model_version=event.version),
+        Emit(
+            topics.MODELS,
+            key,
+            ModelPublished(
+                producer=PRODUCER,
+                task_id=task.task_id,
+                version=event.version,
+                sha256=event.sha256,
+                size_bytes=event.size_bytes,
+            ),
+        ),
+        Emit(
+            topics.EVENTS,
+            key,
+            RoundCompleted(
+                producer=PRODUCER,
+                round_id=round_.round_id,
+                task_id=task.task_id,
+                round_number=round_.round_number,
+                model_version=event.version,
+                accuracy=event.accuracy,
+                loss=event.loss,
+            ),
+        ),
+    ]
+    task = replace(task, current_round=round_.round_number, model_version=event.version)
+    round_ = replace(round_, status=RoundStatus.COMPLETED)
+    accuracies = [*event.history, event.accuracy]
+    done = round_.round_number
+    reason = stopping.stop_reason(task.spec, rounds_done=done, accuracies=accuracies)
+    if reason is not None:
+        detail = stopping.explain(task.spec, reason, rounds_done=done, accuracies=accuracies)
+        task, moved = move(task, TaskState.COMPLETED, reason, detail=detail)
+        effects += moved
+    elif lifecycle.opens_round(task.state):
+        effects.append(OpenRound(task, done + 1))
+    return Decision(State(task, round_), effects)
+
+
+def on_failure(state: State, event: FailureReceived) -> Decision:
+    round_ = state.round
+    if round_ is None or round_.status != RoundStatus.OPEN:
+        return Decision(state, [Ignored("failure of a round that is not open")])
+    if event.task_id is not None:
+        _check_task(round_, event.task_id)
+    task = state.task
+    if task is None:
+        return Decision(state, [Ignored(f"failure of round {round_.round_id} of no task")])
+    effects: list[Effect] = [
+        CloseRound(
+            round_.round_id,
+            RoundStatus.FAILED,
+            event.failure,
+            rejected=dict(event.rejected),
+            source=event.source,
+        ),
+        LogEvent(
+            task.task_id,
+            "round_failed",
+            detail=f"round {round_.round_number} attempt {round_.attempt}: {event.failure}",
+        ),
+    ]
+    round_ = replace(round_, status=RoundStatus.FAILED)
+    if round_.attempt >= task.spec.max_round_retries:
+        task, moved = move(
+            task,
+            TaskState.FAILED,
+            StopReason.ROUND_FAILED,
+            detail=f"round {round_.round_number} failed {round_.attempt + 1} times, "
+            f"the last: {event.failure}",
+        )
+        effects += moved
+    elif lifecycle.opens_round(task.state):
+        effects.append(OpenRound(task, round_.round_number))
+    return Decision(State(task, round_), effects)
+
+
+def on_offered(state: State, event: DevicesOffered) -> Decision:
+    """Open a try of ``event.round_number`` with the eligible devices, or wait for devices
+    (``device_wait_s``), or fail the task when the wait is over."""
+    task = state.task
+    if task is None or not lifecycle.opens_round(task.state):
+        return Decision(state, [])
+    spec = task.spec
+    allowed = set(spec.participating_devices) if spec.participating_devices else None
+    pool = selection.eligible(event.candidates, busy=set(event.busy), allowed=allowed)
+    if len(pool) < spec.min_devices:
+        if task.waiting_since is None:
+            waiting: list[Effect] = [
+                SetWaiting(task.task_id, event.now),
+                LogEvent(
+                    task.task_id,
+                    "waiting_for_devices",
+                    detail=f"{len(pool)} eligible, {spec.min_devices} needed",
+                ),
+            ]
+            return Decision(replace(state, task=replace(task, waiting_since=event.now)), waiting)
+        if (event.now - task.waiting_since).total_seconds() > spec.device_wait_s:
+            task, moved = move(
+                task,
+                TaskState.FAILED,
+                StopReason.TOO_FEW_DEVICES,
+                detail=f"{len(pool)} eligible devices for round {event.round_number}, "
+                f"{spec.min_devices} needed, for more than {spec.device_wait_s:g} s",
+            )
+            return Decision(replace(state, task=task), moved)
+        return Decision(state, [])
+    effects: list[Effect] = []
+    if task.waiting_since is not None:
+        effects.append(SetWaiting(task.task_id, None))
+        task = replace(task, waiting_since=None)
+    chosen = selection.select(
+        pool,
+        count=spec.devices_per_round,
+        rng=selection.round_rng(
+            seed=spec.seed, round_number=event.round_number, attempt=event.attempt
+        ),
+    )
+    round_ = Round(
+        round_id=event.round_id,
+        task_id=task.task_id,
+        round_number=event.round_number,
+        attempt=event.attempt,
+        status=RoundStatus.OPEN,
+        participants=tuple(c.device_id for c in chosen),
+        model_version_in=task.model_version,
+        deadline=event.now + timedelta(seconds=spec.round_timeout_s),
+    )
+    effects.append(InsertRound(round_))
+    effects += _open(task, round_, chosen, event)
+    return Decision(State(task, round_), effects)
+
+
+def _open(
+    task: Task, round_: Round, chosen: list[selection.Candidate], event: DevicesOffered
+) -> list[Effect]:
+    """The messages that open a try: to the aggregator, to each device, to the watchers."""
+    spec = task.spec
+    key = str(task.task_id)
+    opened = RoundOpened(
+        producer=PRODUCER,
+        round_id=round_.round_id,
+        task_id=task.task_id,
+        round_number=round_.round_number,
+        attempt=round_.attempt,
+        model_version=round_.model_version_in,
+        participants=[Participant(device_id=c.device_id, public_key=c.public_key) for c in chosen],
+        min_updates=min(spec.min_devices, len(chosen)),
+        deadline=round_.deadline,
+        param_shapes=event.param_shapes,
+        max_update_norm=spec.max_update_norm,
+    )
+    effects: list[Effect] = [Emit(topics.UPDATES, key, opened)]
+    for device_id in round_.participants:
+        request = TrainRequested(
+            producer=PRODUCER,
+            round_id=round_.round_id,
+            task_id=task.task_id,
+            device_id=device_id,
+            round_number=round_.round_number,
+            model_version=round_.model_version_in,
+            model_sha256=event.model_sha256,
+            deadline=round_.deadline,
+            model_architecture=spec.model_architecture,
+            dataset=spec.dataset,
+            learning_rate=spec.learning_rate,
+            local_epochs=spec.local_epochs,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+        )
+        effects.append(Emit(topics.DEVICE_COMMANDS, device_id, request))
+    started = RoundStarted(
+        producer=PRODUCER,
+        round_id=round_.round_id,
+        task_id=task.task_id,
+        round_number=round_.round_number,
+        attempt=round_.attempt,
+        participants=list(round_.participants),
+    )
+    effects.append(Emit(topics.EVENTS, key, started))
+    return effects
+
+
+def _check_task(round_: Round, task_id: UUID) -> None:
+    """A round result must name the round's own task: the round id alone is not proof."""
+    if round_.task_id != task_id:
+        raise ProtocolViolation(f"round {round_.round_id} does not belong to task {task_id}")

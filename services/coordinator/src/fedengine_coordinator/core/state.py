@@ -1,0 +1,66 @@
+"""What the lifecycle state machine reads: one task, the round in play, and their statuses.
+
+These records are what the shell loads (locked) from PostgreSQL and what ``decide`` returns
+changed; the store maps them to and from rows, so a status never travels as free text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+from fedcommon.messages.v1 import TaskSpec, TaskState
+
+
+class RoundStatus(StrEnum):
+    """A round try's status; ``coordinator.rounds.status`` is CHECKed to these values.
+
+    A try is ``open`` until its result is applied (``completed``), the aggregator reports it
+    short or its deadline passes (``failed``: the round is re-tried), or its task ends under it
+    (``abandoned``: never re-tried).
+    """
+
+    OPEN = "open"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: UUID
+    spec: TaskSpec
+    state: TaskState
+    # The last round applied to the model (0 before the first), and the model it produced.
+    current_round: int
+    model_version: int
+    # Since when the task has waited for enough eligible devices to open a round.
+    waiting_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Round:
+    """One try (``attempt``) of a round: a failed try is re-issued as a new try, new id."""
+
+    round_id: UUID
+    task_id: UUID
+    round_number: int
+    attempt: int
+    status: RoundStatus
+    participants: tuple[str, ...]
+    model_version_in: int
+    deadline: datetime
+
+
+@dataclass(frozen=True)
+class State:
+    """What ``decide`` sees of one task.
+
+    ``task`` is None for a task that does not exist (yet). ``round`` is the round the event
+    concerns: the round a result or failure names, else the task's open round (None if none).
+    """
+
+    task: Task | None
+    round: Round | None = None
