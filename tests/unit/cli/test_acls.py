@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fedcommon import enrolment_tokens, kafka, service, topics, trust
+from fedcommon.settings import KafkaSettings
 from fedengine import acls
 from fedengine_aggregator.__main__ import SPEC as AGGREGATOR
 from fedengine_coordinator.__main__ import SPEC as COORDINATOR
@@ -148,13 +149,13 @@ async def test_the_gateway_reads_dead_letters_in_a_gateway_group(
     class Captured(Exception):
         pass
 
-    def capture(settings: Any, *, group_id: str, topic_bases: Any, client_id: str) -> None:
+    def capture(settings: Any, *, group_id: str, topic_bases: Any, **_: Any) -> None:
         raise Captured(group_id, tuple(topic_bases))
 
     monkeypatch.setattr(kafka, "make_consumer", capture)
 
     with pytest.raises(Captured) as caught:
-        await app.watch_dead_letters(SimpleNamespace(kafka=None))  # type: ignore[arg-type]
+        await app.watch_dead_letters(SimpleNamespace(kafka=KafkaSettings()))  # type: ignore[arg-type]
 
     group_id, topic_bases = caught.value.args
     assert_consumer("gateway", group_id, topic_bases)
