@@ -138,7 +138,7 @@ async def get_model_digest(conn: psycopg.AsyncConnection, task_id: UUID, version
 
 async def online_candidates(conn: psycopg.AsyncConnection) -> list[Candidate]:
     cursor = await conn.execute(
-        "SELECT device_id, public_key, battery_pct FROM registry.devices "
+        "SELECT device_id, public_key, battery_pct FROM registry.devices_public "
         "WHERE status = 'online' AND public_key IS NOT NULL"
     )
     return [Candidate(r[0], bytes(r[1]), r[2]) for r in await cursor.fetchall()]

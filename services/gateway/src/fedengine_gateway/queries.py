@@ -1,4 +1,8 @@
-"""Read-only SQL over the projections the services own (CQRS: the gateway writes no table)."""
+"""Read-only SQL over the projections the services own (CQRS: the gateway writes no table).
+
+Only through the public views each owner declares in its own migrations (``*_public``),
+never their tables: tests/unit/test_schema_boundaries.py checks it.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,13 @@ _DEVICE_COLUMNS = (
 )
 _TOKEN_COLUMNS = (
     "t.token_id, t.fleet, t.expires_at, t.max_devices, t.issued_by, t.issued_at, t.revoked_at, "
-    "t.revoked_by, (SELECT count(*) FROM registry.devices d "
+    "t.revoked_by, (SELECT count(*) FROM registry.devices_public d "
     "WHERE d.enrolment_token_id = t.token_id) AS enrolled"
 )
 _TASK_COLUMNS = (
     "t.task_id, t.task_name, t.state, t.stop_reason, t.current_round, t.model_version, t.spec, "
     "t.created_by, t.created_at, t.started_at, t.finished_at, "
-    "(SELECT r.accuracy FROM coordinator.rounds r WHERE r.task_id = t.task_id "
+    "(SELECT r.accuracy FROM coordinator.rounds_public r WHERE r.task_id = t.task_id "
     " AND r.status = 'completed' ORDER BY r.round_number DESC LIMIT 1) AS latest_accuracy"
 )
 
@@ -65,7 +69,7 @@ async def list_devices(
     return await _page(
         conn,
         columns=_DEVICE_COLUMNS,
-        source="registry.devices",
+        source="registry.devices_public",
         where=where,
         params=params,
         order="device_id",
@@ -76,7 +80,9 @@ async def list_devices(
 
 async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any] | None:
     rows = await _all(
-        conn, f"SELECT {_DEVICE_COLUMNS} FROM registry.devices WHERE device_id = %s", (device_id,)
+        conn,
+        f"SELECT {_DEVICE_COLUMNS} FROM registry.devices_public WHERE device_id = %s",
+        (device_id,),
     )
     return rows[0] if rows else None
 
@@ -84,7 +90,7 @@ async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> dict[str,
 async def get_token(conn: psycopg.AsyncConnection, token_id: UUID) -> dict[str, Any] | None:
     rows = await _all(
         conn,
-        f"SELECT {_TOKEN_COLUMNS} FROM registry.enrolment_tokens t WHERE t.token_id = %s",
+        f"SELECT {_TOKEN_COLUMNS} FROM registry.enrolment_tokens_public t WHERE t.token_id = %s",
         (token_id,),
     )
     return rows[0] if rows else None
@@ -96,7 +102,7 @@ async def list_tokens(
     return await _page(
         conn,
         columns=_TOKEN_COLUMNS,
-        source="registry.enrolment_tokens t",
+        source="registry.enrolment_tokens_public t",
         where="",
         params=(),
         order="t.issued_at DESC, t.token_id",
@@ -112,7 +118,7 @@ async def list_tasks(
     return await _page(
         conn,
         columns=_TASK_COLUMNS,
-        source="coordinator.tasks t",
+        source="coordinator.tasks_public t",
         where=where,
         params=params,
         order="t.created_at DESC",
@@ -123,7 +129,9 @@ async def list_tasks(
 
 async def get_task(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, Any] | None:
     rows = await _all(
-        conn, f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks t WHERE t.task_id = %s", (task_id,)
+        conn,
+        f"SELECT {_TASK_COLUMNS} FROM coordinator.tasks_public t WHERE t.task_id = %s",
+        (task_id,),
     )
     return rows[0] if rows else None
 
@@ -136,7 +144,7 @@ async def list_rounds(
         columns="round_number, attempt, status, participants, aggregated, dropped, rejected, "
         "accuracy, loss, train_loss, num_examples, bytes_up, bytes_down, duration_s, opened_at, "
         "closed_at, failure",
-        source="coordinator.rounds",
+        source="coordinator.rounds_public",
         where="WHERE task_id = %s",
         params=(task_id,),
         order="round_number, attempt",
@@ -151,7 +159,7 @@ async def list_events(
     return await _page(
         conn,
         columns="kind, issued_by, detail, at",
-        source="coordinator.task_events",
+        source="coordinator.task_events_public",
         where="WHERE task_id = %s",
         params=(task_id,),
         order="id",
@@ -165,13 +173,13 @@ async def get_model(
 ) -> tuple[int, str, bytes] | None:
     if version is None:
         cursor = await conn.execute(
-            "SELECT version, sha256, data FROM coordinator.models WHERE task_id = %s "
+            "SELECT version, sha256, data FROM coordinator.models_public WHERE task_id = %s "
             "ORDER BY version DESC LIMIT 1",
             (task_id,),
         )
     else:
         cursor = await conn.execute(
-            "SELECT version, sha256, data FROM coordinator.models "
+            "SELECT version, sha256, data FROM coordinator.models_public "
             "WHERE task_id = %s AND version = %s",
             (task_id, version),
         )
@@ -182,7 +190,7 @@ async def get_model(
 async def round_durations(conn: psycopg.AsyncConnection) -> tuple[int, float]:
     """Return the count and the summed duration of completed rounds."""
     cursor = await conn.execute(
-        "SELECT count(*), COALESCE(sum(duration_s), 0) FROM coordinator.rounds "
+        "SELECT count(*), COALESCE(sum(duration_s), 0) FROM coordinator.rounds_public "
         "WHERE status = 'completed'"
     )
     row = await cursor.fetchone()
@@ -195,15 +203,21 @@ async def status_counts(conn: psycopg.AsyncConnection) -> dict[str, dict[str, in
         return {str(k): int(v) for k, v in await cursor.fetchall()}
 
     return {
-        "devices": await grouped("SELECT status, count(*) FROM registry.devices GROUP BY status"),
-        "tasks": await grouped("SELECT state, count(*) FROM coordinator.tasks GROUP BY state"),
-        "rounds": await grouped("SELECT status, count(*) FROM coordinator.rounds GROUP BY status"),
+        "devices": await grouped(
+            "SELECT status, count(*) FROM registry.devices_public GROUP BY status"
+        ),
+        "tasks": await grouped(
+            "SELECT state, count(*) FROM coordinator.tasks_public GROUP BY state"
+        ),
+        "rounds": await grouped(
+            "SELECT status, count(*) FROM coordinator.rounds_public GROUP BY status"
+        ),
         "updates": await grouped(
-            "SELECT COALESCE(reason, status), count(*) FROM aggregator.device_results "
+            "SELECT COALESCE(reason, status), count(*) FROM aggregator.device_results_public "
             "GROUP BY COALESCE(reason, status)"
         ),
         "bytes": await grouped(
-            "SELECT 'up', COALESCE(sum(bytes_up), 0) FROM coordinator.rounds UNION ALL "
-            "SELECT 'down', COALESCE(sum(bytes_down), 0) FROM coordinator.rounds"
+            "SELECT 'up', COALESCE(sum(bytes_up), 0) FROM coordinator.rounds_public UNION ALL "
+            "SELECT 'down', COALESCE(sum(bytes_down), 0) FROM coordinator.rounds_public"
         ),
     }
