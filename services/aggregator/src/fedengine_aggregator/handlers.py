@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from fedcommon import arrays, background, kafka, topics
-from fedcommon.constraints import MAX_TIMEOUT_S
+from fedcommon import background, kafka, topics
 from fedcommon.errors import InvalidMessage
 from fedcommon.failures import describe
 from fedcommon.messages.v1 import (
     AnyMessage,
     RoundAggregated,
-    RoundFailed,
     RoundOpened,
     UpdateSubmitted,
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_aggregator import store
+from fedengine_aggregator.core import results
 from fedengine_aggregator.core.catalog import Params
 from fedengine_aggregator.core.exchange import (
     DEFAULT_STRATEGY,
@@ -147,12 +145,13 @@ class Aggregator:
         round_id = message.round_id
         state = self.open.get(round_id) if round_id is not None else None
         if state is None:
+            base = topics.base_name(self.context.kafka.topic_prefix, record.topic)
             if (
                 may_park
                 and round_id is not None
                 and round_id not in self.closed
-                and topics.base_name(self.context.kafka.topic_prefix, record.topic)
-                not in OPENING_TOPICS
+                and base is not None
+                and base not in OPENING_TOPICS
                 and self.unplaced.park(
                     round_id,
                     (stage_name, message, record),
@@ -338,43 +337,15 @@ class Aggregator:
         self._closed(state, outcome, now)
 
     def _result(self, state: OpenRound, outcome: Outcome, now: datetime) -> RoundResult:
-        opened, exchange = state.opened, state.exchange
-        if outcome == Outcome.AGGREGATE:
-            try:
-                delta = exchange.delta()
-                return RoundAggregated(
-                    **_about(state),
-                    model_version=opened.model_version,
-                    delta=arrays.to_bytes(list(delta)),
-                    participants=state.participants(),
-                    dropped=state.dropped(),
-                    rejected=dict(state.rejected),
-                    num_examples=exchange.num_examples(),
-                    train_loss=exchange.mean_train_loss(),
-                    bytes_up=exchange.bytes_up(),
-                    duration_s=min(max(0.0, (now - opened.sent_at).total_seconds()), MAX_TIMEOUT_S),
-                )
-            except (ValueError, ArithmeticError) as exc:  # ValidationError is a ValueError
-                # Retrying would build the same thing: the round fails, with the reason.
-                logger.error("round %s cannot be aggregated: %s", state.round_id, describe(exc))
-                return self._failed(state, f"aggregation failed: {describe(exc)}"[:500])
-        stage = state.stages.current
-        if stage.name == UPDATES_STAGE:
-            reason = f"{len(exchange.accepted)} of {opened.min_updates} updates by the deadline"
-        else:
-            reason = (
-                f"stage {stage.name}: {len(stage.survivors)} of {stage.spec.min_senders} "
-                "senders by its deadline"
-            )
-        return self._failed(state, reason)
-
-    def _failed(self, state: OpenRound, reason: str) -> RoundFailed:
-        return RoundFailed(
-            **_about(state),
-            reason=reason,
-            received=len(state.exchange.accepted),
-            rejected=dict(state.rejected),
-        )
+        if outcome != Outcome.AGGREGATE:
+            return results.failed(state, results.shortfall(state), producer=PRODUCER)
+        try:
+            return results.aggregated(state, producer=PRODUCER, now=now)
+        except (ValueError, ArithmeticError) as exc:  # ValidationError is a ValueError
+            # Retrying would build the same thing: the round fails, with the reason.
+            logger.error("round %s cannot be aggregated: %s", state.round_id, describe(exc))
+            reason = f"aggregation failed: {describe(exc)}"[:500]
+            return results.failed(state, reason, producer=PRODUCER)
 
     def _closed(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
         opened = state.opened
@@ -400,19 +371,6 @@ class Aggregator:
         return safe_commit_offset(
             holds, topic=tp.topic, partition=tp.partition, next_offset=next_offset
         )
-
-
-def _about(state: OpenRound) -> dict[str, Any]:
-    """The fields every result of ``state``'s round carries."""
-    opened = state.opened
-    return {
-        "producer": PRODUCER,
-        "round_id": state.round_id,
-        "correlation_id": opened.message_id,
-        "task_id": opened.task_id,
-        "round_number": opened.round_number,
-        "attempt": opened.attempt,
-    }
 
 
 def build(context: ServiceContext, settings: Settings) -> ServiceParts:
