@@ -48,13 +48,33 @@ def test_records_parked_before_their_round_opens_hold_their_offsets_until_taken(
     # Execute / Assert: full; the first round opens; the second never does.
     assert not parked.park(second, "y2", topic=REVEALS, partition=0, offset=7, now=T0)
     assert safe_commit_offset([parked.holds()], topic=REVEALS, partition=0, next_offset=9) == 4
-    assert parked.take(first) == ["x1", "x2"]
+    taken = parked.take(first)
+    assert [p.item for p in taken] == ["x1", "x2"]
+    assert [(p.partition, p.offset) for p in taken] == [(0, 4), (1, 2)]
     assert safe_commit_offset([parked.holds()], topic=REVEALS, partition=0, next_offset=9) == 6
     assert safe_commit_offset([parked.holds()], topic=REVEALS, partition=1, next_offset=9) == 9
     assert parked.expire(T0 + timedelta(seconds=4)) == []
     assert parked.expire(T0 + timedelta(seconds=5)) == ["y1"]
     assert len(parked) == 0
     assert safe_commit_offset([parked.holds()], topic=REVEALS, partition=0, next_offset=9) == 9
+
+
+def test_records_given_back_after_an_outage_are_held_again_and_come_first() -> None:
+    # Prepare: a full buffer; the round opens and its records are taken.
+    round_id = UUID(int=1)
+    parked: Unplaced[str] = Unplaced(max_items=2, max_age_s=5)
+    parked.park(round_id, "x1", topic=REVEALS, partition=0, offset=4, now=T0)
+    parked.park(round_id, "x2", topic=REVEALS, partition=0, offset=5, now=T0)
+    taken = parked.take(round_id)
+    parked.park(round_id, "x3", topic=REVEALS, partition=0, offset=6, now=T0)
+
+    # Execute: x1 was handled, then an outage: x2 goes back (past the bound).
+    parked.put_back(round_id, taken[1:])
+
+    # Assert
+    assert len(parked) == 2
+    assert safe_commit_offset([parked.holds()], topic=REVEALS, partition=0, next_offset=9) == 5
+    assert [p.item for p in parked.take(round_id)] == ["x2", "x3"]
 
 
 def test_bad_bounds_are_refused() -> None:

@@ -10,6 +10,7 @@ its open rounds use, from there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -63,6 +64,13 @@ OPENING_TOPICS = frozenset({topics.UPDATES})
 # A stage's record as the shell keeps it while it waits for its stage or its round.
 StageRecord = tuple[str, AnyMessage, ConsumerRecord]
 
+# Which stage a message type is a record of. A protocol that adds stages adds its message
+# types here and its handlers to ``Aggregator.stage_handlers``.
+STAGE_OF: dict[type[AnyMessage], str] = {UpdateSubmitted: UPDATES_STAGE}
+
+
+StageHandler = Callable[[AnyMessage, ConsumerRecord, OpenRound | None, Placement], Awaitable[bool]]
+
 
 def strategy_for(opened: RoundOpened) -> tuple[str, Params]:
     """The strategy a round aggregates with: FedAvg for every task until round.opened (or the
@@ -81,15 +89,18 @@ class Aggregator:
         self.unplaced: Unplaced[StageRecord] = Unplaced(
             max_items=settings.unplaced_max_records, max_age_s=settings.unplaced_max_age_s
         )
+        # Each stage's handler: it validates a record, records the verdict and counts the
+        # sender (``Stage.survive``), or refuses it; True if it counted.
+        self.stage_handlers: dict[str, StageHandler] = {UPDATES_STAGE: self._on_update}
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
         if isinstance(message, RoundOpened):
             await self._on_opened(message, record)
-        elif isinstance(message, UpdateSubmitted):
-            if await self._on_record(UPDATES_STAGE, message, record):
-                # The update is in; closing the round is the deadline loop's job too, so an
-                # outage while closing is left to it instead of re-handling (and refusing)
-                # this update.
+        elif type(message) in STAGE_OF:
+            if await self._on_record(STAGE_OF[type(message)], message, record):
+                # The record counted; closing the round (or moving it on) is the deadline
+                # loop's job too, so an outage while closing is left to it instead of
+                # re-handling (and refusing) this record.
                 await background.run_step(
                     "aggregator.close", lambda: self.close_due(datetime.now(UTC))
                 )
@@ -99,8 +110,16 @@ class Aggregator:
     async def _on_opened(self, message: RoundOpened, record: ConsumerRecord) -> None:
         if message.round_id is None:
             raise InvalidMessage("round.opened without round_id")
-        if message.round_id in self.open or message.round_id in self.closed:
+        if message.round_id in self.closed:
             return
+        if message.round_id not in self.open:
+            await self._open(message, record)
+        if message.round_id in self.open:
+            await self._take_unplaced(message.round_id)
+
+    async def _open(self, message: RoundOpened, record: ConsumerRecord) -> None:
+        if message.round_id is None:
+            raise InvalidMessage("round.opened without round_id")
         async with self.context.pool.connection() as conn:
             if await store.is_closed(conn, message.round_id):
                 self.closed.add(message.round_id)
@@ -127,10 +146,19 @@ class Aggregator:
             message.min_updates,
             strategy,
         )
-        # Records of this round read (on other topics) before its opening go in now, in the
-        # order they came; they count as if they had come after it.
-        for stage_name, parked, parked_record in self.unplaced.take(message.round_id):
-            await self._on_record(stage_name, parked, parked_record, may_park=False)
+
+    async def _take_unplaced(self, round_id: UUID) -> None:
+        """Hand the round the records of it read (on other topics) before its opening, in the
+        order they came; they count as if they had come after it. What an outage interrupts
+        goes back, for the retry of the round.opened record."""
+        parked = self.unplaced.take(round_id)
+        for index, item in enumerate(parked):
+            stage_name, message, record = item.item
+            try:
+                await self._on_record(stage_name, message, record, may_park=False)
+            except Exception:
+                self.unplaced.put_back(round_id, parked[index:])
+                raise
 
     async def _on_record(
         self,
@@ -162,7 +190,7 @@ class Aggregator:
                 )
             ):
                 return False
-            return await self._on_update(message, record, None, Placement.UNKNOWN)
+            return await self.stage_handlers[stage_name](message, record, None, Placement.UNKNOWN)
         placement = state.stages.place(stage_name)
         if not state.finishing:
             # Whatever becomes of it, a record of an open round stays on the log until the
@@ -171,7 +199,7 @@ class Aggregator:
             if placement == Placement.EARLY:
                 state.stages.hold_early(stage_name, (stage_name, message, record))
                 return False
-        return await self._on_update(message, record, state, placement)
+        return await self.stage_handlers[stage_name](message, record, state, placement)
 
     async def _on_update(
         self,

@@ -91,11 +91,18 @@ class Unplaced(Generic[T]):
         self._count += 1
         return True
 
-    def take(self, round_id: UUID) -> list[T]:
+    def take(self, round_id: UUID) -> list[Parked[T]]:
         """Hand over (and forget) what was parked for ``round_id``, in the order it came."""
         parked = self._by_round.pop(round_id, [])
         self._count -= len(parked)
-        return [p.item for p in parked]
+        return parked
+
+    def put_back(self, round_id: UUID, parked: list[Parked[T]]) -> None:
+        """Give back records ``take`` handed over but that were not handled (an outage), ahead
+        of any parked since; the bound does not apply to them (they were in before)."""
+        if parked:
+            self._by_round[round_id] = [*parked, *self._by_round.get(round_id, [])]
+            self._count += len(parked)
 
     def expire(self, now: datetime) -> list[T]:
         """Hand over (and forget) every record parked longer than ``max_age_s``."""
