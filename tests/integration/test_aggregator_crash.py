@@ -1,6 +1,7 @@
 """The aggregator's open rounds live in Kafka: a SIGKILLed aggregator re-reads the round from its
-committed offset and completes it with the updates it had before the crash. A graceful stop
-(SIGTERM) exits 0."""
+committed offset and completes it with the updates it had before the crash; while the round is
+open, the aggregator's commit on that topic and partition stays at the round's opening record. A
+graceful stop (SIGTERM) exits 0."""
 
 from __future__ import annotations
 
@@ -9,16 +10,34 @@ import uuid
 import numpy as np
 import psycopg
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from fedcommon import topics
+from fedcommon import codec, kafka, topics
+from fedcommon.settings import KafkaSettings
 from fedengine import launcher
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
-from tests.integration.kafka_tools import send
+from tests.integration.kafka_tools import find_record, send
 from tests.integration.manual_devices import constant_delta, mlp_arrays, open_manual_round
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def committed_offset(settings: KafkaSettings, base: str, partition: int) -> int | None:
+    """The aggregator group's committed offset on ``base``/``partition`` (None: none yet)."""
+    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
+    await admin.start()
+    try:
+        tp = TopicPartition(topics.topic_name(settings.topic_prefix, base), partition)
+        offsets = await admin.list_consumer_group_offsets(
+            f"{settings.topic_prefix}aggregator", partitions=[tp]
+        )
+    finally:
+        await admin.close()
+    found = offsets.get(tp)
+    return None if found is None or found.offset < 0 else found.offset
 
 
 async def test_sigkilled_aggregator_recovers_the_open_round_from_the_log(
@@ -47,6 +66,19 @@ async def test_sigkilled_aggregator_recovers_the_open_round_from_the_log(
 
     await eventually(accepted)
     assert (await client.get_rounds(manual.task_id))[0]["status"] == "open"
+    # The round's records are only in memory (its updates folded into a running sum): the
+    # aggregator's commit on their topic and partition has not passed the round's opening.
+    opening = await find_record(
+        stack.kafka,
+        topics.UPDATES,
+        lambda r: (
+            r.key == manual.task_id.encode()
+            and codec.fields_of(r.value).get("type") == "round.opened"
+        ),
+    )
+    committed = await committed_offset(stack.kafka, topics.UPDATES, opening.partition)
+    # (None: nothing committed yet, so a restart reads the partition from its start.)
+    assert committed is None or committed <= opening.offset
 
     launcher.restart(stack.settings, "aggregator", kill=True)
     await send(

@@ -32,6 +32,7 @@ OPENED = RoundOpened(
     param_shapes=[[2, 2], [2]],
     max_update_norm=10.0,
 )
+EXPECTED = {p.device_id: p for p in OPENED.participants}
 GOOD = [np.full((2, 2), 0.5, np.float32), np.ones(2, np.float32)]
 
 
@@ -71,9 +72,16 @@ def update(
 
 
 def test_a_valid_update_is_decoded() -> None:
-    decoded = validate_update(OPENED, update(), already_accepted=False)
+    decoded = validate_update(OPENED, update(), participant=EXPECTED["a"], already_accepted=False)
 
     np.testing.assert_array_equal(decoded[0], GOOD[0])
+
+
+def test_a_participant_found_for_another_device_is_not_selected() -> None:
+    with pytest.raises(Rejected) as caught:
+        validate_update(OPENED, update("a"), participant=EXPECTED["b"], already_accepted=False)
+
+    assert caught.value.reason == RejectReason.NOT_SELECTED
 
 
 nan = [GOOD[0].copy(), GOOD[1]]
@@ -104,7 +112,12 @@ def test_each_bad_update_is_rejected_with_its_reason(
     message: UpdateSubmitted, accepted: bool, reason: RejectReason
 ) -> None:
     with pytest.raises(Rejected) as caught:
-        validate_update(OPENED, message, already_accepted=accepted)
+        validate_update(
+            OPENED,
+            message,
+            participant=EXPECTED.get(message.device_id),
+            already_accepted=accepted,
+        )
 
     assert caught.value.reason == reason
 

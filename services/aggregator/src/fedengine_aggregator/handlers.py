@@ -1,41 +1,47 @@
 """The aggregator's shell: keeps open rounds in memory, the Kafka log is their buffer.
 
-Offsets on fed.updates are committed per partition only up to the round.opened record of the
-oldest round still open there, so a restarted aggregator re-reads every open round whole.
+A round is a sequence of stages (``core.stages``); today's is the update exchange alone. Each
+accepted update is folded into the round's accumulator as it arrives, and offsets are
+committed per topic and partition only up to the first record an open round (or a record
+parked before its round opened) still needs, so a restarted aggregator re-reads every topic
+its open rounds use, from there.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from fedcommon import arrays, background, kafka, topics
-from fedcommon.constraints import MAX_TIMEOUT_S
+from fedcommon import background, kafka, topics
 from fedcommon.errors import InvalidMessage
 from fedcommon.failures import describe
 from fedcommon.messages.v1 import (
     AnyMessage,
     RoundAggregated,
-    RoundFailed,
     RoundOpened,
     UpdateSubmitted,
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_aggregator import store
-from fedengine_aggregator.core import fedavg
-from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
-from fedengine_aggregator.core.window import (
+from fedengine_aggregator.core import results
+from fedengine_aggregator.core.catalog import Params
+from fedengine_aggregator.core.exchange import (
+    DEFAULT_STRATEGY,
+    UPDATES_STAGE,
     Accepted,
-    OpenRound,
-    Outcome,
-    RoundResult,
-    safe_commit_offset,
+    UpdateExchange,
+    plain_plan,
+    start_accumulator,
 )
+from fedengine_aggregator.core.offsets import Unplaced, safe_commit_offset
+from fedengine_aggregator.core.stages import Placement
+from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
+from fedengine_aggregator.core.window import OpenRound, Outcome, RoundResult
 from fedengine_aggregator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,65 +57,190 @@ ROUND_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 
+# The topics round.opened comes on: a stage record there follows its round's opening in the
+# same partition (both are keyed by task), so one for an unknown round is never parked.
+OPENING_TOPICS = frozenset({topics.UPDATES})
+
+# A stage's record as the shell keeps it while it waits for its stage or its round.
+StageRecord = tuple[str, AnyMessage, ConsumerRecord]
+
+# Which stage a message type is a record of. A protocol that adds stages adds its message
+# types here and its handlers to ``Aggregator.stage_handlers``.
+STAGE_OF: dict[type[AnyMessage], str] = {UpdateSubmitted: UPDATES_STAGE}
+
+
+StageHandler = Callable[[AnyMessage, ConsumerRecord, OpenRound | None, Placement], Awaitable[bool]]
+
+
+def strategy_for(opened: RoundOpened) -> tuple[str, Params]:
+    """The strategy a round aggregates with: FedAvg for every task until round.opened (or the
+    task) names one; this is where that choice is wired in."""
+    return DEFAULT_STRATEGY, {}
+
 
 class Aggregator:
-    """Open rounds by round_id, plus the ids of rounds already closed."""
+    """Open rounds by round_id, the ids of rounds already closed, and records parked before
+    their round opened."""
 
-    def __init__(self, context: ServiceContext) -> None:
+    def __init__(self, context: ServiceContext, settings: Settings) -> None:
         self.context = context
         self.open: dict[UUID, OpenRound] = {}
         self.closed: set[UUID] = set()
+        self.unplaced: Unplaced[StageRecord] = Unplaced(
+            max_items=settings.unplaced_max_records, max_age_s=settings.unplaced_max_age_s
+        )
+        # Each stage's handler: it validates a record, records the verdict and counts the
+        # sender (``Stage.survive``), or refuses it; True if it counted.
+        self.stage_handlers: dict[str, StageHandler] = {UPDATES_STAGE: self._on_update}
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
         if isinstance(message, RoundOpened):
             await self._on_opened(message, record)
-        elif isinstance(message, UpdateSubmitted):
-            await self._on_update(message, record)
+        elif type(message) in STAGE_OF:
+            if await self._on_record(STAGE_OF[type(message)], message, record):
+                # The record counted; closing the round (or moving it on) is the deadline
+                # loop's job too, so an outage while closing is left to it instead of
+                # re-handling (and refusing) this record.
+                await background.run_step(
+                    "aggregator.close", lambda: self.close_due(datetime.now(UTC))
+                )
         else:
             logger.debug("ignoring %s", message.type)
 
     async def _on_opened(self, message: RoundOpened, record: ConsumerRecord) -> None:
         if message.round_id is None:
             raise InvalidMessage("round.opened without round_id")
-        if message.round_id in self.open or message.round_id in self.closed:
+        if message.round_id in self.closed:
             return
+        if message.round_id not in self.open:
+            await self._open(message, record)
+        if message.round_id in self.open:
+            await self._take_unplaced(message.round_id)
+
+    async def _open(self, message: RoundOpened, record: ConsumerRecord) -> None:
+        if message.round_id is None:
+            raise InvalidMessage("round.opened without round_id")
         async with self.context.pool.connection() as conn:
             if await store.is_closed(conn, message.round_id):
                 self.closed.add(message.round_id)
                 return
-        self.open[message.round_id] = OpenRound(
-            message, record.partition, record.offset, received_at=datetime.now(UTC)
+        strategy, params = strategy_for(message)
+        try:
+            accumulator = start_accumulator(strategy, params, message.param_shapes)
+        except ValueError as exc:
+            raise InvalidMessage(f"round {message.round_id}: {describe(exc)}") from exc
+        self.open[message.round_id] = OpenRound.begin(
+            message,
+            plain_plan(message, received_at=datetime.now(UTC)),
+            UpdateExchange(accumulator),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
         )
         logger.info(
-            "round %d (attempt %d) of task %s open: %d participants, min %d",
+            "round %d (attempt %d) of task %s open: %d participants, min %d, %s",
             message.round_number,
             message.attempt,
             message.task_id,
             len(message.participants),
             message.min_updates,
+            strategy,
         )
 
-    async def _on_update(self, message: UpdateSubmitted, record: ConsumerRecord) -> None:
-        """Validate, record the verdict, then count it in memory.
+    async def _take_unplaced(self, round_id: UUID) -> None:
+        """Hand the round the records of it read (on other topics) before its opening, in the
+        order they came; they count as if they had come after it. What an outage interrupts
+        goes back, for the retry of the round.opened record."""
+        parked = self.unplaced.take(round_id)
+        for index, item in enumerate(parked):
+            stage_name, message, record = item.item
+            try:
+                await self._on_record(stage_name, message, record, may_park=False)
+            except Exception:
+                self.unplaced.put_back(round_id, parked[index:])
+                raise
+
+    async def _on_record(
+        self,
+        stage_name: str,
+        message: AnyMessage,
+        record: ConsumerRecord,
+        *,
+        may_park: bool = True,
+    ) -> bool:
+        """Route a stage's record: to its stage if under way, held for a later stage, parked
+        until its round opens, or to its stage's handler to be refused. True if it counted."""
+        round_id = message.round_id
+        state = self.open.get(round_id) if round_id is not None else None
+        if state is None:
+            base = topics.base_name(self.context.kafka.topic_prefix, record.topic)
+            if (
+                may_park
+                and round_id is not None
+                and round_id not in self.closed
+                and base is not None
+                and base not in OPENING_TOPICS
+                and self.unplaced.park(
+                    round_id,
+                    (stage_name, message, record),
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    now=datetime.now(UTC),
+                )
+            ):
+                return False
+            return await self.stage_handlers[stage_name](message, record, None, Placement.UNKNOWN)
+        placement = state.stages.place(stage_name)
+        if not state.finishing:
+            # Whatever becomes of it, a record of an open round stays on the log until the
+            # round is closed: a restart re-reads it, and comes to the same verdict.
+            state.holds.hold(record.topic, record.partition, record.offset)
+            if placement == Placement.EARLY:
+                state.stages.hold_early(stage_name, (stage_name, message, record))
+                return False
+        return await self.stage_handlers[stage_name](message, record, state, placement)
+
+    async def _on_update(
+        self,
+        message: AnyMessage,
+        record: ConsumerRecord,
+        state: OpenRound | None,
+        placement: Placement,
+    ) -> bool:
+        """Validate, record the verdict, then fold the update into the round's accumulator.
 
         The database write comes first: if it meets an outage, the consume loop retries this
         record, and nothing in memory has changed yet, so the retry sees the same round.
         """
+        if not isinstance(message, UpdateSubmitted):
+            raise InvalidMessage(f"{message.type} is no update")
         round_id = message.round_id
-        state = self.open.get(round_id) if round_id is not None else None
-        if state is not None and state.redelivered(message.device_id, message.message_id):
+        if state is not None and state.exchange.redelivered(message.device_id, message.message_id):
             # The very message already counted, read again after a rebalance or a restart: at
             # least once delivery, not a device sending twice.
             logger.debug("redelivered update %s skipped", message.message_id)
-            return
+            return False
         try:
-            if (round_id is not None and round_id in self.closed) or (state and state.finishing):
+            if (
+                (round_id is not None and round_id in self.closed)
+                or (state is not None and state.finishing)
+                or placement == Placement.LATE
+            ):
                 raise Rejected(RejectReason.LATE, "round already closed")
             if state is None:
                 raise Rejected(RejectReason.UNKNOWN_ROUND, f"no open round {round_id}")
+            stage = state.updates
             decoded = validate_update(
-                state.opened, message, already_accepted=message.device_id in state.accepted
+                state.opened,
+                message,
+                participant=stage.expects(message.device_id),
+                already_accepted=stage.delivered(message.device_id),
             )
+            try:
+                prepared = state.exchange.prepare(decoded, message.num_examples)
+            except ValueError as exc:
+                raise Rejected(RejectReason.MALFORMED, describe(exc)) from exc
         except Rejected as rejected:
             async with self.context.pool.connection() as conn:
                 await store.record_result(
@@ -132,38 +263,63 @@ class Aggregator:
                 rejected,
                 extra={"client_id": message.device_id, "round_id": round_id},
             )
-            return
+            return False
         async with self.context.pool.connection() as conn:
             await store.record_result(
                 conn, message, partition=record.partition, offset=record.offset, status="accepted"
             )
-        state.accepted[message.device_id] = Accepted(
-            message.num_examples, decoded, message.metrics, len(message.update), message.message_id
+        state.exchange.accept(
+            message.device_id,
+            prepared,
+            Accepted(
+                message.num_examples, message.metrics, len(message.update), message.message_id
+            ),
         )
+        stage.survive(message.device_id)
         UPDATES_ACCEPTED.inc()
-        # The update is in; closing the round is the deadline loop's job too, so an outage
-        # while closing is left to it instead of re-handling (and refusing) this update.
-        await background.run_step("aggregator.close", lambda: self.close_due(datetime.now(UTC)))
+        return True
 
     async def close_due(self, now: datetime) -> None:
-        """Close every round whose updates are all in or whose deadline has passed.
+        """Move every open round on through its stages; close those whose last stage ended.
 
-        An error closing one round never keeps the others from closing; the first is raised
-        afterwards (for the caller's error policy), the others are logged here.
+        Records parked too long for a round that never opened are refused first. An error
+        with one round never keeps the others from going on; the first is raised afterwards
+        (for the caller's error policy), the others are logged here.
         """
         errors: list[Exception] = []
+        for stage_name, message, record in self.unplaced.expire(now):
+            try:
+                await self._on_record(stage_name, message, record, may_park=False)
+            except Exception as exc:
+                errors.append(exc)
         for state in list(self.open.values()):
-            outcome = state.outcome(now)
-            if outcome == Outcome.WAIT:
+            if state.round_id not in self.open:
                 continue
             try:
-                await self._close(state, outcome, now)
+                outcome = await self._step(state, now)
+                if outcome != Outcome.WAIT:
+                    await self._close(state, outcome, now)
             except Exception as exc:
                 if errors:
                     logger.warning("closing round %s failed too: %s", state.round_id, exc)
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+    async def _step(self, state: OpenRound, now: datetime) -> Outcome:
+        """Advance ``state`` as far as it goes now, handing each new stage its held records."""
+        while True:
+            held = state.stages.take_early()
+            for index, (stage_name, message, record) in enumerate(held):
+                try:
+                    await self._on_record(stage_name, message, record, may_park=False)
+                except Exception:
+                    state.stages.return_early(held[index:])
+                    raise
+            outcome = state.outcome(now)
+            if outcome != Outcome.NEXT:
+                return outcome
+            logger.info("round %s: stage %s begins", state.round_id, state.stages.current.name)
 
     async def _close(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
         """Build the round's result once, publish it once, then record the round closed.
@@ -199,51 +355,29 @@ class Aggregator:
                     round_number=state.opened.round_number,
                     attempt=state.opened.attempt,
                     outcome=outcome.value,
-                    participants=sorted(state.accepted),
+                    participants=state.participants(),
                     dropped=state.dropped(),
                     rejected=state.result.rejected,
-                    bytes_up=state.bytes_up(),
+                    bytes_up=state.exchange.bytes_up(),
                 )
         finally:
             state.closing = False
         self._closed(state, outcome, now)
 
     def _result(self, state: OpenRound, outcome: Outcome, now: datetime) -> RoundResult:
-        opened = state.opened
-        if outcome == Outcome.AGGREGATE:
-            try:
-                delta = fedavg.aggregate(state.weighted_updates())
-                return RoundAggregated(
-                    **_about(state),
-                    model_version=opened.model_version,
-                    delta=arrays.to_bytes(list(delta)),
-                    participants=sorted(state.accepted),
-                    dropped=state.dropped(),
-                    rejected=dict(state.rejected),
-                    num_examples=sum(a.num_examples for a in state.accepted.values()),
-                    train_loss=state.mean_train_loss(),
-                    bytes_up=state.bytes_up(),
-                    duration_s=min(max(0.0, (now - opened.sent_at).total_seconds()), MAX_TIMEOUT_S),
-                )
-            except (ValueError, ArithmeticError) as exc:  # ValidationError is a ValueError
-                # Retrying would build the same thing: the round fails, with the reason.
-                logger.error("round %s cannot be aggregated: %s", state.round_id, describe(exc))
-                return self._failed(state, f"aggregation failed: {describe(exc)}"[:500])
-        return self._failed(
-            state, f"{len(state.accepted)} of {opened.min_updates} updates by the deadline"
-        )
-
-    def _failed(self, state: OpenRound, reason: str) -> RoundFailed:
-        return RoundFailed(
-            **_about(state),
-            reason=reason,
-            received=len(state.accepted),
-            rejected=dict(state.rejected),
-        )
+        if outcome != Outcome.AGGREGATE:
+            return results.failed(state, results.shortfall(state), producer=PRODUCER)
+        try:
+            return results.aggregated(state, producer=PRODUCER, now=now)
+        except (ValueError, ArithmeticError) as exc:  # ValidationError is a ValueError
+            # Retrying would build the same thing: the round fails, with the reason.
+            logger.error("round %s cannot be aggregated: %s", state.round_id, describe(exc))
+            reason = f"aggregation failed: {describe(exc)}"[:500]
+            return results.failed(state, reason, producer=PRODUCER)
 
     def _closed(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
         opened = state.opened
-        bytes_up = state.bytes_up()
+        bytes_up = state.exchange.bytes_up()
         del self.open[state.round_id]
         self.closed.add(state.round_id)
         ROUNDS_CLOSED.labels(outcome.value).inc()
@@ -254,31 +388,21 @@ class Aggregator:
             opened.round_number,
             opened.task_id,
             outcome.value,
-            len(state.accepted),
+            len(state.exchange.accepted),
             dict(state.rejected),
         )
 
     def commit_position(self, tp: TopicPartition, next_offset: int) -> int:
+        holds = [state.holds for state in self.open.values()]
+        if len(self.unplaced):
+            holds.append(self.unplaced.holds())
         return safe_commit_offset(
-            list(self.open.values()), partition=tp.partition, next_offset=next_offset
+            holds, topic=tp.topic, partition=tp.partition, next_offset=next_offset
         )
 
 
-def _about(state: OpenRound) -> dict[str, Any]:
-    """The fields every result of ``state``'s round carries."""
-    opened = state.opened
-    return {
-        "producer": PRODUCER,
-        "round_id": state.round_id,
-        "correlation_id": opened.message_id,
-        "task_id": opened.task_id,
-        "round_number": opened.round_number,
-        "attempt": opened.attempt,
-    }
-
-
 def build(context: ServiceContext, settings: Settings) -> ServiceParts:
-    aggregator = Aggregator(context)
+    aggregator = Aggregator(context, settings)
 
     async def deadlines() -> None:
         await background.every(

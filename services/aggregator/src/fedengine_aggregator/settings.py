@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
     deadline_check_s: float = Field(default=0.05, gt=0)
+    # Records read before their round's opening (on another topic) wait this long, this many
+    # at most; each holds its topic's commits back while it waits.
+    unplaced_max_records: int = Field(default=10_000, ge=1)
+    unplaced_max_age_s: float = Field(default=60.0, gt=0)
     metrics_port: int = 0
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False

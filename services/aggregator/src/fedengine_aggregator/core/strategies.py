@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -69,6 +70,14 @@ def check_examples(num_examples: int) -> int:
     return int(num_examples)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An update checked and converted by :meth:`Accumulator.prepare`, ready to fold in."""
+
+    arrays: Float64Arrays
+    num_examples: int
+
+
 class Accumulator(ABC):
     """One round's aggregation: updates go in one at a time, the round's delta comes out.
 
@@ -91,9 +100,20 @@ class Accumulator(ABC):
 
     def add(self, update: NDArrays, num_examples: int) -> None:
         """Take one device's update (its delta) and the example count it claims."""
+        self.fold(self.prepare(update, num_examples))
+
+    def prepare(self, update: NDArrays, num_examples: int) -> Prepared:
+        """Check ``update`` and convert it, changing nothing here: ``fold`` cannot fail on it.
+
+        A caller that must record an update as accepted before it counts (the aggregator
+        writes its verdict first) prepares, records, then folds.
+        """
         examples = check_examples(num_examples)
-        arrays = as_float64(update, self.param_shapes, what="update")
-        self._add(arrays, examples)
+        return Prepared(as_float64(update, self.param_shapes, what="update"), examples)
+
+    def fold(self, prepared: Prepared) -> None:
+        """Count an update ``prepare`` returned (each one once)."""
+        self._add(prepared.arrays, prepared.num_examples)
         self._count += 1
 
     def result(self) -> NDArrays:

@@ -9,7 +9,7 @@ import numpy as np
 from fedcommon import arrays, signing
 from fedcommon.arrays import NDArrays
 from fedcommon.errors import InvalidMessage, ProtocolViolation
-from fedcommon.messages.v1 import RoundOpened, UpdateSubmitted
+from fedcommon.messages.v1 import Participant, RoundOpened, UpdateSubmitted
 
 
 class RejectReason(StrEnum):
@@ -42,17 +42,24 @@ def max_update_bytes(param_shapes: list[list[int]]) -> int:
 
 
 def validate_update(
-    opened: RoundOpened, message: UpdateSubmitted, *, already_accepted: bool
+    opened: RoundOpened,
+    message: UpdateSubmitted,
+    *,
+    participant: Participant | None,
+    already_accepted: bool,
 ) -> NDArrays:
-    """Return the decoded update arrays, or raise ``Rejected`` naming the first failed check."""
+    """Return the decoded update arrays, or raise ``Rejected`` naming the first failed check.
+
+    ``participant`` is the sender as the round expects it (None: not selected), found by the
+    caller in its stage's expected senders: one look-up, not a scan of the participants.
+    """
     if message.round_number != opened.round_number or message.model_version != opened.model_version:
         raise Rejected(
             RejectReason.STALE_MODEL,
             f"round {message.round_number} v{message.model_version}, "
             f"open is round {opened.round_number} v{opened.model_version}",
         )
-    participant = next((p for p in opened.participants if p.device_id == message.device_id), None)
-    if participant is None:
+    if participant is None or participant.device_id != message.device_id:
         raise Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
     limit = max_update_bytes(opened.param_shapes)
     if len(message.update) > limit:

@@ -1,49 +1,47 @@
 """The open-round window: what the aggregator holds in memory between round.opened and result.
 
-Pure bookkeeping with explicit times passed in, so deadlines are testable without a clock.
+Pure bookkeeping with explicit times passed in, so deadlines are testable without a clock. A
+round is a sequence of stages (:mod:`.stages`); the update exchange (:mod:`.exchange`) is the
+one every round has, and today's only one.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
-from fedcommon.arrays import NDArrays
-from fedcommon.constraints import MAX_TIMEOUT_S
-from fedcommon.messages.v1 import RoundAggregated, RoundFailed, RoundOpened, UpdateMetrics
-from fedengine_aggregator.core.fedavg import WeightedUpdate
+from fedcommon.messages.v1 import RoundAggregated, RoundFailed, RoundOpened
+from fedengine_aggregator.core.exchange import UPDATES_STAGE, UpdateExchange
+from fedengine_aggregator.core.offsets import Holds
+from fedengine_aggregator.core.stages import Progress, RoundStages, Stage, StageSpec
 
 RoundResult = RoundAggregated | RoundFailed
 
 
 class Outcome(StrEnum):
     WAIT = "wait"
+    NEXT = "next"  # a stage ended and the next began: hand in its held records, then ask again
     AGGREGATE = "aggregate"
     FAIL = "fail"
 
 
 @dataclass
-class Accepted:
-    num_examples: int
-    arrays: NDArrays
-    metrics: UpdateMetrics
-    size_bytes: int
-    message_id: UUID | None = None
-
-
-@dataclass
 class OpenRound:
+    """One open round: its stages, its updates so far, and what it keeps on the log.
+
+    ``stages`` holds records that came before their stage as ``Any``: the shell decides
+    what it keeps of them (the message and where it lay).
+    """
+
     opened: RoundOpened
-    partition: int
-    first_offset: int
-    accepted: dict[str, Accepted] = field(default_factory=dict)
+    stages: RoundStages[Any]
+    exchange: UpdateExchange
+    holds: Holds = field(default_factory=Holds)
     rejected: Counter[str] = field(default_factory=Counter)
-    # When this aggregator first read the round: bounds how long a round (and with it the
-    # offsets it holds back) can stay open, whatever deadline its definition claims.
-    received_at: datetime | None = None
     _rejected_ids: set[UUID] = field(default_factory=set)
     # A close under way (guards against a concurrent one).
     closing: bool = False
@@ -52,9 +50,27 @@ class OpenRound:
     result: RoundResult | None = None
     published: bool = False
 
+    @classmethod
+    def begin(
+        cls,
+        opened: RoundOpened,
+        plan: list[StageSpec],
+        exchange: UpdateExchange,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> OpenRound:
+        """Open the round read at ``offset`` of ``topic``/``partition``, holding that record."""
+        if UPDATES_STAGE not in {spec.name for spec in plan}:
+            raise ValueError(f"OpenRound: a plan needs the {UPDATES_STAGE} stage")
+        state = cls(opened, RoundStages(plan), exchange)
+        state.holds.hold(topic, partition, offset)
+        return state
+
     @property
     def finishing(self) -> bool:
-        """Whether the round takes no more updates (its close has begun)."""
+        """Whether the round takes no more records (its close has begun)."""
         return self.closing or self.result is not None
 
     @property
@@ -63,28 +79,27 @@ class OpenRound:
             raise ValueError("OpenRound: round.opened carries no round_id")
         return self.opened.round_id
 
+    @property
+    def updates(self) -> Stage:
+        """The update exchange stage (``ValueError`` before the round has reached it)."""
+        stage = self.stages.stage(UPDATES_STAGE)
+        if stage is None:
+            raise ValueError(f"round {self.round_id}: the update exchange has not begun")
+        return stage
+
     def outcome(self, now: datetime) -> Outcome:
-        """Decide whether the round can close now."""
+        """Take one step through the stages; say whether the round can close now."""
         if self.closing:
             return Outcome.WAIT
         if self.result is not None:
             return Outcome.AGGREGATE if isinstance(self.result, RoundAggregated) else Outcome.FAIL
-        if len(self.accepted) == len(self.opened.participants):
-            return Outcome.AGGREGATE
-        if now >= self.deadline:
-            if len(self.accepted) >= self.opened.min_updates:
-                return Outcome.AGGREGATE
-            return Outcome.FAIL
-        return Outcome.WAIT
-
-    def weighted_updates(self) -> list[WeightedUpdate]:
-        return [WeightedUpdate(a.num_examples, a.arrays) for a in self.accepted.values()]
-
-    @property
-    def deadline(self) -> datetime:
-        if self.received_at is None:
-            return self.opened.deadline
-        return min(self.opened.deadline, self.received_at + timedelta(seconds=MAX_TIMEOUT_S))
+        progress = self.stages.advance(now)
+        return {
+            Progress.WAIT: Outcome.WAIT,
+            Progress.NEXT: Outcome.NEXT,
+            Progress.COMPLETE: Outcome.AGGREGATE,
+            Progress.FAIL: Outcome.FAIL,
+        }[progress]
 
     def count_rejection(self, message_id: UUID, reason: str) -> None:
         """Count a rejection once per message (a redelivered one is not a second offence)."""
@@ -92,25 +107,14 @@ class OpenRound:
             self._rejected_ids.add(message_id)
             self.rejected[reason] += 1
 
-    def redelivered(self, device_id: str, message_id: UUID) -> bool:
-        """Whether ``message_id`` is the update already accepted from ``device_id``."""
-        accepted = self.accepted.get(device_id)
-        return accepted is not None and accepted.message_id == message_id
-
-    def bytes_up(self) -> int:
-        return sum(a.size_bytes for a in self.accepted.values())
+    def participants(self) -> list[str]:
+        """The devices whose update counted."""
+        return sorted(self.exchange.accepted)
 
     def dropped(self) -> list[str]:
-        return [p.device_id for p in self.opened.participants if p.device_id not in self.accepted]
-
-    def mean_train_loss(self) -> float:
-        total = sum(a.num_examples for a in self.accepted.values())
-        if not total:
-            return float("nan")
-        return sum(a.metrics.train_loss * a.num_examples for a in self.accepted.values()) / total
-
-
-def safe_commit_offset(open_rounds: list[OpenRound], *, partition: int, next_offset: int) -> int:
-    """Return the offset to commit on ``partition``: never past a record an open round needs."""
-    needed = [r.first_offset for r in open_rounds if r.partition == partition]
-    return min([next_offset, *needed])
+        """The round's participants whose update did not count, in the order they were chosen."""
+        return [
+            p.device_id
+            for p in self.opened.participants
+            if p.device_id not in self.exchange.accepted
+        ]

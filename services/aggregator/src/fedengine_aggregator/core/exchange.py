@@ -1,0 +1,113 @@
+"""The update exchange: the stage in which participants send their updates, pure.
+
+Each validated update goes into the round's accumulator as it arrives, so a sum strategy
+(the FedAvg family) holds one running weighted sum whatever the number of participants, and
+only a few numbers per sender stay (for the result's metadata and the audit). A robust
+strategy's accumulator buffers the updates itself, by necessity (:mod:`.robust`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from fedcommon import topics
+from fedcommon.arrays import NDArrays
+from fedcommon.constraints import MAX_TIMEOUT_S
+from fedcommon.messages.v1 import RoundOpened, UpdateMetrics
+from fedengine_aggregator.core.catalog import Params, make_strategy
+from fedengine_aggregator.core.stages import StageSpec
+from fedengine_aggregator.core.strategies import Accumulator, Prepared, Shapes
+
+UPDATES_STAGE = "updates"
+
+# What every task aggregates with until tasks name their strategy on the bus (issue 8).
+DEFAULT_STRATEGY = "fedavg"
+
+
+def start_accumulator(strategy: str, params: Params | None, param_shapes: Shapes) -> Accumulator:
+    """The one place a round's accumulator is chosen: by strategy name and parameters.
+
+    Raises ``ValueError`` for an unknown strategy or parameter (:func:`.catalog.make_strategy`).
+    """
+    return make_strategy(strategy, params).rule.start(param_shapes)
+
+
+def stage_deadline(opened: RoundOpened, received_at: datetime | None) -> datetime:
+    """The round's deadline, but no later than ``MAX_TIMEOUT_S`` after this aggregator first
+    read the round: that bounds how long a round (and the offsets it holds) stays open,
+    whatever deadline its definition claims."""
+    if received_at is None:
+        return opened.deadline
+    return min(opened.deadline, received_at + timedelta(seconds=MAX_TIMEOUT_S))
+
+
+def update_stage(opened: RoundOpened, *, received_at: datetime | None) -> StageSpec:
+    """The update exchange of ``opened``: every participant, on fed.updates, by the deadline.
+
+    When every participant delivered, the round goes on even below ``min_updates`` (a round
+    cannot ask for more updates than it has participants).
+    """
+    return StageSpec(
+        name=UPDATES_STAGE,
+        topics=frozenset({topics.UPDATES}),
+        deadline=stage_deadline(opened, received_at),
+        min_senders=min(opened.min_updates, len(opened.participants)),
+        expected={p.device_id: p for p in opened.participants},
+    )
+
+
+def plain_plan(opened: RoundOpened, *, received_at: datetime | None) -> list[StageSpec]:
+    """The stages of a round without secure aggregation: the update exchange alone."""
+    return [update_stage(opened, received_at=received_at)]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What stays of an accepted update once its arrays are in the accumulator."""
+
+    num_examples: int
+    metrics: UpdateMetrics
+    size_bytes: int
+    message_id: UUID | None = None
+
+
+@dataclass
+class UpdateExchange:
+    """The updates accepted so far: folded into ``accumulator``, a few numbers per sender."""
+
+    accumulator: Accumulator
+    accepted: dict[str, Accepted] = field(default_factory=dict)
+
+    def prepare(self, update: NDArrays, num_examples: int) -> Prepared:
+        """Check an update for the accumulator without counting it (``ValueError`` if bad)."""
+        return self.accumulator.prepare(update, num_examples)
+
+    def accept(self, device_id: str, prepared: Prepared, accepted: Accepted) -> None:
+        """Count ``device_id``'s update, once."""
+        if device_id in self.accepted:
+            raise ValueError(f"UpdateExchange: {device_id} already accepted")
+        self.accumulator.fold(prepared)
+        self.accepted[device_id] = accepted
+
+    def redelivered(self, device_id: str, message_id: UUID) -> bool:
+        """Whether ``message_id`` is the update already accepted from ``device_id``."""
+        accepted = self.accepted.get(device_id)
+        return accepted is not None and accepted.message_id == message_id
+
+    def delta(self) -> NDArrays:
+        """The round's aggregate (``ValueError`` when the strategy cannot build it)."""
+        return self.accumulator.result()
+
+    def num_examples(self) -> int:
+        return sum(a.num_examples for a in self.accepted.values())
+
+    def bytes_up(self) -> int:
+        return sum(a.size_bytes for a in self.accepted.values())
+
+    def mean_train_loss(self) -> float:
+        total = self.num_examples()
+        if not total:
+            return float("nan")
+        return sum(a.metrics.train_loss * a.num_examples for a in self.accepted.values()) / total
