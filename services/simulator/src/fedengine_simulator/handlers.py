@@ -155,7 +155,8 @@ class Fleet:
         if cache_key not in self._models:
             async with self.context.pool.connection() as conn:
                 cursor = await conn.execute(
-                    "SELECT data FROM coordinator.models_public WHERE task_id = %s AND version = %s",
+                    "SELECT data FROM coordinator.models_public "
+                    "WHERE task_id = %s AND version = %s",
                     (request.task_id, request.model_version),
                 )
                 row = await cursor.fetchone()
