@@ -228,3 +228,34 @@ def test_kubernetes_each_workload_logs_in_as_its_own_principal_over_tls() -> Non
 @pytest.mark.parametrize("module", sorted(SETTINGS))
 def test_every_service_module_has_a_main(module: str) -> None:
     assert importlib.util.find_spec(f"{module}.__main__") is not None
+
+
+def test_compose_metrics_listen_where_prometheus_can_reach_them() -> None:
+    # A service's metrics default to loopback: in a container that is unreachable from any
+    # scraper, so every service given a metrics port also listens on every interface.
+    for name, spec in _ours(_compose()).items():
+        env = spec["environment"]
+        for key in [k for k in env if k.endswith("_METRICS_PORT")]:
+            host = key.removesuffix("_PORT") + "_HOST"
+            assert env.get(host) == "0.0.0.0", f"{name}: {key} without {host}=0.0.0.0"
+
+
+def test_kubernetes_scraped_ports_listen_beyond_loopback() -> None:
+    # Prepare: the pods Prometheus is told to scrape (annotations) and the port it scrapes.
+    scraped = [
+        d
+        for d in _k8s_documents()
+        if d["kind"] == "Deployment"
+        and d["spec"]["template"]["metadata"].get("annotations", {}).get("prometheus.io/scrape")
+    ]
+    assert scraped, "no workload is annotated for scraping"
+    for workload in scraped:
+        port = workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+        for container in _k8s_containers(workload):
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            ports = [k for k, v in env.items() if k.endswith("_METRICS_PORT") and v == port]
+
+            # Assert: the annotated port is the metrics port, bound to every interface.
+            assert ports, f"{workload['metadata']['name']}: no metrics on port {port}"
+            host = ports[0].removesuffix("_PORT") + "_HOST"
+            assert env.get(host) == "0.0.0.0", f"{workload['metadata']['name']}: {host}"

@@ -77,9 +77,10 @@ async def run_service(
     build: Callable[[ServiceContext], ServiceParts],
     run_dir: Path | None = None,
     metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run a service until SIGTERM/SIGINT; return after a clean shutdown."""
-    runtime.serve_metrics(metrics_port)
+    runtime.serve_metrics(metrics_port, host=metrics_host)
     pool = await db.open_pool(postgres_settings, name=spec.name)
     signer = trust_settings.signer(spec.name) if spec.signs else None
     verifier = trust_settings.verifier(
@@ -208,6 +209,7 @@ class ServiceSettings(Protocol):
     postgres: PostgresSettings
     run_dir: Path | None
     metrics_port: int
+    metrics_host: str
     log_json: bool
 
     @property
@@ -228,5 +230,6 @@ def main(
             build=build,
             run_dir=settings.run_dir,
             metrics_port=settings.metrics_port,
+            metrics_host=settings.metrics_host,
         )
     )

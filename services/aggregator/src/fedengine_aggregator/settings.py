@@ -24,5 +24,7 @@ class Settings(BaseSettings):
     unplaced_max_records: int = Field(default=10_000, ge=1)
     unplaced_max_age_s: float = Field(default=60.0, gt=0)
     metrics_port: int = 0
+    # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
+    metrics_host: str = "127.0.0.1"
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False

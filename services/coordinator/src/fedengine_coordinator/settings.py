@@ -22,5 +22,7 @@ class Settings(BaseSettings):
     # A round with no result this long after its deadline is taken as lost and re-issued.
     lost_round_grace_s: float = Field(default=10.0, ge=0)
     metrics_port: int = 0
+    # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
+    metrics_host: str = "127.0.0.1"
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False

@@ -21,5 +21,7 @@ class Settings(BaseSettings):
     offline_after_s: float = Field(default=15.0, gt=0)
     check_interval_s: float = Field(default=1.0, gt=0)
     metrics_port: int = 0
+    # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
+    metrics_host: str = "127.0.0.1"
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=5.0, gt=0)
     home: Path = Field(default_factory=default_home, validation_alias="FEDENGINE_HOME")
     metrics_port: int = 0
+    # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
+    metrics_host: str = "127.0.0.1"
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
 
