@@ -136,7 +136,11 @@ def ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
 
 
 def make_producer(
-    settings: KafkaSettings, *, client_id: str, signer: trust.Signer | None = None
+    settings: KafkaSettings,
+    *,
+    client_id: str,
+    signer: trust.Signer | None = None,
+    request_timeout_ms: int | None = None,
 ) -> AIOKafkaProducer:
     """Return a producer, signing as ``signer`` when given (every service but the simulator,
     which plays devices); idempotence stays off (broker.md: it fails on the local broker)."""
@@ -147,6 +151,9 @@ def make_producer(
         "linger_ms": settings.linger_ms,
         "max_request_size": settings.max_message_bytes,
     }
+    if request_timeout_ms is not None:
+        # How long a buffered record is retried before it expires (aiokafka: 40 s).
+        options["request_timeout_ms"] = request_timeout_ms
     if signer is None:
         return AIOKafkaProducer(**options)
     return SigningProducer(signer=signer, **options)

@@ -121,7 +121,8 @@ async def publish(
     that check, the acknowledgement is awaited for ``GATEWAY_COMMAND_TIMEOUT_S``; a 503 then
     cannot promise that nothing was sent (``location`` tells the client where to look), because
     aiokafka keeps retrying a buffered record until its producer's ``request_timeout_ms``
-    (40 s) and a record a frozen broker already received is written when it resumes.
+    (set to the command timeout plus 1 s) and a record a frozen broker already received is
+    written when it resumes.
     """
     settings = settings_of(request)
     if not (await prober_of(request).check(health.Dependency.BROKER)).up:
