@@ -16,8 +16,25 @@ from rich.table import Table
 from fedcommon import auth, signing, trust
 from fedcommon.messages.v1 import ModelArchitecture
 from fedengine import fleets, launcher
-from fedengine.demo import DemoOptions, run_demo
+from fedengine.demo import AttackKind, DemoOptions, check_attack, run_demo
 from fedengine.settings import LauncherSettings
+
+Malicious = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="fraction of the devices that attack (chosen from the seed; the task is not told)",
+    ),
+]
+Attack = Annotated[AttackKind, typer.Option(help="what the malicious devices send")]
+AttackScale = Annotated[
+    float,
+    typer.Option(
+        help="the attack's strength: the sign-flipped update's factor, the Gaussian's standard "
+        "deviation, the label-flipped update's factor"
+    ),
+]
 
 app = typer.Typer(help="FedEngine: federated learning over Kafka.", no_args_is_help=True)
 console = Console()
@@ -143,10 +160,17 @@ def fleet(
     ] = None,
     seed: Annotated[int, typer.Option(help="seed for data partitions")] = 0,
     name: Annotated[str | None, typer.Option(help="fleet name (default: generated)")] = None,
+    malicious: Malicious = 0.0,
+    attack: Attack = AttackKind.SIGN_FLIP,
+    attack_scale: AttackScale = 1.0,
 ) -> None:
     """Attach simulated devices to the running stack (`fedengine fleet stop NAME` removes them)."""
     if context.invoked_subcommand is not None:
         return
+    try:
+        check_attack(malicious, attack_scale)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     fleet_name = name or f"fleet-{uuid4().hex[:6]}"
     chosen = launcher.Fleet(
         name=fleet_name,
@@ -154,6 +178,9 @@ def fleet(
         partitioning="iid" if non_iid is None else "dirichlet",
         alpha=non_iid or 0.5,
         seed=seed,
+        malicious=malicious,
+        attack=attack.value,
+        attack_scale=attack_scale,
     )
     try:
         process = fleets.start(LauncherSettings(), chosen)
@@ -245,12 +272,19 @@ def demo(
     learning_rate: Annotated[float, typer.Option(help="local SGD learning rate")] = 0.3,
     local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = 5,
     batch_size: Annotated[int, typer.Option(help="local batch size")] = 16,
+    malicious: Malicious = 0.0,
+    attack: Attack = AttackKind.SIGN_FLIP,
+    attack_scale: AttackScale = 1.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
     """Run a whole federated task on simulated devices and print the result."""
     if per_round > devices:
         raise typer.BadParameter("--per-round cannot exceed --devices")
+    try:
+        check_attack(malicious, attack_scale)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     options = DemoOptions(
         devices=devices,
         per_round=per_round,
@@ -261,11 +295,24 @@ def demo(
         learning_rate=learning_rate,
         local_epochs=local_epochs,
         batch_size=batch_size,
+        malicious=malicious,
+        attack=attack.value,
+        attack_scale=attack_scale,
     )
     result = asyncio.run(
         run_demo(LauncherSettings(), options, keep_running=keep_running, console=console)
     )
-    table = Table("round", "accuracy", "loss", "participants", "dropped", "rejected", "seconds")
+    table = Table(
+        "round",
+        "accuracy",
+        "loss",
+        "participants",
+        "dropped",
+        "rejected",
+        "seconds",
+        caption=f"updates above the norm bound {result['config']['max_update_norm']} are "
+        "rejected before aggregation",
+    )
     for row in result["rounds"]:
         table.add_row(
             str(row["round"]),
@@ -338,6 +385,29 @@ def _key_value(item: str) -> tuple[str, str]:
     if not sep or not key:
         raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
     return key, value
+
+
+@bench_app.command("aggregate")
+def bench_aggregate(
+    participants: Annotated[int, typer.Option(min=1, help="updates in the round")],
+    params: Annotated[int, typer.Option(min=1, help="values per update")],
+    strategy: Annotated[str, typer.Option(help="fedavg, median, krum...")] = "fedavg",
+    seed: Annotated[int, typer.Option(min=0, help="seed of the random updates")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
+) -> None:
+    """Time one round's aggregation and its peak memory (tracemalloc) with the pure strategy
+    core: no broker, no database; updates generated one at a time."""
+    from fedengine.bench import bench_aggregate as run
+
+    try:
+        result = run(participants=participants, params=params, strategy=strategy, seed=seed)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    text = json.dumps(result)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
+    typer.echo(text)
 
 
 @app.command("create-topics")

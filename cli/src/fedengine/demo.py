@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
@@ -15,6 +17,22 @@ from fedcommon.lifecycle import FINISHED
 from fedengine import fleets, launcher
 from fedengine.sdk import FedEngineClient
 from fedengine.settings import LauncherSettings
+
+
+class AttackKind(StrEnum):
+    """The simulator's attacks (SIMULATOR_ATTACK; fedengine_simulator.core.attacks)."""
+
+    SIGN_FLIP = "sign_flip"
+    GAUSSIAN = "gaussian"
+    LABEL_FLIP = "label_flip"
+
+
+def check_attack(malicious: float, attack_scale: float) -> None:
+    """Refuse what the simulator would refuse at start, before a stack is started for it."""
+    if not 0.0 <= malicious <= 1.0:
+        raise ValueError(f"--malicious must be a fraction in [0, 1], got {malicious}")
+    if not (0.0 < attack_scale < math.inf):
+        raise ValueError(f"--attack-scale must be a finite number > 0, got {attack_scale}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,10 @@ class DemoOptions:
     round_timeout_s: float = 30.0
     min_devices: int | None = None
     target_accuracy: float | None = None
+    # A fraction of the fleet attacks (the task is not told): see fedengine fleet --malicious.
+    malicious: float = 0.0
+    attack: str = AttackKind.SIGN_FLIP.value
+    attack_scale: float = 1.0
 
 
 def round_summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +64,7 @@ def round_summary(row: dict[str, Any]) -> dict[str, Any]:
         "participants": len(row["aggregated"] or []),
         "dropped": len(row["dropped"] or []),
         "rejected": sum((row["rejected"] or {}).values()),
+        "rejected_reasons": dict(row["rejected"] or {}),
         "duration_s": row["duration_s"],
         "bytes_up": row["bytes_up"],
         "bytes_down": row["bytes_down"],
@@ -64,9 +87,18 @@ async def run_demo(
         partitioning="iid" if options.non_iid is None else "dirichlet",
         alpha=options.non_iid or 0.5,
         seed=options.seed,
+        malicious=options.malicious,
+        attack=options.attack,
+        attack_scale=options.attack_scale,
+    )
+    attackers = (
+        f", {options.malicious:g} of them malicious ({options.attack} x{options.attack_scale:g})"
+        if options.malicious > 0
+        else ""
     )
     console.print(
-        f"starting {fleet.devices} simulated devices (fleet {fleet.name}, {fleet.partitioning})"
+        f"starting {fleet.devices} simulated devices (fleet {fleet.name}, {fleet.partitioning}"
+        f"{attackers})"
     )
     started_here = launcher.running_stack(settings) is None
     simulator = None
@@ -144,6 +176,9 @@ async def run_demo(
                 "bootstrap_servers": stack.bootstrap_servers,
                 "embedded_broker": stack.broker is not None,
                 "embedded_postgres": stack.postgres_data is not None,
+                # The bound the aggregator's validation held each update to, before the
+                # strategy saw it (an attacker's update above it is rejected, not aggregated).
+                "max_update_norm": state["spec"].get("max_update_norm"),
             },
             "rounds": rounds,
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,

@@ -331,13 +331,17 @@ def _host_port(bootstrap: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Fleet:
-    """A simulator process: its fleet name, size and data partitioning."""
+    """A simulator process: its fleet name, size, data partitioning, and attackers (a fraction
+    of its devices that send poisoned updates, for testing robust aggregation)."""
 
     name: str
     devices: int
     partitioning: str = "iid"
     alpha: float = 0.5
     seed: int = 0
+    malicious: float = 0.0
+    attack: str = "sign_flip"
+    attack_scale: float = 1.0
 
     @property
     def process_name(self) -> str:
@@ -351,6 +355,9 @@ class Fleet:
             "SIMULATOR_PARTITIONING": self.partitioning,
             "SIMULATOR_ALPHA": str(self.alpha),
             "SIMULATOR_SEED": str(self.seed),
+            "SIMULATOR_MALICIOUS": str(self.malicious),
+            "SIMULATOR_ATTACK": self.attack,
+            "SIMULATOR_ATTACK_SCALE": str(self.attack_scale),
         }
 
 

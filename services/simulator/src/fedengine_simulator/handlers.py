@@ -37,7 +37,7 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_simulator import identities
-from fedengine_simulator.core import fleet
+from fedengine_simulator.core import attacks, fleet
 from fedengine_simulator.core.training import LocalResult, train_local
 from fedengine_simulator.settings import Settings
 
@@ -47,6 +47,9 @@ SCHEMA = "simulator"
 PRODUCER = "simulator"
 TRAINED = Counter("fedengine_simulator_updates_sent_total", "Updates sent by simulated devices")
 SKIPPED = Counter("fedengine_simulator_requests_skipped_total", "Train requests skipped", ["why"])
+POISONED = Counter(
+    "fedengine_simulator_poisoned_updates_total", "Updates sent by malicious devices", ["attack"]
+)
 
 
 class Fleet:
@@ -60,6 +63,19 @@ class Fleet:
         self._models: dict[tuple[object, int], bytes] = {}
         self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
+        self.attack = settings.attack_spec
+        self.attackers = attacks.choose_attackers(
+            settings.devices, settings.malicious, attacks.attackers_rng(settings.seed)
+        )
+        if self.attackers:
+            logger.warning(
+                "fleet %s: %d malicious device(s) (%s, scale %g): %s",
+                settings.fleet,
+                len(self.attackers),
+                self.attack.kind.value,
+                self.attack.scale,
+                ", ".join(f"{settings.fleet}-{i:04d}" for i in sorted(self.attackers)),
+            )
 
     def partition_of(self, dataset: str, index: int) -> np.ndarray:
         if dataset not in self._partitions:
@@ -187,6 +203,10 @@ class Fleet:
         data = await self.model_bytes(message)
         dataset = datasets.load_dataset(message.dataset)
         indices = self.partition_of(message.dataset, device.index)
+        malicious = device.index in self.attackers
+        labels = dataset.y_train[indices]
+        if malicious:
+            labels = attacks.flip_labels(labels, dataset.num_classes, self.attack)
 
         def train() -> tuple[LocalResult, float]:
             began = time.perf_counter()
@@ -201,7 +221,7 @@ class Fleet:
             result = train_local(
                 model,
                 dataset.x_train[indices],
-                dataset.y_train[indices],
+                labels,
                 epochs=message.local_epochs,
                 batch_size=message.batch_size,
                 learning_rate=message.learning_rate,
@@ -220,7 +240,17 @@ class Fleet:
             async with self.context.pool.connection() as conn:
                 await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
             return
-        update = arrays.to_bytes(list(result.delta))
+        delta = result.delta
+        if malicious:
+            rng = attacks.update_rng(
+                fleet_seed=self.settings.seed,
+                task_seed=message.seed,
+                round_number=message.round_number,
+                device_index=device.index,
+            )
+            delta = attacks.poison(delta, self.attack, rng)
+            POISONED.labels(self.attack.kind.value).inc()
+        update = arrays.to_bytes(list(delta))
         signature = self.keys[device.device_id].sign(
             signing.update_payload(
                 task_id=message.task_id,

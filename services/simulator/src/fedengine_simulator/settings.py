@@ -9,9 +9,10 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedcommon import enrolment_tokens
-from fedcommon.constraints import FLEET_PATTERN
+from fedcommon.constraints import FLEET_PATTERN, MAX_SETTING
 from fedcommon.messages.v1 import Partitioning
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings, default_home
+from fedengine_simulator.core.attacks import Attack, AttackKind
 
 
 class Settings(BaseSettings):
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
     partitioning: Partitioning = Partitioning.IID
     alpha: float = Field(default=0.5, gt=0)
     seed: int = 0
+    # Attackers for testing robust aggregation (core/attacks.py): this fraction of the fleet's
+    # devices, chosen from ``seed``, sends ``attack``'s poisoned update instead of its own.
+    malicious: float = Field(default=0.0, ge=0, le=1)
+    attack: AttackKind = AttackKind.SIGN_FLIP
+    attack_scale: float = Field(default=1.0, gt=0, le=MAX_SETTING)
     heartbeat_s: float = Field(default=5.0, gt=0)
     home: Path = Field(default_factory=default_home, validation_alias="FEDENGINE_HOME")
     metrics_port: int = 0
@@ -58,6 +64,10 @@ class Settings(BaseSettings):
     def token(self) -> enrolment_tokens.EnrolmentToken:
         assert self.enrolment_token is not None
         return enrolment_tokens.EnrolmentToken.decode(self.enrolment_token.get_secret_value())
+
+    @property
+    def attack_spec(self) -> Attack:
+        return Attack(self.attack, self.attack_scale)
 
     @property
     def trust(self) -> TrustSettings:
