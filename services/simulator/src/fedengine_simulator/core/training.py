@@ -1,4 +1,5 @@
-"""Local training on a device's own partition: plain minibatch SGD (FedAvg's ClientUpdate)."""
+"""Local training on a device's own partition: plain minibatch SGD (FedAvg's ClientUpdate), with
+FedProx's proximal term when the train request asks for one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from fedcommon import models
 from fedcommon.arrays import NDArrays
+from fedengine_simulator.core import proximal
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,17 @@ def train_local(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    proximal_mu: float = 0.0,
 ) -> LocalResult:
-    """Train ``model`` in place and return the weight delta and the last epoch's metrics."""
+    """Train ``model`` in place and return the weight delta and the last epoch's metrics.
+
+    ``proximal_mu`` > 0 adds FedProx's (μ/2)·‖w - wᵗ‖² to each batch's loss (wᵗ: the model the
+    round started from); the reported loss is the data loss alone, comparable across tasks.
+    """
     if len(x) == 0:
         raise ValueError("train_local: the partition is empty")
     start = models.get_arrays(model)
+    anchor = proximal.snapshot(model.parameters()) if proximal_mu > 0 else None
     generator = torch.Generator().manual_seed(int(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
@@ -48,7 +56,10 @@ def train_local(
             optimizer.zero_grad()
             logits = model(inputs[index])
             loss = nn.functional.cross_entropy(logits, labels[index])
-            loss.backward()  # type: ignore[no-untyped-call]
+            objective = loss
+            if anchor is not None:
+                objective = loss + proximal.proximal_term(model.parameters(), anchor, proximal_mu)
+            objective.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             loss_sum += float(loss.item()) * len(index)
             correct += int((logits.argmax(dim=1) == labels[index]).sum().item())
