@@ -104,7 +104,13 @@ class FedEngineClient:
 
     # --- tasks -----------------------------------------------------------------------------
     async def create_federated_task(self, **task: Any) -> str:
-        """Create a task; returns its id once the coordinator has recorded it."""
+        """Create a task from the REST body's fields; returns its id once the coordinator has
+        recorded it.
+
+        ``strategy`` chooses how rounds are aggregated and applied, for example
+        ``strategy={"name": "fedadam", "params": {"eta": 0.01}}`` (FedAvg when absent); the
+        gateway refuses an unknown name or parameter with 422, as it does any other bad field.
+        """
         accepted = (await self._request("POST", "/tasks", json=task)).json()
         await self.wait_for_task(accepted["id"], lambda t: True)
         return str(accepted["id"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fedcommon.server_opt import Adagrad, Adam, Momentum, Yogi
 from fedengine_aggregator.core.catalog import STRATEGIES, make_strategy
 from fedengine_aggregator.core.robust import Krum, MultiKrum, TrimmedMean
-from fedengine_aggregator.core.server_opt import Adagrad, Adam, Momentum, Yogi
 from fedengine_aggregator.core.sum_rules import FedAvg
 
 SUMS = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedcommon.server_opt import Adagrad, Adam, Momentum, ServerOptimizer, Yogi
 from fedengine_aggregator.core.robust import Krum, Median, MultiKrum, TrimmedMean
-from fedengine_aggregator.core.server_opt import Adagrad, Adam, Momentum, ServerOptimizer, Yogi
 from fedengine_aggregator.core.strategies import AggregationRule
 from fedengine_aggregator.core.sum_rules import FedAvg
 

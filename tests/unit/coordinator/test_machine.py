@@ -15,7 +15,19 @@ import pytest
 from fedcommon import topics
 from fedcommon.errors import ProtocolViolation
 from fedcommon.lifecycle import Command
-from fedcommon.messages.v1 import RoundAggregated, StopReason, TaskSpec, TaskState
+from fedcommon.messages.v1 import (
+    FedAdamStrategy,
+    FedAvgStrategy,
+    FedProxParams,
+    FedProxStrategy,
+    KrumStrategy,
+    RoundAggregated,
+    RoundOpened,
+    StopReason,
+    TaskSpec,
+    TaskState,
+    TrainRequested,
+)
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -31,6 +43,7 @@ from fedengine_coordinator.core.effects import (
     OpenRound,
     SetTaskState,
     SetWaiting,
+    StepServerOptimizer,
 )
 from fedengine_coordinator.core.events import (
     CommandReceived,
@@ -187,6 +200,8 @@ def summary(effects: list[Effect]) -> list[tuple[object, ...]]:
                 out.append(("build_model",))
             case ApplyResult():
                 out.append(("apply_result",))
+            case StepServerOptimizer():
+                out.append(("server_step",))
             case OpenRound(round_number=number):
                 out.append(("open_round", number))
             case Ignored():
@@ -210,6 +225,8 @@ ROUND_OPENED = [
     ("emit", topics.DEVICE_COMMANDS, "train.requested"),
     ("emit", topics.EVENTS, "round.started"),
 ]
+
+KRUM_NEEDS = " (strategy krum needs at least 7)"
 
 CASES = [
     # --- commands --------------------------------------------------------------------------
@@ -353,6 +370,30 @@ CASES = [
         id="a result for the open round is applied",
     ),
     pytest.param(
+        State(task(RUNNING, strategy={"name": "fedadam"}), round_()),
+        ResultReceived(result()),
+        [("server_step",)],
+        RUNNING,
+        OPEN,
+        id="a result for a task with a server optimizer is a server step",
+    ),
+    pytest.param(
+        State(task(RUNNING, strategy={"name": "fedprox"}), round_()),
+        ResultReceived(result()),
+        [("apply_result",)],
+        RUNNING,
+        OPEN,
+        id="fedprox has no server optimizer: x + delta",
+    ),
+    pytest.param(
+        State(task(RUNNING, strategy={"name": "fedavgm"}), round_()),
+        applied(0.5),
+        [*APPLIED, ("open_round", 2)],
+        RUNNING,
+        RoundStatus.COMPLETED,
+        id="a server step's answer is a round applied like any other",
+    ),
+    pytest.param(
         State(None, round_(RoundStatus.COMPLETED)),
         ResultReceived(result()),
         [("ignored",)],
@@ -461,6 +502,38 @@ CASES = [
         RUNNING,
         RoundStatus.FAILED,
         id="a lost round is re-issued",
+    ),
+    pytest.param(
+        State(
+            task(RUNNING, min_devices=7, devices_per_round=8, strategy={"name": "krum"}), round_()
+        ),
+        FailureReceived(TASK_ID, "5 of 7 updates by the deadline", received=5),
+        [
+            ("close_round", RoundStatus.FAILED, "5 of 7 updates by the deadline" + KRUM_NEEDS),
+            (
+                "log",
+                "round_failed",
+                "round 1 attempt 0: 5 of 7 updates by the deadline" + KRUM_NEEDS,
+            ),
+            ("open_round", 1),
+        ],
+        RUNNING,
+        RoundStatus.FAILED,
+        id="a round too short for its robust strategy fails saying so",
+    ),
+    pytest.param(
+        State(
+            task(RUNNING, min_devices=7, devices_per_round=8, strategy={"name": "krum"}), round_()
+        ),
+        FailureReceived(TASK_ID, "aggregation failed", received=7),
+        [
+            ("close_round", RoundStatus.FAILED, "aggregation failed"),
+            ("log", "round_failed", "round 1 attempt 0: aggregation failed"),
+            ("open_round", 1),
+        ],
+        RUNNING,
+        RoundStatus.FAILED,
+        id="a robust round failing with enough updates blames no strategy",
     ),
     pytest.param(
         State(task(PAUSED), round_()),
@@ -737,3 +810,42 @@ def test_a_whole_task_runs_round_by_round_to_its_last() -> None:
     assert state.task is not None
     assert (state.task.state, state.task.current_round) == (COMPLETED, 3)
     assert applied_versions == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "mu"),
+    [
+        pytest.param(FedAvgStrategy(), 0.0, id="fedavg"),
+        pytest.param(FedProxStrategy(params=FedProxParams(mu=0.25)), 0.25, id="fedprox"),
+        pytest.param(FedAdamStrategy(), 0.0, id="fedadam"),
+    ],
+)
+def test_an_opened_round_carries_the_strategy_and_each_request_its_mu(
+    strategy: FedAvgStrategy | FedProxStrategy | FedAdamStrategy, mu: float
+) -> None:
+    # Prepare
+    state = State(task(RUNNING, strategy=strategy))
+
+    # Execute
+    _, effects = decide(state, offered(90.0, 80.0))
+
+    # Assert
+    messages = [e.message for e in effects if isinstance(e, Emit)]
+    opened = [m for m in messages if isinstance(m, RoundOpened)]
+    requests = [m for m in messages if isinstance(m, TrainRequested)]
+    assert [m.strategy for m in opened] == [strategy]
+    assert [r.proximal_mu for r in requests] == [mu, mu]
+
+
+def test_an_opened_round_asks_for_at_least_the_strategys_minimum() -> None:
+    # Prepare: krum (f = 2) needs 7 updates; the task asks for exactly that many.
+    state = State(task(RUNNING, min_devices=7, devices_per_round=9, strategy=KrumStrategy()))
+
+    # Execute
+    _, effects = decide(state, offered(*[90.0] * 9))
+
+    # Assert
+    (opened,) = [e.message for e in effects if isinstance(e, Emit) and e.base == topics.UPDATES]
+    assert isinstance(opened, RoundOpened)
+    assert (opened.min_updates, len(opened.participants)) == (7, 9)
+    assert opened.strategy == KrumStrategy()

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr
 
 from fedcommon import auth, codec
-from fedcommon.messages.v1 import TaskCreateRequested
+from fedcommon.messages.v1 import STRATEGY_TYPES, TaskCreateRequested
 from fedengine_gateway import health
 from fedengine_gateway.app import create_app
 from fedengine_gateway.health import Dependency
@@ -198,3 +198,87 @@ async def test_ready_is_200_when_both_answer_and_a_hanging_check_is_cut_at_its_b
         frozen.status_code == 503 and frozen.json()["broker"]["error"] == "no answer within 0.2 s"
     )
     assert took < 1.0
+
+
+async def test_a_task_with_a_strategy_is_published_with_it(
+    api: httpx.AsyncClient, producer: FakeProducer
+) -> None:
+    # Prepare
+    strategy = {"name": "fedadam", "params": {"eta": 0.05, "beta1": 0.8}}
+
+    # Execute
+    response = await api.post("/tasks", json={"task_name": "t", "strategy": strategy})
+
+    # Assert
+    assert response.status_code == 202, response.text
+    ((_, value, _),) = producer.sent
+    message = codec.decode(value)
+    assert isinstance(message, TaskCreateRequested)
+    assert message.spec.strategy.model_dump() == {
+        "name": "fedadam",
+        "params": {"eta": 0.05, "beta1": 0.8, "beta2": 0.99, "tau": 1e-3, "max_examples": 10**8},
+    }
+
+
+@pytest.mark.parametrize(
+    ("strategy", "loc", "kind"),
+    [
+        (
+            {"name": "fedadam", "params": {"etaa": 0.1}},
+            ["body", "strategy", "fedadam", "params", "etaa"],
+            "extra_forbidden",
+        ),
+        (
+            {"name": "fedavgm", "params": {"momentum": 1.5}},
+            ["body", "strategy", "fedavgm", "params", "momentum"],
+            "less_than",
+        ),
+        ({"name": "fedsgd"}, ["body", "strategy"], "union_tag_invalid"),
+    ],
+    ids=["unknown param", "param out of range", "unknown name"],
+)
+async def test_a_strategy_the_catalog_would_refuse_is_422_naming_the_field(
+    api: httpx.AsyncClient,
+    producer: FakeProducer,
+    strategy: dict[str, Any],
+    loc: list[str],
+    kind: str,
+) -> None:
+    # Execute
+    response = await api.post("/tasks", json={"task_name": "t", "strategy": strategy})
+
+    # Assert
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert (error["loc"], error["type"]) == (loc, kind)
+    assert producer.sent == []
+
+
+async def test_a_robust_strategy_with_too_few_min_devices_is_422(
+    api: httpx.AsyncClient, producer: FakeProducer
+) -> None:
+    # Execute
+    response = await api.post(
+        "/tasks",
+        json={"task_name": "t", "min_devices": 3, "strategy": {"name": "krum"}},
+    )
+
+    # Assert
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert "min_devices 3 is below the 7 updates a round of strategy krum needs" in error["msg"]
+    assert producer.sent == []
+
+
+async def test_openapi_shows_the_strategy_union(api: httpx.AsyncClient) -> None:
+    # Execute
+    schema = (await api.get("http://gateway/openapi.json")).json()
+
+    # Assert
+    strategy = schema["components"]["schemas"]["TaskCreate"]["properties"]["strategy"]
+    assert strategy["discriminator"]["propertyName"] == "name"
+    assert set(strategy["discriminator"]["mapping"]) == {
+        t.model_fields["name"].default for t in STRATEGY_TYPES
+    }
+    adam = schema["components"]["schemas"]["AdaptiveParams"]
+    assert adam["additionalProperties"] is False

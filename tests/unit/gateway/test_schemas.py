@@ -23,6 +23,7 @@ from fedengine_gateway.schemas import (
     DeviceCreate,
     EnrolmentTokenCreate,
     TaskCreate,
+    TaskPublic,
 )
 from fedengine_gateway.settings import Settings
 
@@ -234,12 +235,33 @@ _VALID: dict[str, st.SearchStrategy[Any]] = {
     "model_architecture": st.sampled_from(ModelArchitecture),
     "dataset": st.just("digits"),
     "participating_devices": st.none() | st.lists(_IDS, min_size=1, max_size=6),
+    "strategy": st.sampled_from(
+        [
+            {"name": "fedavg"},
+            {"name": "fedprox", "params": {"mu": 0.5}},
+            {"name": "fedadam", "params": {"eta": 0.1, "tau": 1e-6}},
+            {"name": "median"},
+            {"name": "krum", "params": {"f": 0}},
+            {"name": "multi_krum", "params": {"f": 0, "m": 2}},
+        ]
+    ),
 }
 _WRONG: dict[str, st.SearchStrategy[Any]] = {
     "task_name": st.sampled_from(["", "a\x00b", "x" * 201, 7]),
     "model_architecture": st.just("transformer"),
     "dataset": st.just("cifar10"),
     "participating_devices": st.sampled_from([[], ["a\x00"], ["x" * 201], ["ok", ""]]),
+    "strategy": st.sampled_from(
+        [
+            {"name": "fedsgd"},
+            {"name": "fedadam", "params": {"etaa": 0.1}},
+            {"name": "fedavgm", "params": {"momentum": 1.0}},
+            {"name": "krum", "params": {"f": True}},
+            {"name": "krum"},
+            {"name": "median", "extra": 1},
+            "fedavg",
+        ]
+    ),
 }
 
 
@@ -286,3 +308,38 @@ def test_a_task_body_is_accepted_exactly_when_the_bus_spec_is(body: dict[str, An
     assert (task is None) == (spec is None), (body, task, spec)
     if task is not None:
         assert task.to_spec() == spec
+
+
+@pytest.mark.parametrize(
+    ("stored", "name"),
+    [
+        ({"task_name": "t"}, "fedavg"),
+        ({"task_name": "t", "strategy": {"name": "fedyogi", "params": {"eta": 0.02}}}, "fedyogi"),
+    ],
+    ids=["older spec", "with strategy"],
+)
+def test_a_task_answer_shows_its_strategy(stored: dict[str, Any], name: str) -> None:
+    # Prepare: a projection row as the gateway reads it.
+    row = {
+        "task_id": "11111111-1111-4111-8111-111111111111",
+        "task_name": "t",
+        "state": "created",
+        "stop_reason": None,
+        "current_round": 0,
+        "model_version": 0,
+        "spec": stored,
+        "created_by": "op",
+        "created_at": "2026-11-29T12:00:00+00:00",
+        "started_at": None,
+        "finished_at": None,
+        "latest_accuracy": None,
+    }
+
+    # Execute
+    task = TaskPublic(**row)
+
+    # Assert
+    assert task.strategy.name == name
+    assert task.model_dump(mode="json")["strategy"]["params"] == (
+        TaskSpec.model_validate(stored).strategy.params.model_dump(mode="json")
+    )

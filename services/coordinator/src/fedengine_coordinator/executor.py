@@ -20,7 +20,7 @@ from fedcommon import arrays, models, outbox
 from fedcommon.errors import ProtocolViolation
 from fedcommon.settings import KafkaSettings
 from fedengine_coordinator import store
-from fedengine_coordinator.core import evaluation, machine
+from fedengine_coordinator.core import evaluation, machine, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -36,6 +36,7 @@ from fedengine_coordinator.core.effects import (
     OpenRound,
     SetTaskState,
     SetWaiting,
+    StepServerOptimizer,
 )
 from fedengine_coordinator.core.events import DevicesOffered, Event, ModelApplied, ModelBuilt
 from fedengine_coordinator.core.state import State
@@ -125,7 +126,7 @@ class Executor:
                 )
             case BuildInitialModel():
                 return await _build(conn, effect)
-            case ApplyResult():
+            case ApplyResult() | StepServerOptimizer():
                 return await _apply(conn, effect)
             case OpenRound():
                 return await _offer(conn, effect)
@@ -173,13 +174,19 @@ async def _build(conn: psycopg.AsyncConnection, effect: BuildInitialModel) -> Mo
     return ModelBuilt(sha256=digest, size_bytes=len(data))
 
 
-async def _apply(conn: psycopg.AsyncConnection, effect: ApplyResult) -> ModelApplied:
-    """Add the round's aggregate to the version it trained from, evaluate, store the result.
+async def _apply(
+    conn: psycopg.AsyncConnection, effect: ApplyResult | StepServerOptimizer
+) -> ModelApplied:
+    """Apply the round's aggregate to the version it trained from (x + delta, or the task's
+    server optimizer's step from the state stored with that version), evaluate, and store the
+    result with the optimizer's new state.
 
     Raises
     ------
     InvalidMessage
         The aggregate does not decode, does not fit the model, or is not finite.
+    ValueError
+        The stored optimizer state is missing or not the optimizer's, or the step overflows.
     """
     task, round_, result = effect.task, effect.round, effect.result
     spec = task.spec
@@ -189,14 +196,36 @@ async def _apply(conn: psycopg.AsyncConnection, effect: ApplyResult) -> ModelApp
         spec.model_architecture, spec.dataset
     ) or not all(np.isfinite(a).all() for a in delta):
         raise ProtocolViolation("round result's delta does not fit the model or is not finite")
+    optimizer = None
+    state_in: bytes | None = None
+    if isinstance(effect, StepServerOptimizer):
+        optimizer = strategy.optimizer_for(spec.strategy)
+        if optimizer is None:
+            raise ValueError(f"strategy {spec.strategy.name} has no server optimizer")
+        state_in = await store.get_optimizer_state(conn, task.task_id, round_.model_version_in)
+        if state_in is None and round_.model_version_in > 0:
+            # Only version 0 comes before any step: starting again from zero would silently
+            # forget every round's momentum.
+            raise ValueError(
+                f"model version {round_.model_version_in} of task {task.task_id} has no "
+                f"{spec.strategy.name} state"
+            )
 
-    def apply_and_evaluate() -> tuple[bytes, evaluation.Evaluation]:
-        model = evaluation.new_model(spec.model_architecture, spec.dataset, seed=spec.seed)
-        model = evaluation.apply_delta(models.load_into(model, data), delta)
-        return models.to_safetensors(model), evaluation.evaluate(model, spec.dataset)
+    def apply_and_evaluate() -> tuple[bytes, bytes | None, evaluation.Evaluation]:
+        model = models.load_into(
+            evaluation.new_model(spec.model_architecture, spec.dataset, seed=spec.seed), data
+        )
+        state_out = None
+        if optimizer is not None:
+            step = strategy.server_step(optimizer, models.get_arrays(model), delta, state_in)
+            models.set_arrays(model, step.model)
+            state_out = step.state
+        else:
+            model = evaluation.apply_delta(model, delta)
+        return models.to_safetensors(model), state_out, evaluation.evaluate(model, spec.dataset)
 
     history = await store.accuracies(conn, task.task_id)
-    new_data, scores = await asyncio.to_thread(apply_and_evaluate)
+    new_data, state_out, scores = await asyncio.to_thread(apply_and_evaluate)
     version = round_.model_version_in + 1
     digest = models.sha256_hex(new_data)
     await store.insert_model(
@@ -206,6 +235,7 @@ async def _apply(conn: psycopg.AsyncConnection, effect: ApplyResult) -> ModelApp
         sha256=digest,
         data=new_data,
         round_number=round_.round_number,
+        optimizer_state=state_out,
     )
     return ModelApplied(
         result=result,

@@ -123,7 +123,12 @@ class Coordinator:
                 event = ResultReceived(message)
             case RoundFailed(round_id=round_id) if round_id is not None:
                 state = await _round_state(conn, round_id)
-                event = FailureReceived(message.task_id, message.reason, dict(message.rejected))
+                event = FailureReceived(
+                    message.task_id,
+                    message.reason,
+                    dict(message.rejected),
+                    received=message.received,
+                )
             case RoundAggregated() | RoundFailed():
                 return
             case CleanupRequested():

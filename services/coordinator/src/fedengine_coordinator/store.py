@@ -104,11 +104,15 @@ async def insert_model(
     sha256: str,
     data: bytes,
     round_number: int | None,
+    optimizer_state: bytes | None = None,
 ) -> None:
+    """Store a model version with the server optimizer state that produced it (None: the task
+    has no server optimizer, or this is version 0)."""
     await conn.execute(
-        "INSERT INTO coordinator.models (task_id, version, sha256, size_bytes, data, round_number) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (task_id, version, sha256, len(data), data, round_number),
+        "INSERT INTO coordinator.models "
+        "(task_id, version, sha256, size_bytes, data, round_number, optimizer_state) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (task_id, version, sha256, len(data), data, round_number, optimizer_state),
     )
 
 
@@ -123,6 +127,20 @@ async def get_model(
     if row is None:
         raise LookupError(f"model version {version} of task {task_id} is missing")
     return row[0], bytes(row[1])
+
+
+async def get_optimizer_state(
+    conn: psycopg.AsyncConnection, task_id: UUID, version: int
+) -> bytes | None:
+    """The server optimizer state stored with a model version (None: none was)."""
+    cursor = await conn.execute(
+        "SELECT optimizer_state FROM coordinator.models WHERE task_id = %s AND version = %s",
+        (task_id, version),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise LookupError(f"model version {version} of task {task_id} is missing")
+    return None if row[0] is None else bytes(row[0])
 
 
 async def get_model_digest(conn: psycopg.AsyncConnection, task_id: UUID, version: int) -> str:

@@ -35,8 +35,10 @@ from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     DeviceCapabilities,
     DeviceType,
+    FedAvgStrategy,
     ModelArchitecture,
     PrivacyLevel,
+    StrategySpec,
     TaskSpec,
 )
 
@@ -214,6 +216,12 @@ class TaskCreate(Constrained):
     max_update_norm: float = Field(default=100.0, gt=0, le=MAX_SETTING)
     max_round_retries: int = Field(default=2, ge=0, le=MAX_ROUND_RETRIES)
     device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
+    strategy: StrategySpec = Field(
+        default_factory=FedAvgStrategy,
+        description='How rounds are aggregated and applied, e.g. {"name": "fedadam", '
+        '"params": {"eta": 0.01}}; unknown names and parameters are refused. Robust strategies '
+        "need min_devices of at least their minimum (krum: 2f + 3).",
+    )
 
     @model_validator(mode="after")
     def _as_spec(self) -> TaskCreate:
@@ -271,11 +279,22 @@ class TaskPublic(BaseModel):
     current_round: int
     model_version: int
     spec: dict[str, Any]
+    # The spec's strategy on its own (FedAvg for tasks created before strategies existed).
+    strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
     created_by: str
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     latest_accuracy: float | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_from_spec(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "strategy" not in data:
+            spec = data.get("spec")
+            if isinstance(spec, dict) and "strategy" in spec:
+                return {**data, "strategy": spec["strategy"]}
+        return data
 
 
 class RoundPublic(BaseModel):

@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, ConfigDict, Field, model_validator
 from fedcommon.constraints import (
     MAX_BATCH_SIZE,
     MAX_DEVICES_PER_ROUND,
+    MAX_EXAMPLES_PER_UPDATE,
     MAX_LEARNING_RATE,
     MAX_LOCAL_EPOCHS,
     MAX_MEMORY_MB,
@@ -116,6 +117,173 @@ class Envelope(_Frozen):
     producer: Name
 
 
+# --- strategies (issue 8) ------------------------------------------------------------------
+#
+# A task names its strategy as ``{"name": "fedadam", "params": {...}}``. The parameters, their
+# defaults and ranges are those ``fedengine_aggregator.core.catalog.make_strategy`` accepts (a
+# unit test holds the two together). Unlike bus messages, a strategy refuses unknown fields and
+# takes numbers strictly (no booleans, no 2.0 for an int), as the catalog does: a misspelt
+# parameter is an error, never a silent default. (So a new parameter must reach every consumer
+# before any producer sends it.)
+
+
+class _StrategyModel(Constrained):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+# Server learning rates and τ: positive, below the bound the server optimizers check.
+_Rate = Annotated[float, Field(gt=0, lt=MAX_SETTING)]
+# Decay rates: β = 1 would never forget, so [0, 1).
+_Decay = Annotated[float, Field(ge=0, lt=1)]
+_MaxExamples = Annotated[int, Field(ge=1, le=MAX_EXAMPLES_PER_UPDATE)]
+# Krum's assumed number of Byzantine devices, at most what the largest round (2f + 3) allows.
+_Byzantine = Annotated[int, Field(ge=0, le=(MAX_DEVICES_PER_ROUND - 3) // 2)]
+
+
+class StrategyParams(_StrategyModel):
+    """A strategy's parameters; every one knows the fewest updates a round of it needs."""
+
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates a round needs: a task whose min_devices is lower is refused, and
+        a round is opened asking for at least this many."""
+        return 1
+
+
+class FedAvgParams(StrategyParams):
+    # The most examples one device may claim in the weighted mean (at most the hard cap).
+    max_examples: _MaxExamples = MAX_EXAMPLES_PER_UPDATE
+
+
+class FedProxParams(FedAvgParams):
+    # The proximal term's weight; devices apply it in local training (TrainRequested).
+    mu: float = Field(default=0.01, ge=0, le=MAX_SETTING)
+
+
+class FedAvgMParams(FedAvgParams):
+    lr: _Rate = 1.0
+    momentum: _Decay = 0.9
+
+
+class AdaptiveParams(FedAvgParams):
+    """Reddi et al. 2021's server optimizers (FedAdam, FedYogi; FedAdagrad's η differs)."""
+
+    eta: _Rate = 0.01
+    beta1: _Decay = 0.9
+    beta2: _Decay = 0.99
+    tau: _Rate = 1e-3
+
+
+class FedAdagradParams(AdaptiveParams):
+    eta: _Rate = 0.1
+
+
+class MedianParams(StrategyParams):
+    pass
+
+
+class TrimmedMeanParams(StrategyParams):
+    # The share trimmed from each side of each coordinate; below one half so some remain.
+    beta: float = Field(default=0.2, ge=0, lt=0.5)
+
+
+class KrumParams(StrategyParams):
+    f: _Byzantine = 2
+
+    @property
+    def min_updates(self) -> int:
+        # Krum's guarantee needs n > 2f + 2 (Blanchard et al. 2017).
+        return 2 * self.f + 3
+
+
+class MultiKrumParams(KrumParams):
+    # How many of the best-scored updates are averaged; None: n - f of the round.
+    m: int | None = Field(default=None, ge=1, le=MAX_DEVICES_PER_ROUND)
+
+    @property
+    def min_updates(self) -> int:
+        # Krum's guarantee, and n - f >= m.
+        return max(2 * self.f + 3, (self.m or 1) + self.f)
+
+
+class FedAvgStrategy(_StrategyModel):
+    name: Literal["fedavg"] = "fedavg"
+    params: FedAvgParams = Field(default_factory=FedAvgParams)
+
+
+class FedProxStrategy(_StrategyModel):
+    name: Literal["fedprox"] = "fedprox"
+    params: FedProxParams = Field(default_factory=FedProxParams)
+
+
+class FedAvgMStrategy(_StrategyModel):
+    name: Literal["fedavgm"] = "fedavgm"
+    params: FedAvgMParams = Field(default_factory=FedAvgMParams)
+
+
+class FedAdamStrategy(_StrategyModel):
+    name: Literal["fedadam"] = "fedadam"
+    params: AdaptiveParams = Field(default_factory=AdaptiveParams)
+
+
+class FedYogiStrategy(_StrategyModel):
+    name: Literal["fedyogi"] = "fedyogi"
+    params: AdaptiveParams = Field(default_factory=AdaptiveParams)
+
+
+class FedAdagradStrategy(_StrategyModel):
+    name: Literal["fedadagrad"] = "fedadagrad"
+    params: FedAdagradParams = Field(default_factory=FedAdagradParams)
+
+
+class MedianStrategy(_StrategyModel):
+    name: Literal["median"] = "median"
+    params: MedianParams = Field(default_factory=MedianParams)
+
+
+class TrimmedMeanStrategy(_StrategyModel):
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    params: TrimmedMeanParams = Field(default_factory=TrimmedMeanParams)
+
+
+class KrumStrategy(_StrategyModel):
+    name: Literal["krum"] = "krum"
+    params: KrumParams = Field(default_factory=KrumParams)
+
+
+class MultiKrumStrategy(_StrategyModel):
+    name: Literal["multi_krum"] = "multi_krum"
+    params: MultiKrumParams = Field(default_factory=MultiKrumParams)
+
+
+StrategySpec = Annotated[
+    FedAvgStrategy
+    | FedProxStrategy
+    | FedAvgMStrategy
+    | FedAdamStrategy
+    | FedYogiStrategy
+    | FedAdagradStrategy
+    | MedianStrategy
+    | TrimmedMeanStrategy
+    | KrumStrategy
+    | MultiKrumStrategy,
+    Field(discriminator="name"),
+]
+
+STRATEGY_TYPES: tuple[type[_StrategyModel], ...] = (
+    FedAvgStrategy,
+    FedProxStrategy,
+    FedAvgMStrategy,
+    FedAdamStrategy,
+    FedYogiStrategy,
+    FedAdagradStrategy,
+    MedianStrategy,
+    TrimmedMeanStrategy,
+    KrumStrategy,
+    MultiKrumStrategy,
+)
+
+
 # --- shared value objects ------------------------------------------------------------------
 
 
@@ -150,11 +318,20 @@ class TaskSpec(_Frozen):
     max_update_norm: float = Field(default=100.0, gt=0, le=MAX_SETTING)
     max_round_retries: int = Field(default=2, ge=0, le=MAX_ROUND_RETRIES)
     device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
+    # Older specs have none: FedAvg, as before strategies could be chosen.
+    strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
 
     @model_validator(mode="after")
     def _check_devices(self) -> TaskSpec:
         if self.min_devices > self.devices_per_round:
             raise ValueError("min_devices must not exceed devices_per_round")
+        needed = self.strategy.params.min_updates
+        if self.min_devices < needed:
+            # A round with fewer updates could not be aggregated by this strategy at all.
+            raise ValueError(
+                f"min_devices {self.min_devices} is below the {needed} updates a round of "
+                f"strategy {self.strategy.name} needs"
+            )
         if self.participating_devices is not None and not self.participating_devices:
             raise ValueError("participating_devices, when given, must not be empty")
         return self
@@ -298,6 +475,8 @@ class TrainRequested(Envelope):
     local_epochs: int = Field(ge=1, le=MAX_LOCAL_EPOCHS)
     batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
     seed: Seed
+    # FedProx's proximal term weight μ for local training; 0 (none) for every other strategy.
+    proximal_mu: float = Field(default=0.0, ge=0, le=MAX_SETTING)
 
 
 class ModelPublished(Envelope):
@@ -322,6 +501,8 @@ class RoundOpened(Envelope):
     deadline: AwareDatetime
     param_shapes: list[list[Int32]]
     max_update_norm: float = Field(gt=0, le=MAX_SETTING)
+    # The task's strategy, so the aggregator picks its rule (older rounds: FedAvg).
+    strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
 
 
 class UpdateSubmitted(Envelope):

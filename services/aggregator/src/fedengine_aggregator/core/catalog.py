@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedcommon.constraints import MAX_SETTING
+from fedcommon.server_opt import Adagrad, Adam, Momentum, ServerOptimizer, Yogi
 from fedengine_aggregator.core.robust import Krum, Median, MultiKrum, TrimmedMean
-from fedengine_aggregator.core.server_opt import Adagrad, Adam, Momentum, ServerOptimizer, Yogi
 from fedengine_aggregator.core.strategies import AggregationRule
 from fedengine_aggregator.core.sum_rules import FedAvg
 

@@ -5,10 +5,11 @@ Two kinds:
 - writes (``InsertTask`` ... ``Emit``): the shell carries each out in the handler's one
   transaction; ``Emit`` goes to the outbox, so a message leaves only if the state it follows
   from was committed;
-- requests (``BuildInitialModel``, ``ApplyResult``, ``OpenRound``): work the core cannot do
-  without I/O, a clock or heavy compute. The shell does it and feeds the answer back to
-  ``decide`` as the event of the matching name (``ModelBuilt``, ``ModelApplied``,
-  ``DevicesOffered``), in the same transaction. A request is always the last effect of a
+- requests (``BuildInitialModel``, ``ApplyResult``, ``StepServerOptimizer``, ``OpenRound``):
+  work the core cannot do without I/O, a clock or heavy compute. The shell does it and feeds
+  the answer back to ``decide`` as the event of the matching name (``ModelBuilt``,
+  ``ModelApplied`` for both ways of applying a round, ``DevicesOffered``), in the same
+  transaction. A request is always the last effect of a
   decision, so the answer sees every write before it.
 
 ``Ignored`` writes nothing; it says why an event changed nothing, for the log.
@@ -121,12 +122,18 @@ class BuildInitialModel:
 @dataclass(frozen=True)
 class ApplyResult:
     """Request: check the aggregate fits the model, add it to the round's input version,
-    evaluate and store the new version (-> ``ModelApplied``).
+    evaluate and store the new version (-> ``ModelApplied``)."""
 
-    A server optimizer (FedAdam, FedYogi on the published pseudo-gradient) belongs here: a
-    request of its own, answered with the same ``ModelApplied``, so that ``decide`` after it
-    does not change.
-    """
+    task: Task
+    round: Round
+    result: RoundAggregated
+
+
+@dataclass(frozen=True)
+class StepServerOptimizer:
+    """Request: as ``ApplyResult``, but the new version is the task's server optimizer's step
+    from the round's input version and the optimizer state stored with it; the new state is
+    stored with the new version (-> the same ``ModelApplied``, so nothing after it differs)."""
 
     task: Task
     round: Round
@@ -160,5 +167,5 @@ Write = (
     | CompleteRound
     | Emit
 )
-Request = BuildInitialModel | ApplyResult | OpenRound
+Request = BuildInitialModel | ApplyResult | StepServerOptimizer | OpenRound
 Effect = Write | Request | Ignored

@@ -55,6 +55,8 @@ class FailureReceived:
     failure: str
     rejected: dict[str, int] = field(default_factory=dict)
     source: FailureSource = FailureSource.AGGREGATOR
+    # How many updates the aggregator had accepted (None: the round was lost).
+    received: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class ModelBuilt:
 
 @dataclass(frozen=True)
 class ModelApplied:
-    """Answer to ``ApplyResult``: the new version is stored and was evaluated.
+    """Answer to ``ApplyResult`` and ``StepServerOptimizer``: the new version is stored and
+    was evaluated.
 
     ``history`` holds the accuracies of the task's rounds completed before this one, oldest
     first; ``model_in_size`` is the size of the version the round trained from.

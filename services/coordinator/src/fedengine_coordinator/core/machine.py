@@ -14,7 +14,8 @@ A task's life::
     created --start--> running --pause--> paused --resume--> running
     created/running/paused --cancel--> cancelled (an open round is abandoned)
     running: OpenRound -> DevicesOffered -> round opened | waiting | failed (too_few_devices)
-    open round: ResultReceived -> ApplyResult -> ModelApplied -> completed (max_rounds,
+    open round: ResultReceived -> ApplyResult (x + delta) or StepServerOptimizer (FedAvgM,
+                FedAdam, FedYogi, FedAdagrad) -> ModelApplied -> completed (max_rounds,
                 target_accuracy, converged) | next round (only while running)
     open round: FailureReceived (aggregator, or lost at the deadline) -> the same round again
                 (only while running; a paused task re-tries on resume) | failed (round_failed)
@@ -28,9 +29,11 @@ loading of one more message type and the carrying out of one more request):
   instead of RoundOpened; a new event (the approval or the refusal) decides the rest: the
   RoundOpened and TrainRequested messages that ``rounds._open`` writes now, or the task's end
   (budget exhausted).
-- a server optimizer applied to the published pseudo-gradient: ``rounds.on_result`` asks for
-  a request of its own instead of ``ApplyResult``; the shell answers it with the same
-  ``ModelApplied``, so that everything after it (stopping rules, the next round) stays as is.
+
+The server optimizer stage is built that way: for a task whose strategy has one,
+``rounds.on_result`` asks for ``StepServerOptimizer`` instead of ``ApplyResult``, and the shell
+answers it with the same ``ModelApplied`` (core/strategy.py holds the pure step), so that
+everything after it (stopping rules, the next round) stays as is.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from fedcommon.messages.v1 import (
     TaskState,
     TrainRequested,
 )
-from fedengine_coordinator.core import selection, stopping
+from fedengine_coordinator.core import selection, stopping, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -31,6 +31,7 @@ from fedengine_coordinator.core.effects import (
     LogEvent,
     OpenRound,
     SetWaiting,
+    StepServerOptimizer,
 )
 from fedengine_coordinator.core.events import (
     DevicesOffered,
@@ -49,7 +50,10 @@ def on_result(state: State, event: ResultReceived) -> Decision:
     _check_task(round_, event.result.task_id)
     if state.task is None:
         return Decision(state, [Ignored(f"result for round {round_.round_id} of no task")])
-    return Decision(state, [ApplyResult(state.task, round_, event.result)])
+    task = state.task
+    if strategy.optimizer_for(task.spec.strategy) is not None:
+        return Decision(state, [StepServerOptimizer(task, round_, event.result)])
+    return Decision(state, [ApplyResult(task, round_, event.result)])
 
 
 def on_applied(state: State, event: ModelApplied) -> Decision:
@@ -123,18 +127,23 @@ def on_failure(state: State, event: FailureReceived) -> Decision:
     task = state.task
     if task is None:
         return Decision(state, [Ignored(f"failure of round {round_.round_id} of no task")])
+    failure = event.failure
+    needed = task.spec.strategy.params.min_updates
+    if event.received is not None and event.received < needed:
+        # The aggregator counts updates; why that many were needed is the strategy's.
+        failure = f"{failure} (strategy {task.spec.strategy.name} needs at least {needed})"
     effects: list[Effect] = [
         CloseRound(
             round_.round_id,
             RoundStatus.FAILED,
-            event.failure,
+            failure,
             rejected=dict(event.rejected),
             source=event.source,
         ),
         LogEvent(
             task.task_id,
             "round_failed",
-            detail=f"round {round_.round_number} attempt {round_.attempt}: {event.failure}",
+            detail=f"round {round_.round_number} attempt {round_.attempt}: {failure}",
         ),
     ]
     round_ = replace(round_, status=RoundStatus.FAILED)
@@ -144,7 +153,7 @@ def on_failure(state: State, event: FailureReceived) -> Decision:
             TaskState.FAILED,
             StopReason.ROUND_FAILED,
             detail=f"round {round_.round_number} failed {round_.attempt + 1} times, "
-            f"the last: {event.failure}",
+            f"the last: {failure}",
         )
         effects += moved
     elif lifecycle.opens_round(task.state):
@@ -222,10 +231,13 @@ def _open(
         attempt=round_.attempt,
         model_version=round_.model_version_in,
         participants=[Participant(device_id=c.device_id, public_key=c.public_key) for c in chosen],
-        min_updates=min(spec.min_devices, len(chosen)),
+        # Never below what the strategy needs (TaskSpec keeps min_devices at least that), so
+        # the aggregator fails a round whose survivors are too few for it.
+        min_updates=max(min(spec.min_devices, len(chosen)), spec.strategy.params.min_updates),
         deadline=round_.deadline,
         param_shapes=event.param_shapes,
         max_update_norm=spec.max_update_norm,
+        strategy=spec.strategy,
     )
     effects: list[Effect] = [Emit(topics.UPDATES, key, opened)]
     for device_id in round_.participants:
@@ -244,6 +256,7 @@ def _open(
             local_epochs=spec.local_epochs,
             batch_size=spec.batch_size,
             seed=spec.seed,
+            proximal_mu=strategy.proximal_mu(spec.strategy),
         )
         effects.append(Emit(topics.DEVICE_COMMANDS, device_id, request))
     started = RoundStarted(

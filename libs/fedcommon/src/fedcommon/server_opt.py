@@ -5,8 +5,10 @@ The coordinator's part of a strategy (issue 8): the aggregator publishes the rou
 coordinator computes ``x_{t+1}`` from ``x_t``, Δ_t and the optimizer state, then stores the
 new model version and the new state together. The state is plain float64 arrays plus a step
 count, serialised with :mod:`fedcommon.arrays`, so a restarted coordinator reloads it and goes
-on exactly as if it had never stopped. (It lives beside the aggregation rules until the wiring
-step moves it into the coordinator's ``core/``: it imports nothing from the aggregator.)
+on exactly as if it had never stopped. It lives in fedcommon because two services need it:
+the coordinator runs it, and the aggregator's strategy catalog names it (services never import
+each other). Its checks (``as_float64``, ``to_float32``) are the aggregation rules' own, kept
+here so that fedcommon imports no service.
 
 - FedAvgM: Hsu et al. 2019, "Measuring the Effects of Non-Identical Data Distribution for
   Federated Visual Classification": v ← μ·v + Δ;  x ← x + η·v.
@@ -21,23 +23,51 @@ step moves it into the coordinator's ``core/``: it imports nothing from the aggr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from fedcommon import arrays
 from fedcommon.arrays import NDArrays
 from fedcommon.constraints import MAX_SETTING
 from fedcommon.errors import InvalidMessage
-from fedengine_aggregator.core.strategies import (
-    FLOAT32_MAX,
-    Float64Arrays,
-    Shapes,
-    as_float64,
-    to_float32,
-)
+
+Shapes = Sequence[Sequence[int]]
+Float64Arrays = list[npt.NDArray[np.float64]]
+
+# The largest magnitude a value may have: models and deltas travel as float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float64(values: NDArrays, shapes: Shapes, *, what: str) -> Float64Arrays:
+    """Return ``values`` as new float64 arrays after checking shapes, dtype and range.
+
+    Raises ``ValueError`` naming ``what`` if the shapes differ from ``shapes``, a dtype is not
+    floating point, or a value is NaN, infinite or beyond the float32 range.
+    """
+    got, expected = [list(a.shape) for a in values], [list(s) for s in shapes]
+    if got != expected:
+        raise ValueError(f"{what}: shapes {got} differ from {expected}")
+    result: Float64Arrays = []
+    for array in values:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"{what}: dtype {array.dtype} is not floating point")
+        converted = np.array(array, dtype=np.float64)  # a copy: inputs are never mutated
+        if converted.size and not np.isfinite(converted).all():
+            raise ValueError(f"{what}: NaN or infinite values")
+        if converted.size and float(np.abs(converted).max()) > FLOAT32_MAX:
+            raise ValueError(f"{what}: values beyond the float32 range")
+        result.append(converted)
+    return result
+
+
+def to_float32(values: Float64Arrays) -> NDArrays:
+    """Return float32 copies; values are inside the float32 range by construction (clip guards
+    against the last rounding step only)."""
+    return [np.clip(a, -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32) for a in values]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedengine_aggregator.core.server_opt import (
+from fedcommon.server_opt import (
+    FLOAT32_MAX,
     Adagrad,
     Adam,
     Momentum,
@@ -18,7 +19,6 @@ from fedengine_aggregator.core.server_opt import (
     ServerOptimizer,
     Yogi,
 )
-from fedengine_aggregator.core.strategies import FLOAT32_MAX
 
 SHAPES = [[2, 3], [1]]
 
