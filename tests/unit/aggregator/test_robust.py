@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedcommon.server_opt import FLOAT32_MAX
 from fedengine_aggregator.core.robust import (
     Krum,
     KrumBuffer,
@@ -19,7 +20,7 @@ from fedengine_aggregator.core.robust import (
     krum_scores,
     squared_distances,
 )
-from fedengine_aggregator.core.strategies import FLOAT32_MAX, Accumulator, AggregationRule
+from fedengine_aggregator.core.strategies import Accumulator, AggregationRule
 from fedengine_aggregator.core.sum_rules import FedAvg
 
 DIM = 3

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedcommon.constraints import MAX_EXAMPLES_PER_UPDATE
+from fedcommon.server_opt import FLOAT32_MAX
 from fedengine_aggregator.core import fedavg
-from fedengine_aggregator.core.strategies import FLOAT32_MAX
 from fedengine_aggregator.core.sum_rules import FedAvg, WeightedSum
 
 finite = st.floats(-1e3, 1e3, width=32)

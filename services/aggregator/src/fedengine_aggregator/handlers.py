@@ -31,7 +31,6 @@ from fedengine_aggregator import store
 from fedengine_aggregator.core import results
 from fedengine_aggregator.core.catalog import Params
 from fedengine_aggregator.core.exchange import (
-    DEFAULT_STRATEGY,
     UPDATES_STAGE,
     Accepted,
     UpdateExchange,
@@ -73,9 +72,10 @@ StageHandler = Callable[[AnyMessage, ConsumerRecord, OpenRound | None, Placement
 
 
 def strategy_for(opened: RoundOpened) -> tuple[str, Params]:
-    """The strategy a round aggregates with: FedAvg for every task until round.opened (or the
-    task) names one; this is where that choice is wired in."""
-    return DEFAULT_STRATEGY, {}
+    """The strategy a round aggregates with, as its round.opened names it (FedAvg for one from
+    before strategies: the field's default). The aggregator runs the rule alone; a server
+    optimizer is the coordinator's, FedProx's mu the devices'."""
+    return opened.strategy.name, opened.strategy.params.model_dump(exclude_none=True)
 
 
 class Aggregator:

@@ -226,6 +226,7 @@ class Fleet:
                 batch_size=message.batch_size,
                 learning_rate=message.learning_rate,
                 seed=message.seed * 1_000_003 + message.round_number * 7919 + device.index,
+                proximal_mu=message.proximal_mu,
             )
             return result, time.perf_counter() - began
 

@@ -16,15 +16,12 @@ from fedcommon import topics
 from fedcommon.arrays import NDArrays
 from fedcommon.constraints import MAX_TIMEOUT_S
 from fedcommon.messages.v1 import RoundOpened, UpdateMetrics
+from fedcommon.server_opt import Shapes
 from fedengine_aggregator.core.catalog import Params, make_strategy
 from fedengine_aggregator.core.stages import StageSpec
-from fedengine_aggregator.core.strategies import Accumulator, Prepared, Shapes
+from fedengine_aggregator.core.strategies import Accumulator, Prepared
 
 UPDATES_STAGE = "updates"
-
-# What every task aggregates with until tasks name their strategy on the bus (issue 8).
-DEFAULT_STRATEGY = "fedavg"
-
 
 def start_accumulator(strategy: str, params: Params | None, param_shapes: Shapes) -> Accumulator:
     """The one place a round's accumulator is chosen: by strategy name and parameters.

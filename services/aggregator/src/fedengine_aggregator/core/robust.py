@@ -25,12 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcommon.arrays import NDArrays
-from fedengine_aggregator.core.strategies import (
-    Accumulator,
-    AggregationRule,
-    Float64Arrays,
-    Shapes,
-)
+from fedcommon.server_opt import Float64Arrays, Shapes
+from fedengine_aggregator.core.strategies import Accumulator, AggregationRule
 
 
 class Buffer(Accumulator):

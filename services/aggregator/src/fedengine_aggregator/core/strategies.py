@@ -11,54 +11,21 @@ Robust rules (median, trimmed mean, Krum) must see every update at once and buff
 ``buffers`` flag says so.
 
 Whatever a server optimizer does with the delta is the coordinator's business
-(:mod:`fedengine_aggregator.core.server_opt`): the aggregator only publishes the delta.
+(:mod:`fedcommon.server_opt`): the aggregator only publishes the delta.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
 from fedcommon.arrays import NDArrays
 
-Shapes = Sequence[Sequence[int]]
-Float64Arrays = list[npt.NDArray[np.float64]]
-
-# The largest magnitude a value may have: models and deltas travel as float32.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def as_float64(arrays: NDArrays, shapes: Shapes, *, what: str) -> Float64Arrays:
-    """Return ``arrays`` as new float64 arrays after checking shapes, dtype and range.
-
-    Raises ``ValueError`` naming ``what`` if the shapes differ from ``shapes``, a dtype is not
-    floating point, or a value is NaN, infinite or beyond the float32 range.
-    """
-    got, expected = [list(a.shape) for a in arrays], [list(s) for s in shapes]
-    if got != expected:
-        raise ValueError(f"{what}: shapes {got} differ from {expected}")
-    result: Float64Arrays = []
-    for array in arrays:
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"{what}: dtype {array.dtype} is not floating point")
-        converted = np.array(array, dtype=np.float64)  # a copy: inputs are never mutated
-        if converted.size and not np.isfinite(converted).all():
-            raise ValueError(f"{what}: NaN or infinite values")
-        if converted.size and float(np.abs(converted).max()) > FLOAT32_MAX:
-            raise ValueError(f"{what}: values beyond the float32 range")
-        result.append(converted)
-    return result
-
-
-def to_float32(arrays: Float64Arrays) -> NDArrays:
-    """Return float32 copies; values are inside the float32 range by construction (clip guards
-    against the last rounding step only)."""
-    return [np.clip(a, -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32) for a in arrays]
+# Shared with the coordinator's server optimizers: one check of what an update may hold.
+from fedcommon.server_opt import Float64Arrays, Shapes, as_float64, to_float32
 
 
 def check_examples(num_examples: int) -> int:

@@ -14,12 +14,8 @@ from typing import ClassVar
 import numpy as np
 
 from fedcommon.constraints import MAX_EXAMPLES_PER_UPDATE
-from fedengine_aggregator.core.strategies import (
-    Accumulator,
-    AggregationRule,
-    Float64Arrays,
-    Shapes,
-)
+from fedcommon.server_opt import Float64Arrays, Shapes
+from fedengine_aggregator.core.strategies import Accumulator, AggregationRule
 
 
 class WeightedSum(Accumulator):
