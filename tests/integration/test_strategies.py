@@ -207,3 +207,53 @@ async def test_a_strategy_the_aggregator_could_not_run_is_422(
     assert caught.value.status_code == 422
     (error,) = caught.value.detail
     assert error["loc"] == loc
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        # Five devices send constant deltas 0.001 .. 0.004 and one far-off 5.0 (a poisoner
+        # inside the norm bound): the median is the middle value, the trimmed mean (one of five
+        # trimmed from each side) the mean of the middle three, FedAvg is dragged by 5.0.
+        ({"name": "median", "params": {}}, 0.003),
+        ({"name": "trimmed_mean", "params": {"beta": 0.2}}, 0.003),
+        ({"name": "fedavg", "params": {}}, (0.001 + 0.002 + 0.003 + 0.004 + 5.0) / 5),
+    ],
+    ids=["median", "trimmed_mean", "fedavg"],
+)
+async def test_the_aggregator_applies_the_task_s_rule(
+    stack: Stack, client: FedEngineClient, strategy: dict[str, Any], expected: float
+) -> None:
+    # Prepare
+    manual = await open_manual_round(
+        stack,
+        client,
+        label=strategy["name"].replace("_", ""),
+        count=5,
+        max_update_norm=1e6,
+        strategy=strategy,
+    )
+    values = [0.001, 0.002, 0.003, 0.004, 5.0]
+
+    # Execute
+    for name, value in zip(manual.names, values, strict=True):
+        await send(
+            stack.kafka,
+            topics.UPDATES,
+            key=manual.task_id,
+            message=manual.update(name, constant_delta(value)),
+        )
+    async with manual.heartbeating(stack):
+        task = await client.wait_for_task(
+            manual.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
+        )
+
+    # Assert: the published delta is the rule's, coordinate by coordinate.
+    assert task["state"] == "completed", task
+    (result,) = await find_records(
+        stack.kafka, topics.ROUNDS, [_of_task(manual.task_id, RoundAggregated)]
+    )
+    message = codec.decode(result.value)
+    assert isinstance(message, RoundAggregated)
+    for array in arrays.from_bytes(message.delta):
+        np.testing.assert_allclose(array, expected, rtol=1e-5)
