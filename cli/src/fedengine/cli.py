@@ -16,7 +16,15 @@ from rich.table import Table
 from fedcommon import auth, signing, trust
 from fedcommon.messages.v1 import ModelArchitecture
 from fedengine import fleets, launcher
-from fedengine.demo import AttackKind, DemoOptions, check_attack, run_demo
+from fedengine.demo import (
+    AttackKind,
+    DemoOptions,
+    StrategyName,
+    check_attack,
+    check_strategy,
+    run_demo,
+)
+from fedengine.demo import strategy_param as strategy_param_of
 from fedengine.settings import LauncherSettings
 
 Malicious = Annotated[
@@ -275,6 +283,13 @@ def demo(
     malicious: Malicious = 0.0,
     attack: Attack = AttackKind.SIGN_FLIP,
     attack_scale: AttackScale = 1.0,
+    strategy: Annotated[
+        StrategyName, typer.Option(help="aggregation strategy (the task is not told of attackers)")
+    ] = StrategyName.FEDAVG,
+    strategy_param: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for the strategy, repeatable (e.g. eta=0.03, f=2)"),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -283,6 +298,8 @@ def demo(
         raise typer.BadParameter("--per-round cannot exceed --devices")
     try:
         check_attack(malicious, attack_scale)
+        params = dict(strategy_param_of(item) for item in strategy_param or [])
+        check_strategy(strategy.value, params)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     options = DemoOptions(
@@ -298,6 +315,8 @@ def demo(
         malicious=malicious,
         attack=attack.value,
         attack_scale=attack_scale,
+        strategy=strategy.value,
+        strategy_params=params,
     )
     result = asyncio.run(
         run_demo(LauncherSettings(), options, keep_running=keep_running, console=console)

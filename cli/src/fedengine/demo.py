@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedcommon import auth
 from fedcommon.lifecycle import FINISHED
+from fedcommon.messages.v1 import StrategySpec
 from fedengine import fleets, launcher
 from fedengine.sdk import FedEngineClient
 from fedengine.settings import LauncherSettings
+
+_STRATEGY: TypeAdapter[StrategySpec] = TypeAdapter(StrategySpec)
+
+
+class StrategyName(StrEnum):
+    """The strategies a task may name (fedcommon.messages.v1.STRATEGY_TYPES; a test holds the
+    two together), for the CLI's choices."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDAVGM = "fedavgm"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDADAGRAD = "fedadagrad"
+    MEDIAN = "median"
+    TRIMMED_MEAN = "trimmed_mean"
+    KRUM = "krum"
+    MULTI_KRUM = "multi_krum"
 
 
 class AttackKind(StrEnum):
@@ -53,6 +74,34 @@ class DemoOptions:
     malicious: float = 0.0
     attack: str = AttackKind.SIGN_FLIP.value
     attack_scale: float = 1.0
+    # The task's aggregation strategy, as a task body names it (validated by check_strategy).
+    strategy: str = "fedavg"
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+
+
+def check_strategy(name: str, params: dict[str, Any]) -> StrategySpec:
+    """The strategy as the gateway will read it; ``ValueError`` naming what is wrong, before a
+    stack is started for it."""
+    try:
+        spec: StrategySpec = _STRATEGY.validate_python({"name": name, "params": params})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'strategy'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ValueError(f"--strategy {name}: {problems}") from exc
+    return spec
+
+
+def strategy_param(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON where it is JSON (0.05, 2, null), else as text."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--strategy-param wants KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(text)
+    except json.JSONDecodeError:
+        return key, text
 
 
 def round_summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +130,7 @@ async def run_demo(
     def mark(phase: str) -> None:
         phases[phase] = round(time.perf_counter() - began - sum(phases.values()), 3)
 
+    strategy = check_strategy(options.strategy, options.strategy_params)
     fleet = launcher.Fleet(
         name=f"demo{uuid4().hex[:6]}",
         devices=options.devices,
@@ -123,7 +173,12 @@ async def run_demo(
                 "dataset": "digits",
                 "rounds": options.rounds,
                 "devices_per_round": options.per_round,
-                "min_devices": options.min_devices or max(1, options.per_round // 2),
+                # Half the round by default, but never below what the strategy needs (Krum:
+                # 2f + 3), which the gateway would refuse.
+                "min_devices": options.min_devices
+                or min(
+                    options.per_round, max(1, options.per_round // 2, strategy.params.min_updates)
+                ),
                 "participating_devices": [f"{fleet.name}-{i:04d}" for i in range(options.devices)],
                 "learning_rate": options.learning_rate,
                 "local_epochs": options.local_epochs,
@@ -131,6 +186,7 @@ async def run_demo(
                 "seed": options.seed,
                 "round_timeout_s": options.round_timeout_s,
                 "target_accuracy": options.target_accuracy,
+                "strategy": {"name": options.strategy, "params": options.strategy_params},
             }
             task_id = await client.create_federated_task(**task)
             await client.start_federated_training(task_id)
