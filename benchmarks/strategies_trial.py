@@ -133,6 +133,9 @@ async def robustness(
                         devices_per_round=10,
                         min_devices=7,
                         seed=seed,
+                        # Honest rounds take about 0.1 s here; a diverged device sends nothing
+                        # and its round waits for this deadline.
+                        round_timeout_s=5,
                     )
                     row = {"seed": seed, "attack": attack, **result}
                     print(json.dumps(row), flush=True)
@@ -159,6 +162,7 @@ async def non_iid(
                         devices_per_round=10,
                         min_devices=5,
                         seed=seed,
+                        round_timeout_s=10,
                     )
                     row = {"seed": seed, **result}
                     print(json.dumps(row), flush=True)
