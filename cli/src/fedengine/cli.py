@@ -17,9 +17,11 @@ from fedcommon import auth, signing, trust
 from fedcommon.messages.v1 import ModelArchitecture
 from fedengine import fleets, launcher
 from fedengine.demo import DemoOptions, run_demo
+from fedengine.privacy_cli import privacy_app
 from fedengine.settings import LauncherSettings
 
 app = typer.Typer(help="FedEngine: federated learning over Kafka.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 console = Console()
 
 
