@@ -34,7 +34,7 @@ PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 MEANINGLESS_EPSILON = 100.0
 MEANINGLESS_CHECK_DELTA = 1e-6
 # The 2016 moments accountant (Abadi et al.) used integer orders λ = 1..32, i.e. α = 2..33.
-MOMENTS_ACCOUNTANT_ORDERS = tuple(float(order) for order in range(2, 34))
+MOMENTS_ORDERS = tuple(float(order) for order in range(2, 34))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +150,12 @@ def epsilon_for_releases(
     if accountant is Accountant.EXACT:
         return EpsilonResult(_exact_gaussian_epsilon(releases, delta), accountant, delta)
     if accountant is Accountant.MOMENTS:
-        epsilon, order = _moments_accountant_epsilon(event, delta)
+        epsilon, order = _classic_conversion(
+            rdp.RdpAccountant(orders=list(MOMENTS_ORDERS)), event, delta
+        )
+        return EpsilonResult(epsilon, accountant, delta, optimal_order=order)
+    if accountant is Accountant.CLASSIC:
+        epsilon, order = _classic_conversion(rdp.RdpAccountant(), event, delta)
         return EpsilonResult(epsilon, accountant, delta, optimal_order=order)
     raise ValueError(f"unknown accountant {accountant!r}")
 
@@ -183,14 +188,15 @@ def _exact_gaussian_epsilon(releases: Sequence[GaussianRelease], delta: float) -
     return float(dp_accounting.get_epsilon_gaussian(1 / math.sqrt(precision), delta))
 
 
-def _moments_accountant_epsilon(event: dp_accounting.DpEvent, delta: float) -> tuple[float, float]:
-    """Return (ε, order) with the 2016 moments accountant's conversion.
+def _classic_conversion(
+    accountant: rdp.RdpAccountant, event: dp_accounting.DpEvent, delta: float
+) -> tuple[float, float]:
+    """Return (ε, order) with the 2016 moments accountant's conversion of RDP to (ε, δ).
 
-    Abadi et al. 2016 (arXiv:1607.00133, Thm 2): ε = min_α rdp(α) + ln(1/δ)/(α − 1) over
-    integer orders 2..33, with dp-accounting's exact RDP of the subsampled Gaussian. Looser than
-    Balle et al. 2020; kept to reproduce the paper's figures, never to enforce a budget.
+    Abadi et al. 2016 (arXiv:1607.00133, Thm 2): ε = min_α rdp(α) + ln(1/δ)/(α − 1), with
+    dp-accounting's exact RDP of the subsampled Gaussian at the accountant's orders. Looser
+    than Balle et al. 2020; kept to reproduce published figures, never to enforce a budget.
     """
-    accountant = rdp.RdpAccountant(orders=list(MOMENTS_ACCOUNTANT_ORDERS))
     accountant.compose(event)
     orders = np.asarray(accountant.orders, dtype=np.float64)
     epsilons = np.asarray(accountant.rdp, dtype=np.float64) + math.log(1 / delta) / (orders - 1)
