@@ -73,7 +73,7 @@ def epsilon(
     steps: Annotated[int, typer.Option("--steps", min=1, help="rounds or steps")],
     delta: Delta,
     accountant: Annotated[
-        Accountant, typer.Option(help="rdp or pld; exact (q = 1) and moments for comparisons")
+        Accountant, typer.Option(help="rdp or pld; exact (q = 1), moments, classic for comparisons")
     ] = Accountant.RDP,
     as_json: AsJson = False,
 ) -> None:
@@ -155,7 +155,9 @@ def max_steps(
     steps_per_unit: Annotated[
         int, typer.Option(min=1, help="steps per counted unit, e.g. 100 for epochs of 100")
     ] = 1,
-    accountant: Annotated[Accountant, typer.Option(help="rdp, pld or moments")] = Accountant.RDP,
+    accountant: Annotated[
+        Accountant, typer.Option(help="rdp, pld; moments or classic for comparisons")
+    ] = Accountant.RDP,
     as_json: AsJson = False,
 ) -> None:
     """Print how many rounds (or epochs) fit in the budget with this noise multiplier."""
