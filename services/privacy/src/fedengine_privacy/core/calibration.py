@@ -30,6 +30,9 @@ CALIBRATION_MARGIN = 1e-4
 _BRACKET = (0.4, 20.0)
 _Z_TOLERANCE = 1e-5
 _SMALLEST_Z = 1e-3
+# The PLD search starts in [0.8·z_rdp, z_rdp]: in the reference, z_pld/z_rdp is 0.92-0.94
+# (its inverse table), and `_bracket` halves the lower end if a case needs less noise.
+_PLD_LOWER_FRACTION = 0.8
 _LARGEST_Z = 1e6
 
 
@@ -111,7 +114,7 @@ def calibrate_noise_multiplier(
             steps=steps,
             accountant=Accountant.RDP,
         ).noise_multiplier
-        start = (rdp_z / 2, rdp_z)
+        start = (rdp_z * _PLD_LOWER_FRACTION, rdp_z)
     lower, upper = _bracket(epsilon, aim, start)
 
     def event(noise_multiplier: float) -> dp_accounting.DpEvent:
