@@ -118,8 +118,9 @@ def epsilon_for_releases(
     delta
         The task's δ.
     accountant
-        `rdp` or `pld` to enforce; `exact` needs every release at q = 1; `moments` reproduces
-        the 2016 moments accountant for comparisons with published numbers.
+        `rdp` or `pld` to enforce; `exact` needs every release at q = 1; `moments` and
+        `classic` reproduce the 2016 moments accountant's conversion, for comparisons with
+        published numbers only.
 
     Returns
     -------
