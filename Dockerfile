@@ -14,7 +14,8 @@ COPY libs/fedcommon libs/fedcommon
 COPY services services
 COPY cli cli
 RUN pip install -c constraints.txt "./libs/fedcommon[torch,data]" ./services/registry \
-      ./services/coordinator ./services/aggregator ./services/simulator ./services/gateway ./cli
+      ./services/coordinator ./services/aggregator ./services/simulator ./services/gateway \
+      ./services/privacy ./cli
 
 RUN useradd --create-home --uid 10001 fedengine
 USER fedengine

@@ -19,7 +19,7 @@ $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	$(BIN)/pip install -q -c constraints.txt -r requirements-dev.txt \
 		-e "libs/fedcommon[torch,data]" \
 		-e services/registry -e services/coordinator -e services/aggregator \
-		-e services/simulator -e services/gateway -e cli
+		-e services/simulator -e services/gateway -e services/privacy -e cli
 	touch $(STAMP)
 
 demo: install

@@ -25,6 +25,7 @@ from fedengine.demo import (
     run_demo,
 )
 from fedengine.demo import strategy_param as strategy_param_of
+from fedengine.privacy_cli import privacy_app
 from fedengine.settings import LauncherSettings
 
 Malicious = Annotated[
@@ -45,6 +46,7 @@ AttackScale = Annotated[
 ]
 
 app = typer.Typer(help="FedEngine: federated learning over Kafka.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 console = Console()
 
 

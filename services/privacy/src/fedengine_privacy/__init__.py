@@ -1,0 +1,1 @@
+"""Privacy: differential-privacy accounting, noise calibration and mechanisms."""

@@ -1,0 +1,1 @@
+"""Pure privacy logic: accountants, calibration and noise mechanisms (no I/O)."""
