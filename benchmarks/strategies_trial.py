@@ -108,8 +108,18 @@ async def _fleet(settings: LauncherSettings, fleet: launcher.Fleet) -> AsyncIter
         await asyncio.to_thread(fleets.stop, settings, fleet.name)
 
 
+def parse_strategy(text: str) -> dict[str, Any]:
+    """``NAME`` or ``NAME:{"param": value}`` (a task body's strategy)."""
+    name, _, params = text.partition(":")
+    return {"name": name, "params": json.loads(params) if params else {}}
+
+
 async def robustness(
-    settings: LauncherSettings, client: FedEngineClient, seeds: list[int], attacks: list[str]
+    settings: LauncherSettings,
+    client: FedEngineClient,
+    seeds: list[int],
+    attacks: list[str],
+    strategies: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     rows = []
     for seed in seeds:
@@ -124,11 +134,11 @@ async def robustness(
                 attack_scale=scale,
             )
             async with _fleet(settings, fleet):
-                for name in ROBUST_TRIAL_STRATEGIES:
+                for strategy in strategies:
                     result = await _run_task(
                         client,
                         fleet,
-                        {"name": name, "params": {}},
+                        strategy,
                         rounds=10,
                         devices_per_round=10,
                         min_devices=7,
@@ -193,6 +203,13 @@ async def main() -> None:
     parser.add_argument("trial", choices=["robustness", "non-iid"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        type=parse_strategy,
+        default=[{"name": name, "params": {}} for name in ROBUST_TRIAL_STRATEGIES],
+        help='robustness: NAME or NAME:{"param": value} (default: every strategy, defaults)',
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
@@ -210,7 +227,9 @@ async def main() -> None:
             token = auth.issue_token(secret=secret, subject="trial", role=auth.Role.OPERATOR)
             async with FedEngineClient(stack.gateway_url, token, timeout_s=60) as client:
                 if args.trial == "robustness":
-                    rows = await robustness(settings, client, args.seeds, args.attacks)
+                    rows = await robustness(
+                        settings, client, args.seeds, args.attacks, args.strategies
+                    )
                     table = summary(rows, "attack")
                 else:
                     rows = await non_iid(settings, client, args.seeds)
