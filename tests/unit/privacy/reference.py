@@ -29,16 +29,20 @@ def _entries() -> list[Entry]:
     return entries
 
 
+# Beside a clone of the project (as CI lays it out) the file is there; a clone alone has none,
+# and then every test parametrised over its entries is collected empty (reported as skipped).
+NEEDS_REFERENCE = pytest.mark.skipif(
+    not REFERENCE.exists(), reason=f"reference values not found at {REFERENCE}"
+)
+
+
 def entries(mechanism: str, status: str | None = None) -> list[Entry]:
-    """Return the reference entries of one kind (and status), or skip if the file is absent."""
-    found = [
+    """Return the reference entries of one kind (and status); none if the file is absent."""
+    return [
         entry
         for entry in _entries()
         if entry["mechanism"] == mechanism and (status is None or entry.get("status") == status)
     ]
-    if not _entries():
-        pytest.skip(f"reference values not found at {REFERENCE}")
-    return found
 
 
 def entry_id(entry: Entry) -> str:

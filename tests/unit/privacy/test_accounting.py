@@ -78,6 +78,7 @@ def test_pld_matches_the_reference(entry: Entry) -> None:
         assert ref.rule5_tight(result.epsilon, entry["epsilon_exact"])  # rule 4
 
 
+@ref.NEEDS_REFERENCE
 def test_pld_subset_spans_the_grid() -> None:
     # Prepare
     def axes(entries: list[Entry]) -> list[set[float]]:
