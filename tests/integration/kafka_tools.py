@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcommon import codec, enrolment_tokens, kafka, signing, topics, trust
 from fedcommon.enrolment_tokens import EnrolmentToken
-from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, Envelope
+from fedcommon.errors import InvalidMessage
+from fedcommon.messages.v1 import AnyMessage, DeviceEnrolled, DeviceType, Envelope
 from fedcommon.settings import KafkaSettings
 
 # Test clients go well past the platform's message limit, to play an attacker who ignores it
@@ -111,6 +112,15 @@ async def find_records(
         return [record for record in found if record is not None]
     finally:
         await consumer.stop()
+
+
+def decoded(record: ConsumerRecord) -> AnyMessage | None:
+    """The record's message, or None for bytes that are none (other tests' poison records
+    share the topics)."""
+    try:
+        return codec.decode(record.value)
+    except InvalidMessage:
+        return None
 
 
 def headers_of(record: ConsumerRecord) -> dict[str, str]:

@@ -40,7 +40,9 @@ async def test_malformed_message_is_dead_lettered_with_provenance(
 
     await send_raw(stack.kafka, base, key=b"bad-key", value=b"\xc1" + marker)
 
-    record = await find_record(stack.kafka, topics.DLQ, lambda r: r.value.endswith(marker))
+    record = await find_record(
+        stack.kafka, topics.DLQ, lambda r: r.value is not None and r.value.endswith(marker)
+    )
     headers = headers_of(record)
     assert headers["original_topic"] == topics.topic_name(stack.kafka.topic_prefix, base)
     assert int(headers["original_offset"]) >= 0

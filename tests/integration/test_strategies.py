@@ -24,7 +24,7 @@ from fedcommon.server_opt import Adam
 from fedengine.sdk import FedEngineClient, FedEngineError
 from tests.integration.conftest import Stack
 from tests.integration.helpers import run_fleet_task
-from tests.integration.kafka_tools import find_records, send
+from tests.integration.kafka_tools import decoded, find_records, send
 from tests.integration.manual_devices import constant_delta, open_manual_round
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 
 def _of_task(task_id: str, kind: type) -> Any:
     def match(record: ConsumerRecord) -> bool:
-        message = codec.decode(record.value)
+        message = decoded(record)
         return isinstance(message, kind) and str(getattr(message, "task_id", "")) == task_id
 
     return match
@@ -88,7 +88,7 @@ async def test_a_fedadam_task_steps_its_server_optimizer_and_stores_its_state(
         topics.ROUNDS,
         [
             lambda r, rid=rid: (
-                isinstance(m := codec.decode(r.value), RoundAggregated) and str(m.round_id) == rid
+                isinstance(m := decoded(r), RoundAggregated) and str(m.round_id) == rid
             )
             for rid in completed
         ],
