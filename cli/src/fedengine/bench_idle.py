@@ -93,8 +93,12 @@ def _hop_s(client: httpx.Client, name: str) -> float:
     accepted = client.post("/tasks", json={"task_name": name})
     accepted.raise_for_status()
     task_id = accepted.json()["id"]
-    while client.get(f"/tasks/{task_id}").status_code == 404:
+    deadline = began + 60
+    while (answer := client.get(f"/tasks/{task_id}")).status_code == 404:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} was not projected within 60 s")
         time.sleep(0.002)
+    answer.raise_for_status()
     return time.monotonic() - began
 
 

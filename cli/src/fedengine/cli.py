@@ -301,7 +301,12 @@ def demo(
     try:
         check_attack(malicious, attack_scale)
         params = dict(strategy_param_of(item) for item in strategy_param or [])
-        check_strategy(strategy.value, params)
+        needed = check_strategy(strategy.value, params).params.min_updates
+        if per_round < needed:
+            raise ValueError(
+                f"--strategy {strategy.value} needs at least {needed} updates a round; "
+                f"--per-round is {per_round}"
+            )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     options = DemoOptions(

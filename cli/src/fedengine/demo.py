@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedcommon import auth
+from fedcommon.constraints import MAX_SETTING
 from fedcommon.lifecycle import FINISHED
 from fedcommon.messages.v1 import StrategySpec
 from fedengine import fleets, launcher
@@ -52,8 +52,10 @@ def check_attack(malicious: float, attack_scale: float) -> None:
     """Refuse what the simulator would refuse at start, before a stack is started for it."""
     if not 0.0 <= malicious <= 1.0:
         raise ValueError(f"--malicious must be a fraction in [0, 1], got {malicious}")
-    if not (0.0 < attack_scale < math.inf):
-        raise ValueError(f"--attack-scale must be a finite number > 0, got {attack_scale}")
+    if not (0.0 < attack_scale <= MAX_SETTING):
+        raise ValueError(
+            f"--attack-scale must be a number in (0, {MAX_SETTING:g}], got {attack_scale}"
+        )
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def test_an_honest_fleet_has_no_attackers() -> None:
         ["--attack", "backdoor"],
         ["--attack-scale", "0"],
         ["--attack-scale", "inf"],
+        ["--attack-scale", "2e9"],
     ],
 )
 @pytest.mark.parametrize("command", [["demo"], ["fleet"]])

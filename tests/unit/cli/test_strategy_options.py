@@ -70,3 +70,12 @@ def test_bad_strategy_options_are_refused_before_anything_starts(flags: list[str
 
     # Assert: a usage error (exit code 2), not a started stack.
     assert result.exit_code == 2, result.output
+
+
+def test_a_strategy_needing_more_than_a_round_holds_is_refused_before_anything_starts() -> None:
+    # Execute: Krum with f = 2 needs 7 updates a round; the demo asks for 5 devices a round.
+    result = CliRunner().invoke(app, ["demo", "--strategy", "krum", "--per-round", "5"])
+
+    # Assert
+    assert result.exit_code == 2, result.output
+    assert "needs at least 7" in result.output

@@ -67,3 +67,14 @@ async def test_a_consumer_not_started_is_left_alone() -> None:
 
     # Execute / Assert
     assert set_fetch_max_wait(consumer, 200) is False
+
+
+def test_the_quiet_spell_counts_from_the_end_of_handling() -> None:
+    # Prepare: records at 0 s whose handling (local training, say) takes until 8 s.
+    pacing = _pacing()
+    pacing.observe(True, 0.0)
+    pacing.handled(8.0)
+
+    # Execute / Assert: 5 s after the arrival is not idle; 5 s after the handling is.
+    assert pacing.observe(False, 9.0) is None
+    assert pacing.observe(False, 13.0) == 200

@@ -218,3 +218,22 @@ def test_a_strategy_travels_through_the_codec_unchanged() -> None:
     # Assert
     assert isinstance(decoded, v1.TaskCreateRequested)
     assert decoded.spec.strategy == v1.MultiKrumStrategy(params=v1.MultiKrumParams(f=2, m=3))
+
+
+@pytest.mark.parametrize(("mu", "learning_rate", "refused"), [(10, 0.3, True), (6, 0.3, False)])
+def test_fedprox_whose_local_training_would_diverge_is_refused(
+    mu: float, learning_rate: float, refused: bool
+) -> None:
+    # Prepare: SGD on (mu/2)·‖w - w0‖² alone diverges once mu · learning_rate >= 2.
+    body = {
+        "task_name": "prox",
+        "learning_rate": learning_rate,
+        "strategy": {"name": "fedprox", "params": {"mu": mu}},
+    }
+
+    # Execute / Assert
+    if refused:
+        with pytest.raises(ValidationError, match="mu \\* learning_rate must stay below 2"):
+            v1.TaskSpec.model_validate(body)
+    else:
+        assert v1.TaskSpec.model_validate(body).strategy.name == "fedprox"

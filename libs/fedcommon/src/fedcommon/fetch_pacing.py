@@ -57,6 +57,11 @@ class FetchPacing:
             return self.idle_ms
         return None
 
+    def handled(self, now: float) -> None:
+        """A batch was just handled: the quiet spell counts from here, not from its arrival
+        (a device training for longer than ``idle_after_s`` is busy, not idle)."""
+        self._last_records_at = now
+
     def apply(self, consumer: AIOKafkaConsumer, got_records: bool, now: float) -> None:
         wait_ms = self.observe(got_records, now)
         if wait_ms is not None and not set_fetch_max_wait(consumer, wait_ms):

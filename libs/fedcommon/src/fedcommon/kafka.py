@@ -516,6 +516,8 @@ class ConsumeLoop:
                     work.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await work
+                if self.pacing is not None:
+                    self.pacing.handled(time.monotonic())
 
     async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         if self.concurrent_partitions:

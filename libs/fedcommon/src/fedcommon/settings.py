@@ -46,7 +46,9 @@ class KafkaSettings(BaseSettings):
     # ... and after this long without a record, this longer wait (fedcommon.fetch_pacing): an
     # idle consumer polling every few ms was most of an idle stack's CPU.
     idle_fetch_max_wait_ms: int = Field(default=200, ge=0, le=10_000)
-    idle_after_s: float = Field(default=5.0, gt=0)
+    # Longer than a round usually waits between its hops (local training, a round's deadline
+    # of 30 s by default), so that a running task's consumers stay awake between rounds' hops.
+    idle_after_s: float = Field(default=30.0, gt=0)
     linger_ms: int = Field(default=0, ge=0)
     # One setting drives topic max.message.bytes and the client limits together.
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)

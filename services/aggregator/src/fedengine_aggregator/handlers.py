@@ -9,6 +9,7 @@ its open rounds use, from there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -331,7 +332,10 @@ class Aggregator:
         state.closing = True
         try:
             if state.result is None:
-                state.result = self._result(state, outcome, now)
+                # Off the event loop: a robust rule over a large round takes seconds to minutes
+                # (Krum is O(n²·params)), during which heartbeats, deadlines and other rounds
+                # must go on. ``closing`` already refuses further records of this round.
+                state.result = await asyncio.to_thread(self._result, state, outcome, now)
             # A result that could not be built is a failure, whatever was hoped for.
             outcome = (
                 Outcome.AGGREGATE if isinstance(state.result, RoundAggregated) else Outcome.FAIL

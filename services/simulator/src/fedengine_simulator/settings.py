@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     dataset: str = "digits"
     partitioning: Partitioning = Partitioning.IID
     alpha: float = Field(default=0.5, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     # Attackers for testing robust aggregation (core/attacks.py): this fraction of the fleet's
     # devices, chosen from ``seed``, sends ``attack``'s poisoned update instead of its own.
     malicious: float = Field(default=0.0, ge=0, le=1)

@@ -332,6 +332,17 @@ class TaskSpec(_Frozen):
                 f"min_devices {self.min_devices} is below the {needed} updates a round of "
                 f"strategy {self.strategy.name} needs"
             )
+        # Local SGD on the proximal term alone diverges once mu * learning_rate >= 2: every
+        # device would send nothing and every round be lost, with no reason given.
+        if (
+            isinstance(self.strategy, FedProxStrategy)
+            and self.strategy.params.mu * self.learning_rate >= 2
+        ):
+            raise ValueError(
+                f"fedprox mu {self.strategy.params.mu:g} with learning_rate "
+                f"{self.learning_rate:g}: mu * learning_rate must stay below 2, or local "
+                "training diverges"
+            )
         if self.participating_devices is not None and not self.participating_devices:
             raise ValueError("participating_devices, when given, must not be empty")
         return self

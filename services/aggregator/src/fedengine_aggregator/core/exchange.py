@@ -23,6 +23,7 @@ from fedengine_aggregator.core.strategies import Accumulator, Prepared
 
 UPDATES_STAGE = "updates"
 
+
 def start_accumulator(strategy: str, params: Params | None, param_shapes: Shapes) -> Accumulator:
     """The one place a round's accumulator is chosen: by strategy name and parameters.
 
