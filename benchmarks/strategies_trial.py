@@ -28,16 +28,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from fedcommon import auth
-from fedcommon.messages.v1 import StrategySpec
 from fedengine import fleets, infra, launcher
+from fedengine.demo import check_strategy
 from fedengine.sdk import FedEngineClient
 from fedengine.settings import LauncherSettings
 
 FINISHED = {"completed", "failed", "cancelled"}
-_STRATEGY: TypeAdapter[StrategySpec] = TypeAdapter(StrategySpec)
 ROBUST_TRIAL_STRATEGIES = [
     "fedavg",
     "fedavgm",
@@ -146,7 +143,7 @@ async def robustness(
                         rounds=10,
                         devices_per_round=10,
                         # 7 of 10, or what the strategy needs (Krum with f = 3: 9).
-                        min_devices=max(7, _STRATEGY.validate_python(strategy).params.min_updates),
+                        min_devices=max(7, check_strategy(**strategy).params.min_updates),
                         seed=seed,
                         # Honest rounds take about 0.1 s here; a diverged device sends nothing
                         # and its round waits for this deadline.

@@ -11,11 +11,10 @@ import psycopg
 import pytest
 from aiokafka import ConsumerRecord
 
-from fedcommon import arrays, codec, datasets, models, topics
+from fedcommon import arrays, codec, topics
 from fedcommon.messages.v1 import (
     FedAdamStrategy,
     FedProxStrategy,
-    ModelArchitecture,
     RoundAggregated,
     RoundOpened,
     TrainRequested,
@@ -25,7 +24,7 @@ from fedengine.sdk import FedEngineClient, FedEngineError
 from tests.integration.conftest import Stack
 from tests.integration.helpers import run_fleet_task
 from tests.integration.kafka_tools import decoded, find_records, send
-from tests.integration.manual_devices import constant_delta, open_manual_round
+from tests.integration.manual_devices import constant_delta, mlp_arrays, open_manual_round
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -36,17 +35,6 @@ def _of_task(task_id: str, kind: type) -> Any:
         return isinstance(message, kind) and str(getattr(message, "task_id", "")) == task_id
 
     return match
-
-
-def _arrays(data: bytes) -> list[np.ndarray]:
-    dataset = datasets.load_dataset("digits")
-    model = models.build_model(
-        ModelArchitecture.MLP,
-        input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes,
-        seed=0,
-    )
-    return models.get_arrays(models.load_into(model, data))
 
 
 async def test_a_fedadam_task_steps_its_server_optimizer_and_stores_its_state(
@@ -75,7 +63,7 @@ async def test_a_fedadam_task_steps_its_server_optimizer_and_stores_its_state(
     assert sorted(versions) == [0, 1, 2, 3]
     assert versions[0][1] is None
     optimizer = Adam(eta=0.05, beta1=0.8)
-    shapes = [list(a.shape) for a in _arrays(versions[0][0])]
+    shapes = [list(a.shape) for a in mlp_arrays(versions[0][0])]
     # ... and each is exactly one Adam step from the one before, on the round's published delta.
     cursor = await db.execute(
         "SELECT round_id, model_version_out FROM coordinator.rounds "
@@ -103,9 +91,9 @@ async def test_a_fedadam_task_steps_its_server_optimizer_and_stores_its_state(
             if before_state is None
             else optimizer.load_state(before_state, shapes)
         )
-        step = optimizer.step(_arrays(before_data), arrays.from_bytes(result.delta), state)
+        step = optimizer.step(mlp_arrays(before_data), arrays.from_bytes(result.delta), state)
         after_data, after_state = versions[version]
-        for got, want in zip(_arrays(after_data), step.model, strict=True):
+        for got, want in zip(mlp_arrays(after_data), step.model, strict=True):
             np.testing.assert_array_equal(got, want)
         assert after_state == step.state.to_bytes()
         assert optimizer.load_state(after_state, shapes).step == version

@@ -22,6 +22,7 @@ from fedengine.demo import (
     StrategyName,
     check_attack,
     check_strategy,
+    key_value,
     run_demo,
 )
 from fedengine.demo import strategy_param as strategy_param_of
@@ -399,18 +400,14 @@ def bench_idle(
     from fedengine.bench_idle import IdleOptions
     from fedengine.bench_idle import bench_idle as run
 
-    service_env = dict(_key_value(item) for item in env or [])
+    try:
+        service_env = dict(key_value(item, option="--env") for item in env or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     options = IdleOptions(
         devices=devices, warmup_s=warmup_s, window_s=window_s, hops=hops, idle_gap_s=idle_gap_s
     )
     typer.echo(json.dumps(run(options, service_env=service_env), indent=2))
-
-
-def _key_value(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
-    return key, value
 
 
 @bench_app.command("aggregate")

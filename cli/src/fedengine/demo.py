@@ -95,11 +95,17 @@ def check_strategy(name: str, params: dict[str, Any]) -> StrategySpec:
     return spec
 
 
-def strategy_param(item: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as JSON where it is JSON (0.05, 2, null), else as text."""
+def key_value(item: str, *, option: str) -> tuple[str, str]:
+    """Split a ``KEY=VALUE`` option value; ``ValueError`` naming ``option`` otherwise."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"--strategy-param wants KEY=VALUE, got {item!r}")
+        raise ValueError(f"{option} wants KEY=VALUE, got {item!r}")
+    return key, text
+
+
+def strategy_param(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON where it is JSON (0.05, 2, null), else as text."""
+    key, text = key_value(item, option="--strategy-param")
     try:
         return key, json.loads(text)
     except json.JSONDecodeError:

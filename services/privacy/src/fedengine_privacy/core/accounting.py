@@ -106,6 +106,29 @@ def _meaningless(accountant: rdp.RdpAccountant, delta: float) -> bool:
     return not check <= MEANINGLESS_EPSILON
 
 
+def _enforcing_epsilon(
+    event: dp_accounting.DpEvent,
+    accountant: Accountant,
+    delta: float,
+    *,
+    rdp_accounting: rdp.RdpAccountant | None = None,
+) -> EpsilonResult | None:
+    """ε of ``event`` by an accountant that enforces budgets (RDP, PLD); None for the others.
+    ``rdp_accounting`` is an RDP accountant that already composed ``event``."""
+    if accountant is Accountant.RDP:
+        if rdp_accounting is None:
+            rdp_accounting = _rdp_accountant(event)
+        epsilon, order = rdp_accounting.get_epsilon_and_optimal_order(delta)
+        return EpsilonResult(float(epsilon), accountant, delta, optimal_order=float(order))
+    if accountant is Accountant.PLD:
+        pld_accounting = pld.PLDAccountant(
+            value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL
+        )
+        pld_accounting.compose(event)
+        return EpsilonResult(float(pld_accounting.get_epsilon(delta)), accountant, delta)
+    return None
+
+
 def epsilon_for_releases(
     releases: Sequence[GaussianRelease], *, delta: float, accountant: Accountant
 ) -> EpsilonResult:
@@ -139,15 +162,9 @@ def epsilon_for_releases(
     rdp_accounting = _rdp_accountant(event)
     if _meaningless(rdp_accounting, delta):
         return EpsilonResult(math.inf, accountant, delta, meaningful=False)
-    if accountant is Accountant.RDP:
-        epsilon, order = rdp_accounting.get_epsilon_and_optimal_order(delta)
-        return EpsilonResult(float(epsilon), accountant, delta, optimal_order=float(order))
-    if accountant is Accountant.PLD:
-        pld_accounting = pld.PLDAccountant(
-            value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL
-        )
-        pld_accounting.compose(event)
-        return EpsilonResult(float(pld_accounting.get_epsilon(delta)), accountant, delta)
+    enforced = _enforcing_epsilon(event, accountant, delta, rdp_accounting=rdp_accounting)
+    if enforced is not None:
+        return enforced
     if accountant is Accountant.EXACT:
         return EpsilonResult(_exact_gaussian_epsilon(releases, delta), accountant, delta)
     if accountant is Accountant.MOMENTS:
@@ -228,17 +245,10 @@ def epsilon_laplace(
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.LaplaceDpEvent(scale / sensitivity), count
     )
-    if accountant is Accountant.RDP:
-        rdp_accounting = _rdp_accountant(event)
-        epsilon, order = rdp_accounting.get_epsilon_and_optimal_order(delta)
-        return EpsilonResult(float(epsilon), accountant, delta, optimal_order=float(order))
-    if accountant is Accountant.PLD:
-        pld_accounting = pld.PLDAccountant(
-            value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL
-        )
-        pld_accounting.compose(event)
-        return EpsilonResult(float(pld_accounting.get_epsilon(delta)), accountant, delta)
-    raise ValueError(f"the Laplace mechanism is accounted with rdp or pld, not {accountant}")
+    enforced = _enforcing_epsilon(event, accountant, delta)
+    if enforced is None:
+        raise ValueError(f"the Laplace mechanism is accounted with rdp or pld, not {accountant}")
+    return enforced
 
 
 def max_steps_within_budget(
