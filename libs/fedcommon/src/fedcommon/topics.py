@@ -74,13 +74,26 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         ROUNDS, "task_id", ("aggregator",), ("coordinator",), ("round.aggregated", "round.failed")
     ),
-    TopicSpec(PRIVACY, "task_id", ("coordinator", "privacy"), ("coordinator", "privacy"), ()),
+    # Spend requests (coordinator -> privacy) and their answers (privacy -> coordinator).
+    TopicSpec(
+        PRIVACY,
+        "task_id",
+        ("coordinator", "privacy"),
+        ("coordinator", "privacy"),
+        ("privacy.spend_requested", "privacy.spend_approved", "privacy.spend_refused"),
+    ),
     TopicSpec(
         EVENTS,
         "task_id",
-        ("registry", "coordinator", "aggregator"),
+        ("registry", "coordinator", "aggregator", "privacy"),
         ("gateway",),
-        ("task.state_changed", "round.started", "round.completed", "device.status_changed"),
+        (
+            "task.state_changed",
+            "round.started",
+            "round.completed",
+            "device.status_changed",
+            "privacy.budget_exhausted",
+        ),
     ),
     # Every consumer dead-letters ("*"); the gateway counts the dead letters for /metrics.
     TopicSpec(DLQ, "original key", ("*",), ("gateway",), ()),

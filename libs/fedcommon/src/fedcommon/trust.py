@@ -27,12 +27,13 @@ SIGNER_HEADER = "fe-signer"
 SIGNATURE_HEADER = "fe-signature"
 # Not a service: the message speaks for a device, whose own signature is in the payload.
 DEVICE = "device"
-SERVICES = ("registry", "coordinator", "aggregator", "gateway")
+SERVICES = ("registry", "coordinator", "aggregator", "gateway", "privacy")
 # How far ahead of this consumer's clock a sender's clock may run.
 CLOCK_SKEW = timedelta(minutes=5)
 
 _GATEWAY = frozenset({"gateway"})
 _COORDINATOR = frozenset({"coordinator"})
+_PRIVACY = frozenset({"privacy"})
 
 # (topic, message type) -> who may send it. Anything not listed is refused.
 MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
@@ -56,6 +57,10 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     (topics.EVENTS, "round.started"): _COORDINATOR,
     (topics.EVENTS, "round.completed"): _COORDINATOR,
     (topics.EVENTS, "device.status_changed"): frozenset({"registry"}),
+    (topics.PRIVACY, "privacy.spend_requested"): _COORDINATOR,
+    (topics.PRIVACY, "privacy.spend_approved"): _PRIVACY,
+    (topics.PRIVACY, "privacy.spend_refused"): _PRIVACY,
+    (topics.EVENTS, "privacy.budget_exhausted"): _PRIVACY,
 }
 
 

@@ -74,6 +74,8 @@ class TaskState(StrEnum):
     PAUSED = "paused"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    # The privacy service refused the next round's spend: it would pass the task's epsilon.
+    PRIVACY_BUDGET_EXHAUSTED = "privacy_budget_exhausted"
     FAILED = "failed"
 
 
@@ -284,6 +286,57 @@ STRATEGY_TYPES: tuple[type[_StrategyModel], ...] = (
 )
 
 
+# --- differential privacy (issue 9) --------------------------------------------------------
+#
+# DP is off unless a task has a privacy section; with one, every round's release is approved
+# (and charged) by the privacy service first, and enforcement cannot be turned off.
+
+# The largest budget a task may ask for: above it no guarantee means anything (the privacy
+# core refuses to account further than this either).
+MAX_DP_EPSILON = 100.0
+# δ must be far below 1/n for n people; anything above 1e-2 protects nobody.
+MAX_DP_DELTA = 1e-2
+MAX_NOISE_MULTIPLIER = 1e6
+CALIBRATE = "calibrate"
+# The strategies whose aggregate is a (weighted) sum: only for these does clipping each update
+# to C bound one device's influence on the result by C, as the accountant assumes.
+DP_STRATEGIES = frozenset({"fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"})
+
+
+class PrivacySpec(_StrategyModel):
+    """A task's central DP: its (ε, δ) budget and the DP-FedAvg settings that spend it.
+
+    ``noise_multiplier`` z is the noise's std in units of ``clip_norm`` C; "calibrate" lets
+    the privacy service choose the smallest z whose ε over the task's rounds fits the budget.
+    Strict like a strategy: a misspelt field is an error, never a silent "no privacy".
+    """
+
+    epsilon: float = Field(gt=0, le=MAX_DP_EPSILON)
+    delta: float = Field(default=1e-5, gt=0, le=MAX_DP_DELTA)
+    clip_norm: float = Field(default=1.0, gt=0, le=MAX_SETTING)
+    noise_multiplier: float | Literal["calibrate"] = Field(default=CALIBRATE)
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+    @model_validator(mode="after")
+    def _check_noise(self) -> PrivacySpec:
+        z = self.noise_multiplier
+        if not isinstance(z, str) and not 0 < z <= MAX_NOISE_MULTIPLIER:
+            raise ValueError(f"noise_multiplier must be in (0, {MAX_NOISE_MULTIPLIER:g}]")
+        return self
+
+
+class RoundPrivacy(_Frozen):
+    """What the aggregator needs to release a DP round: the approval it releases under and
+    the noise that approval paid for."""
+
+    approval_id: UUID
+    clip_norm: float = Field(gt=0, le=MAX_SETTING)
+    noise_multiplier: float = Field(gt=0, le=MAX_NOISE_MULTIPLIER)
+    # q times the devices it was sampled from: the fixed denominator of DP-FedAvg, so that
+    # how many devices actually answered never shows in the result.
+    expected_participants: float = Field(gt=0, le=MAX_PARTICIPATING_DEVICES)
+
+
 # --- shared value objects ------------------------------------------------------------------
 
 
@@ -320,6 +373,8 @@ class TaskSpec(_Frozen):
     device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
     # Older specs have none: FedAvg, as before strategies could be chosen.
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
+    # None: no differential privacy (older specs have none).
+    privacy: PrivacySpec | None = None
 
     @model_validator(mode="after")
     def _check_devices(self) -> TaskSpec:
@@ -345,6 +400,13 @@ class TaskSpec(_Frozen):
             )
         if self.participating_devices is not None and not self.participating_devices:
             raise ValueError("participating_devices, when given, must not be empty")
+        if self.privacy is not None and self.strategy.name not in DP_STRATEGIES:
+            raise ValueError(
+                f"differential privacy cannot be used with strategy {self.strategy.name}: it "
+                "needs a strategy that sums clipped updates (one of "
+                f"{', '.join(sorted(DP_STRATEGIES))}), so that one device moves the result by "
+                "at most the clip norm"
+            )
         return self
 
 
@@ -514,6 +576,8 @@ class RoundOpened(Envelope):
     max_update_norm: float = Field(gt=0, le=MAX_SETTING)
     # The task's strategy, so the aggregator picks its rule (older rounds: FedAvg).
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
+    # Set for a round of a DP task: the aggregator releases only a clipped, noised sum.
+    privacy: RoundPrivacy | None = None
 
 
 class UpdateSubmitted(Envelope):
@@ -545,6 +609,9 @@ class RoundAggregated(Envelope):
     train_loss: float = Field(ge=-MAX_SETTING, le=MAX_SETTING)
     bytes_up: Int64
     duration_s: float = Field(ge=0, le=MAX_TIMEOUT_S)
+    # The approval a DP round's noised result was released under (None: not a DP round). A DP
+    # result carries no participants, counts or losses: only the noised delta.
+    privacy_approval_id: UUID | None = None
 
 
 class RoundFailed(Envelope):
@@ -555,6 +622,55 @@ class RoundFailed(Envelope):
     reason: Text
     received: Int32
     rejected: dict[Name, Int64]
+
+
+# --- fed.privacy ---------------------------------------------------------------------------
+
+
+class PrivacySpendRequested(Envelope):
+    """The coordinator asks before a DP round's try opens; charged once per (task, round,
+    attempt) if approved. Carries the task's privacy section, so the service needs no other
+    source, and the sampling rate the try's devices were drawn with."""
+
+    type: Literal["privacy.spend_requested"] = "privacy.spend_requested"
+    task_id: UUID
+    round_number: PositiveInt32
+    attempt: Int32
+    budget: PrivacySpec
+    # The task's planned rounds: what "calibrate" spreads the budget over.
+    planned_rounds: int = Field(ge=1, le=MAX_ROUNDS)
+    sample_rate: float = Field(gt=0, le=1)
+    # Who the task belongs to (its creator), for the audit log.
+    on_behalf_of: Name
+
+
+class PrivacySpendApproved(Envelope):
+    type: Literal["privacy.spend_approved"] = "privacy.spend_approved"
+    task_id: UUID
+    round_number: PositiveInt32
+    attempt: Int32
+    approval_id: UUID
+    noise_multiplier: float = Field(gt=0, le=MAX_NOISE_MULTIPLIER)
+    sample_rate: float = Field(gt=0, le=1)
+    clip_norm: float = Field(gt=0, le=MAX_SETTING)
+    # The task's ε after this release (at its δ, by its accountant).
+    epsilon_spent: float = Field(ge=0, le=MAX_DP_EPSILON)
+    epsilon_budget: float = Field(gt=0, le=MAX_DP_EPSILON)
+    delta: float = Field(gt=0, le=MAX_DP_DELTA)
+    accountant: Literal["rdp", "pld"]
+
+
+class PrivacySpendRefused(Envelope):
+    type: Literal["privacy.spend_refused"] = "privacy.spend_refused"
+    task_id: UUID
+    round_number: PositiveInt32
+    attempt: Int32
+    # budget_exhausted: approving would pass the budget; invalid: the request cannot be
+    # accounted (a budget that changed, a calibration no noise can meet).
+    reason: Literal["budget_exhausted", "invalid"]
+    detail: Text
+    epsilon_spent: float = Field(ge=0, le=MAX_DP_EPSILON)
+    epsilon_budget: float = Field(gt=0, le=MAX_DP_EPSILON)
 
 
 # --- fed.events ----------------------------------------------------------------------------
@@ -584,6 +700,16 @@ class RoundCompleted(Envelope):
     loss: float
 
 
+class PrivacyBudgetExhausted(Envelope):
+    """A task's next round would pass its ε: no further release of it will be approved."""
+
+    type: Literal["privacy.budget_exhausted"] = "privacy.budget_exhausted"
+    task_id: UUID
+    epsilon_spent: float = Field(ge=0, le=MAX_DP_EPSILON)
+    epsilon_budget: float = Field(gt=0, le=MAX_DP_EPSILON)
+    detail: Text
+
+
 class DeviceStatusChanged(Envelope):
     type: Literal["device.status_changed"] = "device.status_changed"
     device_id: DeviceId
@@ -609,6 +735,10 @@ AnyMessage = Annotated[
     | UpdateSubmitted
     | RoundAggregated
     | RoundFailed
+    | PrivacySpendRequested
+    | PrivacySpendApproved
+    | PrivacySpendRefused
+    | PrivacyBudgetExhausted
     | TaskStateChanged
     | RoundStarted
     | RoundCompleted
@@ -635,6 +765,10 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     UpdateSubmitted,
     RoundAggregated,
     RoundFailed,
+    PrivacySpendRequested,
+    PrivacySpendApproved,
+    PrivacySpendRefused,
+    PrivacyBudgetExhausted,
     TaskStateChanged,
     RoundStarted,
     RoundCompleted,
