@@ -36,8 +36,8 @@ async def record_result(
         """
         INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
             round_number, device_id, message_id, status, reason, detail, num_examples,
-            train_loss, train_accuracy, duration_s, size_bytes)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            train_loss, train_accuracy, duration_s, size_bytes, private)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT DO NOTHING
         """,
         (
