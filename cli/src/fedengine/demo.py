@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -297,6 +298,18 @@ async def run_demo(
                 "clip_norm": budget["clip_norm"],
                 "releases": budget["releases"],
                 "refusals": sum(1 for a in budget["audit"] if a["decision"] == "refused"),
+                # The privacy service's audit rows by decision (approved, refused, duplicate).
+                "audit": dict(Counter(a["decision"] for a in budget["audit"])),
+                "ledger": [
+                    {
+                        "round": r["round_number"],
+                        "attempt": r["attempt"],
+                        "sample_rate": r["sample_rate"],
+                        "noise_multiplier": r["noise_multiplier"],
+                        "epsilon_after": r["epsilon_after"],
+                    }
+                    for r in budget["release_log"]
+                ],
             },
             "wall_s": None,
             "phases": phases,
