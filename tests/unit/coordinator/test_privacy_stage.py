@@ -1,5 +1,5 @@
 """A DP task's stage before a try opens: secret Poisson draw, spend request, approval or
-refusal (core/privacy.py), as table rows and properties."""
+refusal (core/spend.py), as table rows and properties."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from fedcommon.messages.v1 import (
     StopReason,
     TaskSpec,
 )
-from fedengine_coordinator.core import privacy
+from fedengine_coordinator.core import spend
 from fedengine_coordinator.core.effects import ApproveRound, Emit, InsertRound
 from fedengine_coordinator.core.events import SpendApproved, SpendRefused, Ticked
 from fedengine_coordinator.core.machine import decide
@@ -266,7 +266,7 @@ def test_the_draw_is_poisson_at_rate_q(q: float) -> None:
     # Execute
     counts = np.zeros(100)
     for seed in range(200):
-        for c in privacy.poisson_draw(pool, q=q, secret_seed=seed):
+        for c in spend.poisson_draw(pool, q=q, secret_seed=seed):
             counts[int(c.device_id[1:])] += 1
 
     # Assert: the mean rate within 5 standard errors (false-failure rate < 1e-6)
@@ -280,7 +280,7 @@ def test_an_empty_draw_is_drawn_again() -> None:
 
     # Execute / Assert
     for seed in range(50):
-        assert privacy.poisson_draw(pool, q=0.05, secret_seed=seed)
+        assert spend.poisson_draw(pool, q=0.05, secret_seed=seed)
 
 
 def test_privacy_with_a_robust_strategy_is_refused() -> None:

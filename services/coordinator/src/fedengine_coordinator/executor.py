@@ -273,6 +273,6 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
         param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),
         round_id=uuid4(),
         now=datetime.now(UTC),
-        # Only a DP task's draw uses it; from the OS's entropy, never stored (core/privacy.py).
+        # Only a DP task's draw uses it; from the OS's entropy, never stored (core/spend.py).
         secret_seed=secrets.randbits(128) if spec.privacy is not None else 0,
     )

@@ -21,7 +21,7 @@ A task's life::
                 (only while running; a paused task re-tries on resume) | failed (round_failed)
     any unfinished state: ErrorRaised -> failed (error)
 
-A DP task (privacy.py) has one more stage before a try opens:
+A DP task (spend.py) has one more stage before a try opens:
 
     running, DP: OpenRound -> DevicesOffered -> try awaiting_spend (Poisson-drawn devices,
                  spend request on fed.privacy) -> SpendApproved -> open (as above) |
@@ -41,7 +41,7 @@ from dataclasses import replace
 from fedcommon import lifecycle, topics
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import ModelPublished, StopReason, TaskState, TaskStateChanged
-from fedengine_coordinator.core import privacy, rounds
+from fedengine_coordinator.core import rounds, spend
 from fedengine_coordinator.core.effects import (
     BuildInitialModel,
     CloseRound,
@@ -118,9 +118,9 @@ def decide(state: State, event: Event) -> Decision:
         case DevicesOffered():
             return rounds.on_offered(state, event)
         case SpendApproved():
-            return privacy.on_approved(state, event)
+            return spend.on_approved(state, event)
         case SpendRefused():
-            return privacy.on_refused(state, event)
+            return spend.on_refused(state, event)
 
 
 def _create(state: State, event: CreateReceived) -> Decision:

@@ -15,7 +15,7 @@ from fedcommon.messages.v1 import (
     StopReason,
     TaskState,
 )
-from fedengine_coordinator.core import privacy, selection, stopping, strategy
+from fedengine_coordinator.core import selection, spend, stopping, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -194,8 +194,8 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         effects.append(SetWaiting(task.task_id, None))
         task = replace(task, waiting_since=None)
     if spec.privacy is not None:
-        # A DP try draws its own devices, secretly, and waits for its spend (privacy.py).
-        return privacy.request_spend(replace(state, task=task), pool, event, effects)
+        # A DP try draws its own devices, secretly, and waits for its spend (spend.py).
+        return spend.request_spend(replace(state, task=task), pool, event, effects)
     chosen = selection.select(
         pool,
         count=spec.devices_per_round,
