@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcommon import codec, enrolment_tokens, kafka, signing, topics, trust
@@ -110,6 +110,37 @@ async def find_records(
                             if found[index] is None and predicate(record):
                                 found[index] = record
         return [record for record in found if record is not None]
+    finally:
+        await consumer.stop()
+
+
+async def all_records(
+    settings: KafkaSettings, base: str, *, timeout_s: float = 30.0
+) -> list[ConsumerRecord]:
+    """Every record on ``base`` up to its end when called (all partitions), in order."""
+    consumer = AIOKafkaConsumer(
+        **kafka.client_options(settings),
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=BIG,
+        fetch_max_bytes=2 * BIG,
+    )
+    await consumer.start()
+    try:
+        name = topics.topic_name(settings.topic_prefix, base)
+        partitions = [
+            TopicPartition(name, p) for p in sorted(await consumer.partitions_for_topic(name) or [])
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        found: list[ConsumerRecord] = []
+        async with asyncio.timeout(timeout_s):
+            while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    found.extend(records)
+        return found
     finally:
         await consumer.stop()
 

@@ -23,6 +23,7 @@ PACKAGES = {
     "coordinator": "fedengine_coordinator",
     "aggregator": "fedengine_aggregator",
     "simulator": "fedengine_simulator",
+    "privacy": "fedengine_privacy",
 }
 
 

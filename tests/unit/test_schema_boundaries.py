@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ("registry", "coordinator", "aggregator", "simulator")
+SCHEMAS = ("registry", "coordinator", "aggregator", "simulator", "privacy")
 # A schema-qualified name in SQL text; "fedengine_registry" has no word boundary before
 # "registry", so module paths do not match.
 QUALIFIED = re.compile(r"\b(" + "|".join(SCHEMAS) + r")\.([a-z_][a-z0-9_]*)\b")
-SERVICES = ("registry", "coordinator", "aggregator", "simulator", "gateway")
+SERVICES = ("registry", "coordinator", "aggregator", "simulator", "gateway", "privacy")
 
 
 def _sources(service: str) -> list[Path]:

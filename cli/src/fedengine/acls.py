@@ -9,8 +9,8 @@ consume loop dead-letters, and so does the outbox relay). Pure: no I/O, no broke
 - Principals are the services and ``devices``, the device fleet (the simulator plays it; the
   registry names it ``simulator`` or ``devices``). ``admin`` is the deployment's super user
   (``super.users``): it creates the topics, users and ACLs and has no ACL of its own.
-- Topics that carry no message type yet (fed.secagg, fed.privacy) get no ACLs: nobody sends
-  anything there; their ACLs appear with their first message type.
+- Topics that carry no message type yet (fed.secagg) get no ACLs: nobody sends anything
+  there; their ACLs appear with their first message type.
 - No principal gets Create, Delete, Alter or any cluster operation: services do not create
   topics where ``KAFKA_CREATE_TOPICS=false`` (the admin's init job does), and no producer is
   idempotent or transactional (broker.md), so none needs IdempotentWrite.
@@ -50,6 +50,7 @@ GROUPS: Mapping[str, Group] = {
     "registry": Group("registry"),
     "coordinator": Group("coordinator"),
     "aggregator": Group("aggregator"),
+    "privacy": Group("privacy"),
     # fedengine_gateway.app.watch_dead_letters: a group per gateway process, gateway-dlq-<hex>.
     "gateway": Group("gateway-dlq-", prefixed=True),
     # fedengine_simulator: one group per fleet, simulator-<fleet>.

@@ -23,6 +23,7 @@ from fedengine.demo import (
     check_attack,
     check_strategy,
     key_value,
+    privacy_section,
     run_demo,
 )
 from fedengine.demo import strategy_param as strategy_param_of
@@ -293,6 +294,19 @@ def demo(
         list[str] | None,
         typer.Option(help="KEY=VALUE for the strategy, repeatable (e.g. eta=0.03, f=2)"),
     ] = None,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(help="central DP: the task's epsilon budget, enforced (default: no DP)"),
+    ] = None,
+    dp_delta: Annotated[float, typer.Option(help="central DP: the budget's delta")] = 1e-5,
+    dp_clip: Annotated[float, typer.Option(help="central DP: each update's L2 clip norm")] = 1.0,
+    dp_noise_multiplier: Annotated[
+        float | None,
+        typer.Option(
+            help="central DP: noise std / clip norm; without it the privacy service "
+            "calibrates one that spends the budget over --rounds"
+        ),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -325,7 +339,15 @@ def demo(
         attack_scale=attack_scale,
         strategy=strategy.value,
         strategy_params=params,
+        dp_epsilon=dp_epsilon,
+        dp_delta=dp_delta,
+        dp_clip=dp_clip,
+        dp_noise_multiplier=dp_noise_multiplier,
     )
+    try:
+        privacy_section(options)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     result = asyncio.run(
         run_demo(LauncherSettings(), options, keep_running=keep_running, console=console)
     )
@@ -337,6 +359,7 @@ def demo(
         "dropped",
         "rejected",
         "seconds",
+        "epsilon",
         caption=f"updates above the norm bound {result['config']['max_update_norm']} are "
         "rejected before aggregation",
     )
@@ -349,12 +372,21 @@ def demo(
             str(row["dropped"]),
             str(row["rejected"]),
             f"{row['duration_s']:.2f}",
+            "" if row["epsilon_spent"] is None else f"{row['epsilon_spent']:.4f}",
         )
     console.print(table)
     console.print(
         f"task {result['task_id']}: {result['status']} ({result['stop_reason']}), "
         f"final accuracy {result['final_accuracy']}, {result['wall_s']} s"
     )
+    if result["privacy"] is not None:
+        privacy = result["privacy"]
+        console.print(
+            f"privacy: epsilon {privacy['epsilon_spent']:.4f} of {privacy['epsilon_budget']:g} "
+            f"spent (delta {privacy['delta']:g}, {privacy['accountant']}, noise multiplier "
+            f"{privacy['noise_multiplier']:.4g}), {privacy['releases']} releases, "
+            f"{privacy['refusals']} refused"
+        )
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_path}")

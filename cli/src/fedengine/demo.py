@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedcommon import auth
 from fedcommon.constraints import MAX_SETTING
 from fedcommon.lifecycle import FINISHED
-from fedcommon.messages.v1 import StrategySpec
+from fedcommon.messages.v1 import CALIBRATE, DP_STRATEGIES, PrivacySpec, StrategySpec
 from fedengine import fleets, launcher
 from fedengine.sdk import FedEngineClient
 from fedengine.settings import LauncherSettings
@@ -79,6 +80,39 @@ class DemoOptions:
     # The task's aggregation strategy, as a task body names it (validated by check_strategy).
     strategy: str = "fedavg"
     strategy_params: dict[str, Any] = field(default_factory=dict)
+    # Central DP (None: off). Without a noise multiplier the privacy service calibrates one
+    # that spends the budget over the task's rounds; with one, rounds run until the next
+    # would pass the budget.
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0
+    dp_noise_multiplier: float | None = None
+
+
+def privacy_section(options: DemoOptions) -> dict[str, Any] | None:
+    """The task body's privacy section, checked as the gateway will (``ValueError`` naming
+    what is wrong, before a stack is started for it)."""
+    if options.dp_epsilon is None:
+        return None
+    section: dict[str, Any] = {
+        "epsilon": options.dp_epsilon,
+        "delta": options.dp_delta,
+        "clip_norm": options.dp_clip,
+        "noise_multiplier": options.dp_noise_multiplier
+        if options.dp_noise_multiplier is not None
+        else CALIBRATE,
+    }
+    try:
+        PrivacySpec.model_validate(section)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"--dp-*: {problems}") from exc
+    if options.strategy not in DP_STRATEGIES:
+        raise ValueError(
+            f"--dp-epsilon cannot be used with --strategy {options.strategy}: differential "
+            f"privacy needs one of {', '.join(sorted(DP_STRATEGIES))}"
+        )
+    return section
 
 
 def check_strategy(name: str, params: dict[str, Any]) -> StrategySpec:
@@ -125,6 +159,8 @@ def round_summary(row: dict[str, Any]) -> dict[str, Any]:
         "duration_s": row["duration_s"],
         "bytes_up": row["bytes_up"],
         "bytes_down": row["bytes_down"],
+        # The task's epsilon after this round (None: not a DP task).
+        "epsilon_spent": row.get("epsilon_spent"),
     }
 
 
@@ -139,6 +175,7 @@ async def run_demo(
         phases[phase] = round(time.perf_counter() - began - sum(phases.values()), 3)
 
     strategy = check_strategy(options.strategy, options.strategy_params)
+    privacy = privacy_section(options)
     fleet = launcher.Fleet(
         name=f"demo{uuid4().hex[:6]}",
         devices=options.devices,
@@ -196,6 +233,8 @@ async def run_demo(
                 "target_accuracy": options.target_accuracy,
                 "strategy": {"name": options.strategy, "params": options.strategy_params},
             }
+            if privacy is not None:
+                task["privacy"] = privacy
             task_id = await client.create_federated_task(**task)
             await client.start_federated_training(task_id)
             columns = (
@@ -228,6 +267,7 @@ async def run_demo(
                 for r in await client.get_rounds(task_id)
                 if r["status"] == "completed"
             ]
+            budget = await client.get_privacy_budget(task_id) if privacy is not None else None
         result = {
             "task_id": task_id,
             "status": state["state"],
@@ -246,6 +286,31 @@ async def run_demo(
             },
             "rounds": rounds,
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+            "privacy": None
+            if budget is None
+            else {
+                "epsilon_budget": budget["epsilon_budget"],
+                "epsilon_spent": budget["epsilon_spent"],
+                "delta": budget["delta"],
+                "accountant": budget["accountant"],
+                "noise_multiplier": budget["noise_multiplier"],
+                "calibrated": budget["calibrated"],
+                "clip_norm": budget["clip_norm"],
+                "releases": budget["releases"],
+                "refusals": sum(1 for a in budget["audit"] if a["decision"] == "refused"),
+                # The privacy service's audit rows by decision (approved, refused, duplicate).
+                "audit": dict(Counter(a["decision"] for a in budget["audit"])),
+                "ledger": [
+                    {
+                        "round": r["round_number"],
+                        "attempt": r["attempt"],
+                        "sample_rate": r["sample_rate"],
+                        "noise_multiplier": r["noise_multiplier"],
+                        "epsilon_after": r["epsilon_after"],
+                    }
+                    for r in budget["release_log"]
+                ],
+            },
             "wall_s": None,
             "phases": phases,
         }

@@ -23,7 +23,7 @@ from fedengine import infra
 from fedengine.identity import public_keys, service_keys
 from fedengine.settings import LauncherSettings
 
-SERVICES = ("registry", "coordinator", "aggregator")
+SERVICES = ("registry", "coordinator", "aggregator", "privacy")
 GATEWAY = "gateway"
 
 

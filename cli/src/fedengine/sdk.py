@@ -142,6 +142,14 @@ class FedEngineClient:
             if len(rounds) >= page["total"] or not page["items"]:
                 return rounds
 
+    async def get_privacy_budget(self, task_id: str | None = None) -> dict[str, Any]:
+        """One DP task's budget with its ledger and audit log; without ``task_id``, the first
+        page of every DP task's budget."""
+        params = {"task_id": task_id} if task_id is not None else {}
+        response = await self._request("GET", "/privacy/budget", params=params)
+        result: dict[str, Any] = response.json()
+        return result
+
     async def get_task_events(self, task_id: str) -> list[dict[str, Any]]:
         page = await self._request("GET", f"/tasks/{task_id}/events", params={"limit": 500})
         items: list[dict[str, Any]] = page.json()["items"]

@@ -16,6 +16,7 @@ from fedcommon.settings import KafkaSettings
 from fedengine import acls
 from fedengine_aggregator.__main__ import SPEC as AGGREGATOR
 from fedengine_coordinator.__main__ import SPEC as COORDINATOR
+from fedengine_privacy.__main__ import SPEC as PRIVACY
 from fedengine_registry.__main__ import SPEC as REGISTRY
 
 ROOT = Path(__file__).parents[3]
@@ -38,7 +39,14 @@ def reads(principal: str) -> set[str]:
 
 
 def test_the_principals_are_the_services_and_the_device_fleet() -> None:
-    assert acls.principals() == ["aggregator", "coordinator", "devices", "gateway", "registry"]
+    assert acls.principals() == [
+        "aggregator",
+        "coordinator",
+        "devices",
+        "gateway",
+        "privacy",
+        "registry",
+    ]
 
 
 def test_devices_write_only_device_topics_and_read_only_commands_and_models() -> None:
@@ -81,7 +89,21 @@ def test_topics_that_carry_nothing_yet_get_no_acls() -> None:
     names = {acl.name for acl in acls.acls()}
 
     assert topics.SECAGG not in names
-    assert topics.PRIVACY not in names
+
+
+def test_only_the_coordinator_and_the_privacy_service_use_the_privacy_topic() -> None:
+    # Spend requests go one way, answers the other, on one topic both read and write.
+    assert {p for p in acls.principals() if topics.PRIVACY in writes(p)} == {
+        "coordinator",
+        "privacy",
+    }
+    assert {p for p in acls.principals() if topics.PRIVACY in reads(p)} == {
+        "coordinator",
+        "privacy",
+    }
+    assert writes("privacy") == {topics.PRIVACY, topics.EVENTS, topics.DLQ}
+    assert reads("privacy") == {topics.PRIVACY}
+    assert granted("privacy", "group") == {"privacy": {"Read"}}
 
 
 def test_every_consumer_may_dead_letter_and_only_the_gateway_reads_dead_letters() -> None:
@@ -115,7 +137,7 @@ def assert_consumer(principal: str, group_id: str, topic_bases: tuple[str, ...] 
         assert group_id == group.name
 
 
-@pytest.mark.parametrize("spec", [REGISTRY, COORDINATOR, AGGREGATOR], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [REGISTRY, COORDINATOR, AGGREGATOR, PRIVACY], ids=lambda s: s.name)
 def test_each_service_may_read_what_it_subscribes_to_in_its_group(
     spec: service.ServiceSpec,
 ) -> None:

@@ -23,6 +23,7 @@ from fedengine.settings import LauncherSettings
 from fedengine_aggregator.settings import Settings as AggregatorSettings
 from fedengine_coordinator.settings import Settings as CoordinatorSettings
 from fedengine_gateway.settings import Settings as GatewaySettings
+from fedengine_privacy.settings import Settings as PrivacySettings
 from fedengine_registry.settings import Settings as RegistrySettings
 from fedengine_simulator.settings import Settings as SimulatorSettings
 
@@ -31,6 +32,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "fedengine_registry": RegistrySettings,
     "fedengine_coordinator": CoordinatorSettings,
     "fedengine_aggregator": AggregatorSettings,
+    "fedengine_privacy": PrivacySettings,
     "fedengine_gateway": GatewaySettings,
     "fedengine_simulator": SimulatorSettings,
 }
@@ -56,6 +58,7 @@ PRINCIPALS = {
     "fedengine_registry": "registry",
     "fedengine_coordinator": "coordinator",
     "fedengine_aggregator": "aggregator",
+    "fedengine_privacy": "privacy",
     "fedengine_gateway": "gateway",
     "fedengine_simulator": acls.DEVICES,
 }
@@ -110,6 +113,7 @@ def test_compose_services_name_real_commands_and_variables() -> None:
         "registry",
         "coordinator",
         "aggregator",
+        "privacy",
         "gateway",
         "simulator",
         "kafka-init",
@@ -194,6 +198,7 @@ def test_kubernetes_manifests_name_real_commands_and_variables() -> None:
         "registry",
         "coordinator",
         "aggregator",
+        "privacy",
         "gateway",
         "simulator",
         "fedengine-kafka-setup",

@@ -13,16 +13,17 @@ from fedengine_coordinator.core.state import RoundStatus
 
 
 def _checked_values(constraint: str) -> set[str]:
-    """Return the values ``constraint`` allows, from the migration that adds it."""
+    """Return the values ``constraint`` allows, from the newest migration that adds it (a
+    later migration drops and re-adds a constraint to widen it)."""
     folder = resources.files("fedengine_coordinator") / "migrations"
     sql = "\n".join(
         entry.read_text(encoding="utf-8")
-        for entry in folder.iterdir()
+        for entry in sorted(folder.iterdir(), key=lambda entry: entry.name)
         if entry.name.endswith(".sql")
     )
-    found = re.search(rf"ADD CONSTRAINT {constraint}\s+CHECK \(\w+ IN \(([^)]*)\)\)", sql)
-    assert found is not None, f"no migration adds {constraint}"
-    return set(re.findall(r"'([a-z_]+)'", found.group(1)))
+    found = re.findall(rf"ADD CONSTRAINT {constraint}\s+CHECK \(\w+ IN \(([^)]*)\)\)", sql)
+    assert found, f"no migration adds {constraint}"
+    return set(re.findall(r"'([a-z_]+)'", found[-1]))
 
 
 @pytest.mark.parametrize(

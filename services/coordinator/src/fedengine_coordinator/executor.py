@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -24,6 +25,7 @@ from fedengine_coordinator.core import evaluation, machine, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
+    ApproveRound,
     BuildInitialModel,
     CloseRound,
     CompleteRound,
@@ -115,6 +117,15 @@ class Executor:
                     ROUNDS_FAILED.labels(effect.source.value).inc()
             case CompleteRound():
                 await _complete(conn, effect)
+            case ApproveRound():
+                await store.approve_round(
+                    conn,
+                    round_id=effect.round_id,
+                    approval_id=effect.approval_id,
+                    epsilon_spent=effect.epsilon_spent,
+                    noise_multiplier=effect.noise_multiplier,
+                    deadline=effect.deadline,
+                )
             case Emit(base=base, key=key, message=message):
                 await outbox.enqueue(
                     conn,
@@ -262,4 +273,6 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
         param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),
         round_id=uuid4(),
         now=datetime.now(UTC),
+        # Only a DP task's draw uses it; from the OS's entropy, never stored (core/spend.py).
+        secret_seed=secrets.randbits(128) if spec.privacy is not None else 0,
     )

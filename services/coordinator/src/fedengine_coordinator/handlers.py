@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from uuid import UUID
 
 import psycopg
@@ -23,6 +24,9 @@ from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     AnyMessage,
     CleanupRequested,
+    PrivacySpendApproved,
+    PrivacySpendRefused,
+    PrivacySpendRequested,
     RoundAggregated,
     RoundFailed,
     TaskCancelRequested,
@@ -34,6 +38,7 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_coordinator import store
+from fedengine_coordinator.core import evaluation
 from fedengine_coordinator.core.events import (
     CommandReceived,
     CreateReceived,
@@ -42,6 +47,8 @@ from fedengine_coordinator.core.events import (
     FailureReceived,
     FailureSource,
     ResultReceived,
+    SpendApproved,
+    SpendRefused,
     Ticked,
 )
 from fedengine_coordinator.core.state import RoundStatus, State
@@ -76,6 +83,32 @@ async def _round_state(conn: psycopg.AsyncConnection, round_id: UUID) -> State:
     if round_ is None or round_.status != RoundStatus.OPEN:
         return State(None, round_)
     return State(await store.lock_task(conn, round_.task_id), round_)
+
+
+async def _awaiting_state(conn: psycopg.AsyncConnection, round_id: UUID) -> State:
+    """Lock a try that waits for its privacy spend, then its task (the order round events
+    keep); a try that no longer waits comes without its task, and the answer is ignored."""
+    round_ = await store.lock_round(conn, round_id)
+    if round_ is None or round_.status != RoundStatus.AWAITING_SPEND:
+        return State(None, round_)
+    return State(await store.lock_task(conn, round_.task_id), round_)
+
+
+async def _approved(
+    conn: psycopg.AsyncConnection, state: State, approval: PrivacySpendApproved
+) -> SpendApproved:
+    """The approval with what opening its try needs (nothing, for a try no longer waiting)."""
+    round_, task = state.round, state.task
+    if round_ is None or task is None:
+        return SpendApproved(approval, {}, "", [], datetime.now(UTC))
+    spec = task.spec
+    return SpendApproved(
+        approval,
+        public_keys=await store.public_keys(conn, list(round_.participants)),
+        model_sha256=await store.get_model_digest(conn, task.task_id, round_.model_version_in),
+        param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),
+        now=datetime.now(UTC),
+    )
 
 
 class Coordinator:
@@ -131,6 +164,14 @@ class Coordinator:
                 )
             case RoundAggregated() | RoundFailed():
                 return
+            case PrivacySpendApproved(round_id=round_id) if round_id is not None:
+                state = await _awaiting_state(conn, round_id)
+                event = await _approved(conn, state, message)
+            case PrivacySpendRefused(round_id=round_id) if round_id is not None:
+                state = await _awaiting_state(conn, round_id)
+                event = SpendRefused(message)
+            case PrivacySpendRequested():
+                return  # our own request, on the topic we share with the privacy service
             case CleanupRequested():
                 deleted = await store.cleanup_models(conn, retention_s=message.retention_s)
                 logger.info("cleanup by %s deleted %d model versions", message.issued_by, deleted)

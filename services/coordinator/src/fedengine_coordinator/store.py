@@ -17,10 +17,13 @@ from fedengine_coordinator.core.state import Round, RoundStatus, Task
 SCHEMA = "coordinator"
 
 
-_TASK_COLUMNS = "task_id, spec, state, current_round, model_version, waiting_since"
+_TASK_COLUMNS = "task_id, spec, state, current_round, model_version, waiting_since, created_by"
 _ROUND_COLUMNS = (
-    "round_id, task_id, round_number, attempt, status, participants, model_version_in, deadline"
+    "round_id, task_id, round_number, attempt, status, participants, model_version_in, deadline, "
+    "sample_rate, expected_participants"
 )
+# A task's try in play: open, or (a DP task's) waiting for its privacy spend.
+_IN_PLAY = "status IN ('open', 'awaiting_spend')"
 
 
 def _task(row: tuple[Any, ...], *, validate: bool = True) -> Task:
@@ -28,11 +31,22 @@ def _task(row: tuple[Any, ...], *, validate: bool = True) -> Task:
     # A stored spec that no longer validates (written by an older version, or by hand) raises
     # here; the caller fails that task alone. Failing it must not need the spec parsed.
     parsed = TaskSpec.model_validate(spec) if validate else TaskSpec.model_construct(**spec)
-    return Task(row[0], parsed, TaskState(row[2]), row[3], row[4], row[5])
+    return Task(row[0], parsed, TaskState(row[2]), row[3], row[4], row[5], row[6])
 
 
 def _round(row: tuple[Any, ...]) -> Round:
-    return Round(row[0], row[1], row[2], row[3], RoundStatus(row[4]), tuple(row[5]), row[6], row[7])
+    return Round(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        RoundStatus(row[4]),
+        tuple(row[5]),
+        row[6],
+        row[7],
+        sample_rate=row[8],
+        expected_participants=row[9],
+    )
 
 
 async def insert_task(
@@ -164,7 +178,7 @@ async def online_candidates(conn: psycopg.AsyncConnection) -> list[Candidate]:
 
 async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:
     cursor = await conn.execute(
-        "SELECT DISTINCT unnest(participants) FROM coordinator.rounds WHERE status = 'open'"
+        f"SELECT DISTINCT unnest(participants) FROM coordinator.rounds WHERE {_IN_PLAY}"
     )
     return {r[0] for r in await cursor.fetchall()}
 
@@ -172,7 +186,8 @@ async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:
 async def insert_round(conn: psycopg.AsyncConnection, round_: Round) -> None:
     await conn.execute(
         "INSERT INTO coordinator.rounds (round_id, task_id, round_number, attempt, status, "
-        "participants, model_version_in, deadline) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        "participants, model_version_in, deadline, sample_rate, expected_participants) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             round_.round_id,
             round_.task_id,
@@ -182,8 +197,38 @@ async def insert_round(conn: psycopg.AsyncConnection, round_: Round) -> None:
             list(round_.participants),
             round_.model_version_in,
             round_.deadline,
+            round_.sample_rate,
+            round_.expected_participants,
         ),
     )
+
+
+async def approve_round(
+    conn: psycopg.AsyncConnection,
+    *,
+    round_id: UUID,
+    approval_id: UUID,
+    epsilon_spent: float,
+    noise_multiplier: float,
+    deadline: datetime,
+) -> None:
+    """Open a try whose privacy spend was approved: its deadline counts from now."""
+    await conn.execute(
+        "UPDATE coordinator.rounds SET status = 'open', approval_id = %s, epsilon_spent = %s, "
+        "noise_multiplier = %s, deadline = %s WHERE round_id = %s AND status = 'awaiting_spend'",
+        (approval_id, epsilon_spent, noise_multiplier, deadline, round_id),
+    )
+
+
+async def public_keys(conn: psycopg.AsyncConnection, device_ids: list[str]) -> dict[str, bytes]:
+    """The enrolled keys of ``device_ids``, online or not (a drawn device may have gone quiet
+    while its round waited for its spend: it is still asked, and simply may not answer)."""
+    cursor = await conn.execute(
+        "SELECT device_id, public_key FROM registry.devices_public "
+        "WHERE device_id = ANY(%s) AND public_key IS NOT NULL",
+        (device_ids,),
+    )
+    return {r[0]: bytes(r[1]) for r in await cursor.fetchall()}
 
 
 async def next_attempt(conn: psycopg.AsyncConnection, task_id: UUID, round_number: int) -> int:
@@ -208,7 +253,7 @@ async def lock_round(conn: psycopg.AsyncConnection, round_id: UUID) -> Round | N
 
 async def open_round_of(conn: psycopg.AsyncConnection, task_id: UUID) -> Round | None:
     cursor = await conn.execute(
-        f"SELECT {_ROUND_COLUMNS} FROM coordinator.rounds WHERE task_id = %s AND status = 'open'",
+        f"SELECT {_ROUND_COLUMNS} FROM coordinator.rounds WHERE task_id = %s AND {_IN_PLAY}",
         (task_id,),
     )
     row = await cursor.fetchone()

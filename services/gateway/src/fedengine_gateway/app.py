@@ -30,7 +30,7 @@ from fedcommon.messages.v1 import (
     TaskStartRequested,
     TaskState,
 )
-from fedengine_gateway import devices, errors, health, queries
+from fedengine_gateway import devices, errors, health, privacy_budget, queries
 from fedengine_gateway.body_limit import BodyLimit
 from fedengine_gateway.deps import (
     PREFIX,
@@ -445,6 +445,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.issued_tasks = IssuedIds()
     app.include_router(router)
     app.include_router(devices.router)
+    app.include_router(privacy_budget.router)
     errors.install(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     return app

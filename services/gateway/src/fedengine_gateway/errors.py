@@ -35,6 +35,7 @@ _DESCRIPTIONS = {
     409: "The command does not apply to the task in its current state",
     413: "The request body is larger than the gateway's limit (GATEWAY_MAX_BODY_BYTES)",
     422: "A path, query or body value is invalid; each problem names its field and reason",
+    501: "The feature is not built yet; the message says which",
     503: "The database or the message broker is unavailable, or the services are starting; "
     "a command the broker did not acknowledge in time says so, and may still be applied",
 }

@@ -143,7 +143,7 @@ async def list_rounds(
         conn,
         columns="round_number, attempt, status, participants, aggregated, dropped, rejected, "
         "accuracy, loss, train_loss, num_examples, bytes_up, bytes_down, duration_s, opened_at, "
-        "closed_at, failure",
+        "closed_at, failure, epsilon_spent, noise_multiplier, sample_rate",
         source="coordinator.rounds_public",
         where="WHERE task_id = %s",
         params=(task_id,),
@@ -221,3 +221,53 @@ async def status_counts(conn: psycopg.AsyncConnection) -> dict[str, dict[str, in
             "SELECT 'down', COALESCE(sum(bytes_down), 0) FROM coordinator.rounds_public"
         ),
     }
+
+
+_BUDGET_COLUMNS = (
+    "task_id, epsilon_budget, epsilon_spent, greatest(epsilon_budget - epsilon_spent, 0) "
+    "AS epsilon_remaining, delta, accountant, clip_norm, noise_multiplier, calibrated, "
+    "planned_rounds, releases, exhausted_at, created_at"
+)
+
+
+async def list_budgets(
+    conn: psycopg.AsyncConnection, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    return await _page(
+        conn,
+        columns=_BUDGET_COLUMNS,
+        source="privacy.budgets_public",
+        where="",
+        params=(),
+        order="created_at, task_id",
+        limit=limit,
+        offset=offset,
+    )
+
+
+async def get_budget(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, Any] | None:
+    """One task's budget with its whole ledger and audit log (a task has at most a few
+    thousand rounds: both stay small)."""
+    rows = await _all(
+        conn,
+        f"SELECT {_BUDGET_COLUMNS} FROM privacy.budgets_public WHERE task_id = %s",
+        (task_id,),
+    )
+    if not rows:
+        return None
+    budget = rows[0]
+    budget["release_log"] = await _all(
+        conn,
+        "SELECT approval_id, round_number, attempt, mechanism, noise_multiplier, sample_rate, "
+        "steps, clip_norm, epsilon_after, delta, accountant, released_at "
+        "FROM privacy.releases_public WHERE task_id = %s ORDER BY released_at, round_number",
+        (task_id,),
+    )
+    budget["audit"] = await _all(
+        conn,
+        "SELECT round_number, attempt, requested_by, on_behalf_of, decision, reason, "
+        "epsilon_before, epsilon_after, at FROM privacy.audit_public WHERE task_id = %s "
+        "ORDER BY audit_id",
+        (task_id,),
+    )
+    return budget

@@ -38,6 +38,7 @@ from fedcommon.messages.v1 import (
     FedAvgStrategy,
     ModelArchitecture,
     PrivacyLevel,
+    PrivacySpec,
     StrategySpec,
     TaskSpec,
 )
@@ -222,6 +223,14 @@ class TaskCreate(Constrained):
         '"params": {"eta": 0.01}}; unknown names and parameters are refused. Robust strategies '
         "need min_devices of at least their minimum (krum: 2f + 3).",
     )
+    privacy: PrivacySpec | None = Field(
+        default=None,
+        description='Central differential privacy, e.g. {"epsilon": 1.0, "delta": 1e-5, '
+        '"clip_norm": 1.0, "noise_multiplier": "calibrate"}: every round is approved and '
+        "charged by the privacy service first, and the task completes "
+        "(privacy_budget_exhausted) before it would spend more than epsilon. Needs a strategy "
+        "that sums updates (not median, trimmed_mean, krum, multi_krum).",
+    )
 
     @model_validator(mode="after")
     def _as_spec(self) -> TaskCreate:
@@ -315,6 +324,61 @@ class RoundPublic(BaseModel):
     opened_at: datetime
     closed_at: datetime | None
     failure: str | None
+    # A DP round's cost: the task's epsilon after it, and its noise (None: not a DP round).
+    # A DP round shows no participants (amplification by sampling needs them secret).
+    epsilon_spent: float | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+
+
+class PrivacyReleasePublic(BaseModel):
+    """One approved release: what it cost and what the task had spent after it."""
+
+    approval_id: UUID
+    round_number: int
+    attempt: int
+    mechanism: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float
+    epsilon_after: float
+    delta: float
+    accountant: str
+    released_at: datetime
+
+
+class PrivacyAuditPublic(BaseModel):
+    """One request the privacy service answered (or saw twice), and why."""
+
+    round_number: int
+    attempt: int
+    requested_by: str
+    on_behalf_of: str
+    decision: str
+    reason: str | None
+    epsilon_before: float
+    epsilon_after: float | None
+    at: datetime
+
+
+class PrivacyBudgetPublic(BaseModel):
+    task_id: UUID
+    epsilon_budget: float
+    epsilon_spent: float
+    epsilon_remaining: float
+    delta: float
+    accountant: str
+    clip_norm: float
+    noise_multiplier: float
+    calibrated: bool
+    planned_rounds: int
+    releases: int
+    exhausted_at: datetime | None
+    created_at: datetime
+    # Only for one task (?task_id=): its ledger and audit log, oldest first.
+    release_log: list[PrivacyReleasePublic] | None = None
+    audit: list[PrivacyAuditPublic] | None = None
 
 
 class TaskEventPublic(BaseModel):

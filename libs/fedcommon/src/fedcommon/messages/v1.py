@@ -74,8 +74,6 @@ class TaskState(StrEnum):
     PAUSED = "paused"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
-    # The privacy service refused the next round's spend: it would pass the task's epsilon.
-    PRIVACY_BUDGET_EXHAUSTED = "privacy_budget_exhausted"
     FAILED = "failed"
 
 
@@ -89,6 +87,8 @@ class StopReason(StrEnum):
     TOO_FEW_DEVICES = "too_few_devices"
     ROUND_FAILED = "round_failed"
     CANCELLED = "cancelled"
+    # The privacy service refused the next round's spend: it would pass the task's epsilon.
+    PRIVACY_BUDGET_EXHAUSTED = "privacy_budget_exhausted"
 
 
 class ModelArchitecture(StrEnum):
@@ -314,7 +314,7 @@ class PrivacySpec(_StrategyModel):
     epsilon: float = Field(gt=0, le=MAX_DP_EPSILON)
     delta: float = Field(default=1e-5, gt=0, le=MAX_DP_DELTA)
     clip_norm: float = Field(default=1.0, gt=0, le=MAX_SETTING)
-    noise_multiplier: float | Literal["calibrate"] = Field(default=CALIBRATE)
+    noise_multiplier: float | Literal["calibrate"] = "calibrate"
     accountant: Literal["rdp", "pld"] = "rdp"
 
     @model_validator(mode="after")

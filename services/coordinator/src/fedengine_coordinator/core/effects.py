@@ -103,6 +103,17 @@ class CompleteRound:
 
 
 @dataclass(frozen=True)
+class ApproveRound:
+    """Open a try that waited for its privacy spend, under the approval it got."""
+
+    round_id: UUID
+    approval_id: UUID
+    epsilon_spent: float
+    noise_multiplier: float
+    deadline: datetime
+
+
+@dataclass(frozen=True)
 class Emit:
     """Write ``message`` to the outbox for topic ``base`` (unprefixed) under ``key``."""
 
@@ -165,6 +176,7 @@ Write = (
     | InsertRound
     | CloseRound
     | CompleteRound
+    | ApproveRound
     | Emit
 )
 Request = BuildInitialModel | ApplyResult | StepServerOptimizer | OpenRound

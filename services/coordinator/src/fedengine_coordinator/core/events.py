@@ -15,7 +15,12 @@ from enum import StrEnum
 from uuid import UUID
 
 from fedcommon.lifecycle import Command
-from fedcommon.messages.v1 import RoundAggregated, TaskSpec
+from fedcommon.messages.v1 import (
+    PrivacySpendApproved,
+    PrivacySpendRefused,
+    RoundAggregated,
+    TaskSpec,
+)
 from fedengine_coordinator.core.selection import Candidate
 
 
@@ -115,6 +120,31 @@ class DevicesOffered:
     param_shapes: list[list[int]]
     round_id: UUID
     now: datetime
+    # A DP task draws its devices by Poisson sampling from this secret seed (the shell takes
+    # it from the operating system's entropy; it is never stored or sent).
+    secret_seed: int = 0
+
+
+@dataclass(frozen=True)
+class SpendApproved:
+    """The privacy service approved (and charged) the spend of the try in ``State.round``.
+
+    The shell adds what opening the try needs: the drawn devices' keys, the digest of the model
+    they train from, the model's shapes, and the time.
+    """
+
+    approval: PrivacySpendApproved
+    public_keys: dict[str, bytes]
+    model_sha256: str
+    param_shapes: list[list[int]]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class SpendRefused:
+    """The privacy service refused the spend of the try in ``State.round``."""
+
+    refusal: PrivacySpendRefused
 
 
 Event = (
@@ -127,4 +157,6 @@ Event = (
     | ModelBuilt
     | ModelApplied
     | DevicesOffered
+    | SpendApproved
+    | SpendRefused
 )

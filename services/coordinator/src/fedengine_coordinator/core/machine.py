@@ -21,14 +21,12 @@ A task's life::
                 (only while running; a paused task re-tries on resume) | failed (round_failed)
     any unfinished state: ErrorRaised -> failed (error)
 
-Where later round stages go (new states, events and effects here; in the shell only the
-loading of one more message type and the carrying out of one more request):
+A DP task (spend.py) has one more stage before a try opens:
 
-- a privacy-spend approval before a round opens: ``rounds.on_offered`` stores the try with a
-  new ``RoundStatus`` (say ``awaiting_spend``) and emits a spend request on fed.privacy
-  instead of RoundOpened; a new event (the approval or the refusal) decides the rest: the
-  RoundOpened and TrainRequested messages that ``rounds._open`` writes now, or the task's end
-  (budget exhausted).
+    running, DP: OpenRound -> DevicesOffered -> try awaiting_spend (Poisson-drawn devices,
+                 spend request on fed.privacy) -> SpendApproved -> open (as above) |
+                 SpendRefused -> abandoned, task completed (privacy_budget_exhausted) or
+                 failed (a spend that cannot be accounted)
 
 The server optimizer stage is built that way: for a task whose strategy has one,
 ``rounds.on_result`` asks for ``StepServerOptimizer`` instead of ``ApplyResult``, and the shell
@@ -43,7 +41,7 @@ from dataclasses import replace
 from fedcommon import lifecycle, topics
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import ModelPublished, StopReason, TaskState, TaskStateChanged
-from fedengine_coordinator.core import rounds
+from fedengine_coordinator.core import rounds, spend
 from fedengine_coordinator.core.effects import (
     BuildInitialModel,
     CloseRound,
@@ -64,6 +62,8 @@ from fedengine_coordinator.core.events import (
     ModelApplied,
     ModelBuilt,
     ResultReceived,
+    SpendApproved,
+    SpendRefused,
     Ticked,
 )
 from fedengine_coordinator.core.state import RoundStatus, State, Task
@@ -117,6 +117,10 @@ def decide(state: State, event: Event) -> Decision:
             return _built(state, event)
         case DevicesOffered():
             return rounds.on_offered(state, event)
+        case SpendApproved():
+            return spend.on_approved(state, event)
+        case SpendRefused():
+            return spend.on_refused(state, event)
 
 
 def _create(state: State, event: CreateReceived) -> Decision:

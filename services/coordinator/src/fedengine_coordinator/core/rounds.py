@@ -12,13 +12,10 @@ from fedcommon.messages.v1 import (
     ModelPublished,
     Participant,
     RoundCompleted,
-    RoundOpened,
-    RoundStarted,
     StopReason,
     TaskState,
-    TrainRequested,
 )
-from fedengine_coordinator.core import selection, stopping, strategy
+from fedengine_coordinator.core import selection, spend, stopping, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -39,7 +36,8 @@ from fedengine_coordinator.core.events import (
     ModelApplied,
     ResultReceived,
 )
-from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
+from fedengine_coordinator.core.opening import open_messages
+from fedengine_coordinator.core.state import Round, RoundStatus, State
 from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
 
 
@@ -195,6 +193,9 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
     if task.waiting_since is not None:
         effects.append(SetWaiting(task.task_id, None))
         task = replace(task, waiting_since=None)
+    if spec.privacy is not None:
+        # A DP try draws its own devices, secretly, and waits for its spend (spend.py).
+        return spend.request_spend(replace(state, task=task), pool, event, effects)
     chosen = selection.select(
         pool,
         count=spec.devices_per_round,
@@ -213,62 +214,15 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         deadline=event.now + timedelta(seconds=spec.round_timeout_s),
     )
     effects.append(InsertRound(round_))
-    effects += _open(task, round_, chosen, event)
-    return Decision(State(task, round_), effects)
-
-
-def _open(
-    task: Task, round_: Round, chosen: list[selection.Candidate], event: DevicesOffered
-) -> list[Effect]:
-    """The messages that open a try: to the aggregator, to each device, to the watchers."""
-    spec = task.spec
-    key = str(task.task_id)
-    opened = RoundOpened(
-        producer=PRODUCER,
-        round_id=round_.round_id,
-        task_id=task.task_id,
-        round_number=round_.round_number,
-        attempt=round_.attempt,
-        model_version=round_.model_version_in,
-        participants=[Participant(device_id=c.device_id, public_key=c.public_key) for c in chosen],
-        # Never below what the strategy needs (TaskSpec keeps min_devices at least that), so
-        # the aggregator fails a round whose survivors are too few for it.
-        min_updates=max(min(spec.min_devices, len(chosen)), spec.strategy.params.min_updates),
-        deadline=round_.deadline,
+    participants = [Participant(device_id=c.device_id, public_key=c.public_key) for c in chosen]
+    effects += open_messages(
+        task,
+        round_,
+        participants,
+        model_sha256=event.model_sha256,
         param_shapes=event.param_shapes,
-        max_update_norm=spec.max_update_norm,
-        strategy=spec.strategy,
     )
-    effects: list[Effect] = [Emit(topics.UPDATES, key, opened)]
-    for device_id in round_.participants:
-        request = TrainRequested(
-            producer=PRODUCER,
-            round_id=round_.round_id,
-            task_id=task.task_id,
-            device_id=device_id,
-            round_number=round_.round_number,
-            model_version=round_.model_version_in,
-            model_sha256=event.model_sha256,
-            deadline=round_.deadline,
-            model_architecture=spec.model_architecture,
-            dataset=spec.dataset,
-            learning_rate=spec.learning_rate,
-            local_epochs=spec.local_epochs,
-            batch_size=spec.batch_size,
-            seed=spec.seed,
-            proximal_mu=strategy.proximal_mu(spec.strategy),
-        )
-        effects.append(Emit(topics.DEVICE_COMMANDS, device_id, request))
-    started = RoundStarted(
-        producer=PRODUCER,
-        round_id=round_.round_id,
-        task_id=task.task_id,
-        round_number=round_.round_number,
-        attempt=round_.attempt,
-        participants=list(round_.participants),
-    )
-    effects.append(Emit(topics.EVENTS, key, started))
-    return effects
+    return Decision(State(task, round_), effects)
 
 
 def _check_task(round_: Round, task_id: UUID) -> None:

@@ -17,11 +17,14 @@ from fedcommon.messages.v1 import TaskSpec, TaskState
 class RoundStatus(StrEnum):
     """A round try's status; ``coordinator.rounds.status`` is CHECKed to these values.
 
+    A DP task's try is first ``awaiting_spend``: its devices are drawn, its privacy spend is
+    asked for; approved, it opens; refused, it is ``abandoned`` and the task completes.
     A try is ``open`` until its result is applied (``completed``), the aggregator reports it
     short or its deadline passes (``failed``: the round is re-tried), or its task ends under it
     (``abandoned``: never re-tried).
     """
 
+    AWAITING_SPEND = "awaiting_spend"
     OPEN = "open"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -38,6 +41,8 @@ class Task:
     model_version: int
     # Since when the task has waited for enough eligible devices to open a round.
     waiting_since: datetime | None = None
+    # Who created it (the JWT subject): whom a privacy spend is asked on behalf of.
+    created_by: str = "unknown"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,14 @@ class Round:
     participants: tuple[str, ...]
     model_version_in: int
     deadline: datetime
+    # A DP try: the Poisson rate its devices were drawn with, and q times the pool drawn from.
+    sample_rate: float | None = None
+    expected_participants: float | None = None
+
+    @property
+    def in_play(self) -> bool:
+        """Open, or waiting for its privacy spend: either way the task's current try."""
+        return self.status in (RoundStatus.OPEN, RoundStatus.AWAITING_SPEND)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from fedcommon.messages.v1 import StopReason, TaskState, TaskStateChanged
 from fedengine_coordinator.core import stopping
 from fedengine_coordinator.core.effects import Effect, Emit, LogEvent, SetTaskState
 from fedengine_coordinator.core.events import Event
-from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
+from fedengine_coordinator.core.state import Round, State, Task
 
 PRODUCER = "coordinator"
 
@@ -25,8 +25,9 @@ class Decision(NamedTuple):
 
 
 def open_round_of(state: State) -> Round | None:
-    """The round in play if it is still open: a closed one neither blocks nor is closed again."""
-    return state.round if state.round and state.round.status == RoundStatus.OPEN else None
+    """The round in play (open, or awaiting its privacy spend): a closed one neither blocks nor
+    is closed again."""
+    return state.round if state.round and state.round.in_play else None
 
 
 def move(

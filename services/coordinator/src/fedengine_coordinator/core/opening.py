@@ -1,0 +1,81 @@
+"""The messages that open a round try, shared by a plain try and a DP try once approved."""
+
+from __future__ import annotations
+
+from fedcommon import topics
+from fedcommon.messages.v1 import (
+    Participant,
+    RoundOpened,
+    RoundPrivacy,
+    RoundStarted,
+    TrainRequested,
+)
+from fedengine_coordinator.core import strategy
+from fedengine_coordinator.core.effects import Effect, Emit
+from fedengine_coordinator.core.state import Round, Task
+from fedengine_coordinator.core.transition import PRODUCER
+
+
+def open_messages(
+    task: Task,
+    round_: Round,
+    participants: list[Participant],
+    *,
+    model_sha256: str,
+    param_shapes: list[list[int]],
+    privacy: RoundPrivacy | None = None,
+) -> list[Effect]:
+    """The messages that open a try: to the aggregator, to each device, to the watchers.
+
+    A DP try (``privacy`` set) tells the aggregator what its approval paid for, and publishes
+    no participant list to the watchers.
+    """
+    spec = task.spec
+    key = str(task.task_id)
+    opened = RoundOpened(
+        producer=PRODUCER,
+        round_id=round_.round_id,
+        task_id=task.task_id,
+        round_number=round_.round_number,
+        attempt=round_.attempt,
+        model_version=round_.model_version_in,
+        participants=participants,
+        # Never below what the strategy needs (TaskSpec keeps min_devices at least that), so
+        # the aggregator fails a round whose survivors are too few for it.
+        min_updates=max(min(spec.min_devices, len(participants)), spec.strategy.params.min_updates),
+        deadline=round_.deadline,
+        param_shapes=param_shapes,
+        max_update_norm=spec.max_update_norm,
+        strategy=spec.strategy,
+        privacy=privacy,
+    )
+    effects: list[Effect] = [Emit(topics.UPDATES, key, opened)]
+    for device_id in round_.participants:
+        request = TrainRequested(
+            producer=PRODUCER,
+            round_id=round_.round_id,
+            task_id=task.task_id,
+            device_id=device_id,
+            round_number=round_.round_number,
+            model_version=round_.model_version_in,
+            model_sha256=model_sha256,
+            deadline=round_.deadline,
+            model_architecture=spec.model_architecture,
+            dataset=spec.dataset,
+            learning_rate=spec.learning_rate,
+            local_epochs=spec.local_epochs,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            proximal_mu=strategy.proximal_mu(spec.strategy),
+        )
+        effects.append(Emit(topics.DEVICE_COMMANDS, device_id, request))
+    started = RoundStarted(
+        producer=PRODUCER,
+        round_id=round_.round_id,
+        task_id=task.task_id,
+        round_number=round_.round_number,
+        attempt=round_.attempt,
+        participants=[] if privacy is not None else list(round_.participants),
+    )
+    effects.append(Emit(topics.EVENTS, key, started))
+    return effects

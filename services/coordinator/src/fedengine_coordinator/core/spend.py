@@ -1,0 +1,225 @@
+"""A DP task's round stage before a try opens: draw the devices, ask for the spend, then open
+the try (approved) or end the task (refused).
+
+The privacy service accounts a round as the Poisson-subsampled Gaussian mechanism at rate q.
+That amplification is honest only if (1) each eligible device joins independently with
+probability q, (2) from randomness nobody else knows, and (3) who joined is not published.
+So a DP try does not use the task's reproducible seeded selection: the shell hands in a seed
+from the operating system's entropy (never stored or sent), the draw is Poisson at
+q = min(1, devices_per_round / eligible), and the participant list goes to the aggregator
+alone (fed.events and the REST views show none). q = 1 (every eligible device) is the plain
+Gaussian mechanism, with no amplification claimed.
+
+A draw that comes out empty is drawn again: releasing pure noise would spend budget for
+nothing. The re-draw conditions the sample on not being empty, which happens with probability
+(1 - q)^n (about 1e-6 for the demo's q = 0.5, n = 20); the accounting does not model that
+conditioning (stated in docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import numpy as np
+
+from fedcommon import lifecycle, topics
+from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import (
+    Participant,
+    PrivacySpendRequested,
+    RoundPrivacy,
+    StopReason,
+    TaskState,
+)
+from fedengine_coordinator.core.effects import (
+    ApproveRound,
+    CloseRound,
+    Effect,
+    Emit,
+    Ignored,
+    InsertRound,
+    LogEvent,
+)
+from fedengine_coordinator.core.events import DevicesOffered, SpendApproved, SpendRefused
+from fedengine_coordinator.core.opening import open_messages
+from fedengine_coordinator.core.selection import Candidate
+from fedengine_coordinator.core.state import Round, RoundStatus, State
+from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
+
+# Draws of an empty sample before giving up on this tick (the next tick draws again).
+MAX_DRAWS = 100
+
+
+def sample_rate(*, devices_per_round: int, pool_size: int) -> float:
+    """q: each eligible device's chance to join, so that a round expects devices_per_round."""
+    if pool_size < 1:
+        raise ValueError("no eligible devices to draw from")
+    return min(1.0, devices_per_round / pool_size)
+
+
+def poisson_draw(pool: list[Candidate], *, q: float, secret_seed: int) -> list[Candidate]:
+    """Each candidate joins independently with probability ``q`` (empty draws drawn again;
+    an empty list only after MAX_DRAWS of them)."""
+    ordered = sorted(pool, key=lambda c: c.device_id)
+    rng = np.random.default_rng(secret_seed)
+    for _ in range(MAX_DRAWS):
+        chosen = [c for c, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
+        if chosen:
+            return chosen
+    return []
+
+
+def request_spend(
+    state: State, pool: list[Candidate], event: DevicesOffered, effects: list[Effect]
+) -> Decision:
+    """Store a try of ``event.round_number`` waiting for its spend, and ask for it."""
+    task = required(state.task, event)
+    spec = task.spec
+    budget = spec.privacy
+    if budget is None:
+        raise ValueError(f"task {task.task_id} has no privacy section")
+    q = sample_rate(devices_per_round=spec.devices_per_round, pool_size=len(pool))
+    chosen = poisson_draw(pool, q=q, secret_seed=event.secret_seed)
+    if not chosen:
+        return Decision(state, [*effects, Ignored("every Poisson draw came out empty")])
+    round_ = Round(
+        round_id=event.round_id,
+        task_id=task.task_id,
+        round_number=event.round_number,
+        attempt=event.attempt,
+        status=RoundStatus.AWAITING_SPEND,
+        participants=tuple(c.device_id for c in chosen),
+        model_version_in=task.model_version,
+        # Re-set when the spend is approved; an awaiting try is never taken as lost.
+        deadline=event.now + timedelta(seconds=spec.round_timeout_s),
+        sample_rate=q,
+        expected_participants=q * len(pool),
+    )
+    request = PrivacySpendRequested(
+        producer=PRODUCER,
+        round_id=round_.round_id,
+        task_id=task.task_id,
+        round_number=round_.round_number,
+        attempt=round_.attempt,
+        budget=budget,
+        planned_rounds=spec.rounds,
+        sample_rate=q,
+        on_behalf_of=task.created_by,
+    )
+    return Decision(
+        State(task, round_),
+        [
+            *effects,
+            InsertRound(round_),
+            Emit(topics.PRIVACY, str(task.task_id), request),
+            LogEvent(
+                task.task_id,
+                "privacy_spend_requested",
+                detail=f"round {round_.round_number} attempt {round_.attempt} at sampling "
+                f"rate {q:.4g}",
+            ),
+        ],
+    )
+
+
+def _awaiting(state: State, *, task_id: object, round_number: int, attempt: int) -> Round | None:
+    """The try an answer is for, if it still waits; the answer must name that try exactly."""
+    round_ = state.round
+    if round_ is None or round_.status != RoundStatus.AWAITING_SPEND:
+        return None
+    if (round_.task_id, round_.round_number, round_.attempt) != (task_id, round_number, attempt):
+        raise ProtocolViolation(
+            f"privacy answer for task {task_id} round {round_number} attempt {attempt} names "
+            f"try {round_.round_id} of task {round_.task_id}"
+        )
+    return round_
+
+
+def on_approved(state: State, event: SpendApproved) -> Decision:
+    """Open the try under its approval (a paused task's too: the spend is already charged)."""
+    approval = event.approval
+    round_ = _awaiting(
+        state,
+        task_id=approval.task_id,
+        round_number=approval.round_number,
+        attempt=approval.attempt,
+    )
+    task = state.task
+    if round_ is None or task is None:
+        return Decision(state, [Ignored(f"approval {approval.approval_id} for no waiting try")])
+    missing = [d for d in round_.participants if d not in event.public_keys]
+    participants = [
+        Participant(device_id=d, public_key=event.public_keys[d])
+        for d in round_.participants
+        if d in event.public_keys
+    ]
+    if not participants or round_.expected_participants is None:
+        raise ProtocolViolation(f"try {round_.round_id} has no drawn device left to ask")
+    round_ = replace(
+        round_,
+        status=RoundStatus.OPEN,
+        participants=tuple(p.device_id for p in participants),
+        deadline=event.now + timedelta(seconds=task.spec.round_timeout_s),
+    )
+    detail = (
+        f"round {round_.round_number} attempt {round_.attempt}: epsilon "
+        f"{approval.epsilon_spent:.4g} of {approval.epsilon_budget:g} spent, noise multiplier "
+        f"{approval.noise_multiplier:.4g}"
+    )
+    if missing:
+        detail += f"; {len(missing)} drawn devices were removed meanwhile"
+    effects: list[Effect] = [
+        ApproveRound(
+            round_.round_id,
+            approval_id=approval.approval_id,
+            epsilon_spent=approval.epsilon_spent,
+            noise_multiplier=approval.noise_multiplier,
+            deadline=round_.deadline,
+        ),
+        LogEvent(task.task_id, "privacy_spend_approved", detail=detail),
+    ]
+    effects += open_messages(
+        task,
+        round_,
+        participants,
+        model_sha256=event.model_sha256,
+        param_shapes=event.param_shapes,
+        privacy=RoundPrivacy(
+            approval_id=approval.approval_id,
+            clip_norm=approval.clip_norm,
+            noise_multiplier=approval.noise_multiplier,
+            expected_participants=round_.expected_participants,
+        ),
+    )
+    return Decision(State(task, round_), effects)
+
+
+def on_refused(state: State, event: SpendRefused) -> Decision:
+    """Abandon the try; a task out of budget completes, one whose spend cannot be accounted
+    fails (both with the service's reason)."""
+    refusal = event.refusal
+    round_ = _awaiting(
+        state,
+        task_id=refusal.task_id,
+        round_number=refusal.round_number,
+        attempt=refusal.attempt,
+    )
+    task = state.task
+    if round_ is None or task is None:
+        return Decision(state, [Ignored(f"refusal for round {refusal.round_number}: no try")])
+    why = f"privacy spend refused ({refusal.reason}): {refusal.detail}"
+    effects: list[Effect] = [
+        CloseRound(round_.round_id, RoundStatus.ABANDONED, why[:500]),
+        LogEvent(task.task_id, "privacy_spend_refused", detail=why),
+    ]
+    round_ = replace(round_, status=RoundStatus.ABANDONED)
+    if task.state not in lifecycle.FINISHED:
+        if refusal.reason == "budget_exhausted":
+            task, moved = move(
+                task, TaskState.COMPLETED, StopReason.PRIVACY_BUDGET_EXHAUSTED, detail=why
+            )
+        else:
+            task, moved = move(task, TaskState.FAILED, StopReason.ERROR, detail=why)
+        effects += moved
+    return Decision(State(task, round_), effects)

@@ -1,0 +1,163 @@
+"""The privacy service's SQL: budgets, the append-only ledger and the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+from uuid import UUID
+
+import psycopg
+
+from fedengine_privacy.core.kinds import Accountant
+from fedengine_privacy.core.ledger import SUBSAMPLED_GAUSSIAN, Budget, Release
+
+SCHEMA = "privacy"
+
+AuditDecision = Literal["approved", "refused", "duplicate"]
+
+
+def _lock_key(task_id: UUID) -> int:
+    digest = hashlib.sha256(b"fedengine/privacy/task/" + task_id.bytes).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def lock_task(conn: psycopg.AsyncConnection, task_id: UUID) -> None:
+    """Serialise the task's decisions until the transaction ends, even before its budget row
+    exists (two first requests must not both fix a budget or both be charged)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(task_id),))
+
+
+async def get_budget(conn: psycopg.AsyncConnection, task_id: UUID) -> Budget | None:
+    cursor = await conn.execute(
+        "SELECT epsilon_budget, delta, accountant, clip_norm, noise_multiplier, calibrated, "
+        "planned_rounds, exhausted_at IS NOT NULL FROM privacy.budgets WHERE task_id = %s",
+        (task_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    return Budget(
+        epsilon=row[0],
+        delta=row[1],
+        accountant=Accountant(row[2]),
+        clip_norm=row[3],
+        noise_multiplier=row[4],
+        calibrated=row[5],
+        planned_rounds=row[6],
+        exhausted=row[7],
+    )
+
+
+async def insert_budget(conn: psycopg.AsyncConnection, task_id: UUID, budget: Budget) -> None:
+    await conn.execute(
+        "INSERT INTO privacy.budgets (task_id, epsilon_budget, delta, accountant, clip_norm, "
+        "noise_multiplier, calibrated, planned_rounds, exhausted_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END)",
+        (
+            task_id,
+            budget.epsilon,
+            budget.delta,
+            budget.accountant.value,
+            budget.clip_norm,
+            budget.noise_multiplier,
+            budget.calibrated,
+            budget.planned_rounds,
+            budget.exhausted,
+        ),
+    )
+
+
+async def mark_exhausted(conn: psycopg.AsyncConnection, task_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE privacy.budgets SET exhausted_at = COALESCE(exhausted_at, now()) "
+        "WHERE task_id = %s",
+        (task_id,),
+    )
+
+
+async def releases(conn: psycopg.AsyncConnection, task_id: UUID) -> list[Release]:
+    """The task's ledger, oldest first."""
+    cursor = await conn.execute(
+        "SELECT round_number, attempt, sample_rate, noise_multiplier, steps "
+        "FROM privacy.releases WHERE task_id = %s ORDER BY released_at, round_number, attempt",
+        (task_id,),
+    )
+    return [Release(r[0], r[1], r[2], r[3], r[4]) for r in await cursor.fetchall()]
+
+
+async def refused_tries(conn: psycopg.AsyncConnection, task_id: UUID) -> set[tuple[int, int]]:
+    """The (round, attempt) pairs of the task refused before: a repeat is a duplicate."""
+    cursor = await conn.execute(
+        "SELECT DISTINCT round_number, attempt FROM privacy.audit_log "
+        "WHERE task_id = %s AND decision = 'refused'",
+        (task_id,),
+    )
+    return {(r[0], r[1]) for r in await cursor.fetchall()}
+
+
+async def insert_release(
+    conn: psycopg.AsyncConnection,
+    *,
+    approval_id: UUID,
+    task_id: UUID,
+    round_id: UUID | None,
+    release: Release,
+    budget: Budget,
+    epsilon_after: float,
+    request_message_id: UUID,
+) -> None:
+    await conn.execute(
+        "INSERT INTO privacy.releases (approval_id, task_id, round_id, round_number, attempt, "
+        "mechanism, noise_multiplier, sample_rate, steps, clip_norm, epsilon_after, delta, "
+        "accountant, request_message_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            approval_id,
+            task_id,
+            round_id,
+            release.round_number,
+            release.attempt,
+            SUBSAMPLED_GAUSSIAN,
+            release.noise_multiplier,
+            release.sample_rate,
+            release.steps,
+            budget.clip_norm,
+            epsilon_after,
+            budget.delta,
+            budget.accountant.value,
+            request_message_id,
+        ),
+    )
+
+
+async def insert_audit(
+    conn: psycopg.AsyncConnection,
+    *,
+    task_id: UUID,
+    round_number: int,
+    attempt: int,
+    request_message_id: UUID,
+    requested_by: str,
+    on_behalf_of: str,
+    decision: AuditDecision,
+    reason: str | None,
+    epsilon_before: float,
+    epsilon_after: float | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO privacy.audit_log (task_id, round_number, attempt, request_message_id, "
+        "requested_by, on_behalf_of, decision, reason, epsilon_before, epsilon_after) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            task_id,
+            round_number,
+            attempt,
+            request_message_id,
+            requested_by,
+            on_behalf_of,
+            decision,
+            reason,
+            epsilon_before,
+            epsilon_after,
+        ),
+    )

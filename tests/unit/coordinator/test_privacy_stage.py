@@ -1,0 +1,296 @@
+"""A DP task's stage before a try opens: secret Poisson draw, spend request, approval or
+refusal (core/spend.py), as table rows and properties."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from uuid import UUID
+
+import numpy as np
+import pytest
+
+from fedcommon import topics
+from fedcommon.errors import ProtocolViolation
+from fedcommon.lifecycle import Command
+from fedcommon.messages.v1 import (
+    KrumStrategy,
+    PrivacySpendApproved,
+    PrivacySpendRefused,
+    PrivacySpendRequested,
+    RoundOpened,
+    RoundStarted,
+    StopReason,
+    TaskSpec,
+)
+from fedengine_coordinator.core import spend
+from fedengine_coordinator.core.effects import ApproveRound, Emit, InsertRound
+from fedengine_coordinator.core.events import SpendApproved, SpendRefused, Ticked
+from fedengine_coordinator.core.machine import decide
+from fedengine_coordinator.core.state import RoundStatus, State
+from tests.unit.coordinator.test_machine import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    NOW,
+    PAUSED,
+    RUNNING,
+    SHA,
+    TASK_ID,
+    candidates,
+    command,
+    offered,
+    round_,
+    summary,
+    task,
+)
+
+AWAITING = RoundStatus.AWAITING_SPEND
+APPROVAL_ID = UUID(int=99)
+BUDGET = {"epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0, "noise_multiplier": 5.0}
+
+
+def dp_task(state=RUNNING, **fields: object):  # type: ignore[no-untyped-def]
+    return task(state, privacy=BUDGET, **fields)
+
+
+def awaiting(**fields: object):  # type: ignore[no-untyped-def]
+    values: dict[str, object] = {"sample_rate": 1.0, "expected_participants": 2.0} | fields
+    return replace(round_(AWAITING), **values)
+
+
+def approval(**fields: object) -> PrivacySpendApproved:
+    values: dict[str, object] = {
+        "producer": "privacy",
+        "round_id": round_().round_id,
+        "task_id": TASK_ID,
+        "round_number": 1,
+        "attempt": 0,
+        "approval_id": APPROVAL_ID,
+        "noise_multiplier": 5.0,
+        "sample_rate": 1.0,
+        "clip_norm": 1.0,
+        "epsilon_spent": 0.4,
+        "epsilon_budget": 1.0,
+        "delta": 1e-5,
+        "accountant": "rdp",
+    }
+    return PrivacySpendApproved.model_validate(values | fields)
+
+
+def approved(**fields: object) -> SpendApproved:
+    keys = {"d0": bytes([0]) * 32, "d1": bytes([1]) * 32}
+    return SpendApproved(approval(**fields), keys, SHA, [[2, 2], [2]], NOW)
+
+
+def refused(reason: str = "budget_exhausted") -> SpendRefused:
+    return SpendRefused(
+        PrivacySpendRefused(
+            producer="privacy",
+            round_id=round_().round_id,
+            task_id=TASK_ID,
+            round_number=1,
+            attempt=0,
+            reason=reason,  # type: ignore[arg-type]
+            detail="round 1 would spend epsilon 1.2 of 1",
+            epsilon_spent=0.9,
+            epsilon_budget=1.0,
+        )
+    )
+
+
+REQUESTED = [
+    ("insert_round", 1, 0, ("d0", "d1")),
+    ("emit", topics.PRIVACY, "privacy.spend_requested"),
+    ("log", "privacy_spend_requested", "round 1 attempt 0 at sampling rate 1"),
+]
+OPENED = [
+    ("emit", topics.UPDATES, "round.opened"),
+    ("emit", topics.DEVICE_COMMANDS, "train.requested"),
+    ("emit", topics.DEVICE_COMMANDS, "train.requested"),
+    ("emit", topics.EVENTS, "round.started"),
+]
+WHY = "privacy spend refused (budget_exhausted): round 1 would spend epsilon 1.2 of 1"
+CHANGED = ("emit", topics.EVENTS, "task.state_changed")
+
+CASES = [
+    pytest.param(State(dp_task()), offered(80, 80), REQUESTED, RUNNING, AWAITING, id="offered"),
+    pytest.param(
+        State(dp_task(), awaiting()),
+        approved(),
+        [("log", "privacy_spend_approved", None), *OPENED],
+        RUNNING,
+        RoundStatus.OPEN,
+        id="approved-opens",
+    ),
+    pytest.param(
+        State(dp_task(PAUSED), awaiting()),
+        approved(),
+        [("log", "privacy_spend_approved", None), *OPENED],
+        PAUSED,
+        RoundStatus.OPEN,
+        id="approved-while-paused-opens-the-charged-try",
+    ),
+    pytest.param(
+        State(dp_task(), awaiting()),
+        refused(),
+        [
+            ("close_round", RoundStatus.ABANDONED, WHY),
+            ("log", "privacy_spend_refused", WHY),
+            ("state", COMPLETED, StopReason.PRIVACY_BUDGET_EXHAUSTED),
+            ("log", "completed", f"privacy_budget_exhausted: {WHY}"),
+            CHANGED,
+        ],
+        COMPLETED,
+        RoundStatus.ABANDONED,
+        id="refused-completes",
+    ),
+    pytest.param(
+        State(dp_task(), awaiting()),
+        refused("invalid"),
+        [
+            ("close_round", RoundStatus.ABANDONED, WHY.replace("budget_exhausted", "invalid")),
+            ("log", "privacy_spend_refused", WHY.replace("budget_exhausted", "invalid")),
+            ("state", FAILED, StopReason.ERROR),
+            ("log", "failed", f"error: {WHY.replace('budget_exhausted', 'invalid')}"),
+            CHANGED,
+        ],
+        FAILED,
+        RoundStatus.ABANDONED,
+        id="invalid-fails",
+    ),
+    pytest.param(
+        State(dp_task(), round_(RoundStatus.ABANDONED)),
+        approved(),
+        [("ignored",)],
+        RUNNING,
+        RoundStatus.ABANDONED,
+        id="approval-for-an-abandoned-try-ignored",
+    ),
+    pytest.param(
+        State(dp_task(), awaiting()),
+        Ticked(),
+        [],
+        RUNNING,
+        AWAITING,
+        id="tick-waits-for-the-spend",
+    ),
+    pytest.param(
+        State(dp_task(), awaiting()),
+        command(Command.CANCEL),
+        [
+            ("log", "cancel", None),
+            ("close_round", RoundStatus.ABANDONED, "task cancelled"),
+            ("state", CANCELLED, StopReason.CANCELLED),
+            ("log", "cancelled", "cancelled: round 1 abandoned"),
+            CHANGED,
+        ],
+        CANCELLED,
+        RoundStatus.ABANDONED,
+        id="cancel-abandons-the-waiting-try",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "event", "effects", "task_after", "round_after"), CASES)
+def test_decide(state, event, effects, task_after, round_after) -> None:  # type: ignore[no-untyped-def]
+    # Execute
+    after, done = decide(state, event)
+
+    # Assert
+    got = [
+        (e[0], e[1], None) if e[:2] == ("log", "privacy_spend_approved") else e
+        for e in summary(done)
+    ]
+    got = [
+        ("log", e[1], None) if e[:2] in {("log", "cancel")} else e  # issued_by, not detail
+        for e in got
+    ]
+    assert got == effects
+    assert after.task is not None and after.task.state == task_after
+    assert after.round is not None and after.round.status == round_after
+
+
+def test_the_spend_request_carries_the_budget_the_rate_and_the_owner() -> None:
+    # Execute
+    _, effects = decide(State(replace(dp_task(), created_by="alice")), offered(80, 80, 80, 80))
+
+    # Assert
+    (request,) = [e.message for e in effects if isinstance(e, Emit)]
+    assert isinstance(request, PrivacySpendRequested)
+    assert request.sample_rate == pytest.approx(0.5)  # 2 per round of 4 eligible
+    assert request.budget.epsilon == 1.0 and request.planned_rounds == 3
+    assert request.on_behalf_of == "alice"
+    (insert,) = [e for e in effects if isinstance(e, InsertRound)]
+    assert request.round_id == insert.round.round_id
+    assert insert.round.expected_participants == pytest.approx(2.0)
+
+
+def test_an_approved_try_tells_the_aggregator_its_noise_and_publishes_no_participants() -> None:
+    # Execute
+    _, effects = decide(State(dp_task(), awaiting(expected_participants=2.5)), approved())
+
+    # Assert
+    (approve,) = [e for e in effects if isinstance(e, ApproveRound)]
+    assert approve.approval_id == APPROVAL_ID and approve.epsilon_spent == 0.4
+    assert approve.deadline == NOW + timedelta(seconds=60)
+    messages = [e.message for e in effects if isinstance(e, Emit)]
+    (opened,) = [m for m in messages if isinstance(m, RoundOpened)]
+    assert opened.privacy is not None
+    assert opened.privacy.approval_id == APPROVAL_ID
+    assert opened.privacy.noise_multiplier == 5.0 and opened.privacy.clip_norm == 1.0
+    assert opened.privacy.expected_participants == 2.5
+    assert [p.device_id for p in opened.participants] == ["d0", "d1"]
+    (started,) = [m for m in messages if isinstance(m, RoundStarted)]
+    assert started.participants == []
+
+
+def test_an_answer_naming_another_try_is_a_protocol_violation() -> None:
+    with pytest.raises(ProtocolViolation):
+        decide(State(dp_task(), awaiting()), approved(attempt=3))
+
+
+def test_a_plain_task_opens_at_once_without_asking() -> None:
+    # Execute
+    _, effects = decide(State(task()), offered(80, 80))
+
+    # Assert
+    assert not any(isinstance(e, Emit) and e.base == topics.PRIVACY for e in effects)
+
+
+@pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
+def test_the_draw_is_poisson_at_rate_q(q: float) -> None:
+    # Arrange: 200 draws of 100 devices; each device's join count is Binomial(200, q).
+    pool = candidates(*([80.0] * 100))
+
+    # Execute
+    counts = np.zeros(100)
+    for seed in range(200):
+        for c in spend.poisson_draw(pool, q=q, secret_seed=seed):
+            counts[int(c.device_id[1:])] += 1
+
+    # Assert: the mean rate within 5 standard errors (false-failure rate < 1e-6)
+    standard_error = np.sqrt(q * (1 - q) / (200 * 100))
+    assert abs(counts.mean() / 200 - q) < 5 * standard_error
+
+
+def test_an_empty_draw_is_drawn_again() -> None:
+    # Arrange: q so small that most first draws of 3 devices are empty
+    pool = candidates(80, 80, 80)
+
+    # Execute / Assert
+    for seed in range(50):
+        assert spend.poisson_draw(pool, q=0.05, secret_seed=seed)
+
+
+def test_privacy_with_a_robust_strategy_is_refused() -> None:
+    with pytest.raises(ValueError, match="differential privacy cannot be used with strategy krum"):
+        TaskSpec.model_validate(
+            {
+                "task_name": "t",
+                "devices_per_round": 10,
+                "min_devices": 7,
+                "strategy": KrumStrategy().model_dump(),
+                "privacy": BUDGET,
+            }
+        )
