@@ -18,11 +18,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy import stats
 
-from fedcommon import arrays, kafka, signing, topics
+from fedcommon import arrays, signing, topics
 from fedcommon.messages.v1 import (
     MedianStrategy,
     Participant,
@@ -38,7 +37,7 @@ from fedcommon.settings import KafkaSettings
 from fedengine import launcher
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
-from tests.integration.kafka_tools import BIG, decoded, send
+from tests.integration.kafka_tools import all_records, decoded, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -144,37 +143,11 @@ async def results_of(
     settings: KafkaSettings, round_id: uuid.UUID
 ) -> list[RoundAggregated | RoundFailed]:
     """Every result for ``round_id`` on fed.rounds, read from the start to its end."""
-    topic = topics.topic_name(settings.topic_prefix, topics.ROUNDS)
-    consumer = AIOKafkaConsumer(
-        **kafka.client_options(settings),
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=BIG,
-        fetch_max_bytes=2 * BIG,
-    )
-    await consumer.start()
     found: list[RoundAggregated | RoundFailed] = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            await consumer.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
-            ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    message = decoded(record)
-                    if (
-                        isinstance(message, RoundAggregated | RoundFailed)
-                        and message.round_id == round_id
-                    ):
-                        found.append(message)
-    finally:
-        await consumer.stop()
+    for record in await all_records(settings, topics.ROUNDS):
+        message = decoded(record)
+        if isinstance(message, RoundAggregated | RoundFailed) and message.round_id == round_id:
+            found.append(message)
     return found
 
 
