@@ -66,7 +66,7 @@ def test_the_noise_std_is_z_times_c() -> None:
         [
             a.ravel()
             for _ in range(rounds)
-            for a in dp_fedavg.add_noise(zero, privacy=privacy(clip_norm=clip_norm, z=z), rng=rng)
+            for a in dp_fedavg.add_noise(zero, approval=privacy(clip_norm=clip_norm, z=z), rng=rng)
         ]
     )
 
@@ -97,13 +97,13 @@ def test_an_update_of_norm_1e6_claiming_2_31_examples_moves_the_sum_by_at_most_c
 
     # Execute
     noised_without = dp_fedavg.add_noise(
-        without.clipped_sum(), privacy=spec, rng=np.random.default_rng(7)
+        without.clipped_sum(), approval=spec, rng=np.random.default_rng(7)
     )
     noised_with = dp_fedavg.add_noise(
-        with_attack.clipped_sum(), privacy=spec, rng=np.random.default_rng(7)
+        with_attack.clipped_sum(), approval=spec, rng=np.random.default_rng(7)
     )
-    released_without = dp_fedavg.release(without, privacy=spec, rng=np.random.default_rng(7))
-    released_with = dp_fedavg.release(with_attack, privacy=spec, rng=np.random.default_rng(7))
+    released_without = dp_fedavg.release(without, approval=spec, rng=np.random.default_rng(7))
+    released_with = dp_fedavg.release(with_attack, approval=spec, rng=np.random.default_rng(7))
 
     # Assert: with the same noise, the noised sums differ by the clipped attack alone, of
     # norm C (it reaches the bound, never more); the released means by C / W.
@@ -185,7 +185,7 @@ def test_the_mean_divides_by_the_expected_participants_not_by_who_answered() -> 
         accumulator.add([np.full(4, 0.1, np.float32)], 5)
 
     # Execute
-    (delta,) = dp_fedavg.release(accumulator, privacy=spec, rng=np.random.default_rng(0))
+    (delta,) = dp_fedavg.release(accumulator, approval=spec, rng=np.random.default_rng(0))
 
     # Assert: float32, (3 · 0.1) / 7.5 (the noise, of std 1e-8, does not show at 1e-6).
     assert delta.dtype == np.float32
@@ -196,8 +196,8 @@ def test_the_noise_step_is_a_function_of_the_sum_alone_and_leaves_it_unchanged()
     summed = [np.arange(6, dtype=np.float64).reshape(2, 3)]
     before = summed[0].copy()
 
-    first = dp_fedavg.add_noise(summed, privacy=privacy(), rng=np.random.default_rng(5))
-    second = dp_fedavg.add_noise(summed, privacy=privacy(), rng=np.random.default_rng(5))
+    first = dp_fedavg.add_noise(summed, approval=privacy(), rng=np.random.default_rng(5))
+    second = dp_fedavg.add_noise(summed, approval=privacy(), rng=np.random.default_rng(5))
 
     np.testing.assert_array_equal(summed[0], before)
     np.testing.assert_array_equal(first[0], second[0])
@@ -218,7 +218,9 @@ def test_a_release_under_another_clip_norm_is_refused() -> None:
     accumulator.add([np.ones(2, np.float32)], 1)
 
     with pytest.raises(ValueError, match="clip_norm"):
-        dp_fedavg.release(accumulator, privacy=privacy(clip_norm=2.0), rng=np.random.default_rng(0))
+        dp_fedavg.release(
+            accumulator, approval=privacy(clip_norm=2.0), rng=np.random.default_rng(0)
+        )
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, -1.0, math.inf, math.nan])

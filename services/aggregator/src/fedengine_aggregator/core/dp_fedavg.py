@@ -85,9 +85,9 @@ class ClippedSum(Accumulator):
 
 
 def add_noise(
-    summed: Float64Arrays, *, privacy: RoundPrivacy, rng: np.random.Generator
+    summed: Float64Arrays, *, approval: RoundPrivacy, rng: np.random.Generator
 ) -> Float64Arrays:
-    """Return ``summed`` plus N(0, (z·C)²) in every coordinate, z and C from ``privacy``.
+    """Return ``summed`` plus N(0, (z·C)²) in every coordinate, z and C from ``approval``.
 
     A function of the sum alone (no update, count or device enters it), so that it can run
     unchanged after secure aggregation has unmasked the sum: the masks cancel in the sum, and
@@ -97,7 +97,7 @@ def add_noise(
     """
     arrays: NDArrays = [np.asarray(a, dtype=np.float64) for a in summed]
     noised = mechanisms.noise_sum(
-        arrays, noise_multiplier=privacy.noise_multiplier, clip_norm=privacy.clip_norm, rng=rng
+        arrays, noise_multiplier=approval.noise_multiplier, clip_norm=approval.clip_norm, rng=rng
     )
     return [np.asarray(a, dtype=np.float64) for a in noised]
 
@@ -116,19 +116,19 @@ def private_mean(noised: Float64Arrays, *, expected_participants: float) -> NDAr
 
 
 def release(
-    accumulator: ClippedSum, *, privacy: RoundPrivacy, rng: np.random.Generator
+    accumulator: ClippedSum, *, approval: RoundPrivacy, rng: np.random.Generator
 ) -> NDArrays:
     """Return the round's DP-FedAvg delta: noise on the clipped sum, over the expected count.
 
     Call once per round: every call draws fresh noise, so a second call is a second release
     the accountant never charged (the aggregator stores the first result in its outbox).
 
-    Raises ``ValueError`` if the clipping norm of ``privacy`` is not the accumulator's.
+    Raises ``ValueError`` if the clipping norm of ``approval`` is not the accumulator's.
     """
-    if privacy.clip_norm != accumulator.clip_norm:
+    if approval.clip_norm != accumulator.clip_norm:
         raise ValueError(
-            f"clip_norm {privacy.clip_norm} of the approval is not the sum's "
+            f"clip_norm {approval.clip_norm} of the approval is not the sum's "
             f"{accumulator.clip_norm}"
         )
-    noised = add_noise(accumulator.clipped_sum(), privacy=privacy, rng=rng)
-    return private_mean(noised, expected_participants=privacy.expected_participants)
+    noised = add_noise(accumulator.clipped_sum(), approval=approval, rng=rng)
+    return private_mean(noised, expected_participants=approval.expected_participants)

@@ -39,8 +39,9 @@ def round_accumulator(opened: RoundOpened) -> Accumulator:
 
     Raises ``ValueError`` for an unknown strategy or parameter.
     """
-    if opened.privacy is not None:
-        return ClippedSum(opened.param_shapes, clip_norm=opened.privacy.clip_norm)
+    approval = opened.privacy
+    if approval is not None:
+        return ClippedSum(opened.param_shapes, clip_norm=approval.clip_norm)
     return start_accumulator(
         opened.strategy.name,
         opened.strategy.params.model_dump(exclude_none=True),

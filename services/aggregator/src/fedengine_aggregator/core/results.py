@@ -61,12 +61,12 @@ def private_aggregated(
 
     Raises ``ValueError`` if the round is not a DP round or its sum is not a clipped one.
     """
-    opened, accumulator = state.opened, state.exchange.accumulator
-    if opened.privacy is None:
+    opened, accumulator, approval = state.opened, state.exchange.accumulator, state.opened.privacy
+    if approval is None:
         raise ValueError(f"round {state.round_id} is not a DP round")
     if not isinstance(accumulator, dp_fedavg.ClippedSum):
         raise ValueError(f"round {state.round_id}: a DP round needs a clipped sum")
-    delta = dp_fedavg.release(accumulator, privacy=opened.privacy, rng=rng)
+    delta = dp_fedavg.release(accumulator, approval=approval, rng=rng)
     return RoundAggregated(
         **about(state, producer=producer),
         model_version=opened.model_version,
@@ -78,7 +78,7 @@ def private_aggregated(
         train_loss=0.0,
         bytes_up=0,
         duration_s=min(max(0.0, (now - opened.sent_at).total_seconds()), MAX_TIMEOUT_S),
-        privacy_approval_id=opened.privacy.approval_id,
+        privacy_approval_id=approval.approval_id,
     )
 
 
