@@ -226,6 +226,21 @@ def test_the_spend_request_carries_the_budget_the_rate_and_the_owner() -> None:
     assert insert.round.expected_participants == pytest.approx(2.0)
 
 
+def test_a_named_population_fixes_the_rate_whoever_is_online() -> None:
+    # Arrange: the task names 8 devices, 4 a round; only 4 of them are online now.
+    named = dp_task(participating_devices=[f"d{i}" for i in range(8)], devices_per_round=4)
+
+    # Execute
+    _, effects = decide(State(named), offered(80, 80, 80, 80))
+
+    # Assert: q stays 4 / 8; the denominator is q times the 8, not the 4 online.
+    (request,) = [e.message for e in effects if isinstance(e, Emit)]
+    assert isinstance(request, PrivacySpendRequested)
+    assert request.sample_rate == pytest.approx(0.5)
+    (insert,) = [e for e in effects if isinstance(e, InsertRound)]
+    assert insert.round.expected_participants == pytest.approx(4.0)
+
+
 def test_an_approved_try_tells_the_aggregator_its_noise_and_publishes_no_participants() -> None:
     # Execute
     _, effects = decide(State(dp_task(), awaiting(expected_participants=2.5)), approved())

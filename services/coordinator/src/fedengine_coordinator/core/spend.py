@@ -2,12 +2,19 @@
 the try (approved) or end the task (refused).
 
 The privacy service accounts a round as the Poisson-subsampled Gaussian mechanism at rate q.
-That amplification is honest only if (1) each eligible device joins independently with
-probability q, (2) from randomness nobody else knows, and (3) who joined is not published.
-So a DP try does not use the task's reproducible seeded selection: the shell hands in a seed
-from the operating system's entropy (never stored or sent), the draw is Poisson at
-q = min(1, devices_per_round / eligible), and the participant list goes to the aggregator
-alone (fed.events and the REST views show none). q = 1 (every eligible device) is the plain
+That amplification is honest only if (1) each device of the task's population joins with
+probability at most q, independently, (2) from randomness nobody else knows, and (3) who
+joined is not published. So a DP try does not use the task's reproducible seeded selection:
+the shell hands in a seed from the operating system's entropy (never stored or sent), and
+each eligible device joins with probability q = min(1, devices_per_round / population); the
+participant list goes to the aggregator alone (fed.events and the REST views show none).
+
+The population is the task's ``participating_devices`` when it names them, else the devices
+eligible now. Drawing at the population's rate from the eligible ones (offline, busy or
+low-battery devices are as if drawn and then silent) keeps q fixed while devices come and go:
+the rate the budget was calibrated for, and the rate every round is charged at. A device's
+chance to join never exceeds q, which is all the accountant assumes. The aggregator divides by
+q times the population (DP-FedAvg's fixed denominator), whoever was online. q = 1 is the plain
 Gaussian mechanism, with no amplification claimed.
 
 A draw that comes out empty is drawn again: releasing pure noise would spend budget for
@@ -30,6 +37,7 @@ from fedcommon.messages.v1 import (
     PrivacySpendRequested,
     RoundPrivacy,
     StopReason,
+    TaskSpec,
     TaskState,
 )
 from fedengine_coordinator.core.effects import (
@@ -51,11 +59,17 @@ from fedengine_coordinator.core.transition import PRODUCER, Decision, move, requ
 MAX_DRAWS = 100
 
 
-def sample_rate(*, devices_per_round: int, pool_size: int) -> float:
-    """q: each eligible device's chance to join, so that a round expects devices_per_round."""
-    if pool_size < 1:
-        raise ValueError("no eligible devices to draw from")
-    return min(1.0, devices_per_round / pool_size)
+def population(spec: TaskSpec, pool: list[Candidate]) -> int:
+    """The devices a DP task draws from: the ones it names, else those eligible now."""
+    return len(set(spec.participating_devices)) if spec.participating_devices else len(pool)
+
+
+def sample_rate(*, devices_per_round: int, population_size: int) -> float:
+    """q: each device's chance to join, so that a round of the whole population expects
+    devices_per_round."""
+    if population_size < 1:
+        raise ValueError("no devices to draw from")
+    return min(1.0, devices_per_round / population_size)
 
 
 def poisson_draw(pool: list[Candidate], *, q: float, secret_seed: int) -> list[Candidate]:
@@ -79,7 +93,8 @@ def request_spend(
     budget = spec.privacy
     if budget is None:
         raise ValueError(f"task {task.task_id} has no privacy section")
-    q = sample_rate(devices_per_round=spec.devices_per_round, pool_size=len(pool))
+    size = population(spec, pool)
+    q = sample_rate(devices_per_round=spec.devices_per_round, population_size=size)
     chosen = poisson_draw(pool, q=q, secret_seed=event.secret_seed)
     if not chosen:
         return Decision(state, [*effects, Ignored("every Poisson draw came out empty")])
@@ -94,7 +109,7 @@ def request_spend(
         # Re-set when the spend is approved; an awaiting try is never taken as lost.
         deadline=event.now + timedelta(seconds=spec.round_timeout_s),
         sample_rate=q,
-        expected_participants=q * len(pool),
+        expected_participants=q * size,
     )
     request = PrivacySpendRequested(
         producer=PRODUCER,
