@@ -87,6 +87,8 @@ class DemoOptions:
     dp_delta: float = 1e-5
     dp_clip: float = 1.0
     dp_noise_multiplier: float | None = None
+    # Local DP-SGD: the privacy level the fleet's devices enrol with ("none": off).
+    local_dp: str = "none"
 
 
 def privacy_section(options: DemoOptions) -> dict[str, Any] | None:
@@ -185,6 +187,7 @@ async def run_demo(
         malicious=options.malicious,
         attack=options.attack,
         attack_scale=options.attack_scale,
+        privacy_level=options.local_dp,
     )
     attackers = (
         f", {options.malicious:g} of them malicious ({options.attack} x{options.attack_scale:g})"

@@ -37,7 +37,7 @@ from fedcommon.messages.v1 import (
     TaskState,
 )
 from fedcommon.service import ServiceContext, ServiceParts
-from fedengine_coordinator import store
+from fedengine_coordinator import local_privacy, store
 from fedengine_coordinator.core import evaluation
 from fedengine_coordinator.core.events import (
     CommandReceived,
@@ -102,12 +102,15 @@ async def _approved(
     if round_ is None or task is None:
         return SpendApproved(approval, {}, "", [], datetime.now(UTC))
     spec = task.spec
+    levels = await store.privacy_levels(conn, list(round_.participants))
     return SpendApproved(
         approval,
         public_keys=await store.public_keys(conn, list(round_.participants)),
         model_sha256=await store.get_model_digest(conn, task.task_id, round_.model_version_in),
         param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),
         now=datetime.now(UTC),
+        privacy_levels=levels,
+        local_dp=await local_privacy.settings_for(spec, levels.values()),
     )
 
 

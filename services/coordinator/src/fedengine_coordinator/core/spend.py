@@ -41,6 +41,7 @@ from fedengine_coordinator.core.effects import (
     InsertRound,
     LogEvent,
 )
+from fedengine_coordinator.core import local_privacy
 from fedengine_coordinator.core.events import DevicesOffered, SpendApproved, SpendRefused
 from fedengine_coordinator.core.opening import open_messages
 from fedengine_coordinator.core.selection import Candidate
@@ -190,6 +191,9 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
             clip_norm=approval.clip_norm,
             noise_multiplier=approval.noise_multiplier,
             expected_participants=round_.expected_participants,
+        ),
+        local_dp=local_privacy.assign(
+            round_.participants, levels=event.privacy_levels, settings=event.local_dp
         ),
     )
     return Decision(State(task, round_), effects)
