@@ -173,9 +173,7 @@ async def online_candidates(conn: psycopg.AsyncConnection) -> list[Candidate]:
         "SELECT device_id, public_key, battery_pct, privacy_level FROM registry.devices_public "
         "WHERE status = 'online' AND public_key IS NOT NULL"
     )
-    return [
-        Candidate(r[0], bytes(r[1]), r[2], PrivacyLevel(r[3])) for r in await cursor.fetchall()
-    ]
+    return [Candidate(r[0], bytes(r[1]), r[2], PrivacyLevel(r[3])) for r in await cursor.fetchall()]
 
 
 async def exhausted_devices(conn: psycopg.AsyncConnection, task_id: UUID) -> set[str]:

@@ -250,9 +250,7 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-async def get_device_ledger(
-    conn: psycopg.AsyncConnection, device_id: str
-) -> dict[str, Any] | None:
+async def get_device_ledger(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any] | None:
     """A device's local-DP ledger, oldest first, with its per-task and lifetime totals (ε only
     grows with releases: the latest row's is the total)."""
     rows = await _all(

@@ -190,8 +190,7 @@ async def device_history(conn: psycopg.AsyncConnection, device_id: str) -> list[
         (device_id,),
     )
     return [
-        DeviceRelease(r[0], Release(r[1], r[2], r[3], r[4], r[5]))
-        for r in await cursor.fetchall()
+        DeviceRelease(r[0], Release(r[1], r[2], r[3], r[4], r[5])) for r in await cursor.fetchall()
     ]
 
 

@@ -32,6 +32,7 @@ from fedcommon.messages.v1 import (
     StopReason,
     TaskState,
 )
+from fedengine_coordinator.core import local_privacy
 from fedengine_coordinator.core.effects import (
     ApproveRound,
     CloseRound,
@@ -41,7 +42,6 @@ from fedengine_coordinator.core.effects import (
     InsertRound,
     LogEvent,
 )
-from fedengine_coordinator.core import local_privacy
 from fedengine_coordinator.core.events import DevicesOffered, SpendApproved, SpendRefused
 from fedengine_coordinator.core.opening import open_messages
 from fedengine_coordinator.core.selection import Candidate

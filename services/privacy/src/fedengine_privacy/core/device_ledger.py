@@ -61,10 +61,11 @@ def charge(
 ) -> DeviceCharge | None:
     """Charge ``device_id`` for one try of ``task_id``'s round at ``settings``.
 
-    ``history`` is every release the device was charged before (all tasks). The per-task budget
-    is the level's (fedcommon.local_dp.TASK_EPSILON), the lifetime budget ``LIFETIME_TASKS``
-    times it, both at δ = ``LOCAL_DP_DELTA`` (the service's number, not the message's); a flag is set when one more release at these
-    settings would pass the budget. Returns None for a (task, round, attempt) charged before.
+    ``history`` is every release the device was charged before (all tasks). The per-task
+    budget is the level's (fedcommon.local_dp.TASK_EPSILON), the lifetime budget
+    ``LIFETIME_TASKS`` times it, both at δ = ``LOCAL_DP_DELTA`` (the service's number, not the
+    message's); a flag is set when one more release at these settings would pass the budget.
+    Returns None for a (task, round, attempt) charged before.
     """
     key = (task_id, round_number, attempt)
     if any((h.task_id, h.release.round_number, h.release.attempt) == key for h in history):

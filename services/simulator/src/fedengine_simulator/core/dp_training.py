@@ -68,9 +68,7 @@ def train_local_dp(
     if len(x) == 0:
         raise ValueError("train_local_dp: the partition is empty")
     start = models.get_arrays(model)
-    loader = private_loader(
-        x, y, sample_rate=settings.sample_rate, generator=sampling_generator
-    )
+    loader = private_loader(x, y, sample_rate=settings.sample_rate, generator=sampling_generator)
     private_model = GradSampleModule(model)
     optimizer = DPOptimizer(
         torch.optim.SGD(private_model.parameters(), lr=learning_rate),
