@@ -91,6 +91,41 @@ class DemoOptions:
     local_dp: str = "none"
 
 
+def local_dp_section(
+    task_id: str, level: str, ledgers: dict[str, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """The --json result's local DP: each device's ε on this task after each round it was
+    asked for, and over its lifetime (from GET /privacy/budget?device_id=)."""
+    devices: dict[str, Any] = {}
+    for device_id, ledger in ledgers.items():
+        if ledger is None:
+            continue
+        releases = [r for r in ledger["release_log"] if r["task_id"] == task_id]
+        devices[device_id] = {
+            "epsilon_spent": max((r["epsilon_task_after"] for r in releases), default=0.0),
+            "epsilon_lifetime": ledger["epsilon_lifetime_spent"],
+            "releases": [
+                {
+                    "round": r["round_number"],
+                    "attempt": r["attempt"],
+                    "noise_multiplier": r["noise_multiplier"],
+                    "sample_rate": r["sample_rate"],
+                    "steps": r["steps"],
+                    "epsilon_after": r["epsilon_task_after"],
+                }
+                for r in releases
+            ],
+        }
+    known = [ld for ld in ledgers.values() if ld is not None]
+    budgets = {t["epsilon_budget"] for ld in known for t in ld["tasks"] if t["task_id"] == task_id}
+    return {
+        "level": level,
+        "epsilon_budget": max(budgets) if budgets else None,
+        "delta": known[0]["delta"] if known else None,
+        "devices": devices,
+    }
+
+
 def privacy_section(options: DemoOptions) -> dict[str, Any] | None:
     """The task body's privacy section, checked as the gateway will (``ValueError`` naming
     what is wrong, before a stack is started for it)."""
@@ -271,6 +306,16 @@ async def run_demo(
                 if r["status"] == "completed"
             ]
             budget = await client.get_privacy_budget(task_id) if privacy is not None else None
+            local = None
+            if options.local_dp != "none":
+                local = local_dp_section(
+                    task_id,
+                    options.local_dp,
+                    {
+                        device_id: await client.get_device_privacy_ledger(device_id)
+                        for device_id in task["participating_devices"]
+                    },
+                )
         result = {
             "task_id": task_id,
             "status": state["state"],
@@ -314,6 +359,7 @@ async def run_demo(
                     for r in budget["release_log"]
                 ],
             },
+            "local_dp": local,
             "wall_s": None,
             "phases": phases,
         }
