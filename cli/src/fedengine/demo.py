@@ -91,6 +91,26 @@ class DemoOptions:
     local_dp: str = "none"
 
 
+async def _device_ledgers(
+    client: FedEngineClient, device_ids: list[str], task_id: str, *, rounds: int
+) -> dict[str, dict[str, Any] | None]:
+    """Every device's ledger, once the privacy service has charged each completed round (it
+    charges asynchronously, a little after the coordinator asks; at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        ledgers = {d: await client.get_device_privacy_ledger(d) for d in device_ids}
+        charged = {
+            r["round_number"]
+            for ledger in ledgers.values()
+            if ledger is not None
+            for r in ledger["release_log"]
+            if r["task_id"] == task_id
+        }
+        if set(range(1, rounds + 1)) <= charged or time.monotonic() > deadline:
+            return ledgers
+        await _sleep(0.5)
+
+
 def local_dp_section(
     task_id: str, level: str, ledgers: dict[str, dict[str, Any] | None]
 ) -> dict[str, Any]:
@@ -308,14 +328,13 @@ async def run_demo(
             budget = await client.get_privacy_budget(task_id) if privacy is not None else None
             local = None
             if options.local_dp != "none":
-                local = local_dp_section(
+                ledgers = await _device_ledgers(
+                    client,
+                    [f"{fleet.name}-{i:04d}" for i in range(options.devices)],
                     task_id,
-                    options.local_dp,
-                    {
-                        device_id: await client.get_device_privacy_ledger(device_id)
-                        for device_id in task["participating_devices"]
-                    },
+                    rounds=len(rounds),
                 )
+                local = local_dp_section(task_id, options.local_dp, ledgers)
         result = {
             "task_id": task_id,
             "status": state["state"],

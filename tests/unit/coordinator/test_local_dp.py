@@ -152,3 +152,18 @@ def test_a_central_dp_try_also_carries_local_dp_when_approved() -> None:
         "d1": None,
     }
     assert [s.participants for s in emitted(effects, RoundStarted)] == [[]]
+
+
+def test_a_device_asked_every_planned_round_is_not_asked_again_by_that_task() -> None:
+    # Prepare: the task plans 3 rounds; d0 (medium) was asked 3 times (a retry among them),
+    # d1 (none) too, d2 (medium) twice. The privacy service has not flagged anyone yet.
+    event = replace(
+        offered_with_levels(PrivacyLevel.MEDIUM, PrivacyLevel.NONE, PrivacyLevel.MEDIUM),
+        asks={"d0": 3, "d1": 3, "d2": 2},
+    )
+
+    # Execute
+    _, effects = decide(State(task(devices_per_round=3, min_devices=2)), event)
+
+    # Assert: only d0 is left out (a device without local DP has no budget to pass).
+    assert sorted(r.device_id for r in emitted(effects, TrainRequested)) == ["d1", "d2"]

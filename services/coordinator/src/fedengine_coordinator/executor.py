@@ -270,6 +270,7 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
         candidates=candidates,
         busy=frozenset(await store.busy_devices(conn)),
         exhausted=frozenset(await store.exhausted_devices(conn, task.task_id)),
+        asks=await store.asks(conn, task.task_id),
         local_dp=await local_privacy.settings_for(spec, (c.privacy_level for c in candidates)),
         attempt=await store.next_attempt(conn, task.task_id, effect.round_number),
         model_sha256=await store.get_model_digest(conn, task.task_id, task.model_version),

@@ -24,6 +24,7 @@ from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     AnyMessage,
     CleanupRequested,
+    LocalDpAssigned,
     PrivacySpendApproved,
     PrivacySpendRefused,
     PrivacySpendRequested,
@@ -173,8 +174,8 @@ class Coordinator:
             case PrivacySpendRefused(round_id=round_id) if round_id is not None:
                 state = await _awaiting_state(conn, round_id)
                 event = SpendRefused(message)
-            case PrivacySpendRequested():
-                return  # our own request, on the topic we share with the privacy service
+            case PrivacySpendRequested() | LocalDpAssigned():
+                return  # our own messages, on the topic we share with the privacy service
             case CleanupRequested():
                 deleted = await store.cleanup_models(conn, retention_s=message.retention_s)
                 logger.info("cleanup by %s deleted %d model versions", message.issued_by, deleted)

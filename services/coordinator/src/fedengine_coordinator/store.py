@@ -193,6 +193,18 @@ async def exhausted_devices(conn: psycopg.AsyncConnection, task_id: UUID) -> set
     return {r[0] for r in await cursor.fetchall()}
 
 
+async def asks(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, int]:
+    """How many opened tries of the task asked each device to train (a DP try counts once
+    approved: one refused while awaiting its spend asked nobody)."""
+    cursor = await conn.execute(
+        "SELECT device_id, count(*) FROM coordinator.rounds, unnest(participants) AS device_id "
+        "WHERE task_id = %s AND (sample_rate IS NULL OR approval_id IS NOT NULL) "
+        "GROUP BY device_id",
+        (task_id,),
+    )
+    return {r[0]: int(r[1]) for r in await cursor.fetchall()}
+
+
 async def privacy_levels(
     conn: psycopg.AsyncConnection, device_ids: list[str]
 ) -> dict[str, PrivacyLevel]:

@@ -113,8 +113,10 @@ class DevicesOffered:
     ``busy`` are devices in another task's open round; ``attempt`` is the next try number of
     ``round_number``; ``round_id`` is the id the try gets if it opens. ``exhausted`` are local-DP
     devices that one more round would take past this task's or their lifetime budget (the
-    privacy service's device ledger), and ``local_dp`` the task's DP-SGD settings for each
-    privacy level among the candidates (calibrated by the shell).
+    privacy service's device ledger, which lags its charges a little), ``asks`` how many of
+    this task's tries asked each device (the coordinator's own count, without lag), and
+    ``local_dp`` the task's DP-SGD settings for each privacy level among the candidates
+    (calibrated by the shell).
     """
 
     round_number: int
@@ -130,6 +132,8 @@ class DevicesOffered:
     secret_seed: int = 0
     exhausted: frozenset[str] = frozenset()
     local_dp: Mapping[PrivacyLevel, LocalDp] = field(default_factory=dict)
+    # How many tries of this task have asked each device so far.
+    asks: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,23 @@ from collections.abc import Mapping, Sequence
 
 from fedcommon import local_dp
 from fedcommon.messages.v1 import LocalDp, PrivacyLevel
+from fedengine_coordinator.core.selection import Candidate
+
+
+def at_task_cap(
+    candidates: Sequence[Candidate], *, asks: Mapping[str, int], planned_rounds: int
+) -> set[str]:
+    """Local-DP candidates already asked ``planned_rounds`` times by this task.
+
+    The settings are calibrated so that ``planned_rounds`` asks spend at most the level's ε:
+    one more (a retried round) would pass it. Counted from the coordinator's own tries, so it
+    holds even before the privacy service has charged the last ask.
+    """
+    return {
+        c.device_id
+        for c in candidates
+        if local_dp.uses_local_dp(c.privacy_level) and asks.get(c.device_id, 0) >= planned_rounds
+    }
 
 
 def assign(

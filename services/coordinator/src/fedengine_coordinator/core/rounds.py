@@ -167,10 +167,11 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         return Decision(state, [])
     spec = task.spec
     allowed = set(spec.participating_devices) if spec.participating_devices else None
-    # A local-DP device whose budget one more round would pass is not asked (its ledger).
-    pool = selection.eligible(
-        event.candidates, busy=set(event.busy) | set(event.exhausted), allowed=allowed
+    # A local-DP device whose budget one more round would pass is not asked.
+    spent = set(event.exhausted) | local_privacy.at_task_cap(
+        event.candidates, asks=event.asks, planned_rounds=spec.rounds
     )
+    pool = selection.eligible(event.candidates, busy=set(event.busy) | spent, allowed=allowed)
     if len(pool) < spec.min_devices:
         if task.waiting_since is None:
             waiting: list[Effect] = [
