@@ -5,11 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Fashion-MNIST (fedcommon.datasets): the Debian package dataset-fashion-mnist, fetched once with
+# apt-get download (no root needed) and unpacked into the venv, so that `make clean` removes it.
+FASHION_MNIST := $(VENV)/share/fashion-mnist
+FASHION_MNIST_STAMP := $(FASHION_MNIST)/.installed
+FASHION_MNIST_TMP := $(VENV)/share/.fashion-mnist-download
 PYPROJECTS := libs/fedcommon/pyproject.toml $(wildcard services/*/pyproject.toml) cli/pyproject.toml
 
 .PHONY: install demo test lint typecheck clean
 
-install: $(STAMP)
+install: $(STAMP) $(FASHION_MNIST_STAMP)
 
 $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +26,18 @@ $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 		-e services/registry -e services/coordinator -e services/aggregator \
 		-e services/simulator -e services/gateway -e services/privacy -e cli
 	touch $(STAMP)
+
+$(FASHION_MNIST_STAMP):
+	rm -rf $(FASHION_MNIST_TMP) && mkdir -p $(FASHION_MNIST_TMP)
+	@cd $(FASHION_MNIST_TMP) && apt-get download dataset-fashion-mnist || { \
+		echo "make install: could not download the Debian package dataset-fashion-mnist" \
+			"(Fashion-MNIST) with apt-get download: run 'apt-get update' (as root), then" \
+			"make install again." >&2; exit 1; }
+	dpkg-deb -x $(FASHION_MNIST_TMP)/dataset-fashion-mnist_*.deb $(FASHION_MNIST_TMP)/root
+	rm -rf $(FASHION_MNIST)
+	mv $(FASHION_MNIST_TMP)/root/usr/share/datasets/fashion-mnist $(FASHION_MNIST)
+	rm -rf $(FASHION_MNIST_TMP)
+	touch $(FASHION_MNIST_STAMP)
 
 demo: install
 	$(BIN)/fedengine demo $(ARGS)

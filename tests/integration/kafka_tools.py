@@ -129,14 +129,15 @@ async def all_records(
     try:
         name = topics.topic_name(settings.topic_prefix, base)
         partitions = [
-            TopicPartition(name, p) for p in sorted(await consumer.partitions_for_topic(name) or [])
+            TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         found: list[ConsumerRecord] = []
         async with asyncio.timeout(timeout_s):
-            while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+            # (A list, not any(...): an ``await`` inside a generator makes it an async one.)
+            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
                 batches = await consumer.getmany(timeout_ms=200)
                 for records in batches.values():
                     found.extend(records)

@@ -13,11 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedcommon import auth, signing, trust
+from fedcommon import auth, datasets, signing, trust
 from fedcommon.messages.v1 import ModelArchitecture, PrivacyLevel
 from fedengine import fleets, launcher
 from fedengine.demo import (
     AttackKind,
+    DatasetChoice,
     DemoOptions,
     StrategyName,
     check_attack,
@@ -44,6 +45,13 @@ LocalDpLevel = Annotated[
     typer.Option(
         help="the privacy level the devices enrol with: low, medium or high trains with local "
         "DP-SGD (epsilon 8, 3 or 1 per task, delta 1e-5)"
+    ),
+]
+DatasetOption = Annotated[
+    DatasetChoice,
+    typer.Option(
+        help="the data set the devices hold and the task trains on (fashion_mnist: installed "
+        "by make install)"
     ),
 ]
 AttackScale = Annotated[
@@ -174,6 +182,7 @@ app.add_typer(fleet_app, name="fleet")
 def fleet(
     context: typer.Context,
     devices: Annotated[int, typer.Option(min=1, max=100_000, help="how many devices")] = 10,
+    dataset: DatasetOption = DatasetChoice.DIGITS,
     non_iid: Annotated[
         float | None, typer.Option(help="Dirichlet alpha for non-IID data (default: IID)")
     ] = None,
@@ -189,12 +198,14 @@ def fleet(
         return
     try:
         check_attack(malicious, attack_scale)
-    except ValueError as exc:
+        datasets.check_installed(dataset.value)
+    except (ValueError, datasets.DatasetNotInstalled) as exc:
         raise typer.BadParameter(str(exc)) from exc
     fleet_name = name or f"fleet-{uuid4().hex[:6]}"
     chosen = launcher.Fleet(
         name=fleet_name,
         devices=devices,
+        dataset=dataset.value,
         partitioning="iid" if non_iid is None else "dirichlet",
         alpha=non_iid or 0.5,
         seed=seed,
@@ -287,6 +298,7 @@ def demo(
     devices: Annotated[int, typer.Option(min=1, help="simulated devices")] = 20,
     per_round: Annotated[int, typer.Option(min=1, help="devices per round")] = 10,
     rounds: Annotated[int, typer.Option(min=1, help="rounds")] = 10,
+    dataset: DatasetOption = DatasetChoice.DIGITS,
     non_iid: Annotated[float | None, typer.Option(help="Dirichlet alpha (default: IID)")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     model: Annotated[ModelArchitecture, typer.Option(help="model")] = ModelArchitecture.MLP,
@@ -332,6 +344,7 @@ def demo(
         raise typer.BadParameter("--per-round cannot exceed --devices")
     try:
         check_attack(malicious, attack_scale)
+        datasets.check_installed(dataset.value)
         params = dict(strategy_param_of(item) for item in strategy_param or [])
         needed = check_strategy(strategy.value, params).params.min_updates
         if per_round < needed:
@@ -339,12 +352,13 @@ def demo(
                 f"--strategy {strategy.value} needs at least {needed} updates a round; "
                 f"--per-round is {per_round}"
             )
-    except ValueError as exc:
+    except (ValueError, datasets.DatasetNotInstalled) as exc:
         raise typer.BadParameter(str(exc)) from exc
     options = DemoOptions(
         devices=devices,
         per_round=per_round,
         rounds=rounds,
+        dataset=dataset.value,
         non_iid=non_iid,
         seed=seed,
         model=model,

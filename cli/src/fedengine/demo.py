@@ -41,6 +41,14 @@ class StrategyName(StrEnum):
     MULTI_KRUM = "multi_krum"
 
 
+class DatasetChoice(StrEnum):
+    """The data sets a task may name (fedcommon.messages.v1.DatasetName; a test holds the two
+    together), for the CLI's choices."""
+
+    DIGITS = "digits"
+    FASHION_MNIST = "fashion_mnist"
+
+
 class AttackKind(StrEnum):
     """The simulator's attacks (SIMULATOR_ATTACK; fedengine_simulator.core.attacks)."""
 
@@ -64,6 +72,8 @@ class DemoOptions:
     devices: int = 20
     per_round: int = 10
     rounds: int = 10
+    # The data set the fleet's devices hold and the task trains on (DatasetName).
+    dataset: str = "digits"
     non_iid: float | None = None
     seed: int = 0
     model: str = "mlp"
@@ -236,6 +246,7 @@ async def run_demo(
     fleet = launcher.Fleet(
         name=f"demo{uuid4().hex[:6]}",
         devices=options.devices,
+        dataset=options.dataset,
         partitioning="iid" if options.non_iid is None else "dirichlet",
         alpha=options.non_iid or 0.5,
         seed=options.seed,
@@ -250,8 +261,8 @@ async def run_demo(
         else ""
     )
     console.print(
-        f"starting {fleet.devices} simulated devices (fleet {fleet.name}, {fleet.partitioning}"
-        f"{attackers})"
+        f"starting {fleet.devices} simulated devices (fleet {fleet.name}, {fleet.dataset}, "
+        f"{fleet.partitioning}{attackers})"
     )
     started_here = launcher.running_stack(settings) is None
     simulator = None
@@ -273,7 +284,7 @@ async def run_demo(
             task = {
                 "task_name": f"demo {fleet.name}",
                 "model_architecture": options.model,
-                "dataset": "digits",
+                "dataset": options.dataset,
                 "rounds": options.rounds,
                 "devices_per_round": options.per_round,
                 # Half the round by default, but never below what the strategy needs (Krum:

@@ -331,11 +331,13 @@ def _host_port(bootstrap: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Fleet:
-    """A simulator process: its fleet name, size, data partitioning, and attackers (a fraction
-    of its devices that send poisoned updates, for testing robust aggregation)."""
+    """A simulator process: its fleet name, size, the data set its devices hold and how it is
+    partitioned among them, and attackers (a fraction of its devices that send poisoned
+    updates, for testing robust aggregation)."""
 
     name: str
     devices: int
+    dataset: str = "digits"
     partitioning: str = "iid"
     alpha: float = 0.5
     seed: int = 0
@@ -355,6 +357,7 @@ class Fleet:
             "SIMULATOR_ENROLMENT_TOKEN": enrolment_token,
             "SIMULATOR_FLEET": self.name,
             "SIMULATOR_DEVICES": str(self.devices),
+            "SIMULATOR_DATASET": self.dataset,
             "SIMULATOR_PARTITIONING": self.partitioning,
             "SIMULATOR_ALPHA": str(self.alpha),
             "SIMULATOR_SEED": str(self.seed),

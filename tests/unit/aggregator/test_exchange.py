@@ -3,17 +3,26 @@ FedAvg the result is bit for bit the batch mean the aggregator computed before."
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedcommon.messages.v1 import UpdateMetrics
+from fedcommon.messages.v1 import FedAdamStrategy, RoundPrivacy, UpdateMetrics
 from fedengine_aggregator.core import fedavg
-from fedengine_aggregator.core.exchange import Accepted, UpdateExchange, start_accumulator
+from fedengine_aggregator.core.dp_fedavg import ClippedSum
+from fedengine_aggregator.core.exchange import (
+    Accepted,
+    UpdateExchange,
+    round_accumulator,
+    start_accumulator,
+)
 from fedengine_aggregator.core.robust import Buffer
 from fedengine_aggregator.core.sum_rules import WeightedSum
+from tests.unit.aggregator.test_results import opened
 
 METRICS = UpdateMetrics(train_loss=1.0, train_accuracy=0.5, duration_s=0.1)
 finite = st.floats(-1e3, 1e3, width=32)
@@ -78,3 +87,25 @@ def test_a_bad_update_is_refused_before_it_counts() -> None:
     assert exchange.accumulator.count == 1
     np.testing.assert_array_equal(exchange.delta()[0], np.ones(3, np.float32))
     assert exchange.bytes_up() == 12
+
+
+def test_a_dp_round_sums_clipped_updates_whatever_its_sum_strategy() -> None:
+    # Prepare: a FedAdam round (its server step is the coordinator's), with and without DP.
+    plain = opened().model_copy(update={"strategy": FedAdamStrategy()})
+    private = plain.model_copy(
+        update={
+            "privacy": RoundPrivacy(
+                approval_id=uuid.uuid4(),
+                clip_norm=0.7,
+                noise_multiplier=1.0,
+                expected_participants=3.0,
+            )
+        }
+    )
+
+    # Execute
+    summed, clipped = round_accumulator(plain), round_accumulator(private)
+
+    # Assert
+    assert isinstance(summed, WeightedSum)
+    assert isinstance(clipped, ClippedSum) and clipped.clip_norm == 0.7

@@ -6,13 +6,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from fedcommon import arrays
-from fedcommon.messages.v1 import Participant, RoundOpened, UpdateMetrics
+from fedcommon.messages.v1 import Participant, RoundOpened, RoundPrivacy, UpdateMetrics
 from fedengine_aggregator.core import results
 from fedengine_aggregator.core.exchange import (
     Accepted,
     UpdateExchange,
+    round_accumulator,
     start_accumulator,
     update_stage,
 )
@@ -114,3 +116,53 @@ def test_a_round_failing_in_a_later_stage_names_that_stage() -> None:
     # Assert
     assert (first, waiting, last) == (Outcome.NEXT, Outcome.WAIT, Outcome.FAIL)
     assert results.shortfall(state) == "stage confirm: 1 of 3 senders by its deadline"
+
+
+def dp_begin(message: RoundOpened) -> OpenRound:
+    return OpenRound.begin(
+        message,
+        [update_stage(message, received_at=None)],
+        UpdateExchange(round_accumulator(message)),
+        topic="fed.updates",
+        partition=0,
+        offset=0,
+    )
+
+
+def test_a_dp_round_carries_the_noised_mean_its_approval_and_nothing_per_device() -> None:
+    # Prepare: C = 1, W = 4; d2 sends 3 (clipped to 1), d0 sends 0.5, each with weight 1.
+    approval = uuid.uuid4()
+    privacy = RoundPrivacy(
+        approval_id=approval, clip_norm=1.0, noise_multiplier=0.5, expected_participants=4.0
+    )
+    message = opened().model_copy(update={"privacy": privacy})
+    state = dp_begin(message)
+    send(state, "d2", 3.0 / np.sqrt(2), 1000, loss=2.0)
+    send(state, "d0", 0.5 / np.sqrt(2), 1, loss=6.0)
+    state.count_rejection(uuid.uuid4(), "non_finite")
+
+    # Execute
+    outcome = state.outcome(DEADLINE)
+    result = results.private_aggregated(
+        state, producer="aggregator", now=DEADLINE, rng=np.random.default_rng(11)
+    )
+
+    # Assert: the delta is (clipped sum + the seed's noise of std 0.5) / 4.
+    noise = np.random.default_rng(11).normal(0.0, 0.5, size=2)
+    expected = (np.full(2, 1.5 / np.sqrt(2)) + noise) / 4.0
+    assert outcome == Outcome.AGGREGATE
+    np.testing.assert_allclose(arrays.from_bytes(result.delta)[0], expected, rtol=1e-6)
+    assert result.privacy_approval_id == approval
+    assert (result.participants, result.dropped, result.rejected) == ([], [], {})
+    assert (result.num_examples, result.train_loss, result.bytes_up) == (0, 0.0, 0)
+    assert (result.round_id, result.correlation_id) == (message.round_id, message.message_id)
+
+
+def test_a_round_without_dp_has_no_private_result() -> None:
+    state = begin(opened())
+    send(state, "d0", 1.0, 1, loss=1.0)
+
+    with pytest.raises(ValueError, match="not a DP round"):
+        results.private_aggregated(
+            state, producer="aggregator", now=DEADLINE, rng=np.random.default_rng(0)
+        )

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +12,7 @@ from fedcommon import signing
 from fedcommon.constraints import DEVICE_ID_PATTERN, MAX_DEVICES_PER_ROUND, DeviceId
 from fedcommon.messages.v1 import (
     CleanupRequested,
+    DatasetName,
     DeviceCapabilities,
     DeviceEnrolled,
     ModelArchitecture,
@@ -233,7 +234,7 @@ _IDS = st.from_regex(DEVICE_ID_PATTERN, fullmatch=True)
 _VALID: dict[str, st.SearchStrategy[Any]] = {
     "task_name": _NAMES,
     "model_architecture": st.sampled_from(ModelArchitecture),
-    "dataset": st.just("digits"),
+    "dataset": st.sampled_from(get_args(DatasetName)),
     "participating_devices": st.none() | st.lists(_IDS, min_size=1, max_size=6),
     "strategy": st.sampled_from(
         [

@@ -195,3 +195,20 @@ class TrustSettings(BaseSettings):
             prefix=prefix,
             window=timedelta(seconds=window_s),
         )
+
+
+class DataSettings(BaseSettings):
+    """Where the data sets that no Python package carries are found (fedcommon.datasets).
+
+    Unset, the loader looks where ``make install`` puts them (under the virtual environment)
+    and then where Debian's packages do; set, it looks there only, so that a wrong path is an
+    error rather than a silent fall back to another copy.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    # A folder holding the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...); any
+    # MNIST-format copy works.
+    fashion_mnist_dir: Path | None = Field(
+        default=None, validation_alias="FEDENGINE_FASHION_MNIST_DIR"
+    )

@@ -18,7 +18,7 @@ from uuid import UUID
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from fedcommon import background, kafka, topics
+from fedcommon import background, outbox, topics
 from fedcommon.errors import InvalidMessage
 from fedcommon.failures import describe
 from fedcommon.messages.v1 import (
@@ -29,20 +29,21 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_aggregator import store
-from fedengine_aggregator.core import results
+from fedengine_aggregator.core import dp_fedavg, results
 from fedengine_aggregator.core.catalog import Params
 from fedengine_aggregator.core.exchange import (
     UPDATES_STAGE,
     Accepted,
     UpdateExchange,
     plain_plan,
-    start_accumulator,
+    round_accumulator,
 )
 from fedengine_aggregator.core.offsets import Unplaced, safe_commit_offset
 from fedengine_aggregator.core.stages import Placement
 from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
 from fedengine_aggregator.core.window import OpenRound, Outcome, RoundResult
 from fedengine_aggregator.settings import Settings
+from fedengine_privacy.core import mechanisms
 
 logger = logging.getLogger(__name__)
 
@@ -125,28 +126,38 @@ class Aggregator:
             if await store.is_closed(conn, message.round_id):
                 self.closed.add(message.round_id)
                 return
-        strategy, params = strategy_for(message)
+        strategy, _ = strategy_for(message)
         try:
-            accumulator = start_accumulator(strategy, params, message.param_shapes)
+            accumulator = round_accumulator(message)
         except ValueError as exc:
             raise InvalidMessage(f"round {message.round_id}: {describe(exc)}") from exc
-        self.open[message.round_id] = OpenRound.begin(
+        now = datetime.now(UTC)
+        state = OpenRound.begin(
             message,
-            plain_plan(message, received_at=datetime.now(UTC)),
+            plain_plan(message, received_at=now),
             UpdateExchange(accumulator),
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
         )
+        self.open[message.round_id] = state
         logger.info(
-            "round %d (attempt %d) of task %s open: %d participants, min %d, %s",
+            "round %d (attempt %d) of task %s open: %d participants, min %d, %s%s",
             message.round_number,
             message.attempt,
             message.task_id,
             len(message.participants),
             message.min_updates,
             strategy,
+            " with central DP" if message.privacy is not None else "",
         )
+        reason = dp_fedavg.refusal(message)
+        if reason is not None:
+            # Fails at once, with the reason, through the same close as any other round; an
+            # outage while closing leaves it to the deadline loop, with this result fixed.
+            logger.warning("round %s refused: %s", message.round_id, reason)
+            state.result = results.failed(state, reason, producer=PRODUCER)
+            await background.run_step("aggregator.close", lambda: self.close_due(now))
 
     async def _take_unplaced(self, round_id: UUID) -> None:
         """Hand the round the records of it read (on other topics) before its opening, in the
@@ -252,6 +263,7 @@ class Aggregator:
                     status="rejected",
                     reason=rejected.reason.value,
                     detail=rejected.detail,
+                    private=state is not None and state.opened.privacy is not None,
                 )
             if state is not None and not state.finishing:
                 state.count_rejection(message.message_id, rejected.reason.value)
@@ -267,7 +279,12 @@ class Aggregator:
             return False
         async with self.context.pool.connection() as conn:
             await store.record_result(
-                conn, message, partition=record.partition, offset=record.offset, status="accepted"
+                conn,
+                message,
+                partition=record.partition,
+                offset=record.offset,
+                status="accepted",
+                private=state.opened.privacy is not None,
             )
         state.exchange.accept(
             message.device_id,
@@ -323,11 +340,16 @@ class Aggregator:
             logger.info("round %s: stage %s begins", state.round_id, state.stages.current.name)
 
     async def _close(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
-        """Build the round's result once, publish it once, then record the round closed.
+        """Build the round's result once, then store it in the outbox in the transaction that
+        records the round closed; the relay publishes it.
 
-        An outage anywhere in here leaves the round open with its result fixed: the next try
-        (the deadline loop) publishes that same message, or only records it. ``closing`` keeps
-        a concurrent close out while one is under way.
+        Stored once: a crash before that commit released nothing (the result was only in
+        memory), and after it the restarted aggregator finds the round closed and builds
+        nothing, while the relay sends the stored bytes if they had not gone out. For a DP
+        round a second build would be a second, differently noised release that the
+        accountant never charged. An outage leaves the round open with its result fixed: the
+        next try (the deadline loop) stores that same message. ``closing`` keeps a concurrent
+        close out while one is under way.
         """
         state.closing = True
         try:
@@ -340,19 +362,8 @@ class Aggregator:
             outcome = (
                 Outcome.AGGREGATE if isinstance(state.result, RoundAggregated) else Outcome.FAIL
             )
-            if not state.published:
-                # Publish first: if we crash before recording the round closed, the round is
-                # re-read and re-published, and the coordinator ignores the second copy.
-                await kafka.publish(
-                    self.context.producer,
-                    self.context.kafka,
-                    topics.ROUNDS,
-                    key=str(state.opened.task_id),
-                    message=state.result,
-                )
-                state.published = True
-            async with self.context.pool.connection() as conn:
-                await store.close_round(
+            async with self.context.pool.connection() as conn, conn.transaction():
+                closed_now = await store.close_round(
                     conn,
                     round_id=state.round_id,
                     task_id=state.opened.task_id,
@@ -361,9 +372,21 @@ class Aggregator:
                     outcome=outcome.value,
                     participants=state.participants(),
                     dropped=state.dropped(),
-                    rejected=state.result.rejected,
+                    rejected=dict(state.rejected),
                     bytes_up=state.exchange.bytes_up(),
                 )
+                # Another close already stored this round's result (a commit whose answer
+                # was lost): never a second one.
+                if closed_now:
+                    await outbox.enqueue(
+                        conn,
+                        schema=store.SCHEMA,
+                        settings=self.context.kafka,
+                        base=topics.ROUNDS,
+                        key=str(state.opened.task_id),
+                        message=state.result,
+                    )
+            self.context.relay.wake()
         finally:
             state.closing = False
         self._closed(state, outcome, now)
@@ -372,6 +395,11 @@ class Aggregator:
         if outcome != Outcome.AGGREGATE:
             return results.failed(state, results.shortfall(state), producer=PRODUCER)
         try:
+            if state.opened.privacy is not None:
+                # Fresh OS entropy for every release, never the global numpy or torch state.
+                return results.private_aggregated(
+                    state, producer=PRODUCER, now=now, rng=mechanisms.os_entropy_rng()
+                )
             return results.aggregated(state, producer=PRODUCER, now=now)
         except (ValueError, ArithmeticError) as exc:  # ValidationError is a ValueError
             # Retrying would build the same thing: the round fails, with the reason.

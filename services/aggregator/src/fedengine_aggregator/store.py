@@ -26,16 +26,18 @@ async def record_result(
     status: str,
     reason: str | None = None,
     detail: str | None = None,
+    private: bool = False,
 ) -> None:
     """Record an update's verdict once: an acceptance is unique per (round, device), a
     rejection per message id. Partition and offset are kept as provenance only: they start
-    again after a restart of an in-memory broker."""
+    again after a restart of an in-memory broker. ``private`` marks an update of a DP round:
+    kept for the aggregator's audit, never shown in the public view."""
     await conn.execute(
         """
         INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
             round_number, device_id, message_id, status, reason, detail, num_examples,
-            train_loss, train_accuracy, duration_s, size_bytes)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            train_loss, train_accuracy, duration_s, size_bytes, private)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT DO NOTHING
         """,
         (
@@ -54,6 +56,7 @@ async def record_result(
             message.metrics.train_accuracy,
             message.metrics.duration_s,
             len(message.update),
+            private,
         ),
     )
 
@@ -70,8 +73,9 @@ async def close_round(
     dropped: list[str],
     rejected: dict[str, int],
     bytes_up: int,
-) -> None:
-    await conn.execute(
+) -> bool:
+    """Record the round closed; False if it already was (its result is stored already)."""
+    cursor = await conn.execute(
         """
         INSERT INTO aggregator.rounds (round_id, task_id, round_number, attempt, outcome,
             participants, dropped, rejected, bytes_up)
@@ -89,3 +93,4 @@ async def close_round(
             bytes_up,
         ),
     )
+    return cursor.rowcount == 1

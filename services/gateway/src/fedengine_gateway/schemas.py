@@ -33,6 +33,7 @@ from fedcommon.constraints import (
 )
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
+    DatasetName,
     DeviceCapabilities,
     DeviceType,
     FedAvgStrategy,
@@ -194,7 +195,7 @@ class TaskCreate(Constrained):
 
     task_name: Name
     model_architecture: ModelArchitecture = ModelArchitecture.MLP
-    dataset: Literal["digits"] = "digits"
+    dataset: DatasetName = "digits"
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
     devices_per_round: int | None = Field(
         default=None,

@@ -198,6 +198,18 @@ class Fleet:
         if datetime.now(UTC) >= message.deadline:
             SKIPPED.labels("past_deadline").inc()
             return
+        if message.dataset != self.settings.dataset:
+            # A device holds its fleet's data set only (SIMULATOR_DATASET); to a task on another
+            # one it is a device without data, and sends nothing, as a real device would not.
+            SKIPPED.labels("other_dataset").inc()
+            logger.warning(
+                "device %s holds %s, not %s: train request of task %s skipped",
+                message.device_id,
+                self.settings.dataset,
+                message.dataset,
+                message.task_id,
+            )
+            return
         if message.round_id is None:
             raise ProtocolViolation("train request without round_id")
         async with self.context.pool.connection() as conn:

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedcommon import enrolment_tokens
 from fedcommon.constraints import FLEET_PATTERN, MAX_SETTING
-from fedcommon.messages.v1 import Partitioning, PrivacyLevel
+from fedcommon.messages.v1 import DatasetName, Partitioning, PrivacyLevel
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings, default_home
 from fedengine_simulator.core.attacks import Attack, AttackKind
 
@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     # coordinator's public key, the only key their train requests are accepted under.
     enrolment_token: SecretStr | None = None
     devices: int = Field(default=10, ge=1, le=100_000)
-    dataset: str = "digits"
+    # The data set this fleet's devices hold (each its partition of the training split); they
+    # answer train requests for that data set only.
+    dataset: DatasetName = "digits"
     partitioning: Partitioning = Partitioning.IID
     alpha: float = Field(default=0.5, gt=0)
     seed: int = Field(default=0, ge=0)

@@ -370,6 +370,10 @@ class LocalDpAssignment(_Frozen):
 
 # --- shared value objects ------------------------------------------------------------------
 
+# The data sets a task may train on (fedcommon.datasets loads them): scikit-learn's digits, and
+# Fashion-MNIST from the Debian package dataset-fashion-mnist that ``make install`` fetches.
+DatasetName = Literal["digits", "fashion_mnist"]
+
 
 class DeviceCapabilities(_Frozen):
     compute_gflops: float = Field(default=10.0, gt=0, le=MAX_SETTING)
@@ -384,7 +388,7 @@ class TaskSpec(_Frozen):
 
     task_name: Name
     model_architecture: ModelArchitecture = ModelArchitecture.MLP
-    dataset: Literal["digits"] = "digits"
+    dataset: DatasetName = "digits"
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
     devices_per_round: int = Field(default=10, ge=1, le=MAX_DEVICES_PER_ROUND)
     min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
@@ -574,7 +578,7 @@ class TrainRequested(Envelope):
     model_sha256: Sha256Hex
     deadline: AwareDatetime
     model_architecture: ModelArchitecture
-    dataset: Literal["digits"]
+    dataset: DatasetName
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
     local_epochs: int = Field(ge=1, le=MAX_LOCAL_EPOCHS)
     batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)

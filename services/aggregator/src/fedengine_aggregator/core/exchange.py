@@ -18,6 +18,7 @@ from fedcommon.constraints import MAX_TIMEOUT_S
 from fedcommon.messages.v1 import RoundOpened, UpdateMetrics
 from fedcommon.server_opt import Shapes
 from fedengine_aggregator.core.catalog import Params, make_strategy
+from fedengine_aggregator.core.dp_fedavg import ClippedSum
 from fedengine_aggregator.core.stages import StageSpec
 from fedengine_aggregator.core.strategies import Accumulator, Prepared
 
@@ -30,6 +31,22 @@ def start_accumulator(strategy: str, params: Params | None, param_shapes: Shapes
     Raises ``ValueError`` for an unknown strategy or parameter (:func:`.catalog.make_strategy`).
     """
     return make_strategy(strategy, params).rule.start(param_shapes)
+
+
+def round_accumulator(opened: RoundOpened) -> Accumulator:
+    """The accumulator of ``opened``'s round: a clipped sum for a DP round (whatever its sum
+    strategy: they all start from the same mean), else its strategy's.
+
+    Raises ``ValueError`` for an unknown strategy or parameter.
+    """
+    approval = opened.privacy
+    if approval is not None:
+        return ClippedSum(opened.param_shapes, clip_norm=approval.clip_norm)
+    return start_accumulator(
+        opened.strategy.name,
+        opened.strategy.params.model_dump(exclude_none=True),
+        opened.param_shapes,
+    )
 
 
 def stage_deadline(opened: RoundOpened, received_at: datetime | None) -> datetime:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from fedcommon import arrays
 from fedcommon.constraints import MAX_TIMEOUT_S
 from fedcommon.messages.v1 import RoundAggregated, RoundFailed
+from fedengine_aggregator.core import dp_fedavg
 from fedengine_aggregator.core.exchange import UPDATES_STAGE
 from fedengine_aggregator.core.window import OpenRound
 
@@ -44,6 +47,38 @@ def aggregated(state: OpenRound, *, producer: str, now: datetime) -> RoundAggreg
         train_loss=exchange.mean_train_loss(),
         bytes_up=exchange.bytes_up(),
         duration_s=min(max(0.0, (now - opened.sent_at).total_seconds()), MAX_TIMEOUT_S),
+    )
+
+
+def private_aggregated(
+    state: OpenRound, *, producer: str, now: datetime, rng: np.random.Generator
+) -> RoundAggregated:
+    """A DP round's result: the noised delta under its approval, and nothing per device.
+
+    No participants, drops, rejection counts, example counts, losses or bytes: each would
+    tell, un-noised, who took part or how many did. Every call draws fresh noise, so the
+    caller builds it once and stores it (the aggregator's outbox).
+
+    Raises ``ValueError`` if the round is not a DP round or its sum is not a clipped one.
+    """
+    opened, accumulator, approval = state.opened, state.exchange.accumulator, state.opened.privacy
+    if approval is None:
+        raise ValueError(f"round {state.round_id} is not a DP round")
+    if not isinstance(accumulator, dp_fedavg.ClippedSum):
+        raise ValueError(f"round {state.round_id}: a DP round needs a clipped sum")
+    delta = dp_fedavg.release(accumulator, approval=approval, rng=rng)
+    return RoundAggregated(
+        **about(state, producer=producer),
+        model_version=opened.model_version,
+        delta=arrays.to_bytes(list(delta)),
+        participants=[],
+        dropped=[],
+        rejected={},
+        num_examples=0,
+        train_loss=0.0,
+        bytes_up=0,
+        duration_s=min(max(0.0, (now - opened.sent_at).total_seconds()), MAX_TIMEOUT_S),
+        privacy_approval_id=approval.approval_id,
     )
 
 

@@ -45,10 +45,9 @@ class OpenRound:
     _rejected_ids: set[UUID] = field(default_factory=set)
     # A close under way (guards against a concurrent one).
     closing: bool = False
-    # The result, fixed once the close began, and whether it is on the log: a close that met
-    # an outage is retried with this same message.
+    # The result, fixed once the close began: a close that met an outage is retried with this
+    # same message (stored in the outbox with the round's close, never built twice).
     result: RoundResult | None = None
-    published: bool = False
 
     @classmethod
     def begin(
