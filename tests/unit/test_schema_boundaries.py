@@ -62,4 +62,7 @@ def test_the_readers_that_exist_are_found() -> None:
         "coordinator.tasks_public",
         "aggregator.device_results_public",
     }
-    assert {name for name, _ in _foreign_reads("coordinator")} == {"registry.devices_public"}
+    assert {name for name, _ in _foreign_reads("coordinator")} == {
+        "registry.devices_public",
+        "privacy.device_exhaustion_public",
+    }

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedcommon import auth, datasets, signing, trust
-from fedcommon.messages.v1 import ModelArchitecture
+from fedcommon.messages.v1 import ModelArchitecture, PrivacyLevel
 from fedengine import fleets, launcher
 from fedengine.demo import (
     AttackKind,
@@ -40,6 +40,13 @@ Malicious = Annotated[
     ),
 ]
 Attack = Annotated[AttackKind, typer.Option(help="what the malicious devices send")]
+LocalDpLevel = Annotated[
+    PrivacyLevel,
+    typer.Option(
+        help="the privacy level the devices enrol with: low, medium or high trains with local "
+        "DP-SGD (epsilon 8, 3 or 1 per task, delta 1e-5)"
+    ),
+]
 DatasetOption = Annotated[
     DatasetChoice,
     typer.Option(
@@ -184,6 +191,7 @@ def fleet(
     malicious: Malicious = 0.0,
     attack: Attack = AttackKind.SIGN_FLIP,
     attack_scale: AttackScale = 1.0,
+    privacy_level: LocalDpLevel = PrivacyLevel.NONE,
 ) -> None:
     """Attach simulated devices to the running stack (`fedengine fleet stop NAME` removes them)."""
     if context.invoked_subcommand is not None:
@@ -204,6 +212,7 @@ def fleet(
         malicious=malicious,
         attack=attack.value,
         attack_scale=attack_scale,
+        privacy_level=privacy_level.value,
     )
     try:
         process = fleets.start(LauncherSettings(), chosen)
@@ -319,6 +328,14 @@ def demo(
             "calibrates one that spends the budget over --rounds"
         ),
     ] = None,
+    local_dp: Annotated[
+        PrivacyLevel,
+        typer.Option(
+            "--local-dp",
+            help="local DP-SGD on every device: the privacy level the fleet enrols with "
+            "(low: epsilon 8 per task, medium: 3, high: 1; delta 1e-5)",
+        ),
+    ] = PrivacyLevel.NONE,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -357,6 +374,7 @@ def demo(
         dp_delta=dp_delta,
         dp_clip=dp_clip,
         dp_noise_multiplier=dp_noise_multiplier,
+        local_dp=local_dp.value,
     )
     try:
         privacy_section(options)

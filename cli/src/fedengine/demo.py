@@ -97,6 +97,63 @@ class DemoOptions:
     dp_delta: float = 1e-5
     dp_clip: float = 1.0
     dp_noise_multiplier: float | None = None
+    # Local DP-SGD: the privacy level the fleet's devices enrol with ("none": off).
+    local_dp: str = "none"
+
+
+async def _device_ledgers(
+    client: FedEngineClient, device_ids: list[str], task_id: str, *, rounds: int
+) -> dict[str, dict[str, Any] | None]:
+    """Every device's ledger, once the privacy service has charged each completed round (it
+    charges asynchronously, a little after the coordinator asks; at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        ledgers = {d: await client.get_device_privacy_ledger(d) for d in device_ids}
+        charged = {
+            r["round_number"]
+            for ledger in ledgers.values()
+            if ledger is not None
+            for r in ledger["release_log"]
+            if r["task_id"] == task_id
+        }
+        if set(range(1, rounds + 1)) <= charged or time.monotonic() > deadline:
+            return ledgers
+        await _sleep(0.5)
+
+
+def local_dp_section(
+    task_id: str, level: str, ledgers: dict[str, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """The --json result's local DP: each device's ε on this task after each round it was
+    asked for, and over its lifetime (from GET /privacy/budget?device_id=)."""
+    devices: dict[str, Any] = {}
+    for device_id, ledger in ledgers.items():
+        if ledger is None:
+            continue
+        releases = [r for r in ledger["release_log"] if r["task_id"] == task_id]
+        devices[device_id] = {
+            "epsilon_spent": max((r["epsilon_task_after"] for r in releases), default=0.0),
+            "epsilon_lifetime": ledger["epsilon_lifetime_spent"],
+            "releases": [
+                {
+                    "round": r["round_number"],
+                    "attempt": r["attempt"],
+                    "noise_multiplier": r["noise_multiplier"],
+                    "sample_rate": r["sample_rate"],
+                    "steps": r["steps"],
+                    "epsilon_after": r["epsilon_task_after"],
+                }
+                for r in releases
+            ],
+        }
+    known = [ld for ld in ledgers.values() if ld is not None]
+    budgets = {t["epsilon_budget"] for ld in known for t in ld["tasks"] if t["task_id"] == task_id}
+    return {
+        "level": level,
+        "epsilon_budget": max(budgets) if budgets else None,
+        "delta": known[0]["delta"] if known else None,
+        "devices": devices,
+    }
 
 
 def privacy_section(options: DemoOptions) -> dict[str, Any] | None:
@@ -196,6 +253,7 @@ async def run_demo(
         malicious=options.malicious,
         attack=options.attack,
         attack_scale=options.attack_scale,
+        privacy_level=options.local_dp,
     )
     attackers = (
         f", {options.malicious:g} of them malicious ({options.attack} x{options.attack_scale:g})"
@@ -279,6 +337,15 @@ async def run_demo(
                 if r["status"] == "completed"
             ]
             budget = await client.get_privacy_budget(task_id) if privacy is not None else None
+            local = None
+            if options.local_dp != "none":
+                ledgers = await _device_ledgers(
+                    client,
+                    [f"{fleet.name}-{i:04d}" for i in range(options.devices)],
+                    task_id,
+                    rounds=len(rounds),
+                )
+                local = local_dp_section(task_id, options.local_dp, ledgers)
         result = {
             "task_id": task_id,
             "status": state["state"],
@@ -322,6 +389,7 @@ async def run_demo(
                     for r in budget["release_log"]
                 ],
             },
+            "local_dp": local,
             "wall_s": None,
             "phases": phases,
         }

@@ -344,6 +344,9 @@ class Fleet:
     malicious: float = 0.0
     attack: str = "sign_flip"
     attack_scale: float = 1.0
+    # The privacy level its devices enrol with (none, low, medium, high): all but none train
+    # with local DP-SGD.
+    privacy_level: str = "none"
 
     @property
     def process_name(self) -> str:
@@ -361,6 +364,7 @@ class Fleet:
             "SIMULATOR_MALICIOUS": str(self.malicious),
             "SIMULATOR_ATTACK": self.attack,
             "SIMULATOR_ATTACK_SCALE": str(self.attack_scale),
+            "SIMULATOR_PRIVACY_LEVEL": self.privacy_level,
         }
 
 

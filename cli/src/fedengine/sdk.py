@@ -150,6 +150,16 @@ class FedEngineClient:
         result: dict[str, Any] = response.json()
         return result
 
+    async def get_device_privacy_ledger(self, device_id: str) -> dict[str, Any] | None:
+        """A device's local-DP ledger (per task and lifetime ε, every release); None for a
+        device that was never asked to train with local DP."""
+        try:
+            return await self._json("GET", "/privacy/budget", params={"device_id": device_id})
+        except FedEngineError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
     async def get_task_events(self, task_id: str) -> list[dict[str, Any]]:
         page = await self._request("GET", f"/tasks/{task_id}/events", params={"limit": 500})
         items: list[dict[str, Any]] = page.json()["items"]

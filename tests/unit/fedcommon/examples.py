@@ -19,6 +19,16 @@ SIG = bytes(range(64))
 DELTA = arrays.to_bytes([np.ones((2, 3), np.float32), np.zeros(3, np.float32)])
 base = {"message_id": M, "sent_at": WHEN, "producer": "example"}
 
+LOCAL_DP = v1.LocalDp(
+    level=v1.PrivacyLevel.MEDIUM,
+    noise_multiplier=1.1,
+    sample_rate=0.1,
+    steps=50,
+    max_grad_norm=1.0,
+    epsilon_budget=3.0,
+    delta=1e-5,
+)
+
 EXAMPLES: list[v1.Envelope] = [
     v1.DeviceEnrolled(
         **base,
@@ -68,6 +78,23 @@ EXAMPLES: list[v1.Envelope] = [
         local_epochs=5,
         batch_size=16,
         seed=0,
+    ),
+    v1.TrainRequested(
+        **base,
+        round_id=R,
+        task_id=T,
+        device_id="dev-2",
+        round_number=1,
+        model_version=0,
+        model_sha256="ab" * 32,
+        deadline=WHEN,
+        model_architecture=v1.ModelArchitecture.MLP,
+        dataset="digits",
+        learning_rate=0.3,
+        local_epochs=5,
+        batch_size=16,
+        seed=0,
+        local_dp=LOCAL_DP,
     ),
     v1.ModelPublished(**base, task_id=T, version=1, sha256="ab" * 32, size_bytes=100),
     v1.RoundOpened(
@@ -141,6 +168,15 @@ EXAMPLES: list[v1.Envelope] = [
         planned_rounds=10,
         sample_rate=0.5,
         on_behalf_of="alice",
+    ),
+    v1.LocalDpAssigned(
+        **base,
+        round_id=R,
+        task_id=T,
+        round_number=1,
+        attempt=0,
+        planned_rounds=10,
+        assignments=[v1.LocalDpAssignment(device_id="dev-2", settings=LOCAL_DP)],
     ),
     v1.PrivacySpendApproved(
         **base,

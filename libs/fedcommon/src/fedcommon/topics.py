@@ -74,13 +74,19 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         ROUNDS, "task_id", ("aggregator",), ("coordinator",), ("round.aggregated", "round.failed")
     ),
-    # Spend requests (coordinator -> privacy) and their answers (privacy -> coordinator).
+    # Spend requests (coordinator -> privacy) and their answers (privacy -> coordinator), and
+    # the devices asked to train with local DP (coordinator -> privacy's device ledger).
     TopicSpec(
         PRIVACY,
         "task_id",
         ("coordinator", "privacy"),
         ("coordinator", "privacy"),
-        ("privacy.spend_requested", "privacy.spend_approved", "privacy.spend_refused"),
+        (
+            "privacy.spend_requested",
+            "privacy.spend_approved",
+            "privacy.spend_refused",
+            "privacy.local_dp_assigned",
+        ),
     ),
     TopicSpec(
         EVENTS,

@@ -60,6 +60,7 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     (topics.PRIVACY, "privacy.spend_requested"): _COORDINATOR,
     (topics.PRIVACY, "privacy.spend_approved"): _PRIVACY,
     (topics.PRIVACY, "privacy.spend_refused"): _PRIVACY,
+    (topics.PRIVACY, "privacy.local_dp_assigned"): _COORDINATOR,
     (topics.EVENTS, "privacy.budget_exhausted"): _PRIVACY,
 }
 

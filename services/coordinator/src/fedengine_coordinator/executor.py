@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 from fedcommon import arrays, models, outbox
 from fedcommon.errors import ProtocolViolation
 from fedcommon.settings import KafkaSettings
-from fedengine_coordinator import store
+from fedengine_coordinator import local_privacy, store
 from fedengine_coordinator.core import evaluation, machine, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
@@ -264,10 +264,14 @@ async def _apply(
 async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOffered:
     task = effect.task
     spec = task.spec
+    candidates = await store.online_candidates(conn)
     return DevicesOffered(
         round_number=effect.round_number,
-        candidates=await store.online_candidates(conn),
+        candidates=candidates,
         busy=frozenset(await store.busy_devices(conn)),
+        exhausted=frozenset(await store.exhausted_devices(conn, task.task_id)),
+        asks=await store.asks(conn, task.task_id),
+        local_dp=await local_privacy.settings_for(spec, (c.privacy_level for c in candidates)),
         attempt=await store.next_attempt(conn, task.task_id, effect.round_number),
         model_sha256=await store.get_model_digest(conn, task.task_id, task.model_version),
         param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),

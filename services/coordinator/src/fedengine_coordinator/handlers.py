@@ -24,6 +24,7 @@ from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     AnyMessage,
     CleanupRequested,
+    LocalDpAssigned,
     PrivacySpendApproved,
     PrivacySpendRefused,
     PrivacySpendRequested,
@@ -37,7 +38,7 @@ from fedcommon.messages.v1 import (
     TaskState,
 )
 from fedcommon.service import ServiceContext, ServiceParts
-from fedengine_coordinator import store
+from fedengine_coordinator import local_privacy, store
 from fedengine_coordinator.core import evaluation
 from fedengine_coordinator.core.events import (
     CommandReceived,
@@ -102,12 +103,15 @@ async def _approved(
     if round_ is None or task is None:
         return SpendApproved(approval, {}, "", [], datetime.now(UTC))
     spec = task.spec
+    levels = await store.privacy_levels(conn, list(round_.participants))
     return SpendApproved(
         approval,
         public_keys=await store.public_keys(conn, list(round_.participants)),
         model_sha256=await store.get_model_digest(conn, task.task_id, round_.model_version_in),
         param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),
         now=datetime.now(UTC),
+        privacy_levels=levels,
+        local_dp=await local_privacy.settings_for(spec, levels.values()),
     )
 
 
@@ -170,8 +174,8 @@ class Coordinator:
             case PrivacySpendRefused(round_id=round_id) if round_id is not None:
                 state = await _awaiting_state(conn, round_id)
                 event = SpendRefused(message)
-            case PrivacySpendRequested():
-                return  # our own request, on the topic we share with the privacy service
+            case PrivacySpendRequested() | LocalDpAssigned():
+                return  # our own messages, on the topic we share with the privacy service
             case CleanupRequested():
                 deleted = await store.cleanup_models(conn, retention_s=message.retention_s)
                 logger.info("cleanup by %s deleted %d model versions", message.issued_by, deleted)

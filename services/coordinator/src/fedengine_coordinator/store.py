@@ -10,7 +10,7 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fedcommon.messages.v1 import StopReason, TaskSpec, TaskState
+from fedcommon.messages.v1 import PrivacyLevel, StopReason, TaskSpec, TaskState
 from fedengine_coordinator.core.selection import Candidate
 from fedengine_coordinator.core.state import Round, RoundStatus, Task
 
@@ -170,10 +170,50 @@ async def get_model_digest(conn: psycopg.AsyncConnection, task_id: UUID, version
 
 async def online_candidates(conn: psycopg.AsyncConnection) -> list[Candidate]:
     cursor = await conn.execute(
-        "SELECT device_id, public_key, battery_pct FROM registry.devices_public "
+        "SELECT device_id, public_key, battery_pct, privacy_level FROM registry.devices_public "
         "WHERE status = 'online' AND public_key IS NOT NULL"
     )
-    return [Candidate(r[0], bytes(r[1]), r[2]) for r in await cursor.fetchall()]
+    return [Candidate(r[0], bytes(r[1]), r[2], PrivacyLevel(r[3])) for r in await cursor.fetchall()]
+
+
+async def exhausted_devices(conn: psycopg.AsyncConnection, task_id: UUID) -> set[str]:
+    """Local-DP devices one more round would take past this task's or their lifetime budget
+    (the privacy service's device ledger; none before that service has created it)."""
+    cursor = await conn.execute(
+        "SELECT to_regclass('privacy.device_exhaustion_public') IS NOT NULL"
+    )
+    row = await cursor.fetchone()
+    if row is None or not row[0]:
+        return set()
+    cursor = await conn.execute(
+        "SELECT DISTINCT device_id FROM privacy.device_exhaustion_public "
+        "WHERE lifetime_exhausted OR (task_id = %s AND task_exhausted)",
+        (task_id,),
+    )
+    return {r[0] for r in await cursor.fetchall()}
+
+
+async def asks(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, int]:
+    """How many opened tries of the task asked each device to train (a DP try counts once
+    approved: one refused while awaiting its spend asked nobody)."""
+    cursor = await conn.execute(
+        "SELECT device_id, count(*) FROM coordinator.rounds, unnest(participants) AS device_id "
+        "WHERE task_id = %s AND (sample_rate IS NULL OR approval_id IS NOT NULL) "
+        "GROUP BY device_id",
+        (task_id,),
+    )
+    return {r[0]: int(r[1]) for r in await cursor.fetchall()}
+
+
+async def privacy_levels(
+    conn: psycopg.AsyncConnection, device_ids: list[str]
+) -> dict[str, PrivacyLevel]:
+    """The enrolled privacy levels of ``device_ids``."""
+    cursor = await conn.execute(
+        "SELECT device_id, privacy_level FROM registry.devices_public WHERE device_id = ANY(%s)",
+        (device_ids,),
+    )
+    return {r[0]: PrivacyLevel(r[1]) for r in await cursor.fetchall()}
 
 
 async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:

@@ -1,4 +1,5 @@
-"""GET /privacy/budget: every DP task's budget, one task's ledger and audit log.
+"""GET /privacy/budget: every DP task's budget, one task's ledger and audit log, or one
+device's local-DP ledger (?device_id=).
 
 Read from the privacy service's views (privacy.*_public), which it keeps append-only; nothing
 here or in /cleanup changes them.
@@ -14,16 +15,17 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fedcommon.constraints import DeviceId
 from fedengine_gateway import errors, queries
 from fedengine_gateway.deps import PREFIX, Conn, Limit, Offset, Viewer
-from fedengine_gateway.schemas import Page, PrivacyBudgetPublic
+from fedengine_gateway.schemas import DeviceLedgerPublic, Page, PrivacyBudgetPublic
 
 router = APIRouter(prefix=PREFIX)
 
 
 @router.get(
     "/privacy/budget",
-    response_model=PrivacyBudgetPublic | Page[PrivacyBudgetPublic],
-    responses=errors.responses(401, 404, 413, 422, 501, 503),
-    summary="Privacy budgets: all DP tasks, or one task's ledger and audit log",
+    response_model=PrivacyBudgetPublic | DeviceLedgerPublic | Page[PrivacyBudgetPublic],
+    responses=errors.responses(401, 404, 413, 422, 503),
+    summary="Privacy budgets: all DP tasks, one task's ledger and audit log, or one device's "
+    "local-DP ledger",
 )
 async def get_privacy_budget(
     conn: Conn,
@@ -32,15 +34,16 @@ async def get_privacy_budget(
     device_id: Annotated[DeviceId | None, Query()] = None,
     limit: Limit = 100,
     offset: Offset = 0,
-) -> PrivacyBudgetPublic | Page[PrivacyBudgetPublic]:
+) -> PrivacyBudgetPublic | DeviceLedgerPublic | Page[PrivacyBudgetPublic]:
     if task_id is not None and device_id is not None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "give task_id or device_id")
     if device_id is not None:
-        # Device ledgers come with local DP-SGD on devices, which is not built yet.
-        raise HTTPException(
-            status.HTTP_501_NOT_IMPLEMENTED,
-            "per-device privacy ledgers come with local DP, which is not built yet",
-        )
+        ledger = await queries.get_device_ledger(conn, device_id)
+        if ledger is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"device {device_id} has no local-DP ledger (yet)"
+            )
+        return DeviceLedgerPublic(**ledger)
     if task_id is not None:
         row = await queries.get_budget(conn, task_id)
         if row is None:

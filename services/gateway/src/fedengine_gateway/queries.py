@@ -6,6 +6,7 @@ never their tables: tests/unit/test_schema_boundaries.py checks it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from uuid import UUID
 
@@ -243,6 +244,57 @@ async def list_budgets(
         limit=limit,
         offset=offset,
     )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+async def get_device_ledger(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any] | None:
+    """A device's local-DP ledger, oldest first, with its per-task and lifetime totals (ε only
+    grows with releases: the latest row's is the total)."""
+    rows = await _all(
+        conn,
+        "SELECT task_id, round_number, attempt, level, noise_multiplier, sample_rate, steps, "
+        "max_grad_norm, delta, epsilon_task_budget, epsilon_lifetime_budget, "
+        "epsilon_task_after, epsilon_lifetime_after, task_exhausted, lifetime_exhausted, "
+        "recorded_at FROM privacy.device_ledger_public WHERE device_id = %s "
+        "ORDER BY recorded_at, task_id, round_number, attempt",
+        (device_id,),
+    )
+    if not rows:
+        return None
+    tasks: dict[UUID, dict[str, Any]] = {}
+    for row in rows:
+        task = tasks.setdefault(
+            row["task_id"],
+            {"task_id": row["task_id"], "releases": 0, "exhausted": False, "epsilon_spent": 0.0},
+        )
+        task["level"] = row["level"]
+        task["epsilon_budget"] = row["epsilon_task_budget"]
+        task["epsilon_spent"] = max(task["epsilon_spent"], row["epsilon_task_after"])
+        task["releases"] += 1
+        task["exhausted"] = task["exhausted"] or row["task_exhausted"]
+    for task in tasks.values():
+        task["epsilon_spent"] = _finite(task["epsilon_spent"])
+    last = rows[-1]
+    return {
+        "device_id": device_id,
+        "level": last["level"],
+        "delta": last["delta"],
+        "epsilon_lifetime_budget": last["epsilon_lifetime_budget"],
+        "epsilon_lifetime_spent": _finite(max(r["epsilon_lifetime_after"] for r in rows)),
+        "lifetime_exhausted": any(r["lifetime_exhausted"] for r in rows),
+        "tasks": list(tasks.values()),
+        "release_log": [
+            {
+                **{k: r[k] for k in r if k not in ("epsilon_task_after", "epsilon_lifetime_after")},
+                "epsilon_task_after": _finite(r["epsilon_task_after"]),
+                "epsilon_lifetime_after": _finite(r["epsilon_lifetime_after"]),
+            }
+            for r in rows
+        ],
+    }
 
 
 async def get_budget(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, Any] | None:

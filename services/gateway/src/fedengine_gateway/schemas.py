@@ -382,6 +382,47 @@ class PrivacyBudgetPublic(BaseModel):
     audit: list[PrivacyAuditPublic] | None = None
 
 
+class DeviceReleasePublic(BaseModel):
+    """One round a device was asked to train with local DP-SGD, at the coordinator's settings,
+    and the device's ε after it (for that task, and over all its tasks)."""
+
+    task_id: UUID
+    round_number: int
+    attempt: int
+    level: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    delta: float
+    epsilon_task_after: float | None
+    epsilon_lifetime_after: float | None
+    recorded_at: datetime
+
+
+class DeviceTaskBudgetPublic(BaseModel):
+    task_id: UUID
+    level: str
+    epsilon_budget: float
+    epsilon_spent: float | None
+    releases: int
+    exhausted: bool
+
+
+class DeviceLedgerPublic(BaseModel):
+    """A device's local-DP ledger: what it spent per task and over its lifetime (ε at δ, RDP;
+    None where beyond any meaningful guarantee)."""
+
+    device_id: str
+    level: str
+    delta: float
+    epsilon_lifetime_budget: float
+    epsilon_lifetime_spent: float | None
+    lifetime_exhausted: bool
+    tasks: list[DeviceTaskBudgetPublic]
+    release_log: list[DeviceReleasePublic]
+
+
 class TaskEventPublic(BaseModel):
     kind: str
     issued_by: str | None

@@ -5,6 +5,10 @@ budget and the ledger, lets ``core.ledger.decide`` choose, and stores the decisi
 ledger row, audit row) with the answers written to the outbox, so that an answer is sent iff
 its decision is stored. The accounting runs in a worker thread (a PLD calibration takes
 seconds) so that the consumer's heartbeats go on meanwhile.
+
+A ``privacy.local_dp_assigned`` (the devices a try asked to train with DP-SGD) charges each
+device's ledger (core.device_ledger) in one transaction and answers nothing: the coordinator
+reads who is exhausted from ``privacy.device_exhaustion_public`` when it selects.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     AnyMessage,
     Envelope,
+    LocalDpAssigned,
     PrivacyBudgetExhausted,
     PrivacySpendApproved,
     PrivacySpendRefused,
@@ -29,7 +34,7 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_privacy import store
-from fedengine_privacy.core import ledger
+from fedengine_privacy.core import device_ledger, ledger
 from fedengine_privacy.core.ledger import Approve, Decision, Duplicate, Refuse
 
 logger = logging.getLogger(__name__)
@@ -38,6 +43,10 @@ PRODUCER = "privacy"
 
 DECISIONS = Counter(
     "fedengine_privacy_decisions_total", "Spend requests decided", ["decision", "reason"]
+)
+
+LOCAL_CHARGES = Counter(
+    "fedengine_privacy_local_dp_charges_total", "Devices charged for local DP-SGD", ["level"]
 )
 
 
@@ -51,6 +60,9 @@ class Privacy:
                 # The consume loop verified the signature: the signer is who asked.
                 requested_by = trust.signer_of(record.headers) or message.producer
                 await self._spend_requested(message, requested_by=requested_by)
+            case LocalDpAssigned():
+                await self._local_dp_assigned(message)
+                return  # nothing to send
             case PrivacySpendApproved() | PrivacySpendRefused():
                 return  # our own answers, on the topic we read: for the coordinator
             case _:
@@ -77,6 +89,49 @@ class Privacy:
                 refused=refused,
             )
             await self._store(conn, request, decision, requested_by=requested_by)
+
+    async def _local_dp_assigned(self, message: LocalDpAssigned) -> None:
+        """Charge each device asked to train with DP-SGD, in one transaction."""
+        device_ids = [a.device_id for a in message.assignments]
+        async with self.context.pool.connection() as conn, conn.transaction():
+            if not await db.mark_processed(
+                conn, schema=store.SCHEMA, message_id=message.message_id
+            ):
+                logger.info("duplicate delivery of %s skipped", message.message_id)
+                return
+            await store.lock_devices(conn, device_ids)
+            for assignment in message.assignments:
+                history = await store.device_history(conn, assignment.device_id)
+                charge = await asyncio.to_thread(
+                    device_ledger.charge,
+                    assignment.device_id,
+                    assignment.settings,
+                    history,
+                    task_id=message.task_id,
+                    round_number=message.round_number,
+                    attempt=message.attempt,
+                )
+                if charge is None:
+                    continue
+                await store.insert_device_charge(
+                    conn,
+                    charge,
+                    round_id=message.round_id,
+                    request_message_id=message.message_id,
+                )
+                LOCAL_CHARGES.labels(charge.settings.level.value).inc()
+                logger.info(
+                    "device %s task %s round %d attempt %d: local epsilon %.4g of %g (task), "
+                    "%.4g of %g (lifetime)",
+                    charge.device_id,
+                    charge.task_id,
+                    message.round_number,
+                    message.attempt,
+                    charge.epsilon_task_after,
+                    charge.epsilon_task_budget,
+                    charge.epsilon_lifetime_after,
+                    charge.epsilon_lifetime_budget,
+                )
 
     async def _store(
         self,

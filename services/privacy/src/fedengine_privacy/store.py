@@ -1,4 +1,5 @@
-"""The privacy service's SQL: budgets, the append-only ledger and the audit log."""
+"""The privacy service's SQL: budgets, the append-only ledger and the audit log, and the
+append-only device ledger of local DP-SGD."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from uuid import UUID
 
 import psycopg
 
+from fedcommon.local_dp import LOCAL_DP_DELTA
+from fedengine_privacy.core.device_ledger import DeviceCharge, DeviceRelease
 from fedengine_privacy.core.kinds import Accountant
 from fedengine_privacy.core.ledger import SUBSAMPLED_GAUSSIAN, Budget, Release
 
@@ -159,5 +162,71 @@ async def insert_audit(
             reason,
             epsilon_before,
             epsilon_after,
+        ),
+    )
+
+
+# --- the device ledger (local DP-SGD) --------------------------------------------------------
+
+
+def _device_lock_key(device_id: str) -> int:
+    digest = hashlib.sha256(b"fedengine/privacy/device/" + device_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def lock_devices(conn: psycopg.AsyncConnection, device_ids: list[str]) -> None:
+    """Serialise charges of these devices until the transaction ends (in sorted order, so two
+    transactions charging overlapping devices cannot deadlock)."""
+    for device_id in sorted(set(device_ids)):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_device_lock_key(device_id),))
+
+
+async def device_history(conn: psycopg.AsyncConnection, device_id: str) -> list[DeviceRelease]:
+    """Every release the device was charged, oldest first."""
+    cursor = await conn.execute(
+        "SELECT task_id, round_number, attempt, sample_rate, noise_multiplier, steps "
+        "FROM privacy.device_releases WHERE device_id = %s "
+        "ORDER BY recorded_at, task_id, round_number, attempt",
+        (device_id,),
+    )
+    return [
+        DeviceRelease(r[0], Release(r[1], r[2], r[3], r[4], r[5])) for r in await cursor.fetchall()
+    ]
+
+
+async def insert_device_charge(
+    conn: psycopg.AsyncConnection,
+    charge: DeviceCharge,
+    *,
+    round_id: UUID | None,
+    request_message_id: UUID,
+) -> None:
+    settings = charge.settings
+    await conn.execute(
+        "INSERT INTO privacy.device_releases (device_id, task_id, round_id, round_number, "
+        "attempt, level, noise_multiplier, sample_rate, steps, max_grad_norm, delta, "
+        "epsilon_task_budget, epsilon_lifetime_budget, epsilon_task_after, "
+        "epsilon_lifetime_after, task_exhausted, lifetime_exhausted, request_message_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (
+            charge.device_id,
+            charge.task_id,
+            round_id,
+            charge.release.round_number,
+            charge.release.attempt,
+            settings.level.value,
+            charge.release.noise_multiplier,
+            charge.release.sample_rate,
+            charge.release.steps,
+            settings.max_grad_norm,
+            LOCAL_DP_DELTA,
+            charge.epsilon_task_budget,
+            charge.epsilon_lifetime_budget,
+            charge.epsilon_task_after,
+            charge.epsilon_lifetime_after,
+            charge.task_exhausted,
+            charge.lifetime_exhausted,
+            request_message_id,
         ),
     )

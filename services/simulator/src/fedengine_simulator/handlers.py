@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from datetime import UTC, datetime
 
@@ -38,6 +39,7 @@ from fedcommon.messages.v1 import (
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_simulator import identities
 from fedengine_simulator.core import attacks, fleet
+from fedengine_simulator.core.dp_training import train_local_dp
 from fedengine_simulator.core.training import LocalResult, train_local
 from fedengine_simulator.settings import Settings
 
@@ -56,7 +58,10 @@ class Fleet:
     def __init__(self, context: ServiceContext, settings: Settings) -> None:
         self.context = context
         self.settings = settings
-        self.devices = {d.device_id: d for d in fleet.layout(settings.fleet, settings.devices)}
+        self.devices = {
+            d.device_id: d
+            for d in fleet.layout(settings.fleet, settings.devices, settings.privacy_level)
+        }
         self.keys = identities.load_or_create(
             settings.home / "simulator" / settings.fleet, list(self.devices)
         )
@@ -230,6 +235,18 @@ class Fleet:
                 seed=0,
             )
             models.load_into(model, data)
+            if message.local_dp is not None:
+                # DP-SGD at the coordinator's settings; its sampling and noise come from the
+                # OS's entropy (a seeded generator would let the seed's holder remove them).
+                return train_local_dp(
+                    model,
+                    dataset.x_train[indices],
+                    labels,
+                    settings=message.local_dp,
+                    learning_rate=message.learning_rate,
+                    sampling_generator=torch.Generator().manual_seed(secrets.randbits(63)),
+                    noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
+                ), time.perf_counter() - began
             result = train_local(
                 model,
                 dataset.x_train[indices],

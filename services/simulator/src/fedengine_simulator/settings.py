@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedcommon import enrolment_tokens
 from fedcommon.constraints import FLEET_PATTERN, MAX_SETTING
-from fedcommon.messages.v1 import DatasetName, Partitioning
+from fedcommon.messages.v1 import DatasetName, Partitioning, PrivacyLevel
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings, default_home
 from fedengine_simulator.core.attacks import Attack, AttackKind
 
@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     malicious: float = Field(default=0.0, ge=0, le=1)
     attack: AttackKind = AttackKind.SIGN_FLIP
     attack_scale: float = Field(default=1.0, gt=0, le=MAX_SETTING)
+    # The privacy level every device of the fleet enrols with: low, medium or high trains with
+    # local DP-SGD at the coordinator's settings (fedcommon.local_dp); none does not.
+    privacy_level: PrivacyLevel = PrivacyLevel.NONE
     heartbeat_s: float = Field(default=5.0, gt=0)
     home: Path = Field(default_factory=default_home, validation_alias="FEDENGINE_HOME")
     metrics_port: int = 0

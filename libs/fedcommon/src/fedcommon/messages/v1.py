@@ -337,6 +337,37 @@ class RoundPrivacy(_Frozen):
     expected_participants: float = Field(gt=0, le=MAX_PARTICIPATING_DEVICES)
 
 
+# Steps of DP-SGD one round may ask of a device (steps_per_round of the largest local_epochs).
+MAX_LOCAL_DP_STEPS = 100_000
+
+
+class LocalDp(_Frozen):
+    """A device's DP-SGD settings for one round of one task, chosen by the coordinator
+    (fedcommon.local_dp): Poisson rate q per example, ``steps`` steps, each example's gradient
+    clipped to ``max_grad_norm`` C, noise of std z·C on each step's sum. The privacy service
+    accounts exactly these numbers for the device."""
+
+    level: PrivacyLevel
+    noise_multiplier: float = Field(gt=0, le=MAX_NOISE_MULTIPLIER)
+    sample_rate: float = Field(gt=0, le=1)
+    steps: int = Field(ge=1, le=MAX_LOCAL_DP_STEPS)
+    max_grad_norm: float = Field(gt=0, le=MAX_SETTING)
+    # The per-task budget of the level (what the noise was calibrated to) at this δ.
+    epsilon_budget: float = Field(gt=0, le=MAX_DP_EPSILON)
+    delta: float = Field(gt=0, le=MAX_DP_DELTA)
+
+    @model_validator(mode="after")
+    def _check_level(self) -> LocalDp:
+        if self.level == PrivacyLevel.NONE:
+            raise ValueError("a device of privacy level none does not train with local DP")
+        return self
+
+
+class LocalDpAssignment(_Frozen):
+    device_id: DeviceId
+    settings: LocalDp
+
+
 # --- shared value objects ------------------------------------------------------------------
 
 # The data sets a task may train on (fedcommon.datasets loads them): scikit-learn's digits, and
@@ -554,6 +585,9 @@ class TrainRequested(Envelope):
     seed: Seed
     # FedProx's proximal term weight μ for local training; 0 (none) for every other strategy.
     proximal_mu: float = Field(default=0.0, ge=0, le=MAX_SETTING)
+    # Set for a device whose privacy level asks for local DP: train with DP-SGD at exactly
+    # these settings (the task's batch_size and local_epochs are then replaced by them).
+    local_dp: LocalDp | None = None
 
 
 class ModelPublished(Envelope):
@@ -646,6 +680,20 @@ class PrivacySpendRequested(Envelope):
     sample_rate: float = Field(gt=0, le=1)
     # Who the task belongs to (its creator), for the audit log.
     on_behalf_of: Name
+
+
+class LocalDpAssigned(Envelope):
+    """The coordinator asked these devices to train a round's try with DP-SGD at these
+    settings: the privacy service adds one release per device to its device ledger (charged
+    when asked, whether or not the device answers)."""
+
+    type: Literal["privacy.local_dp_assigned"] = "privacy.local_dp_assigned"
+    task_id: UUID
+    round_number: PositiveInt32
+    attempt: Int32
+    # The task's planned rounds: what each level's per-task ε was spread over.
+    planned_rounds: int = Field(ge=1, le=MAX_ROUNDS)
+    assignments: list[LocalDpAssignment] = Field(min_length=1, max_length=MAX_DEVICES_PER_ROUND)
 
 
 class PrivacySpendApproved(Envelope):
@@ -742,6 +790,7 @@ AnyMessage = Annotated[
     | PrivacySpendRequested
     | PrivacySpendApproved
     | PrivacySpendRefused
+    | LocalDpAssigned
     | PrivacyBudgetExhausted
     | TaskStateChanged
     | RoundStarted
@@ -772,6 +821,7 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     PrivacySpendRequested,
     PrivacySpendApproved,
     PrivacySpendRefused,
+    LocalDpAssigned,
     PrivacyBudgetExhausted,
     TaskStateChanged,
     RoundStarted,

@@ -8,7 +8,7 @@ names in :mod:`fedengine_coordinator.core.effects`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -16,6 +16,8 @@ from uuid import UUID
 
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
+    LocalDp,
+    PrivacyLevel,
     PrivacySpendApproved,
     PrivacySpendRefused,
     RoundAggregated,
@@ -109,7 +111,12 @@ class DevicesOffered:
     """Answer to ``OpenRound``: who could take part, and what a new try would need.
 
     ``busy`` are devices in another task's open round; ``attempt`` is the next try number of
-    ``round_number``; ``round_id`` is the id the try gets if it opens.
+    ``round_number``; ``round_id`` is the id the try gets if it opens. ``exhausted`` are local-DP
+    devices that one more round would take past this task's or their lifetime budget (the
+    privacy service's device ledger, which lags its charges a little), ``asks`` how many of
+    this task's tries asked each device (the coordinator's own count, without lag), and
+    ``local_dp`` the task's DP-SGD settings for each privacy level among the candidates
+    (calibrated by the shell).
     """
 
     round_number: int
@@ -123,6 +130,10 @@ class DevicesOffered:
     # A DP task draws its devices by Poisson sampling from this secret seed (the shell takes
     # it from the operating system's entropy; it is never stored or sent).
     secret_seed: int = 0
+    exhausted: frozenset[str] = frozenset()
+    local_dp: Mapping[PrivacyLevel, LocalDp] = field(default_factory=dict)
+    # How many tries of this task have asked each device so far.
+    asks: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,8 @@ class SpendApproved:
     """The privacy service approved (and charged) the spend of the try in ``State.round``.
 
     The shell adds what opening the try needs: the drawn devices' keys, the digest of the model
-    they train from, the model's shapes, and the time.
+    they train from, the model's shapes, and the time; and the drawn devices' privacy levels
+    with the task's DP-SGD settings for them.
     """
 
     approval: PrivacySpendApproved
@@ -138,6 +150,8 @@ class SpendApproved:
     model_sha256: str
     param_shapes: list[list[int]]
     now: datetime
+    privacy_levels: Mapping[str, PrivacyLevel] = field(default_factory=dict)
+    local_dp: Mapping[PrivacyLevel, LocalDp] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fedcommon import topics
 from fedcommon.messages.v1 import (
+    LocalDp,
+    LocalDpAssigned,
+    LocalDpAssignment,
     Participant,
     RoundOpened,
     RoundPrivacy,
@@ -24,12 +29,15 @@ def open_messages(
     model_sha256: str,
     param_shapes: list[list[int]],
     privacy: RoundPrivacy | None = None,
+    local_dp: Mapping[str, LocalDp] | None = None,
 ) -> list[Effect]:
     """The messages that open a try: to the aggregator, to each device, to the watchers.
 
     A DP try (``privacy`` set) tells the aggregator what its approval paid for, and publishes
-    no participant list to the watchers.
+    no participant list to the watchers. Devices in ``local_dp`` train with DP-SGD at their
+    settings, and the privacy service is told of them (charged) before they are asked.
     """
+    local = dict(local_dp or {})
     spec = task.spec
     key = str(task.task_id)
     opened = RoundOpened(
@@ -50,6 +58,20 @@ def open_messages(
         privacy=privacy,
     )
     effects: list[Effect] = [Emit(topics.UPDATES, key, opened)]
+    assignments = [
+        LocalDpAssignment(device_id=d, settings=local[d]) for d in round_.participants if d in local
+    ]
+    if assignments:
+        assigned = LocalDpAssigned(
+            producer=PRODUCER,
+            round_id=round_.round_id,
+            task_id=task.task_id,
+            round_number=round_.round_number,
+            attempt=round_.attempt,
+            planned_rounds=spec.rounds,
+            assignments=assignments,
+        )
+        effects.append(Emit(topics.PRIVACY, key, assigned))
     for device_id in round_.participants:
         request = TrainRequested(
             producer=PRODUCER,
@@ -67,6 +89,7 @@ def open_messages(
             batch_size=spec.batch_size,
             seed=spec.seed,
             proximal_mu=strategy.proximal_mu(spec.strategy),
+            local_dp=local.get(device_id),
         )
         effects.append(Emit(topics.DEVICE_COMMANDS, device_id, request))
     started = RoundStarted(

@@ -15,7 +15,7 @@ from fedcommon.messages.v1 import (
     StopReason,
     TaskState,
 )
-from fedengine_coordinator.core import selection, spend, stopping, strategy
+from fedengine_coordinator.core import local_privacy, selection, spend, stopping, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -167,7 +167,11 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         return Decision(state, [])
     spec = task.spec
     allowed = set(spec.participating_devices) if spec.participating_devices else None
-    pool = selection.eligible(event.candidates, busy=set(event.busy), allowed=allowed)
+    # A local-DP device whose budget one more round would pass is not asked.
+    spent = set(event.exhausted) | local_privacy.at_task_cap(
+        event.candidates, asks=event.asks, planned_rounds=spec.rounds
+    )
+    pool = selection.eligible(event.candidates, busy=set(event.busy) | spent, allowed=allowed)
     if len(pool) < spec.min_devices:
         if task.waiting_since is None:
             waiting: list[Effect] = [
@@ -221,6 +225,11 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         participants,
         model_sha256=event.model_sha256,
         param_shapes=event.param_shapes,
+        local_dp=local_privacy.assign(
+            round_.participants,
+            levels={c.device_id: c.privacy_level for c in chosen},
+            settings=event.local_dp,
+        ),
     )
     return Decision(State(task, round_), effects)
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedcommon.messages.v1 import PrivacyLevel
+
 MIN_BATTERY_PCT = 20.0
 
 
@@ -15,6 +17,8 @@ class Candidate:
     device_id: str
     public_key: bytes
     battery_pct: float | None
+    # Its enrolled privacy level: low, medium and high train with local DP-SGD.
+    privacy_level: PrivacyLevel = PrivacyLevel.NONE
 
 
 def eligible(

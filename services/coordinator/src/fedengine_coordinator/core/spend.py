@@ -40,6 +40,7 @@ from fedcommon.messages.v1 import (
     TaskSpec,
     TaskState,
 )
+from fedengine_coordinator.core import local_privacy
 from fedengine_coordinator.core.effects import (
     ApproveRound,
     CloseRound,
@@ -205,6 +206,9 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
             clip_norm=approval.clip_norm,
             noise_multiplier=approval.noise_multiplier,
             expected_participants=round_.expected_participants,
+        ),
+        local_dp=local_privacy.assign(
+            round_.participants, levels=event.privacy_levels, settings=event.local_dp
         ),
     )
     return Decision(State(task, round_), effects)

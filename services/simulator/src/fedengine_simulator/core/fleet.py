@@ -32,8 +32,11 @@ class SimulatedDevice:
     privacy_level: PrivacyLevel
 
 
-def layout(fleet: str, count: int) -> list[SimulatedDevice]:
-    """Return the fleet's devices; types cycle mobile, iot, desktop, cloud."""
+def layout(
+    fleet: str, count: int, privacy_level: PrivacyLevel = PrivacyLevel.NONE
+) -> list[SimulatedDevice]:
+    """Return the fleet's devices; types cycle mobile, iot, desktop, cloud; every device is
+    enrolled with ``privacy_level`` (low, medium, high: it trains with local DP-SGD)."""
     devices = []
     for index in range(count):
         device_type = _ORDER[index % len(_ORDER)]
@@ -43,7 +46,7 @@ def layout(fleet: str, count: int) -> list[SimulatedDevice]:
                 f"{fleet}-{index:04d}",
                 device_type,
                 _PROFILES[device_type],
-                PrivacyLevel.NONE,
+                privacy_level,
             )
         )
     return devices

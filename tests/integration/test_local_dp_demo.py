@@ -1,0 +1,54 @@
+"""End to end: `fedengine demo --local-dp medium`: every device trains with DP-SGD at the
+coordinator's settings, and the privacy service's device ledger (GET
+/api/federated/privacy/budget?device_id=) shows each device's ε per round, within 3."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
+from fedengine_privacy.core.kinds import Accountant
+from tests.integration.test_privacy_demo import _run
+
+pytestmark = pytest.mark.integration
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def test_a_medium_fleet_records_a_device_ledger_within_three_per_task(tmp_path: Path) -> None:
+    # Execute: 4 medium devices, 2 a round, 3 rounds of 1 local epoch (10 DP-SGD steps).
+    document = _run(
+        tmp_path,
+        "--devices", "4", "--per-round", "2", "--rounds", "3", "--seed", "5",
+        "--local-epochs", "1", "--local-dp", "medium",
+    )  # fmt: skip
+
+    # Assert: the task ran (no central DP), and every device asked has a ledger.
+    assert document["status"] == "completed"
+    assert document["privacy"] is None
+    local = document["local_dp"]
+    assert (local["level"], local["epsilon_budget"], local["delta"]) == ("medium", 3.0, 1e-5)
+    devices = local["devices"]
+    asked = sum(len(d["releases"]) for d in devices.values())
+    assert devices and asked >= 2 * len(document["rounds"])
+    for device in devices.values():
+        releases = device["releases"]
+        spent = [r["epsilon_after"] for r in releases]
+        # Grows with each round the device trained, never past the level's 3.
+        assert spent == sorted(spent) and len(set(spent)) == len(spent)
+        assert 0 < spent[-1] == device["epsilon_spent"] <= 3.0
+        assert device["epsilon_lifetime"] >= device["epsilon_spent"]
+        # ε is the server's, from the settings it sent: k asks of `steps` steps each.
+        for k, release in enumerate(releases, start=1):
+            assert (release["sample_rate"], release["steps"]) == (0.1, 10)
+            expected = epsilon_subsampled_gaussian(
+                sample_rate=release["sample_rate"],
+                noise_multiplier=release["noise_multiplier"],
+                steps=k * release["steps"],
+                delta=1e-5,
+                accountant=Accountant.RDP,
+            ).epsilon
+            assert release["epsilon_after"] == pytest.approx(expected, rel=1e-9)
