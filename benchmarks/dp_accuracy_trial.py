@@ -8,6 +8,8 @@ q = per_round / devices and calibrates the noise so that the task's rounds spend
 
     .venv/bin/python benchmarks/dp_accuracy_trial.py --devices 1000 --per-round 100 \\
         --rounds 30 --epsilons 8 3 1 --json out.json
+    .venv/bin/python benchmarks/dp_accuracy_trial.py --devices 1000 --per-round 100 \\
+        --rounds 30 --local-only --local-levels low medium high --json local.json
 
 User-level DP needs many devices: the noise's std on the mean update is z * C / per_round, so
 with a few dozen devices per round any useful epsilon drowns the signal.
@@ -30,6 +32,8 @@ from fedengine.sdk import FedEngineClient
 from fedengine.settings import LauncherSettings
 
 FINISHED = {"completed", "failed", "cancelled"}
+# Each level's per-task epsilon (issue 9), at delta 1e-5.
+LOCAL_BUDGETS = {"low": 8.0, "medium": 3.0, "high": 1.0}
 
 
 async def _run_task(
@@ -126,6 +130,10 @@ async def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--round-timeout-s", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--local-levels", nargs="*", default=[], choices=list(LOCAL_BUDGETS), help="local DP"
+    )
+    parser.add_argument("--local-only", action="store_true", help="skip the central rows")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
