@@ -134,11 +134,13 @@ async def main() -> None:
         "--local-levels", nargs="*", default=[], choices=list(LOCAL_BUDGETS), help="local DP"
     )
     parser.add_argument("--local-only", action="store_true", help="skip the central rows")
+    parser.add_argument("--home", type=Path, help="keep the stack's home (logs) here")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fedengine-dp-trial-") as home:
+    with tempfile.TemporaryDirectory(prefix="fedengine-dp-trial-") as temporary:
+        home = args.home or temporary
         settings = LauncherSettings(
             FEDENGINE_HOME=Path(home),
             KAFKA_BOOTSTRAP_SERVERS=None,
