@@ -89,30 +89,43 @@ async def _run_task(
 async def trial(
     settings: LauncherSettings, client: FedEngineClient, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    fleet = launcher.Fleet(
-        name="dp",
-        devices=args.devices,
-        seed=args.seed,
-        dataset=args.dataset,
-    )
-    await asyncio.to_thread(fleets.start, settings, fleet)
+    """Central: one plain fleet, a task per budget (and one without DP). Local: one fleet per
+    privacy level (its devices train with DP-SGD to that level's budget), a task without
+    central DP on each."""
     rows = []
-    try:
-        await client.wait_for_devices(args.devices, prefix=f"{fleet.name}-", timeout_s=600)
+    plans: list[tuple[str, list[dict[str, Any] | None]]] = []
+    if not args.local_only:
         budgets: list[dict[str, Any] | None] = [None]
         budgets += [
             {"epsilon": e, "delta": args.delta, "clip_norm": args.clip, "accountant": "rdp"}
             for e in args.epsilons
         ]
-        for privacy in budgets:
-            row = {
-                "mode": "none" if privacy is None else "central",
-                **await _run_task(client, fleet, args, privacy),
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    finally:
-        await asyncio.to_thread(fleets.stop, settings, fleet.name)
+        plans.append(("none", budgets))
+    plans += [(level, [None]) for level in args.local_levels]
+    for level, planned in plans:
+        fleet = launcher.Fleet(
+            name=f"dp{level}",
+            devices=args.devices,
+            seed=args.seed,
+            dataset=args.dataset,
+            privacy_level=level,
+        )
+        await asyncio.to_thread(fleets.start, settings, fleet)
+        try:
+            await client.wait_for_devices(args.devices, prefix=f"{fleet.name}-", timeout_s=900)
+            for privacy in planned:
+                if level != "none":
+                    mode = "local"
+                else:
+                    mode = "none" if privacy is None else "central"
+                result = await _run_task(client, fleet, args, privacy)
+                row = {"mode": mode, "local_level": level, **result}
+                if level != "none":
+                    row["local_epsilon_budget"] = LOCAL_BUDGETS[level]
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        finally:
+            await asyncio.to_thread(fleets.stop, settings, fleet.name)
     return rows
 
 
