@@ -114,10 +114,7 @@ async def trial(
         try:
             await client.wait_for_devices(args.devices, prefix=f"{fleet.name}-", timeout_s=900)
             for privacy in planned:
-                if level != "none":
-                    mode = "local"
-                else:
-                    mode = "none" if privacy is None else "central"
+                mode = "local" if level != "none" else "none" if privacy is None else "central"
                 result = await _run_task(client, fleet, args, privacy)
                 row = {"mode": mode, "local_level": level, **result}
                 if level != "none":
