@@ -162,6 +162,14 @@ def test_records_given_back_after_an_outage_come_first() -> None:
     assert round_.take_early() == []
 
 
+def test_a_stage_that_needs_no_sender_completes_at_once_when_none_is_expected() -> None:
+    # Arrange: a DP round whose Poisson draw was empty (min_senders 0, nobody expected)
+    round_ = RoundStages([StageSpec("updates", frozenset({COMMITS}), T0, 0, people())])
+
+    # Execute / Assert: nothing to wait for; it goes on to release the noise.
+    assert round_.advance(T0 - timedelta(seconds=1)) == Progress.COMPLETE
+
+
 def test_bad_plans_and_bad_senders_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one stage"):
         RoundStages([])
@@ -170,7 +178,7 @@ def test_bad_plans_and_bad_senders_are_refused() -> None:
     with pytest.raises(ValueError, match="must name its senders"):
         RoundStages([toy_plan()[1]])
     with pytest.raises(ValueError, match="min_senders"):
-        StageSpec("x", frozenset({COMMITS}), T0, 0, people("a"))
+        StageSpec("x", frozenset({COMMITS}), T0, -1, people("a"))
     with pytest.raises(ValueError, match="topics"):
         StageSpec("x", frozenset(), T0, 1, people("a"))
     round_: RoundStages[str] = RoundStages(toy_plan())

@@ -289,13 +289,37 @@ def test_the_draw_is_poisson_at_rate_q(q: float) -> None:
     assert abs(counts.mean() / 200 - q) < 5 * standard_error
 
 
-def test_an_empty_draw_is_drawn_again() -> None:
-    # Arrange: q so small that most first draws of 3 devices are empty
+def test_an_empty_draw_is_not_drawn_again_and_releases_pure_noise() -> None:
+    # Arrange: q so small that the draw of 3 devices is empty for some seeds
     pool = candidates(80, 80, 80)
+    empty_seed = next(
+        seed for seed in range(1000) if not spend.poisson_draw(pool, q=0.05, secret_seed=seed)
+    )
+    waiting = awaiting(participants=(), expected_participants=0.15)
+
+    # Execute: the try is approved with nobody drawn
+    after, effects = decide(State(dp_task(), waiting), approved())
+
+    # Assert: it opens all the same, telling the aggregator to release noise alone.
+    assert empty_seed >= 0
+    assert after.round is not None and after.round.status == RoundStatus.OPEN
+    messages = [e.message for e in effects if isinstance(e, Emit)]
+    (opened,) = [m for m in messages if isinstance(m, RoundOpened)]
+    assert opened.participants == [] and opened.privacy is not None
+    assert not [m for m in messages if m.type == "train.requested"]
+
+
+def test_a_round_without_privacy_needs_participants() -> None:
+    # Arrange
+    _, effects = decide(State(task()), offered(80, 80))
+    (opened,) = [
+        e.message for e in effects if isinstance(e, Emit) and e.message.type == "round.opened"
+    ]
+    assert isinstance(opened, RoundOpened)
 
     # Execute / Assert
-    for seed in range(50):
-        assert spend.poisson_draw(pool, q=0.05, secret_seed=seed)
+    with pytest.raises(ValueError, match="needs participants"):
+        RoundOpened.model_validate(opened.model_dump() | {"participants": []})
 
 
 def test_privacy_with_a_robust_strategy_is_refused() -> None:

@@ -267,7 +267,9 @@ class Aggregator:
                 )
             if state is not None and not state.finishing:
                 state.count_rejection(message.message_id, rejected.reason.value)
-            UPDATES_REJECTED.labels(rejected.reason.value).inc()
+            if state is None or state.opened.privacy is None:
+                # A DP round's counts would show how many devices it drew: not counted.
+                UPDATES_REJECTED.labels(rejected.reason.value).inc()
             logger.warning(
                 "rejected update from %s for task %s round %d: %s",
                 message.device_id,
@@ -294,7 +296,8 @@ class Aggregator:
             ),
         )
         stage.survive(message.device_id)
-        UPDATES_ACCEPTED.inc()
+        if state.opened.privacy is None:
+            UPDATES_ACCEPTED.inc()  # (a DP round's count would show how many it drew)
         return True
 
     async def close_due(self, now: datetime) -> None:
@@ -413,7 +416,8 @@ class Aggregator:
         del self.open[state.round_id]
         self.closed.add(state.round_id)
         ROUNDS_CLOSED.labels(outcome.value).inc()
-        BYTES_UP.inc(bytes_up)
+        if opened.privacy is None:
+            BYTES_UP.inc(bytes_up)
         ROUND_SECONDS.observe(max(0.0, (now - opened.sent_at).total_seconds()))
         logger.info(
             "round %d of task %s %s: %d accepted, rejected %s",

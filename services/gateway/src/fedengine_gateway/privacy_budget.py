@@ -12,6 +12,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from fedcommon import auth
 from fedcommon.constraints import DeviceId
 from fedengine_gateway import errors, queries
 from fedengine_gateway.deps import PREFIX, Conn, Limit, Offset, Viewer
@@ -23,13 +24,13 @@ router = APIRouter(prefix=PREFIX)
 @router.get(
     "/privacy/budget",
     response_model=PrivacyBudgetPublic | DeviceLedgerPublic | Page[PrivacyBudgetPublic],
-    responses=errors.responses(401, 404, 413, 422, 503),
+    responses=errors.responses(401, 403, 404, 413, 422, 503),
     summary="Privacy budgets: all DP tasks, one task's ledger and audit log, or one device's "
     "local-DP ledger",
 )
 async def get_privacy_budget(
     conn: Conn,
-    _: Viewer,
+    principal: Viewer,
     task_id: Annotated[UUID | None, Query()] = None,
     device_id: Annotated[DeviceId | None, Query()] = None,
     limit: Limit = 100,
@@ -38,6 +39,13 @@ async def get_privacy_budget(
     if task_id is not None and device_id is not None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "give task_id or device_id")
     if device_id is not None:
+        # Admins only: a device's ledger lists the rounds it was asked in, which for a task
+        # with central DP would publish who the secret Poisson draw chose.
+        if not auth.allows(principal.role, auth.Role.ADMIN):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"role {principal.role.value} may not read a device's privacy ledger; needs admin",
+            )
         ledger = await queries.get_device_ledger(conn, device_id)
         if ledger is None:
             raise HTTPException(

@@ -607,7 +607,8 @@ class RoundOpened(Envelope):
     round_number: PositiveInt32
     attempt: Int32
     model_version: Int32
-    participants: list[Participant] = Field(min_length=1, max_length=MAX_DEVICES_PER_ROUND)
+    # Empty only for a DP round whose Poisson draw came out empty: it releases pure noise.
+    participants: list[Participant] = Field(max_length=MAX_DEVICES_PER_ROUND)
     min_updates: int = Field(ge=1, le=MAX_DEVICES_PER_ROUND)
     deadline: AwareDatetime
     param_shapes: list[list[Int32]]
@@ -616,6 +617,12 @@ class RoundOpened(Envelope):
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
     # Set for a round of a DP task: the aggregator releases only a clipped, noised sum.
     privacy: RoundPrivacy | None = None
+
+    @model_validator(mode="after")
+    def _check_participants(self) -> RoundOpened:
+        if not self.participants and self.privacy is None:
+            raise ValueError("a round without differential privacy needs participants")
+        return self
 
 
 class UpdateSubmitted(Envelope):

@@ -62,13 +62,16 @@ def update_stage(opened: RoundOpened, *, received_at: datetime | None) -> StageS
     """The update exchange of ``opened``: every participant, on fed.updates, by the deadline.
 
     When every participant delivered, the round goes on even below ``min_updates`` (a round
-    cannot ask for more updates than it has participants).
+    cannot ask for more updates than it has participants). A DP round never fails short: it
+    releases its noised sum over the fixed denominator however many answered (none: pure
+    noise), since whether one device answered must not decide what is published.
     """
+    needed = 0 if opened.privacy is not None else min(opened.min_updates, len(opened.participants))
     return StageSpec(
         name=UPDATES_STAGE,
         topics=frozenset({topics.UPDATES}),
         deadline=stage_deadline(opened, received_at),
-        min_senders=min(opened.min_updates, len(opened.participants)),
+        min_senders=needed,
         expected={p.device_id: p for p in opened.participants},
     )
 

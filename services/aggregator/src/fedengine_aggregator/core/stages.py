@@ -60,8 +60,8 @@ class StageSpec:
             raise ValueError("StageSpec: name must not be empty")
         if not self.topics:
             raise ValueError(f"StageSpec {self.name}: topics must not be empty")
-        if self.min_senders < 1:
-            raise ValueError(f"StageSpec {self.name}: min_senders must be >= 1")
+        if self.min_senders < 0:
+            raise ValueError(f"StageSpec {self.name}: min_senders must be >= 0")
 
 
 @dataclass

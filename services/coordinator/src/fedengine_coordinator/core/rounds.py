@@ -73,7 +73,10 @@ def on_applied(state: State, event: ModelApplied) -> Decision:
             dropped=list(result.dropped),
             rejected=dict(result.rejected),
             bytes_up=result.bytes_up,
-            bytes_down=event.model_in_size * len(round_.participants),
+            # A DP round's would show how many devices it drew.
+            bytes_down=0
+            if round_.sample_rate is not None
+            else event.model_in_size * len(round_.participants),
             duration_s=duration,
         ),
         AdvanceTask(task.task_id, round_number=round_.round_number, model_version=event.version),
@@ -126,8 +129,14 @@ def on_failure(state: State, event: FailureReceived) -> Decision:
     if task is None:
         return Decision(state, [Ignored(f"failure of round {round_.round_id} of no task")])
     failure = event.failure
+    rejected = dict(event.rejected)
     needed = task.spec.strategy.params.min_updates
-    if event.received is not None and event.received < needed:
+    if round_.sample_rate is not None:
+        # A DP round's failure text and counts would say how many devices it drew and how
+        # many answered: the aggregator's log has them, the published record does not.
+        failure = f"the DP round failed ({event.source.value})"
+        rejected = {}
+    elif event.received is not None and event.received < needed:
         # The aggregator counts updates; why that many were needed is the strategy's.
         failure = f"{failure} (strategy {task.spec.strategy.name} needs at least {needed})"
     effects: list[Effect] = [
@@ -135,7 +144,7 @@ def on_failure(state: State, event: FailureReceived) -> Decision:
             round_.round_id,
             RoundStatus.FAILED,
             failure,
-            rejected=dict(event.rejected),
+            rejected=rejected,
             source=event.source,
         ),
         LogEvent(

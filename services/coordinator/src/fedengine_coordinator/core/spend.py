@@ -17,10 +17,9 @@ chance to join never exceeds q, which is all the accountant assumes. The aggrega
 q times the population (DP-FedAvg's fixed denominator), whoever was online. q = 1 is the plain
 Gaussian mechanism, with no amplification claimed.
 
-A draw that comes out empty is drawn again: releasing pure noise would spend budget for
-nothing. The re-draw conditions the sample on not being empty, which happens with probability
-(1 - q)^n (about 1e-6 for the demo's q = 0.5, n = 20); the accounting does not model that
-conditioning (stated in docs/architecture.md).
+A draw that comes out empty is released all the same: the aggregator adds the noise to an
+empty sum (the spend is charged as for any round). Drawing again instead would make each
+device's chance to join q / (1 - (1 - q)^n), more than it is charged for.
 """
 
 from __future__ import annotations
@@ -56,9 +55,6 @@ from fedengine_coordinator.core.selection import Candidate
 from fedengine_coordinator.core.state import Round, RoundStatus, State
 from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
 
-# Draws of an empty sample before giving up on this tick (the next tick draws again).
-MAX_DRAWS = 100
-
 
 def population(spec: TaskSpec, pool: list[Candidate]) -> int:
     """The devices a DP task draws from: the ones it names, else those eligible now."""
@@ -74,15 +70,10 @@ def sample_rate(*, devices_per_round: int, population_size: int) -> float:
 
 
 def poisson_draw(pool: list[Candidate], *, q: float, secret_seed: int) -> list[Candidate]:
-    """Each candidate joins independently with probability ``q`` (empty draws drawn again;
-    an empty list only after MAX_DRAWS of them)."""
+    """Each candidate joins independently with probability ``q``; the draw may be empty."""
     ordered = sorted(pool, key=lambda c: c.device_id)
     rng = np.random.default_rng(secret_seed)
-    for _ in range(MAX_DRAWS):
-        chosen = [c for c, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
-        if chosen:
-            return chosen
-    return []
+    return [c for c, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
 
 
 def request_spend(
@@ -97,8 +88,6 @@ def request_spend(
     size = population(spec, pool)
     q = sample_rate(devices_per_round=spec.devices_per_round, population_size=size)
     chosen = poisson_draw(pool, q=q, secret_seed=event.secret_seed)
-    if not chosen:
-        return Decision(state, [*effects, Ignored("every Poisson draw came out empty")])
     round_ = Round(
         round_id=event.round_id,
         task_id=task.task_id,
@@ -164,14 +153,13 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
     task = state.task
     if round_ is None or task is None:
         return Decision(state, [Ignored(f"approval {approval.approval_id} for no waiting try")])
-    missing = [d for d in round_.participants if d not in event.public_keys]
     participants = [
         Participant(device_id=d, public_key=event.public_keys[d])
         for d in round_.participants
         if d in event.public_keys
     ]
-    if not participants or round_.expected_participants is None:
-        raise ProtocolViolation(f"try {round_.round_id} has no drawn device left to ask")
+    if round_.expected_participants is None:
+        raise ProtocolViolation(f"try {round_.round_id} has no expected participant count")
     round_ = replace(
         round_,
         status=RoundStatus.OPEN,
@@ -183,8 +171,6 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
         f"{approval.epsilon_spent:.4g} of {approval.epsilon_budget:g} spent, noise multiplier "
         f"{approval.noise_multiplier:.4g}"
     )
-    if missing:
-        detail += f"; {len(missing)} drawn devices were removed meanwhile"
     effects: list[Effect] = [
         ApproveRound(
             round_.round_id,
