@@ -387,12 +387,35 @@ def issue_enrolment_token(
         headers={"Authorization": f"Bearer {bearer}"},
         timeout=30,
     )
-    if response.status_code != 201:
+    if response.status_code not in (201, 202):
         raise RuntimeError(
             f"enrolment token for fleet {fleet}: {response.status_code} {response.text[:500]}"
         )
-    token: str = response.json()["token"]
+    body = response.json()
+    if response.status_code == 202:
+        # Accepted, but the registry had not recorded it within the gateway's wait (a loaded
+        # machine): devices enrolling now would be refused, so wait until it has.
+        _wait_for_token(gateway_url, bearer, body["token_id"], fleet=fleet)
+    token: str = body["token"]
     return token
+
+
+def _wait_for_token(gateway_url: str, bearer: str, token_id: str, *, fleet: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        found = httpx.get(
+            f"{gateway_url}/api/federated/enrolment-tokens/{token_id}",
+            headers={"Authorization": f"Bearer {bearer}"},
+            timeout=30,
+        )
+        if found.status_code == 200:
+            return
+        if found.status_code != 404 or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"enrolment token for fleet {fleet} was not recorded: {found.status_code} "
+                f"{found.text[:500]}"
+            )
+        time.sleep(0.2)
 
 
 def _running(settings: LauncherSettings) -> Stack:
