@@ -104,8 +104,11 @@ async def test_devices_are_charged_once_per_ask_per_task_and_over_their_lifetime
         assigned(task_b, 1, [device_a]),
     ]
 
-    # Execute
-    await send_as_coordinator(stack, *messages)
+    # Execute: task B's ask goes out once task A's are recorded (tasks are keyed to their own
+    # partitions, so across tasks the bus promises no order).
+    await send_as_coordinator(stack, *messages[:-1])
+    await eventually(lambda: _at_least(ledger(db, device_a), 4), timeout_s=60)
+    await send_as_coordinator(stack, messages[-1])
     rows = await eventually(lambda: _at_least(ledger(db, device_a), 5), timeout_s=60)
     rows_b = await ledger(db, device_b)
 

@@ -275,7 +275,8 @@ async def run_demo(
             simulator = launcher.start_simulator(settings, stack, fleet)
         mark("stack_up_s")
         secret, _ = launcher.jwt_secret(settings)
-        token = auth.issue_token(secret=secret, subject="fedengine-demo", role=auth.Role.OPERATOR)
+        # Admin: the demo reads its devices' privacy ledgers (admin-only), besides running a task.
+        token = auth.issue_token(secret=secret, subject="fedengine-demo", role=auth.Role.ADMIN)
         async with FedEngineClient(stack.gateway_url, token) as client:
             await client.wait_for_devices(
                 options.devices, prefix=f"{fleet.name}-", timeout_s=settings.ready_timeout_s
