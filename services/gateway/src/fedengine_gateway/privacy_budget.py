@@ -11,6 +11,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.exceptions import RequestValidationError
 
 from fedcommon import auth
 from fedcommon.constraints import DeviceId
@@ -37,7 +38,16 @@ async def get_privacy_budget(
     offset: Offset = 0,
 ) -> PrivacyBudgetPublic | DeviceLedgerPublic | Page[PrivacyBudgetPublic]:
     if task_id is not None and device_id is not None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "give task_id or device_id")
+        # As every other 422: the field and the reason (errors.py answers it).
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "device_id"),
+                    "msg": "give task_id or device_id, not both",
+                    "type": "value_error",
+                }
+            ]
+        )
     if device_id is not None:
         # Admins only: a device's ledger lists the rounds it was asked in, which for a task
         # with central DP would publish who the secret Poisson draw chose.
