@@ -17,8 +17,6 @@ from collections.abc import Iterable
 
 from fedcommon import local_dp
 from fedcommon.messages.v1 import LocalDp, PrivacyLevel, TaskSpec
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.device_ledger import LOCAL_ACCOUNTANT
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +24,11 @@ logger = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=1024)
 def calibrated(level: PrivacyLevel, *, rounds: int, local_epochs: int) -> LocalDp:
     """Return the DP-SGD settings of a ``level`` device for a task of ``rounds`` rounds."""
+    # Imported on first use: dp-accounting (with scipy) adds about a second to every
+    # coordinator start, and most tasks never ask for local DP.
+    from fedengine_privacy.core.calibration import calibrate_noise_multiplier
+    from fedengine_privacy.core.device_ledger import LOCAL_ACCOUNTANT
+
     steps = local_dp.steps_per_round(local_epochs)
     target = local_dp.task_epsilon(level)
     calibration = calibrate_noise_multiplier(

@@ -39,7 +39,6 @@ from fedcommon.messages.v1 import (
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_simulator import identities
 from fedengine_simulator.core import attacks, fleet
-from fedengine_simulator.core.dp_training import train_local_dp
 from fedengine_simulator.core.training import LocalResult, train_local
 from fedengine_simulator.settings import Settings
 
@@ -236,6 +235,10 @@ class Fleet:
             )
             models.load_into(model, data)
             if message.local_dp is not None:
+                # Imported on first use: Opacus adds almost two seconds to every simulator
+                # start, and only local-DP tasks need it.
+                from fedengine_simulator.core.dp_training import train_local_dp
+
                 # DP-SGD at the coordinator's settings; its sampling and noise come from the
                 # OS's entropy (a seeded generator would let the seed's holder remove them).
                 return train_local_dp(

@@ -10,7 +10,6 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
-import dp_accounting
 import numpy as np
 
 from fedcommon.arrays import NDArrays
@@ -81,6 +80,10 @@ def analytic_gaussian_sigma(*, epsilon: float, delta: float, sensitivity: float)
     """
     _check_epsilon_delta(epsilon, delta)
     _check_sensitivity(sensitivity)
+    # Imported here: dp-accounting (with scipy) costs about a second of start-up, and the
+    # aggregator, which imports this module for its noise step, never calls this function.
+    import dp_accounting
+
     return float(dp_accounting.get_sigma_gaussian(epsilon, delta)) * sensitivity
 
 
