@@ -233,16 +233,20 @@ async def _when(rows: Any, condition: Callable[[Any], bool]) -> Any:
 
 
 @pytest.mark.parametrize(
-    "statement",
+    ("statement", "refusal"),
     [
-        "UPDATE privacy.releases SET epsilon_after = 0 WHERE task_id = %s",
-        "DELETE FROM privacy.releases WHERE task_id = %s",
-        "UPDATE privacy.audit_log SET decision = 'approved' WHERE task_id = %s",
-        "DELETE FROM privacy.audit_log WHERE task_id = %s",
+        ("UPDATE privacy.releases SET epsilon_after = 0 WHERE task_id = %s", "append-only"),
+        ("DELETE FROM privacy.releases WHERE task_id = %s", "append-only"),
+        ("UPDATE privacy.audit_log SET decision = 'approved' WHERE task_id = %s", "append-only"),
+        ("DELETE FROM privacy.audit_log WHERE task_id = %s", "append-only"),
+        # A budget is fixed by its first request: only its exhaustion may be stamped, once.
+        ("UPDATE privacy.budgets SET epsilon_budget = 100 WHERE task_id = %s", "only exhausted"),
+        ("UPDATE privacy.budgets SET exhausted_at = now() WHERE task_id = %s", "only exhausted"),
+        ("DELETE FROM privacy.budgets WHERE task_id = %s", "append-only"),
     ],
 )
 async def test_the_ledger_and_the_audit_log_refuse_changes(
-    stack: Stack, db: psycopg.AsyncConnection, statement: str
+    stack: Stack, db: psycopg.AsyncConnection, statement: str, refusal: str
 ) -> None:
     # Prepare: one approved release of a task of its own.
     task_id = uuid.uuid4()
@@ -250,17 +254,77 @@ async def test_the_ledger_and_the_audit_log_refuse_changes(
     await send_as_coordinator(stack, spend_request(task_id, 1, budget=budget, sample_rate=0.2))
     await eventually(lambda: _when(audit_rows(db, task_id), bool), timeout_s=30)
 
-    # Execute / Assert: the database itself refuses, whoever asks.
-    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+    # Execute / Assert: the database itself refuses, whoever asks. (The budget is stamped
+    # exhausted first, so that stamping it again is a change too.)
+    if "exhausted_at" in statement:
+        await db.execute(
+            "UPDATE privacy.budgets SET exhausted_at = now() WHERE task_id = %s", (task_id,)
+        )
+    with pytest.raises(psycopg.errors.RaiseException, match=refusal):
         await db.execute(statement, (task_id,))
     cursor = await db.execute(
         "SELECT count(*) FROM privacy.releases_public WHERE task_id = %s AND epsilon_after > 0",
         (task_id,),
     )
     assert await cursor.fetchone() == (1,)
-    for table in ("releases", "audit_log"):
+    for table in ("releases", "audit_log", "budgets"):
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
             await db.execute(f"TRUNCATE privacy.{table} CASCADE")
+
+
+def _approval_of(record: ConsumerRecord, task_id: uuid.UUID) -> PrivacySpendApproved | None:
+    message = decoded(record)
+    if isinstance(message, PrivacySpendApproved) and message.task_id == task_id:
+        return message
+    return None
+
+
+async def test_an_adaptive_round_is_charged_z_and_its_split_is_in_the_ledger(
+    stack: Stack, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: adaptive clipping, z = 2, 100 expected participants (σ_b = 5), rounds at
+    # C = 1 (the section's) then 0.4 (moved by the coordinator).
+    task_id = uuid.uuid4()
+    budget = PrivacySpec.model_validate(
+        {"epsilon": 3.0, "noise_multiplier": 2.0, "adaptive_clipping": {"target_quantile": 0.5}}
+    )
+    requests = [
+        spend_request(task_id, n, budget=budget, sample_rate=0.1).model_copy(
+            update={"clip_norm": clip, "expected_participants": 100.0}
+        )
+        for n, clip in ((1, None), (2, 0.4))
+    ]
+
+    # Execute
+    await send_as_coordinator(stack, *requests)
+    records = await read_all(
+        stack,
+        topics.PRIVACY,
+        lambda r: _approval_of(r, task_id) is not None,
+        count=2,
+    )
+
+    # Assert: each approval splits z = 2 into z_Δ = (1/4 − 1/100)^(−1/2) and σ_b = 5, at the
+    # round's C; ε is that of two plain releases at z (what the split is worth).
+    approvals = [a for r in records if (a := _approval_of(r, task_id)) is not None]
+    assert [a.clip_norm for a in approvals] == [1.0, 0.4]
+    for approval in approvals:
+        assert approval.noise_multiplier == 2.0
+        assert approval.count_noise_std == 5.0
+        assert approval.update_noise_multiplier == pytest.approx((0.25 - 0.01) ** -0.5)
+    plain = epsilon_for_releases(
+        [GaussianRelease(0.1, 2.0, 2)], delta=DELTA, accountant=Accountant.RDP
+    ).epsilon
+    assert approvals[-1].epsilon_spent == pytest.approx(plain)
+    cursor = await db.execute(
+        "SELECT mechanism, clip_norm, count_noise_std FROM privacy.releases_public "
+        "WHERE task_id = %s ORDER BY round_number",
+        (task_id,),
+    )
+    assert await cursor.fetchall() == [
+        ("subsampled_gaussian_adaptive_clip", 1.0, 5.0),
+        ("subsampled_gaussian_adaptive_clip", 0.4, 5.0),
+    ]
 
 
 async def test_after_a_sigkill_epsilon_continues_from_the_ledger(

@@ -328,6 +328,13 @@ def demo(
             "calibrates one that spends the budget over --rounds"
         ),
     ] = None,
+    dp_clip_quantile: Annotated[
+        float | None,
+        typer.Option(
+            help="central DP: adaptive clipping (Andrew et al. 2021): C, starting at --dp-clip, "
+            "follows this quantile of the update norms (e.g. 0.5); its cost is in the budget"
+        ),
+    ] = None,
     local_dp: Annotated[
         PrivacyLevel,
         typer.Option(
@@ -374,6 +381,7 @@ def demo(
         dp_delta=dp_delta,
         dp_clip=dp_clip,
         dp_noise_multiplier=dp_noise_multiplier,
+        dp_clip_quantile=dp_clip_quantile,
         local_dp=local_dp.value,
     )
     try:

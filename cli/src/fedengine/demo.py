@@ -97,6 +97,8 @@ class DemoOptions:
     dp_delta: float = 1e-5
     dp_clip: float = 1.0
     dp_noise_multiplier: float | None = None
+    # Adaptive clipping's target quantile (None: C fixed at dp_clip).
+    dp_clip_quantile: float | None = None
     # Local DP-SGD: the privacy level the fleet's devices enrol with ("none": off).
     local_dp: str = "none"
 
@@ -169,6 +171,8 @@ def privacy_section(options: DemoOptions) -> dict[str, Any] | None:
         if options.dp_noise_multiplier is not None
         else CALIBRATE,
     }
+    if options.dp_clip_quantile is not None:
+        section["adaptive_clipping"] = {"target_quantile": options.dp_clip_quantile}
     try:
         PrivacySpec.model_validate(section)
     except ValidationError as exc:
@@ -228,6 +232,8 @@ def round_summary(row: dict[str, Any]) -> dict[str, Any]:
         "bytes_down": row["bytes_down"],
         # The task's epsilon after this round (None: not a DP task).
         "epsilon_spent": row.get("epsilon_spent"),
+        # The round's clipping norm C (None: not a DP task); adaptive clipping moves it.
+        "clip_norm": row.get("clip_norm"),
     }
 
 

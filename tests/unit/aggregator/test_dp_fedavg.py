@@ -28,12 +28,21 @@ SHAPES = [[200, 250], [50, 10], [500]]  # 51,000 coordinates
 COORDINATES = sum(math.prod(shape) for shape in SHAPES)
 
 
-def privacy(*, clip_norm: float = 1.0, z: float = 1.0, expected: float = 10.0) -> RoundPrivacy:
+def privacy(
+    *,
+    clip_norm: float = 1.0,
+    z: float = 1.0,
+    expected: float = 10.0,
+    update_z: float | None = None,
+    count_std: float | None = None,
+) -> RoundPrivacy:
     return RoundPrivacy(
         approval_id=uuid.uuid4(),
         clip_norm=clip_norm,
         noise_multiplier=z,
         expected_participants=expected,
+        update_noise_multiplier=update_z,
+        count_noise_std=count_std,
     )
 
 
@@ -102,8 +111,10 @@ def test_an_update_of_norm_1e6_claiming_2_31_examples_moves_the_sum_by_at_most_c
     noised_with = dp_fedavg.add_noise(
         with_attack.clipped_sum(), approval=spec, rng=np.random.default_rng(7)
     )
-    released_without = dp_fedavg.release(without, approval=spec, rng=np.random.default_rng(7))
-    released_with = dp_fedavg.release(with_attack, approval=spec, rng=np.random.default_rng(7))
+    released_without = dp_fedavg.release(without, approval=spec, rng=np.random.default_rng(7)).delta
+    released_with = dp_fedavg.release(
+        with_attack, approval=spec, rng=np.random.default_rng(7)
+    ).delta
 
     # Assert: with the same noise, the noised sums differ by the clipped attack alone, of
     # norm C (it reaches the bound, never more); the released means by C / W.
@@ -185,7 +196,7 @@ def test_the_mean_divides_by_the_expected_participants_not_by_who_answered() -> 
         accumulator.add([np.full(4, 0.1, np.float32)], 5)
 
     # Execute
-    (delta,) = dp_fedavg.release(accumulator, approval=spec, rng=np.random.default_rng(0))
+    (delta,) = dp_fedavg.release(accumulator, approval=spec, rng=np.random.default_rng(0)).delta
 
     # Assert: float32, (3 · 0.1) / 7.5 (the noise, of std 1e-8, does not show at 1e-6).
     assert delta.dtype == np.float32
@@ -260,3 +271,67 @@ def test_dp_with_a_robust_strategy_is_refused_with_the_reason() -> None:
 def test_dp_with_a_sum_strategy_and_a_round_without_dp_are_not_refused() -> None:
     assert dp_fedavg.refusal(_opened(privacy=privacy())) is None
     assert dp_fedavg.refusal(_opened(strategy=MedianStrategy())) is None
+
+
+# --- adaptive clipping (Andrew et al. 2021) -------------------------------------------------
+
+
+def test_the_count_is_of_updates_no_longer_than_c_centred() -> None:
+    # Prepare: norms 0.5, 1.0 (on the bound: unclipped) and 3.0 against C = 1.
+    accumulator = ClippedSum([[2]], clip_norm=1.0)
+    for norm in (0.5, 1.0, 3.0):
+        accumulator.add([np.array([norm, 0.0], np.float32)], 1)
+
+    # Assert: two unclipped, one clipped: (1 - 1/2)·2 + (0 - 1/2) = 0.5.
+    assert accumulator.centered_count() == 0.5
+
+
+def test_a_split_release_noises_the_sum_at_z_delta_and_the_count_at_sigma_b() -> None:
+    """Over 2,000 releases of a zero sum with 8 updates all inside C, the count's noise has std
+    σ_b / W and the sum's z_Δ·C / W (χ² bounds at 1e-6 false failure each, two-sided)."""
+    # Prepare: z = 1, σ_b = 2 → z_Δ = (1 − 1/16)^(−1/2); C = 0.5, W = 8.
+    z, count_std, clip_norm, expected = 1.0, 2.0, 0.5, 8.0
+    update_z = (z**-2 - (2 * count_std) ** -2) ** -0.5
+    spec = privacy(
+        clip_norm=clip_norm, z=z, expected=expected, update_z=update_z, count_std=count_std
+    )
+    accumulator = ClippedSum([[1]], clip_norm=clip_norm)
+    for _ in range(8):
+        accumulator.add([np.zeros(1, np.float32)], 1)
+    rng = np.random.default_rng(11)
+
+    # Execute
+    releases = [dp_fedavg.release(accumulator, approval=spec, rng=rng) for _ in range(2000)]
+
+    # Assert: b̃ = (4 + N(0, σ_b²)) / 8 + 1/2 centres on 1 (every update unclipped).
+    fractions = np.array([r.unclipped_fraction for r in releases], dtype=np.float64)
+    sums = np.array([float(r.delta[0][0]) for r in releases], dtype=np.float64)
+    n = len(releases)
+    low, high = stats.chi2.ppf([5e-7, 1 - 5e-7], n)
+    count_stat = float(np.sum(np.square(fractions - 1.0))) / (count_std / expected) ** 2
+    sum_stat = float(np.sum(np.square(sums))) / (update_z * clip_norm / expected) ** 2
+    assert low < count_stat < high
+    assert low < sum_stat < high
+
+
+def test_a_split_worth_less_than_the_charged_z_is_refused() -> None:
+    # Prepare: z_Δ = z with any finite σ_b is worth less than z.
+    accumulator = ClippedSum([[1]], clip_norm=1.0)
+    spec = privacy(z=1.0, update_z=1.0, count_std=3.0)
+
+    with pytest.raises(ValueError, match="less than"):
+        dp_fedavg.release(accumulator, approval=spec, rng=np.random.default_rng(0))
+
+
+def test_a_round_without_adaptive_clipping_releases_no_fraction() -> None:
+    accumulator = ClippedSum([[1]], clip_norm=1.0)
+    accumulator.add([np.ones(1, np.float32)], 1)
+
+    released = dp_fedavg.release(accumulator, approval=privacy(), rng=np.random.default_rng(0))
+
+    assert released.unclipped_fraction is None
+
+
+def test_the_split_goes_together() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        privacy(update_z=1.2)

@@ -3,6 +3,7 @@ refusal (core/spend.py), as table rows and properties."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import timedelta
 from uuid import UUID
@@ -24,7 +25,7 @@ from fedcommon.messages.v1 import (
     TaskSpec,
 )
 from fedengine_coordinator.core import spend
-from fedengine_coordinator.core.effects import ApproveRound, Emit, InsertRound
+from fedengine_coordinator.core.effects import AdvanceTask, ApproveRound, Emit, InsertRound
 from fedengine_coordinator.core.events import SpendApproved, SpendRefused, Ticked
 from fedengine_coordinator.core.machine import decide
 from fedengine_coordinator.core.state import RoundStatus, State
@@ -37,6 +38,7 @@ from tests.unit.coordinator.test_machine import (
     RUNNING,
     SHA,
     TASK_ID,
+    applied,
     candidates,
     command,
     offered,
@@ -333,3 +335,77 @@ def test_privacy_with_a_robust_strategy_is_refused() -> None:
                 "privacy": BUDGET,
             }
         )
+
+
+# --- adaptive clipping ------------------------------------------------------------------------
+
+ADAPTIVE_BUDGET = BUDGET | {"adaptive_clipping": {"target_quantile": 0.5, "learning_rate": 0.2}}
+
+
+def adaptive_task(**fields: object):  # type: ignore[no-untyped-def]
+    return task(RUNNING, privacy=ADAPTIVE_BUDGET, **fields)
+
+
+def test_an_adaptive_task_asks_at_its_current_c_with_the_expected_participants() -> None:
+    # Prepare: a task whose C has moved to 0.37 after earlier rounds.
+    moved = replace(adaptive_task(), dp_clip_norm=0.37)
+
+    # Execute
+    _, first = decide(State(adaptive_task()), offered(80, 80, 80, 80))
+    _, later = decide(State(moved), offered(80, 80, 80, 80))
+
+    # Assert: the first try asks at the section's C, a later one at the moved C.
+    requests = [
+        next(e.message for e in effects if isinstance(e, Emit)) for effects in (first, later)
+    ]
+    assert all(isinstance(r, PrivacySpendRequested) for r in requests)
+    assert [r.clip_norm for r in requests] == [1.0, 0.37]  # type: ignore[union-attr]
+    assert [r.expected_participants for r in requests] == [2.0, 2.0]  # type: ignore[union-attr]
+    (insert,) = [e for e in later if isinstance(e, InsertRound)]
+    assert insert.round.clip_norm == 0.37
+
+
+def test_an_approved_adaptive_try_passes_the_split_to_the_aggregator() -> None:
+    # Execute
+    _, effects = decide(
+        State(adaptive_task(), awaiting(clip_norm=0.37)),
+        approved(clip_norm=0.37, update_noise_multiplier=5.2, count_noise_std=5.0),
+    )
+
+    # Assert
+    (opened,) = [e.message for e in effects if isinstance(e, Emit) and e.base == topics.UPDATES]
+    assert isinstance(opened, RoundOpened) and opened.privacy is not None
+    assert opened.privacy.clip_norm == 0.37
+    assert opened.privacy.noise_multiplier == 5.0
+    assert (opened.privacy.update_noise_multiplier, opened.privacy.count_noise_std) == (5.2, 5.0)
+
+
+@pytest.mark.parametrize(("fraction", "factor"), [(0.9, math.exp(-0.08)), (0.1, math.exp(0.08))])
+def test_an_applied_adaptive_round_moves_c_by_its_noised_fraction(
+    fraction: float, factor: float
+) -> None:
+    # Prepare: round 1 ran at C = 0.5 and released b̃ = fraction.
+    state = State(adaptive_task(), replace(round_(), sample_rate=1.0, clip_norm=0.5))
+    event = applied(0.8)
+    event = replace(
+        event,
+        result=event.result.model_copy(update={"privacy_unclipped_fraction": fraction}),
+    )
+
+    # Execute
+    after, effects = decide(state, event)
+
+    # Assert: C·exp(−0.2·(b̃ − 0.5)), stored with the round's advance.
+    (advance,) = [e for e in effects if isinstance(e, AdvanceTask)]
+    assert advance.dp_clip_norm == pytest.approx(0.5 * factor)
+    assert after.task is not None and after.task.dp_clip_norm == advance.dp_clip_norm
+
+
+def test_a_fixed_clip_task_keeps_its_c() -> None:
+    state = State(dp_task(), replace(round_(), sample_rate=1.0, clip_norm=1.0))
+
+    after, effects = decide(state, applied(0.8))
+
+    (advance,) = [e for e in effects if isinstance(e, AdvanceTask)]
+    assert advance.dp_clip_norm is None
+    assert after.task is not None and after.task.dp_clip_norm is None

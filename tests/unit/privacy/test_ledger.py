@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import uuid
 from typing import Any
@@ -41,9 +42,11 @@ Z = 2.0
 
 def request(round_number: int = 1, attempt: int = 0, **spec: Any) -> PrivacySpendRequested:
     """A spend request for TASK; ``spec`` overrides the budget (ε 1, z 2, RDP) and may set
-    ``sample_rate`` and ``planned_rounds``."""
+    ``sample_rate``, ``planned_rounds``, and the round's ``round_clip`` and ``expected``."""
     sample_rate = spec.pop("sample_rate", Q)
     planned_rounds = spec.pop("planned_rounds", 10)
+    round_clip = spec.pop("round_clip", None)
+    expected = spec.pop("expected", None)
     budget = PrivacySpec(**({"epsilon": 1.0, "noise_multiplier": Z} | spec))
     return PrivacySpendRequested(
         producer="coordinator",
@@ -55,6 +58,8 @@ def request(round_number: int = 1, attempt: int = 0, **spec: Any) -> PrivacySpen
         planned_rounds=planned_rounds,
         sample_rate=sample_rate,
         on_behalf_of="alice",
+        clip_norm=round_clip,
+        expected_participants=expected,
     )
 
 
@@ -97,7 +102,7 @@ def test_the_first_request_fixes_the_budget_and_is_charged() -> None:
     assert decision.new_budget
     assert decision.budget == fixed(clip_norm=2.0)
     assert decision.approval_id == APPROVAL
-    assert decision.release == Release(1, 0, Q, Z, 1)
+    assert decision.release == Release(1, 0, Q, Z, 1, clip_norm=2.0)
     assert decision.epsilon_before == 0.0
     assert decision.epsilon_after == epsilon_of(1)
 
@@ -307,3 +312,70 @@ def test_epsilon_under_pld_is_the_pld_accountant_s() -> None:
         ).epsilon
     )
     assert spent < epsilon_of(4)  # PLD is tighter than RDP
+
+
+# --- adaptive clipping ------------------------------------------------------------------------
+
+ADAPTIVE = {"target_quantile": 0.5}
+
+
+def test_an_adaptive_round_is_charged_z_and_split_between_the_sum_and_the_count() -> None:
+    # Prepare: 100 expected participants → σ_b = max(100/20, z) = 5.
+    asked = request(adaptive_clipping=ADAPTIVE, round_clip=0.3, expected=100.0)
+
+    # Execute
+    decision = decide(None, [], asked, approval_id=APPROVAL)
+
+    # Assert: charged as one release at z, at the round's own C, with z_Δ = (z⁻² − 10⁻²)^-½.
+    assert isinstance(decision, Approve)
+    release = decision.release
+    assert (release.noise_multiplier, release.clip_norm, release.count_noise_std) == (Z, 0.3, 5.0)
+    assert release.update_noise_multiplier == pytest.approx((Z**-2 - 10.0**-2) ** -0.5)
+    assert release.mechanism == "subsampled_gaussian_adaptive_clip"
+    assert decision.epsilon_after == epsilon_of(1)
+
+
+def test_a_small_round_raises_the_count_noise_to_z() -> None:
+    # 10 expected: the paper's σ_b = 0.5 would leave no room (2σ_b ≤ z = 2); raised to z.
+    decision = decide(
+        None, [], request(adaptive_clipping=ADAPTIVE, expected=10.0), approval_id=APPROVAL
+    )
+
+    assert isinstance(decision, Approve)
+    assert decision.release.count_noise_std == Z
+    assert decision.release.update_noise_multiplier == pytest.approx(Z / math.sqrt(0.75))
+
+
+def test_a_count_noise_too_small_for_z_is_refused_as_invalid() -> None:
+    settings = ADAPTIVE | {"count_noise_std": 0.9}  # 2σ_b = 1.8 < z = 2
+
+    decision = decide(
+        None, [], request(adaptive_clipping=settings, expected=50.0), approval_id=APPROVAL
+    )
+
+    assert isinstance(decision, Refuse)
+    assert decision.reason == "invalid"
+    assert "count_noise_std" in decision.detail
+
+
+def test_fixed_clipping_refuses_a_round_at_another_c() -> None:
+    budget = fixed()
+
+    decision = decide(budget, ledger(1), request(2, round_clip=0.5), approval_id=APPROVAL)
+
+    assert isinstance(decision, Refuse)
+    assert decision.reason == "invalid"
+    assert "not adaptive" in decision.detail
+
+
+def test_adaptive_settings_are_part_of_the_budget() -> None:
+    # A later request may not switch adaptive clipping on (or change its settings).
+    decision = decide(
+        fixed(),
+        ledger(1),
+        request(2, adaptive_clipping=ADAPTIVE, expected=10.0),
+        approval_id=APPROVAL,
+    )
+
+    assert isinstance(decision, Refuse)
+    assert decision.reason == "invalid"

@@ -93,6 +93,7 @@ class Executor:
                     effect.task_id,
                     round_number=effect.round_number,
                     model_version=effect.model_version,
+                    dp_clip_norm=effect.dp_clip_norm,
                 )
             case LogEvent(task_id=task_id, kind=kind, issued_by=issued_by, detail=detail):
                 await store.log_event(conn, task_id, kind, issued_by=issued_by, detail=detail)

@@ -17,10 +17,12 @@ from fedengine_coordinator.core.state import Round, RoundStatus, Task
 SCHEMA = "coordinator"
 
 
-_TASK_COLUMNS = "task_id, spec, state, current_round, model_version, waiting_since, created_by"
+_TASK_COLUMNS = (
+    "task_id, spec, state, current_round, model_version, waiting_since, created_by, dp_clip_norm"
+)
 _ROUND_COLUMNS = (
     "round_id, task_id, round_number, attempt, status, participants, model_version_in, deadline, "
-    "sample_rate, expected_participants"
+    "sample_rate, expected_participants, clip_norm"
 )
 # A task's try in play: open, or (a DP task's) waiting for its privacy spend.
 _IN_PLAY = "status IN ('open', 'awaiting_spend')"
@@ -31,7 +33,7 @@ def _task(row: tuple[Any, ...], *, validate: bool = True) -> Task:
     # A stored spec that no longer validates (written by an older version, or by hand) raises
     # here; the caller fails that task alone. Failing it must not need the spec parsed.
     parsed = TaskSpec.model_validate(spec) if validate else TaskSpec.model_construct(**spec)
-    return Task(row[0], parsed, TaskState(row[2]), row[3], row[4], row[5], row[6])
+    return Task(row[0], parsed, TaskState(row[2]), row[3], row[4], row[5], row[6], row[7])
 
 
 def _round(row: tuple[Any, ...]) -> Round:
@@ -46,6 +48,7 @@ def _round(row: tuple[Any, ...]) -> Round:
         row[7],
         sample_rate=row[8],
         expected_participants=row[9],
+        clip_norm=row[10],
     )
 
 
@@ -226,8 +229,8 @@ async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:
 async def insert_round(conn: psycopg.AsyncConnection, round_: Round) -> None:
     await conn.execute(
         "INSERT INTO coordinator.rounds (round_id, task_id, round_number, attempt, status, "
-        "participants, model_version_in, deadline, sample_rate, expected_participants) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "participants, model_version_in, deadline, sample_rate, expected_participants, clip_norm) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             round_.round_id,
             round_.task_id,
@@ -239,6 +242,7 @@ async def insert_round(conn: psycopg.AsyncConnection, round_: Round) -> None:
             round_.deadline,
             round_.sample_rate,
             round_.expected_participants,
+            round_.clip_norm,
         ),
     )
 
@@ -355,12 +359,19 @@ async def close_round(
 
 
 async def advance_task(
-    conn: psycopg.AsyncConnection, task_id: UUID, *, round_number: int, model_version: int
+    conn: psycopg.AsyncConnection,
+    task_id: UUID,
+    *,
+    round_number: int,
+    model_version: int,
+    dp_clip_norm: float | None,
 ) -> None:
+    """Record the applied round; ``dp_clip_norm`` (when not None) is adaptive clipping's C
+    for the task's next DP round."""
     await conn.execute(
-        "UPDATE coordinator.tasks SET current_round = %s, model_version = %s, updated_at = now() "
-        "WHERE task_id = %s",
-        (round_number, model_version, task_id),
+        "UPDATE coordinator.tasks SET current_round = %s, model_version = %s, "
+        "dp_clip_norm = COALESCE(%s, dp_clip_norm), updated_at = now() WHERE task_id = %s",
+        (round_number, model_version, dp_clip_norm, task_id),
     )
 
 

@@ -144,7 +144,7 @@ async def list_rounds(
         conn,
         columns="round_number, attempt, status, participants, aggregated, dropped, rejected, "
         "accuracy, loss, train_loss, num_examples, bytes_up, bytes_down, duration_s, opened_at, "
-        "closed_at, failure, epsilon_spent, noise_multiplier, sample_rate",
+        "closed_at, failure, epsilon_spent, noise_multiplier, sample_rate, clip_norm",
         source="coordinator.rounds_public",
         where="WHERE task_id = %s",
         params=(task_id,),
@@ -227,7 +227,7 @@ async def status_counts(conn: psycopg.AsyncConnection) -> dict[str, dict[str, in
 _BUDGET_COLUMNS = (
     "task_id, epsilon_budget, epsilon_spent, greatest(epsilon_budget - epsilon_spent, 0) "
     "AS epsilon_remaining, delta, accountant, clip_norm, noise_multiplier, calibrated, "
-    "planned_rounds, releases, exhausted_at, created_at"
+    "planned_rounds, releases, exhausted_at, created_at, adaptive_clipping"
 )
 
 
@@ -311,7 +311,8 @@ async def get_budget(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, 
     budget["release_log"] = await _all(
         conn,
         "SELECT approval_id, round_number, attempt, mechanism, noise_multiplier, sample_rate, "
-        "steps, clip_norm, epsilon_after, delta, accountant, released_at "
+        "steps, clip_norm, epsilon_after, delta, accountant, released_at, "
+        "update_noise_multiplier, count_noise_std "
         "FROM privacy.releases_public WHERE task_id = %s ORDER BY released_at, round_number",
         (task_id,),
     )

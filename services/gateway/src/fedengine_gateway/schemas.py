@@ -330,6 +330,8 @@ class RoundPublic(BaseModel):
     epsilon_spent: float | None = None
     noise_multiplier: float | None = None
     sample_rate: float | None = None
+    # The round's clipping norm C (adaptive clipping moves it from round to round).
+    clip_norm: float | None = None
 
 
 class PrivacyReleasePublic(BaseModel):
@@ -347,6 +349,9 @@ class PrivacyReleasePublic(BaseModel):
     delta: float
     accountant: str
     released_at: datetime
+    # Adaptive clipping: z split between the updates' sum (z_Δ) and the unclipped count (σ_b).
+    update_noise_multiplier: float | None = None
+    count_noise_std: float | None = None
 
 
 class PrivacyAuditPublic(BaseModel):
@@ -377,6 +382,8 @@ class PrivacyBudgetPublic(BaseModel):
     releases: int
     exhausted_at: datetime | None
     created_at: datetime
+    # The task's adaptive clipping settings (None: C fixed at clip_norm).
+    adaptive_clipping: dict[str, float | None] | None = None
     # Only for one task (?task_id=): its ledger and audit log, oldest first.
     release_log: list[PrivacyReleasePublic] | None = None
     audit: list[PrivacyAuditPublic] | None = None

@@ -242,6 +242,7 @@ class Privacy:
 
 def _approval(request: PrivacySpendRequested, decision: Approve) -> PrivacySpendApproved:
     budget = decision.budget
+    release = decision.release
     return PrivacySpendApproved(
         producer=PRODUCER,
         round_id=request.round_id,
@@ -252,11 +253,13 @@ def _approval(request: PrivacySpendRequested, decision: Approve) -> PrivacySpend
         approval_id=decision.approval_id,
         noise_multiplier=decision.release.noise_multiplier,
         sample_rate=decision.release.sample_rate,
-        clip_norm=budget.clip_norm,
+        clip_norm=budget.clip_norm if release.clip_norm is None else release.clip_norm,
         epsilon_spent=decision.epsilon_after,
         epsilon_budget=budget.epsilon,
         delta=budget.delta,
         accountant=budget.accountant.value,
+        update_noise_multiplier=release.update_noise_multiplier,
+        count_noise_std=release.count_noise_std,
     )
 
 

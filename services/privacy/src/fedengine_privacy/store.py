@@ -8,11 +8,13 @@ from typing import Literal
 from uuid import UUID
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from fedcommon.local_dp import LOCAL_DP_DELTA
+from fedcommon.messages.v1 import AdaptiveClipping
 from fedengine_privacy.core.device_ledger import DeviceCharge, DeviceRelease
 from fedengine_privacy.core.kinds import Accountant
-from fedengine_privacy.core.ledger import SUBSAMPLED_GAUSSIAN, Budget, Release
+from fedengine_privacy.core.ledger import Budget, Release
 
 SCHEMA = "privacy"
 
@@ -33,7 +35,8 @@ async def lock_task(conn: psycopg.AsyncConnection, task_id: UUID) -> None:
 async def get_budget(conn: psycopg.AsyncConnection, task_id: UUID) -> Budget | None:
     cursor = await conn.execute(
         "SELECT epsilon_budget, delta, accountant, clip_norm, noise_multiplier, calibrated, "
-        "planned_rounds, exhausted_at IS NOT NULL FROM privacy.budgets WHERE task_id = %s",
+        "planned_rounds, exhausted_at IS NOT NULL, adaptive_clipping FROM privacy.budgets "
+        "WHERE task_id = %s",
         (task_id,),
     )
     row = await cursor.fetchone()
@@ -48,14 +51,15 @@ async def get_budget(conn: psycopg.AsyncConnection, task_id: UUID) -> Budget | N
         calibrated=row[5],
         planned_rounds=row[6],
         exhausted=row[7],
+        adaptive=None if row[8] is None else AdaptiveClipping.model_validate(row[8]),
     )
 
 
 async def insert_budget(conn: psycopg.AsyncConnection, task_id: UUID, budget: Budget) -> None:
     await conn.execute(
         "INSERT INTO privacy.budgets (task_id, epsilon_budget, delta, accountant, clip_norm, "
-        "noise_multiplier, calibrated, planned_rounds, exhausted_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END)",
+        "noise_multiplier, calibrated, planned_rounds, exhausted_at, adaptive_clipping) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s)",
         (
             task_id,
             budget.epsilon,
@@ -66,14 +70,16 @@ async def insert_budget(conn: psycopg.AsyncConnection, task_id: UUID, budget: Bu
             budget.calibrated,
             budget.planned_rounds,
             budget.exhausted,
+            None if budget.adaptive is None else Jsonb(budget.adaptive.model_dump(mode="json")),
         ),
     )
 
 
 async def mark_exhausted(conn: psycopg.AsyncConnection, task_id: UUID) -> None:
     await conn.execute(
-        "UPDATE privacy.budgets SET exhausted_at = COALESCE(exhausted_at, now()) "
-        "WHERE task_id = %s",
+        # Stamped once: the table's trigger refuses any other change (migration 003).
+        "UPDATE privacy.budgets SET exhausted_at = now() "
+        "WHERE task_id = %s AND exhausted_at IS NULL",
         (task_id,),
     )
 
@@ -112,23 +118,25 @@ async def insert_release(
     await conn.execute(
         "INSERT INTO privacy.releases (approval_id, task_id, round_id, round_number, attempt, "
         "mechanism, noise_multiplier, sample_rate, steps, clip_norm, epsilon_after, delta, "
-        "accountant, request_message_id) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "accountant, request_message_id, update_noise_multiplier, count_noise_std) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             approval_id,
             task_id,
             round_id,
             release.round_number,
             release.attempt,
-            SUBSAMPLED_GAUSSIAN,
+            release.mechanism,
             release.noise_multiplier,
             release.sample_rate,
             release.steps,
-            budget.clip_norm,
+            budget.clip_norm if release.clip_norm is None else release.clip_norm,
             epsilon_after,
             budget.delta,
             budget.accountant.value,
             request_message_id,
+            release.update_noise_multiplier,
+            release.count_noise_std,
         ),
     )
 

@@ -303,19 +303,42 @@ CALIBRATE = "calibrate"
 DP_STRATEGIES = frozenset({"fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"})
 
 
+# The clipping norm adaptive clipping may reach, either way: a bound that keeps C a finite,
+# storable number whatever the noised estimates say.
+MIN_ADAPTIVE_CLIP_NORM = 1e-6
+
+
+class AdaptiveClipping(_StrategyModel):
+    """Adaptive clipping (Andrew et al. 2021, "Differentially Private Learning with Adaptive
+    Clipping", https://arxiv.org/abs/1905.03871): C follows the ``target_quantile`` of the
+    update norms, C ← C·exp(−η·(b̃ − γ)), where b̃ is the noised fraction of a round's updates
+    no longer than C. The count is noised with std ``count_noise_std`` σ_b (in devices; default
+    max(expected participants / 20, z), the paper's choice, raised so that the updates' noise
+    grows by at most 15.5 %) and the updates' noise multiplier is raised to
+    z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2), so that the round, both releases together, costs exactly what
+    one Gaussian release at z costs: the privacy service charges z.
+    """
+
+    target_quantile: float = Field(default=0.5, gt=0, lt=1)
+    learning_rate: float = Field(default=0.2, gt=0, le=10)
+    count_noise_std: float | None = Field(default=None, gt=0, le=MAX_PARTICIPATING_DEVICES)
+
+
 class PrivacySpec(_StrategyModel):
     """A task's central DP: its (ε, δ) budget and the DP-FedAvg settings that spend it.
 
     ``noise_multiplier`` z is the noise's std in units of ``clip_norm`` C; "calibrate" lets
     the privacy service choose the smallest z whose ε over the task's rounds fits the budget.
-    Strict like a strategy: a misspelt field is an error, never a silent "no privacy".
+    With ``adaptive_clipping``, ``clip_norm`` is the first round's C. Strict like a strategy:
+    a misspelt field is an error, never a silent "no privacy".
     """
 
     epsilon: float = Field(gt=0, le=MAX_DP_EPSILON)
     delta: float = Field(default=1e-5, gt=0, le=MAX_DP_DELTA)
-    clip_norm: float = Field(default=1.0, gt=0, le=MAX_SETTING)
+    clip_norm: float = Field(default=1.0, ge=MIN_ADAPTIVE_CLIP_NORM, le=MAX_SETTING)
     noise_multiplier: float | Literal["calibrate"] = "calibrate"
     accountant: Literal["rdp", "pld"] = "rdp"
+    adaptive_clipping: AdaptiveClipping | None = None
 
     @model_validator(mode="after")
     def _check_noise(self) -> PrivacySpec:
@@ -335,6 +358,16 @@ class RoundPrivacy(_Frozen):
     # q times the devices it was sampled from: the fixed denominator of DP-FedAvg, so that
     # how many devices actually answered never shows in the result.
     expected_participants: float = Field(gt=0, le=MAX_PARTICIPATING_DEVICES)
+    # Adaptive clipping (AdaptiveClipping): the updates' noise multiplier z_Δ and the count's
+    # noise std σ_b the approval split z into; both set, or neither.
+    update_noise_multiplier: float | None = Field(default=None, gt=0, le=MAX_NOISE_MULTIPLIER)
+    count_noise_std: float | None = Field(default=None, gt=0, le=MAX_PARTICIPATING_DEVICES)
+
+    @model_validator(mode="after")
+    def _check_adaptive(self) -> RoundPrivacy:
+        if (self.update_noise_multiplier is None) != (self.count_noise_std is None):
+            raise ValueError("update_noise_multiplier and count_noise_std go together")
+        return self
 
 
 # Steps of DP-SGD one round may ask of a device (steps_per_round of the largest local_epochs).
@@ -657,6 +690,9 @@ class RoundAggregated(Envelope):
     # The approval a DP round's noised result was released under (None: not a DP round). A DP
     # result carries no participants, counts or losses: only the noised delta.
     privacy_approval_id: UUID | None = None
+    # Adaptive clipping: the noised fraction of the round's updates no longer than its C (b̃,
+    # may fall outside [0, 1] by its noise), from which the coordinator sets the next C.
+    privacy_unclipped_fraction: float | None = Field(default=None, ge=-MAX_SETTING, le=MAX_SETTING)
 
 
 class RoundFailed(Envelope):
@@ -687,6 +723,10 @@ class PrivacySpendRequested(Envelope):
     sample_rate: float = Field(gt=0, le=1)
     # Who the task belongs to (its creator), for the audit log.
     on_behalf_of: Name
+    # Adaptive clipping: this round's C (None: the budget's clip_norm) and q times the
+    # population, from which the count's default noise is chosen.
+    clip_norm: float | None = Field(default=None, ge=MIN_ADAPTIVE_CLIP_NORM, le=MAX_SETTING)
+    expected_participants: float | None = Field(default=None, gt=0, le=MAX_PARTICIPATING_DEVICES)
 
 
 class LocalDpAssigned(Envelope):
@@ -717,6 +757,10 @@ class PrivacySpendApproved(Envelope):
     epsilon_budget: float = Field(gt=0, le=MAX_DP_EPSILON)
     delta: float = Field(gt=0, le=MAX_DP_DELTA)
     accountant: Literal["rdp", "pld"]
+    # Adaptive clipping: how z (what was charged) is split between the updates' sum and the
+    # unclipped count (RoundPrivacy); both set, or neither.
+    update_noise_multiplier: float | None = Field(default=None, gt=0, le=MAX_NOISE_MULTIPLIER)
+    count_noise_std: float | None = Field(default=None, gt=0, le=MAX_PARTICIPATING_DEVICES)
 
 
 class PrivacySpendRefused(Envelope):

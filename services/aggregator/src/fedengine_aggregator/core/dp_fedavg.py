@@ -18,6 +18,12 @@ claims 2³¹ examples own the mean). The three steps are separate on purpose:
 so that it can run after secure aggregation has unmasked the sum, in a later issue) and
 :func:`private_mean` (post-processing, which costs no privacy).
 
+With adaptive clipping (Andrew et al. 2021, fedengine_privacy.core.adaptive_clipping) the sum
+also counts, per update, whether it was no longer than C (bᵢ − ½, from the raw norm), and the
+release adds N(0, σ_b²) to that count: the noised unclipped fraction b̃ goes out with the delta
+and the coordinator moves C by it. The sum's noise is then z_Δ·C, z_Δ > z, so that both
+releases together cost the z the privacy service charged.
+
 Trust model: the aggregator sees every clipped update and the un-noised sum in memory; only
 the noised mean leaves it. Randomness is a parameter (``rng``): production passes
 ``fedengine_privacy.core.mechanisms.os_entropy_rng()``, never the global numpy or torch state,
@@ -27,6 +33,7 @@ which the model builder reseeds.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +41,10 @@ from fedcommon.arrays import NDArrays
 from fedcommon.messages.v1 import DP_STRATEGIES, RoundOpened, RoundPrivacy
 from fedcommon.server_opt import Float64Arrays, Shapes, to_float32
 from fedengine_aggregator.core.strategies import Accumulator
-from fedengine_privacy.core import mechanisms
+from fedengine_privacy.core import adaptive_clipping, mechanisms
+
+# How far the split (z_Δ, σ_b) of an approval may fall short of its z by float rounding.
+_SPLIT_TOLERANCE = 1e-9
 
 
 def refusal(opened: RoundOpened) -> str | None:
@@ -68,6 +78,12 @@ class ClippedSum(Accumulator):
         super().__init__(param_shapes)
         self.clip_norm = float(clip_norm)
         self._sums = [np.zeros(shape, dtype=np.float64) for shape in self.param_shapes]
+        # Σ(bᵢ − ½), bᵢ = 1 when update i was no longer than C: adaptive clipping's count.
+        self._centered_count = 0.0
+
+    def centered_count(self) -> float:
+        """Σ(bᵢ − ½) over the updates added (never to be released un-noised)."""
+        return self._centered_count
 
     def clipped_sum(self) -> Float64Arrays:
         """Return a copy of the un-noised sum of the clipped updates (never to be released)."""
@@ -76,6 +92,8 @@ class ClippedSum(Accumulator):
     def _add(self, update: Float64Arrays, num_examples: int) -> None:
         # ``num_examples`` is deliberately unused: weight 1 (bounded weights).
         arrays: NDArrays = list(update)
+        unclipped = mechanisms.global_norm(arrays) <= self.clip_norm
+        self._centered_count += 0.5 if unclipped else -0.5
         clipped = mechanisms.clip_by_norm(arrays, clip_norm=self.clip_norm)
         for acc, array in zip(self._sums, clipped, strict=True):
             acc += np.asarray(array, dtype=np.float64)  # already float64: no copy
@@ -93,13 +111,41 @@ def add_noise(
     unchanged after secure aggregation has unmasked the sum: the masks cancel in the sum, and
     the noise is added to what they reveal. ``summed`` is not modified.
 
-    Raises ``ValueError`` if ``summed`` is empty or not finite.
+    With adaptive clipping z is the approval's ``update_noise_multiplier`` z_Δ, checked to be
+    worth, with the count's σ_b, at least the z that was charged.
+
+    Raises ``ValueError`` if ``summed`` is empty or not finite, or if the approval's split of
+    z is worth less than z.
     """
     arrays: NDArrays = [np.asarray(a, dtype=np.float64) for a in summed]
     noised = mechanisms.noise_sum(
-        arrays, noise_multiplier=approval.noise_multiplier, clip_norm=approval.clip_norm, rng=rng
+        arrays,
+        noise_multiplier=sum_noise_multiplier(approval),
+        clip_norm=approval.clip_norm,
+        rng=rng,
     )
     return [np.asarray(a, dtype=np.float64) for a in noised]
+
+
+def sum_noise_multiplier(approval: RoundPrivacy) -> float:
+    """The noise multiplier of the updates' sum: z, or z_Δ when z is split with the count.
+
+    Raises ``ValueError`` when the split (z_Δ, σ_b) is worth less than the z charged: a
+    message that asks for less noise than was paid for is never obeyed.
+    """
+    z = approval.noise_multiplier
+    if approval.update_noise_multiplier is None or approval.count_noise_std is None:
+        return z
+    worth = adaptive_clipping.combined_noise_multiplier(
+        approval.update_noise_multiplier, approval.count_noise_std
+    )
+    if worth < z * (1 - _SPLIT_TOLERANCE):
+        raise ValueError(
+            f"the approval's split (z_Δ {approval.update_noise_multiplier:g}, σ_b "
+            f"{approval.count_noise_std:g}) is worth noise multiplier {worth:g}, less than the "
+            f"{z:g} charged"
+        )
+    return approval.update_noise_multiplier
 
 
 def private_mean(noised: Float64Arrays, *, expected_participants: float) -> NDArrays:
@@ -115,10 +161,19 @@ def private_mean(noised: Float64Arrays, *, expected_participants: float) -> NDAr
     return to_float32([a / expected_participants for a in noised])
 
 
+@dataclass(frozen=True)
+class PrivateRelease:
+    """What a DP round publishes: the noised delta, and with adaptive clipping b̃."""
+
+    delta: NDArrays
+    unclipped_fraction: float | None = None
+
+
 def release(
     accumulator: ClippedSum, *, approval: RoundPrivacy, rng: np.random.Generator
-) -> NDArrays:
-    """Return the round's DP-FedAvg delta: noise on the clipped sum, over the expected count.
+) -> PrivateRelease:
+    """Return the round's DP-FedAvg delta (noise on the clipped sum, over the expected count)
+    and, with adaptive clipping, the noised fraction of updates no longer than C.
 
     Call once per round: every call draws fresh noise, so a second call is a second release
     the accountant never charged (the aggregator stores the first result in its outbox).
@@ -131,4 +186,13 @@ def release(
             f"{accumulator.clip_norm}"
         )
     noised = add_noise(accumulator.clipped_sum(), approval=approval, rng=rng)
-    return private_mean(noised, expected_participants=approval.expected_participants)
+    delta = private_mean(noised, expected_participants=approval.expected_participants)
+    if approval.count_noise_std is None:
+        return PrivateRelease(delta)
+    fraction = adaptive_clipping.unclipped_fraction(
+        accumulator.centered_count(),
+        count_std=approval.count_noise_std,
+        expected_participants=approval.expected_participants,
+        rng=rng,
+    )
+    return PrivateRelease(delta, fraction)

@@ -56,7 +56,8 @@ def private_aggregated(
     """A DP round's result: the noised delta under its approval, and nothing per device.
 
     No participants, drops, rejection counts, example counts, losses or bytes: each would
-    tell, un-noised, who took part or how many did. Every call draws fresh noise, so the
+    tell, un-noised, who took part or how many did (adaptive clipping's count goes out
+    noised). Every call draws fresh noise, so the
     caller builds it once and stores it (the aggregator's outbox).
 
     Raises ``ValueError`` if the round is not a DP round or its sum is not a clipped one.
@@ -66,11 +67,11 @@ def private_aggregated(
         raise ValueError(f"round {state.round_id} is not a DP round")
     if not isinstance(accumulator, dp_fedavg.ClippedSum):
         raise ValueError(f"round {state.round_id}: a DP round needs a clipped sum")
-    delta = dp_fedavg.release(accumulator, approval=approval, rng=rng)
+    released = dp_fedavg.release(accumulator, approval=approval, rng=rng)
     return RoundAggregated(
         **about(state, producer=producer),
         model_version=opened.model_version,
-        delta=arrays.to_bytes(list(delta)),
+        delta=arrays.to_bytes(list(released.delta)),
         participants=[],
         dropped=[],
         rejected={},
@@ -79,6 +80,7 @@ def private_aggregated(
         bytes_up=0,
         duration_s=min(max(0.0, (now - opened.sent_at).total_seconds()), MAX_TIMEOUT_S),
         privacy_approval_id=approval.approval_id,
+        privacy_unclipped_fraction=released.unclipped_fraction,
     )
 
 

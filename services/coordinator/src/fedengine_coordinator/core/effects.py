@@ -55,6 +55,8 @@ class AdvanceTask:
     task_id: UUID
     round_number: int
     model_version: int
+    # Adaptive clipping: the C of the task's next DP round (None: unchanged).
+    dp_clip_norm: float | None = None
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ def on_applied(state: State, event: ModelApplied) -> Decision:
     result = event.result
     # Time differences only: no datetime arithmetic that a far-off sent_at could overflow.
     duration = (event.now - result.sent_at).total_seconds() + result.duration_s
+    clip = spend.next_clip(task, round_, result)
     key = str(task.task_id)
     effects: list[Effect] = [
         CompleteRound(
@@ -79,7 +80,12 @@ def on_applied(state: State, event: ModelApplied) -> Decision:
             else event.model_in_size * len(round_.participants),
             duration_s=duration,
         ),
-        AdvanceTask(task.task_id, round_number=round_.round_number, model_version=event.version),
+        AdvanceTask(
+            task.task_id,
+            round_number=round_.round_number,
+            model_version=event.version,
+            dp_clip_norm=clip,
+        ),
         Emit(
             topics.MODELS,
             key,
@@ -106,6 +112,8 @@ def on_applied(state: State, event: ModelApplied) -> Decision:
         ),
     ]
     task = replace(task, current_round=round_.round_number, model_version=event.version)
+    if clip is not None:
+        task = replace(task, dp_clip_norm=clip)
     round_ = replace(round_, status=RoundStatus.COMPLETED)
     accuracies = [*event.history, event.accuracy]
     done = round_.round_number

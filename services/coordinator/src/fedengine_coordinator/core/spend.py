@@ -17,6 +17,9 @@ chance to join never exceeds q, which is all the accountant assumes. The aggrega
 q times the population (DP-FedAvg's fixed denominator), whoever was online. q = 1 is the plain
 Gaussian mechanism, with no amplification claimed.
 
+With adaptive clipping each try asks for its spend at the task's current C (``Task.dp_clip_norm``,
+moved after every applied round by the round's noised unclipped fraction, :func:`next_clip`).
+
 A draw that comes out empty is released all the same: the aggregator adds the noise to an
 empty sum (the spend is charged as for any round). Drawing again instead would make each
 device's chance to join q / (1 - (1 - q)^n), more than it is charged for.
@@ -34,6 +37,7 @@ from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     Participant,
     PrivacySpendRequested,
+    RoundAggregated,
     RoundPrivacy,
     StopReason,
     TaskSpec,
@@ -52,8 +56,9 @@ from fedengine_coordinator.core.effects import (
 from fedengine_coordinator.core.events import DevicesOffered, SpendApproved, SpendRefused
 from fedengine_coordinator.core.opening import open_messages
 from fedengine_coordinator.core.selection import Candidate
-from fedengine_coordinator.core.state import Round, RoundStatus, State
+from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
 from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
+from fedengine_privacy.core import adaptive_clipping
 
 
 def population(spec: TaskSpec, pool: list[Candidate]) -> int:
@@ -67,6 +72,38 @@ def sample_rate(*, devices_per_round: int, population_size: int) -> float:
     if population_size < 1:
         raise ValueError("no devices to draw from")
     return min(1.0, devices_per_round / population_size)
+
+
+def clip_norm(task: Task) -> float | None:
+    """The C a DP task's next try asks for: adaptive clipping's current C, else the task's
+    fixed clip_norm (None: not a DP task)."""
+    privacy = task.spec.privacy
+    if privacy is None:
+        return None
+    if privacy.adaptive_clipping is not None and task.dp_clip_norm is not None:
+        return task.dp_clip_norm
+    return privacy.clip_norm
+
+
+def next_clip(task: Task, round_: Round, result: RoundAggregated) -> float | None:
+    """Adaptive clipping's C after ``round_``'s result, or None when it does not move (no
+    adaptive clipping, or no noised fraction in the result).
+
+    Post-processing of the round's release (b̃ is noised): it costs no privacy.
+    """
+    privacy = task.spec.privacy
+    fraction = result.privacy_unclipped_fraction
+    if privacy is None or privacy.adaptive_clipping is None or fraction is None:
+        return None
+    if round_.clip_norm is None:
+        raise ProtocolViolation(f"DP try {round_.round_id} has no clipping norm")
+    settings = privacy.adaptive_clipping
+    return adaptive_clipping.next_clip_norm(
+        round_.clip_norm,
+        fraction,
+        target_quantile=settings.target_quantile,
+        learning_rate=settings.learning_rate,
+    )
 
 
 def poisson_draw(pool: list[Candidate], *, q: float, secret_seed: int) -> list[Candidate]:
@@ -100,6 +137,7 @@ def request_spend(
         deadline=event.now + timedelta(seconds=spec.round_timeout_s),
         sample_rate=q,
         expected_participants=q * size,
+        clip_norm=clip_norm(task),
     )
     request = PrivacySpendRequested(
         producer=PRODUCER,
@@ -111,6 +149,8 @@ def request_spend(
         planned_rounds=spec.rounds,
         sample_rate=q,
         on_behalf_of=task.created_by,
+        clip_norm=round_.clip_norm,
+        expected_participants=round_.expected_participants,
     )
     return Decision(
         State(task, round_),
@@ -169,7 +209,7 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
     detail = (
         f"round {round_.round_number} attempt {round_.attempt}: epsilon "
         f"{approval.epsilon_spent:.4g} of {approval.epsilon_budget:g} spent, noise multiplier "
-        f"{approval.noise_multiplier:.4g}"
+        f"{approval.noise_multiplier:.4g}, clipping norm {approval.clip_norm:.4g}"
     )
     effects: list[Effect] = [
         ApproveRound(
@@ -192,6 +232,8 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
             clip_norm=approval.clip_norm,
             noise_multiplier=approval.noise_multiplier,
             expected_participants=round_.expected_participants,
+            update_noise_multiplier=approval.update_noise_multiplier,
+            count_noise_std=approval.count_noise_std,
         ),
         local_dp=local_privacy.assign(
             round_.participants, levels=event.privacy_levels, settings=event.local_dp

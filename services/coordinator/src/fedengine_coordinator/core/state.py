@@ -43,6 +43,8 @@ class Task:
     waiting_since: datetime | None = None
     # Who created it (the JWT subject): whom a privacy spend is asked on behalf of.
     created_by: str = "unknown"
+    # Adaptive clipping: the C of the next DP round (None: the privacy section's clip_norm).
+    dp_clip_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Round:
     # A DP try: the Poisson rate its devices were drawn with, and q times the pool drawn from.
     sample_rate: float | None = None
     expected_participants: float | None = None
+    # A DP try: the clipping norm C it asked its spend for.
+    clip_norm: float | None = None
 
     @property
     def in_play(self) -> bool:

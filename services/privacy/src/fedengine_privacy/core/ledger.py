@@ -19,7 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from uuid import UUID
 
-from fedcommon.messages.v1 import CALIBRATE, PrivacySpec, PrivacySpendRequested
+from fedcommon.messages.v1 import (
+    CALIBRATE,
+    AdaptiveClipping,
+    PrivacySpec,
+    PrivacySpendRequested,
+)
+from fedengine_privacy.core import adaptive_clipping
 from fedengine_privacy.core.accounting import (
     MEANINGLESS_EPSILON,
     GaussianRelease,
@@ -28,9 +34,12 @@ from fedengine_privacy.core.accounting import (
 from fedengine_privacy.core.calibration import calibrate_noise_multiplier
 from fedengine_privacy.core.kinds import Accountant
 
-# The only mechanism a round releases today: DP-FedAvg's noised sum (Poisson sampling, then
-# Gaussian noise of std z·C on the sum of updates clipped to C).
+# The mechanisms a round releases: DP-FedAvg's noised sum (Poisson sampling, then Gaussian
+# noise of std z·C on the sum of updates clipped to C), and the same with adaptive clipping,
+# whose noised unclipped count shares z with the sum (core/adaptive_clipping.py). Both are
+# accounted as the Poisson-subsampled Gaussian mechanism at z.
 SUBSAMPLED_GAUSSIAN = "subsampled_gaussian"
+ADAPTIVE_CLIP_GAUSSIAN = "subsampled_gaussian_adaptive_clip"
 
 RefusalReason = Literal["budget_exhausted", "invalid"]
 
@@ -49,6 +58,8 @@ class Budget:
     planned_rounds: int
     # Whether a refusal for exhaustion was announced (once per task).
     exhausted: bool = False
+    # Adaptive clipping's settings (None: C is fixed at clip_norm).
+    adaptive: AdaptiveClipping | None = None
 
     def matches(self, spec: PrivacySpec) -> bool:
         """Whether ``spec`` asks for this budget: a later request may not change it."""
@@ -60,18 +71,30 @@ class Budget:
             and spec.delta == self.delta
             and spec.accountant == self.accountant
             and spec.clip_norm == self.clip_norm
+            and spec.adaptive_clipping == self.adaptive
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """One ledger row: a round's try, released with noise z at sampling rate q."""
+    """One ledger row: a round's try, released with noise z at sampling rate q.
+
+    ``clip_norm`` is the round's C; with adaptive clipping, ``update_noise_multiplier`` and
+    ``count_noise_std`` are how z was split (the ledger accounts z alone: they cost the same).
+    """
 
     round_number: int
     attempt: int
     sample_rate: float
     noise_multiplier: float
     steps: int = 1
+    clip_norm: float | None = None
+    update_noise_multiplier: float | None = None
+    count_noise_std: float | None = None
+
+    @property
+    def mechanism(self) -> str:
+        return SUBSAMPLED_GAUSSIAN if self.count_noise_std is None else ADAPTIVE_CLIP_GAUSSIAN
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +191,42 @@ def fix_budget(request: PrivacySpendRequested) -> Budget:
         noise_multiplier=noise_multiplier,
         calibrated=calibrated,
         planned_rounds=request.planned_rounds,
+        adaptive=spec.adaptive_clipping,
     )
+
+
+def release_for(budget: Budget, request: PrivacySpendRequested) -> Release:
+    """The release ``request`` asks for under ``budget``: its C, and with adaptive clipping
+    the split of z between the updates and the count.
+
+    Raises ``ValueError`` when the request cannot be released as asked: a C other than the
+    budget's for fixed clipping, no expected participants to choose the count's noise from,
+    or a count noise too small for z (adaptive_clipping.update_noise_multiplier).
+    """
+    clip_norm = budget.clip_norm if request.clip_norm is None else request.clip_norm
+    release = Release(
+        round_number=request.round_number,
+        attempt=request.attempt,
+        sample_rate=request.sample_rate,
+        noise_multiplier=budget.noise_multiplier,
+        clip_norm=clip_norm,
+    )
+    if budget.adaptive is None:
+        if clip_norm != budget.clip_norm:
+            raise ValueError(
+                f"clip_norm {clip_norm:g} is not the task's {budget.clip_norm:g} (its clipping "
+                "is not adaptive)"
+            )
+        return release
+    if request.expected_participants is None:
+        raise ValueError("adaptive clipping needs the round's expected participants")
+    count_std = adaptive_clipping.count_noise_std(
+        budget.adaptive,
+        expected_participants=request.expected_participants,
+        noise_multiplier=budget.noise_multiplier,
+    )
+    update_z = adaptive_clipping.update_noise_multiplier(budget.noise_multiplier, count_std)
+    return replace(release, update_noise_multiplier=update_z, count_noise_std=count_std)
 
 
 def _describe(epsilon: float) -> str:
@@ -233,12 +291,18 @@ def decide(
             epsilon_before=before,
             epsilon_after=None,
         )
-    release = Release(
-        round_number=request.round_number,
-        attempt=request.attempt,
-        sample_rate=request.sample_rate,
-        noise_multiplier=budget.noise_multiplier,
-    )
+    try:
+        release = release_for(budget, request)
+    except ValueError as exc:
+        return Refuse(
+            budget=budget,
+            new_budget=new_budget,
+            reason="invalid",
+            detail=f"round {request.round_number}: {exc}",
+            epsilon_budget=budget.epsilon,
+            epsilon_before=before,
+            epsilon_after=None,
+        )
     after = epsilon_spent([*releases, release], delta=budget.delta, accountant=budget.accountant)
     if after <= budget.epsilon:
         return Approve(budget, new_budget, approval_id, release, before, after)
