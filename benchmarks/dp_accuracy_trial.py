@@ -9,6 +9,8 @@ q = per_round / devices and calibrates the noise so that the task's rounds spend
     .venv/bin/python benchmarks/dp_accuracy_trial.py --devices 1000 --per-round 100 \\
         --rounds 30 --epsilons 8 3 1 --json out.json
     .venv/bin/python benchmarks/dp_accuracy_trial.py --devices 1000 --per-round 100 \\
+        --rounds 30 --epsilons 3 1 --clip-modes fixed adaptive --json adaptive.json
+    .venv/bin/python benchmarks/dp_accuracy_trial.py --devices 1000 --per-round 100 \\
         --rounds 30 --local-only --local-levels low medium high --json local.json
 
 User-level DP needs many devices: the noise's std on the mean update is z * C / per_round, so
@@ -66,6 +68,11 @@ async def _run_task(
     rounds = [r for r in await client.get_rounds(task_id) if r["status"] == "completed"]
     row: dict[str, Any] = {
         "epsilon_budget": None if privacy is None else privacy["epsilon"],
+        "clipping": None
+        if privacy is None
+        else "adaptive"
+        if privacy.get("adaptive_clipping")
+        else "fixed",
         "state": state["state"],
         "stop_reason": state["stop_reason"],
         "rounds_completed": len(rounds),
@@ -82,6 +89,8 @@ async def _run_task(
             if budget["release_log"]
             else None,
             "releases": budget["releases"],
+            "first_clip_norm": rounds[0]["clip_norm"] if rounds else None,
+            "last_clip_norm": rounds[-1]["clip_norm"] if rounds else None,
         }
     return row
 
@@ -96,10 +105,21 @@ async def trial(
     plans: list[tuple[str, list[dict[str, Any] | None]]] = []
     if not args.local_only:
         budgets: list[dict[str, Any] | None] = [None]
-        budgets += [
-            {"epsilon": e, "delta": args.delta, "clip_norm": args.clip, "accountant": "rdp"}
-            for e in args.epsilons
-        ]
+        for epsilon in args.epsilons:
+            for clip_mode in args.clip_modes:
+                section: dict[str, Any] = {
+                    "epsilon": epsilon,
+                    "delta": args.delta,
+                    "clip_norm": args.clip,
+                    "accountant": "rdp",
+                }
+                if clip_mode == "adaptive":
+                    section["clip_norm"] = args.adaptive_start_clip
+                    section["adaptive_clipping"] = {
+                        "target_quantile": args.adaptive_quantile,
+                        "learning_rate": args.adaptive_learning_rate,
+                    }
+                budgets.append(section)
         plans.append(("none", budgets))
     plans += [(level, [None]) for level in args.local_levels]
     for level, planned in plans:
@@ -134,7 +154,12 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 3.0, 1.0])
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--clip", type=float, default=1.0)
+    parser.add_argument("--clip", type=float, default=1.0, help="C of fixed clipping")
+    parser.add_argument("--clip-modes", nargs="+", default=["fixed"], choices=["fixed", "adaptive"])
+    # Adaptive clipping (Andrew et al. 2021): the paper's start C = 0.1, γ = 0.5, η = 0.2.
+    parser.add_argument("--adaptive-start-clip", type=float, default=0.1)
+    parser.add_argument("--adaptive-quantile", type=float, default=0.5)
+    parser.add_argument("--adaptive-learning-rate", type=float, default=0.2)
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -173,7 +198,14 @@ async def main() -> None:
     }
     args.json.write_text(json.dumps(document, indent=2))
     for row in rows:
-        print(row["mode"], row["epsilon_budget"], row["final_accuracy"], row.get("epsilon_spent"))
+        print(
+            row["mode"],
+            row["epsilon_budget"],
+            row.get("clipping"),
+            row["final_accuracy"],
+            row.get("epsilon_spent"),
+            row.get("last_clip_norm"),
+        )
 
 
 if __name__ == "__main__":

@@ -381,6 +381,7 @@ async def run_demo(
                 "noise_multiplier": budget["noise_multiplier"],
                 "calibrated": budget["calibrated"],
                 "clip_norm": budget["clip_norm"],
+                "adaptive_clipping": budget.get("adaptive_clipping"),
                 "releases": budget["releases"],
                 "refusals": sum(1 for a in budget["audit"] if a["decision"] == "refused"),
                 # The privacy service's audit rows by decision (approved, refused, duplicate).
@@ -391,6 +392,11 @@ async def run_demo(
                         "attempt": r["attempt"],
                         "sample_rate": r["sample_rate"],
                         "noise_multiplier": r["noise_multiplier"],
+                        "mechanism": r["mechanism"],
+                        "clip_norm": r["clip_norm"],
+                        # Adaptive clipping's split of z (None without it).
+                        "update_noise_multiplier": r.get("update_noise_multiplier"),
+                        "count_noise_std": r.get("count_noise_std"),
                         "epsilon_after": r["epsilon_after"],
                     }
                     for r in budget["release_log"]
