@@ -94,6 +94,7 @@ def dp_round(
     round_number: int,
     devices: int = 4,
     strategy: StrategySpec | None = None,
+    split: tuple[float, float] | None = None,
 ) -> DpRound:
     """A DP round of ``devices`` new devices (their keys held here), min 3 updates, 60 s."""
     tag = uuid.uuid4().hex[:6]
@@ -120,6 +121,9 @@ def dp_round(
             clip_norm=CLIP,
             noise_multiplier=Z,
             expected_participants=EXPECTED,
+            # Adaptive clipping: (z_Δ, σ_b) as the privacy service split Z.
+            update_noise_multiplier=None if split is None else split[0],
+            count_noise_std=None if split is None else split[1],
         ),
     )
     if strategy is not None:
@@ -212,6 +216,60 @@ async def test_a_dp_round_releases_a_noised_mean_under_its_approval_and_nothing_
         "SELECT count(*) FROM aggregator.device_results_public WHERE round_id = %s", (round_id,)
     )
     assert await cursor.fetchone() == (0,)
+    # A device answering after the round closed is rejected late, and stays private too.
+    late = round_.update(next(iter(round_.keys)), deltas[next(iter(round_.keys))], 5)
+    await send(stack.kafka, topics.UPDATES, key=round_.task_id, message=late)
+
+    async def late_recorded() -> tuple[object, ...] | None:
+        cursor = await db.execute(
+            "SELECT reason, private FROM aggregator.device_results WHERE message_id = %s",
+            (late.message_id,),
+        )
+        return await cursor.fetchone()
+
+    assert await eventually(late_recorded, timeout_s=30) == ("late", True)
+    cursor = await db.execute(
+        "SELECT count(*) FROM aggregator.device_results_public WHERE round_id = %s", (round_id,)
+    )
+    assert await cursor.fetchone() == (0,)
+
+
+async def test_an_adaptive_round_noises_the_sum_at_z_delta_and_releases_a_noised_fraction(
+    stack: Stack,
+) -> None:
+    """Z = 0.5 split with σ_b = 0.3: z_Δ = (4 − 1/0.36)^(−1/2) ≈ 0.905, so noise at Z would
+    fail. The sum's noise is checked against z_Δ·C by χ² (false failure 1e-6); the fraction is (Σ(bᵢ − ½) + N(0, σ_b²)) / W + ½ with
+    two of the four updates inside C, so Σ(bᵢ − ½) = 0: it lies within 5.3 σ_b / W of ½
+    (false failure about 1e-7)."""
+    # Prepare
+    count_std = 0.3
+    update_z = (Z**-2 - (2 * count_std) ** -2) ** -0.5
+    round_ = dp_round(task_id=uuid.uuid4(), round_number=1, split=(update_z, count_std))
+    rng = np.random.default_rng(10)
+    deltas = {name: delta_of_norm(rng, norm) for name, norm in zip(round_.keys, NORMS, strict=True)}
+    updates = [round_.update(name, deltas[name], 1) for name in round_.keys]
+    round_id = round_.opened.round_id
+    assert round_id is not None
+
+    # Execute
+    await send_round(stack, round_, updates)
+    (result,) = await eventually(lambda: results_of(stack.kafka, round_id), timeout_s=60)
+
+    # Assert
+    assert isinstance(result, RoundAggregated)
+    assert result.privacy_unclipped_fraction is not None
+    assert abs(result.privacy_unclipped_fraction - 0.5) < 5.3 * count_std / EXPECTED
+    plain = [sum(parts) / EXPECTED for parts in zip(*map(clipped, deltas.values()), strict=True)]
+    released = arrays.from_bytes(result.delta)
+    d = sum(math.prod(shape) for shape in SHAPES)
+    statistic = (
+        sum(
+            float(np.sum((r.astype(np.float64) - p) ** 2))
+            for r, p in zip(released, plain, strict=True)
+        )
+        * (EXPECTED / (update_z * CLIP)) ** 2
+    )
+    assert stats.chi2.ppf(5e-7, d) < statistic < stats.chi2.isf(5e-7, d)
 
 
 async def test_dp_with_a_robust_strategy_fails_the_round_with_the_reason(stack: Stack) -> None:

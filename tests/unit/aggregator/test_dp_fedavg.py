@@ -287,17 +287,19 @@ def test_the_count_is_of_updates_no_longer_than_c_centred() -> None:
 
 
 def test_a_split_release_noises_the_sum_at_z_delta_and_the_count_at_sigma_b() -> None:
-    """Over 2,000 releases of a zero sum with 8 updates all inside C, the count's noise has std
-    σ_b / W and the sum's z_Δ·C / W (χ² bounds at 1e-6 false failure each, two-sided)."""
-    # Prepare: z = 1, σ_b = 2 → z_Δ = (1 − 1/16)^(−1/2); C = 0.5, W = 8.
-    z, count_std, clip_norm, expected = 1.0, 2.0, 0.5, 8.0
+    """Over 2,000 releases of a zero sum (50 coordinates) with 8 updates all inside C, the
+    count's noise has std σ_b / W (2,000 draws) and the sum's z_Δ·C / W (100,000 draws); χ²
+    bounds at 1e-6 false failure each, two-sided. σ_b = 0.6 against z = 1 makes z_Δ = 1.81:
+    noise at z would fail the sum's bound by far."""
+    # Prepare: z = 1, σ_b = 0.6 → z_Δ = (1 − 1/1.44)^(−1/2); C = 0.5, W = 8.
+    z, count_std, clip_norm, expected = 1.0, 0.6, 0.5, 8.0
     update_z = (z**-2 - (2 * count_std) ** -2) ** -0.5
     spec = privacy(
         clip_norm=clip_norm, z=z, expected=expected, update_z=update_z, count_std=count_std
     )
-    accumulator = ClippedSum([[1]], clip_norm=clip_norm)
+    accumulator = ClippedSum([[50]], clip_norm=clip_norm)
     for _ in range(8):
-        accumulator.add([np.zeros(1, np.float32)], 1)
+        accumulator.add([np.zeros(50, np.float32)], 1)
     rng = np.random.default_rng(11)
 
     # Execute
@@ -305,13 +307,13 @@ def test_a_split_release_noises_the_sum_at_z_delta_and_the_count_at_sigma_b() ->
 
     # Assert: b̃ = (4 + N(0, σ_b²)) / 8 + 1/2 centres on 1 (every update unclipped).
     fractions = np.array([r.unclipped_fraction for r in releases], dtype=np.float64)
-    sums = np.array([float(r.delta[0][0]) for r in releases], dtype=np.float64)
-    n = len(releases)
-    low, high = stats.chi2.ppf([5e-7, 1 - 5e-7], n)
+    sums = np.concatenate([r.delta[0].astype(np.float64) for r in releases])
     count_stat = float(np.sum(np.square(fractions - 1.0))) / (count_std / expected) ** 2
     sum_stat = float(np.sum(np.square(sums))) / (update_z * clip_norm / expected) ** 2
-    assert low < count_stat < high
-    assert low < sum_stat < high
+    for statistic, n in ((count_stat, len(fractions)), (sum_stat, len(sums))):
+        low, high = stats.chi2.ppf([5e-7, 1 - 5e-7], n)
+        assert low < statistic < high
+    assert update_z == pytest.approx(1.809, abs=1e-3)
 
 
 def test_a_split_worth_less_than_the_charged_z_is_refused() -> None:

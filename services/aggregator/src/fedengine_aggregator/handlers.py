@@ -377,6 +377,7 @@ class Aggregator:
                     dropped=state.dropped(),
                     rejected=dict(state.rejected),
                     bytes_up=state.exchange.bytes_up(),
+                    private=state.opened.privacy is not None,
                 )
                 # Another close already stored this round's result (a commit whose answer
                 # was lost): never a second one.

@@ -31,13 +31,15 @@ async def record_result(
     """Record an update's verdict once: an acceptance is unique per (round, device), a
     rejection per message id. Partition and offset are kept as provenance only: they start
     again after a restart of an in-memory broker. ``private`` marks an update of a DP round:
-    kept for the aggregator's audit, never shown in the public view."""
+    kept for the aggregator's audit, never shown in the public view; an update for a round
+    closed as a DP round (a late one) is marked private whatever ``private`` says."""
     await conn.execute(
         """
         INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
             round_number, device_id, message_id, status, reason, detail, num_examples,
             train_loss, train_accuracy, duration_s, size_bytes, private)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+            %s OR EXISTS (SELECT 1 FROM aggregator.rounds WHERE round_id = %s AND private))
         ON CONFLICT DO NOTHING
         """,
         (
@@ -57,6 +59,7 @@ async def record_result(
             message.metrics.duration_s,
             len(message.update),
             private,
+            message.round_id,
         ),
     )
 
@@ -73,13 +76,15 @@ async def close_round(
     dropped: list[str],
     rejected: dict[str, int],
     bytes_up: int,
+    private: bool,
 ) -> bool:
-    """Record the round closed; False if it already was (its result is stored already)."""
+    """Record the round closed; False if it already was (its result is stored already).
+    ``private``: a DP round (its late updates stay out of the public view)."""
     cursor = await conn.execute(
         """
         INSERT INTO aggregator.rounds (round_id, task_id, round_number, attempt, outcome,
-            participants, dropped, rejected, bytes_up)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (round_id) DO NOTHING
+            participants, dropped, rejected, bytes_up, private)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (round_id) DO NOTHING
         """,
         (
             round_id,
@@ -91,6 +96,7 @@ async def close_round(
             dropped,
             Jsonb(rejected),
             bytes_up,
+            private,
         ),
     )
     return cursor.rowcount == 1
