@@ -35,12 +35,12 @@ def settings(level: PrivacyLevel, noise_multiplier: float, steps: int = STEPS) -
     )
 
 
-def calibrated(level: PrivacyLevel) -> LocalDp:
+def calibrated(level: PrivacyLevel, *, rounds: int = ROUNDS) -> LocalDp:
     z = calibrate_noise_multiplier(
         target_epsilon=local_dp.task_epsilon(level),
         delta=local_dp.LOCAL_DP_DELTA,
         sample_rate=local_dp.LOCAL_SAMPLE_RATE,
-        steps=ROUNDS * STEPS,
+        steps=rounds * STEPS,
         accountant=LOCAL_ACCOUNTANT,
     ).noise_multiplier
     return settings(level, z)
@@ -118,11 +118,41 @@ def test_a_device_past_its_lifetime_budget_is_flagged() -> None:
     # Execute
     charges = run_task(TASK_A, 16, chosen, history)
 
-    # Assert: flagged once one more would pass 10, and never before.
+    # Assert: flagged once less than one task's ε (1) of the lifetime (10) is left, and
+    # never before; no charge up to the flag passes the lifetime.
     flags = [c.lifetime_exhausted for c in charges]  # type: ignore[attr-defined]
     first = flags.index(True)
     assert all(flags[first:]) and not any(flags[:first])
-    assert charges[first].epsilon_lifetime_after <= 10.0 < charges[first + 1].epsilon_lifetime_after  # type: ignore[attr-defined]
+    lifetime = [c.epsilon_lifetime_after for c in charges]  # type: ignore[attr-defined]
+    assert lifetime[first - 1] <= 9.0 < lifetime[first] <= 10.0
+
+
+def test_a_costlier_later_task_cannot_take_a_device_past_its_lifetime() -> None:
+    """The gap a review found: a device near its lifetime, flagged only by one more release at
+    the current task's settings, joined a task whose releases cost more (79.96 → 81.39 of 80).
+    Now it stays eligible only while a whole task's ε is left, and no release costs more."""
+    # Prepare: high (ε 1 per task, 10 lifetime); cheap asks (z = 2, 100 steps), each for a
+    # task of its own, until the device is flagged; the history it had while still eligible.
+    cheap = settings(PrivacyLevel.HIGH, 2.0, steps=100)
+    history: list[DeviceRelease] = []
+    flagged = False
+    while not flagged:
+        assert len(history) < 20
+        task_id = uuid.UUID(int=100 + len(history))
+        made = charge("dev-1", cheap, history, task_id=task_id, round_number=1, attempt=0)
+        assert made is not None
+        flagged = made.lifetime_exhausted
+        if not flagged:
+            history.append(DeviceRelease(task_id, made.release))
+    # The costliest release a high task can ask: a one-round task's whole ε 1 at once.
+    costly = calibrated(PrivacyLevel.HIGH, rounds=1)
+
+    # Execute: the last eligible moment, asked by that costly task instead.
+    extra = charge("dev-1", costly, history, task_id=TASK_B, round_number=1, attempt=0)
+
+    # Assert: within the lifetime.
+    assert extra is not None
+    assert extra.epsilon_lifetime_after <= 10.0
 
 
 def test_a_try_charged_before_is_not_charged_again() -> None:

@@ -65,6 +65,12 @@ def charge(
     budget is the level's (fedcommon.local_dp.TASK_EPSILON), the lifetime budget
     ``LIFETIME_TASKS`` times it, both at δ = ``LOCAL_DP_DELTA`` (the service's number, not the
     message's); a flag is set when one more release at these settings would pass the budget.
+
+    The lifetime flag is also set once less than one task's budget of the lifetime is left:
+    the next release may be another task's, at settings of its own that cost more than these
+    (a task of fewer rounds spends its ε in fewer, costlier releases), and no single release
+    costs more than a whole task's ε. This keeps every device within its lifetime budget
+    whatever tasks come next, at the price of up to one task's worth of it left unused.
     Returns None for a (task, round, attempt) charged before.
     """
     key = (task_id, round_number, attempt)
@@ -85,6 +91,7 @@ def charge(
     def epsilon(releases: Sequence[Release]) -> float:
         return epsilon_spent(releases, delta=local_dp.LOCAL_DP_DELTA, accountant=LOCAL_ACCOUNTANT)
 
+    lifetime_after = epsilon([*all_releases, release])
     return DeviceCharge(
         device_id=device_id,
         task_id=task_id,
@@ -93,7 +100,8 @@ def charge(
         epsilon_task_budget=task_budget,
         epsilon_lifetime_budget=lifetime_budget,
         epsilon_task_after=epsilon([*task_releases, release]),
-        epsilon_lifetime_after=epsilon([*all_releases, release]),
+        epsilon_lifetime_after=lifetime_after,
         task_exhausted=epsilon([*task_releases, release, release]) > task_budget,
-        lifetime_exhausted=epsilon([*all_releases, release, release]) > lifetime_budget,
+        lifetime_exhausted=lifetime_budget - lifetime_after < task_budget
+        or epsilon([*all_releases, release, release]) > lifetime_budget,
     )
