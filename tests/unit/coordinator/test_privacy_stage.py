@@ -409,3 +409,12 @@ def test_a_fixed_clip_task_keeps_its_c() -> None:
     (advance,) = [e for e in effects if isinstance(e, AdvanceTask)]
     assert advance.dp_clip_norm is None
     assert after.task is not None and after.task.dp_clip_norm is None
+
+
+def test_a_count_noise_too_small_for_a_given_z_is_refused_at_creation() -> None:
+    section = ADAPTIVE_BUDGET | {"adaptive_clipping": {"count_noise_std": 2.5}}  # z = 5
+
+    with pytest.raises(ValueError, match="count_noise_std must be above"):
+        TaskSpec.model_validate(
+            {"task_name": "t", "participating_devices": ["d0"], "privacy": section}
+        )

@@ -345,6 +345,12 @@ class PrivacySpec(_StrategyModel):
         z = self.noise_multiplier
         if not isinstance(z, str) and not 0 < z <= MAX_NOISE_MULTIPLIER:
             raise ValueError(f"noise_multiplier must be in (0, {MAX_NOISE_MULTIPLIER:g}]")
+        count_std = self.adaptive_clipping and self.adaptive_clipping.count_noise_std
+        if not isinstance(z, str) and count_std and 2 * count_std <= z:
+            raise ValueError(
+                f"adaptive_clipping.count_noise_std must be above noise_multiplier / 2 "
+                f"({z / 2:g}): the count's noise shares z with the updates"
+            )
         return self
 
 
