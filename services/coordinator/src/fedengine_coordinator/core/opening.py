@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 
 from fedcommon import topics
 from fedcommon.messages.v1 import (
@@ -17,8 +18,36 @@ from fedcommon.messages.v1 import (
 )
 from fedengine_coordinator.core import strategy
 from fedengine_coordinator.core.effects import Effect, Emit
-from fedengine_coordinator.core.state import Round, Task
+from fedengine_coordinator.core.events import DevicesOffered
+from fedengine_coordinator.core.state import Round, RoundStatus, Task
 from fedengine_coordinator.core.transition import PRODUCER
+
+
+def new_try(
+    task: Task,
+    event: DevicesOffered,
+    participants: Iterable[str],
+    *,
+    status: RoundStatus = RoundStatus.OPEN,
+    sample_rate: float | None = None,
+    expected_participants: float | None = None,
+    clip_norm: float | None = None,
+) -> Round:
+    """The try ``event`` offers devices for, on the task's current model, due after the
+    task's round timeout (a DP try's deadline is set again when its spend is approved)."""
+    return Round(
+        round_id=event.round_id,
+        task_id=task.task_id,
+        round_number=event.round_number,
+        attempt=event.attempt,
+        status=status,
+        participants=tuple(participants),
+        model_version_in=task.model_version,
+        deadline=event.now + timedelta(seconds=task.spec.round_timeout_s),
+        sample_rate=sample_rate,
+        expected_participants=expected_participants,
+        clip_norm=clip_norm,
+    )
 
 
 def open_messages(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
 from uuid import UUID
 
 from fedcommon import lifecycle, topics
@@ -36,7 +35,7 @@ from fedengine_coordinator.core.events import (
     ModelApplied,
     ResultReceived,
 )
-from fedengine_coordinator.core.opening import open_messages
+from fedengine_coordinator.core.opening import new_try, open_messages
 from fedengine_coordinator.core.state import Round, RoundStatus, State
 from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
 
@@ -224,16 +223,7 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
             seed=spec.seed, round_number=event.round_number, attempt=event.attempt
         ),
     )
-    round_ = Round(
-        round_id=event.round_id,
-        task_id=task.task_id,
-        round_number=event.round_number,
-        attempt=event.attempt,
-        status=RoundStatus.OPEN,
-        participants=tuple(c.device_id for c in chosen),
-        model_version_in=task.model_version,
-        deadline=event.now + timedelta(seconds=spec.round_timeout_s),
-    )
+    round_ = new_try(task, event, (c.device_id for c in chosen))
     effects.append(InsertRound(round_))
     participants = [Participant(device_id=c.device_id, public_key=c.public_key) for c in chosen]
     effects += open_messages(

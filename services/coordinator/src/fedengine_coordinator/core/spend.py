@@ -54,7 +54,7 @@ from fedengine_coordinator.core.effects import (
     LogEvent,
 )
 from fedengine_coordinator.core.events import DevicesOffered, SpendApproved, SpendRefused
-from fedengine_coordinator.core.opening import open_messages
+from fedengine_coordinator.core.opening import new_try, open_messages
 from fedengine_coordinator.core.selection import Candidate
 from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
 from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
@@ -125,16 +125,12 @@ def request_spend(
     size = population(spec, pool)
     q = sample_rate(devices_per_round=spec.devices_per_round, population_size=size)
     chosen = poisson_draw(pool, q=q, secret_seed=event.secret_seed)
-    round_ = Round(
-        round_id=event.round_id,
-        task_id=task.task_id,
-        round_number=event.round_number,
-        attempt=event.attempt,
+    # Its deadline is set again when the spend is approved; an awaiting try is never lost.
+    round_ = new_try(
+        task,
+        event,
+        (c.device_id for c in chosen),
         status=RoundStatus.AWAITING_SPEND,
-        participants=tuple(c.device_id for c in chosen),
-        model_version_in=task.model_version,
-        # Re-set when the spend is approved; an awaiting try is never taken as lost.
-        deadline=event.now + timedelta(seconds=spec.round_timeout_s),
         sample_rate=q,
         expected_participants=q * size,
         clip_norm=clip_norm(task),
