@@ -238,9 +238,9 @@ async def test_an_adaptive_round_noises_the_sum_at_z_delta_and_releases_a_noised
     stack: Stack,
 ) -> None:
     """Z = 0.5 split with σ_b = 0.3: z_Δ = (4 − 1/0.36)^(−1/2) ≈ 0.905, so noise at Z would
-    fail. The sum's noise is checked against z_Δ·C by χ² (false failure 1e-6); the fraction is (Σ(bᵢ − ½) + N(0, σ_b²)) / W + ½ with
-    two of the four updates inside C, so Σ(bᵢ − ½) = 0: it lies within 5.3 σ_b / W of ½
-    (false failure about 1e-7)."""
+    fail. The sum's noise is checked against z_Δ·C by χ² (false failure 1e-6); the fraction
+    is (Σ(bᵢ − ½) + N(0, σ_b²)) / W + ½ with two of the four updates inside C, so
+    Σ(bᵢ − ½) = 0: it lies within 5.3 σ_b / W of ½ (false failure about 1e-7)."""
     # Prepare
     count_std = 0.3
     update_z = (Z**-2 - (2 * count_std) ** -2) ** -0.5

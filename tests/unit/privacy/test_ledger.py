@@ -346,12 +346,13 @@ def test_a_small_round_raises_the_count_noise_to_z() -> None:
     assert decision.release.update_noise_multiplier == pytest.approx(Z / math.sqrt(0.75))
 
 
-def test_a_count_noise_too_small_for_z_is_refused_as_invalid() -> None:
-    settings = ADAPTIVE | {"count_noise_std": 0.9}  # 2σ_b = 1.8 < z = 2
+def test_a_count_noise_too_small_for_the_calibrated_z_is_refused_as_invalid() -> None:
+    # A given z is checked at task creation (PrivacySpec); a calibrated one only here:
+    # ε 1 over 10 rounds at q = 0.1 needs z near 1, far above 2σ_b = 0.2.
+    settings = ADAPTIVE | {"count_noise_std": 0.1}
+    asked = request(adaptive_clipping=settings, expected=50.0, noise_multiplier="calibrate")
 
-    decision = decide(
-        None, [], request(adaptive_clipping=settings, expected=50.0), approval_id=APPROVAL
-    )
+    decision = decide(None, [], asked, approval_id=APPROVAL)
 
     assert isinstance(decision, Refuse)
     assert decision.reason == "invalid"

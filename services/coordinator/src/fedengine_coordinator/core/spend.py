@@ -77,12 +77,12 @@ def sample_rate(*, devices_per_round: int, population_size: int) -> float:
 def clip_norm(task: Task) -> float | None:
     """The C a DP task's next try asks for: adaptive clipping's current C, else the task's
     fixed clip_norm (None: not a DP task)."""
-    privacy = task.spec.privacy
-    if privacy is None:
+    section = task.spec.privacy
+    if section is None:
         return None
-    if privacy.adaptive_clipping is not None and task.dp_clip_norm is not None:
+    if section.adaptive_clipping is not None and task.dp_clip_norm is not None:
         return task.dp_clip_norm
-    return privacy.clip_norm
+    return section.clip_norm
 
 
 def next_clip(task: Task, round_: Round, result: RoundAggregated) -> float | None:
@@ -91,13 +91,13 @@ def next_clip(task: Task, round_: Round, result: RoundAggregated) -> float | Non
 
     Post-processing of the round's release (b̃ is noised): it costs no privacy.
     """
-    privacy = task.spec.privacy
+    section = task.spec.privacy
     fraction = result.privacy_unclipped_fraction
-    if privacy is None or privacy.adaptive_clipping is None or fraction is None:
+    if section is None or section.adaptive_clipping is None or fraction is None:
         return None
     if round_.clip_norm is None:
         raise ProtocolViolation(f"DP try {round_.round_id} has no clipping norm")
-    settings = privacy.adaptive_clipping
+    settings = section.adaptive_clipping
     return adaptive_clipping.next_clip_norm(
         round_.clip_norm,
         fraction,
