@@ -216,18 +216,12 @@ def up(
     try:
         _start_supervisor(settings)
         _wait_supervisor(settings)
-        if fleets:
-            # Fleets enrol with an operator's token, which the registry must hold first: they
-            # start once the registry and the gateway are ready, so the simulator's warm-up
-            # overlaps the other services' consumer-group joins.
-            stack = wait_ready(
-                settings, ("registry", GATEWAY), gateway_url=stack.gateway_url, since=since
-            )
-            for fleet in fleets:
-                stack = _start_fleet(settings, stack, secret, fleet)
         stack = wait_ready(
             settings, (*SERVICES, GATEWAY), gateway_url=stack.gateway_url, since=since
         )
+        for fleet in fleets:
+            # Fleets enrol with an operator's token, which the registry must hold first.
+            stack = _start_fleet(settings, stack, secret, fleet)
     except BaseException:
         down(settings)
         raise
