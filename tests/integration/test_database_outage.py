@@ -26,7 +26,7 @@ from fedengine.sdk import FedEngineError
 from fedengine.settings import LauncherSettings
 from tests.integration.conftest import Stack, start_stack
 from tests.integration.helpers import eventually, metric_total, run_fleet_task
-from tests.integration.kafka_tools import headers_of
+from tests.integration.kafka_tools import assign_from_start, headers_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -67,18 +67,13 @@ async def _everything_in(settings: KafkaSettings, base: str) -> list[object]:
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(
-        name,
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=f"test-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
     )
     records: list[object] = []
     seen: set[int] = set()
     await consumer.start()
     try:
+        await assign_from_start(consumer, name)
         async with asyncio.timeout(60):
             while len(seen) < len(partitions):
                 for tp, batch in (await consumer.getmany(timeout_ms=200)).items():

@@ -1,47 +1,33 @@
-"""End to end: the `fedengine demo` command itself, as a user runs it, on its own embedded stack."""
+"""End to end: the `fedengine demo` command itself, as a user runs it: once on its own embedded
+stack (it starts everything and stops what it started), once on a running stack."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from fedengine import infra
+from tests.integration.conftest import Stack
+from tests.integration.demos import Demo, command, own_stack_environment, running_stack_environment
 
 pytestmark = pytest.mark.integration
 
 
-def _environment(tmp_path: Path) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "FEDENGINE_HOME": str(tmp_path / "home"),
-        "FEDENGINE_GATEWAY_PORT": str(infra.free_port()),
-    }
-    for inherited in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "KAFKA_TOPIC_PREFIX"):
-        env.pop(inherited, None)
-    return env
-
-
-def _demo(*flags: str, out: Path) -> list[str]:
-    return [str(Path(sys.executable).parent / "fedengine"), "demo", *flags, "--json", str(out)]
-
-
 def test_demo_command_runs_a_task_and_writes_the_result(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    env = _environment(tmp_path)
-    command = _demo(
+    env = own_stack_environment(tmp_path)
+    demo = command(
         "--devices", "6", "--per-round", "3", "--rounds", "3", "--non-iid", "1.0", "--seed", "7",
         out=out,
     )  # fmt: skip
 
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(demo, env=env, capture_output=True, text=True, timeout=240)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads(out.read_text())
+    assert document["config"]["embedded_broker"] and document["config"]["embedded_postgres"]
     assert set(document) >= {
         "task_id",
         "status",
@@ -77,28 +63,25 @@ def test_demo_command_runs_a_task_and_writes_the_result(tmp_path: Path) -> None:
 
 
 def test_demo_with_sign_flipping_attackers_records_them_and_the_model_suffers(
-    tmp_path: Path,
+    stack: Stack, tmp_path: Path
 ) -> None:
     # Prepare: 5 devices, all in every round, one of them (0.2) sends -10 x its honest delta.
     # With 4 honest devices and a factor 10 > 4, FedAvg's average points against the honest
     # direction. The same run without attackers (measured, IID, seed 7) scores 0.92, 0.94, 0.95
     # in its 3 rounds. The attacker's update (norm about 10 x 6.5 in round 1) stays under the
     # task's norm bound of 100, so validation lets it through and the strategy averages it.
-    out = tmp_path / "out.json"
-    env = _environment(tmp_path)
-    command = _demo(
+    # The demo runs on the session's stack: it starts its own fleet there.
+    demo = Demo(
+        running_stack_environment(stack), tmp_path,
         "--devices", "5", "--per-round", "5", "--rounds", "3", "--seed", "7",
         "--malicious", "0.2", "--attack", "sign_flip", "--attack-scale", "10",
-        out=out,
     )  # fmt: skip
 
     # Execute
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    output, document = demo.result(timeout_s=240)
 
     # Assert: the result records the attack and the bound; the table states the bound.
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "norm bound 100.0" in result.stdout
-    document = json.loads(out.read_text())
+    assert "norm bound 100.0" in output
     config = document["config"]
     assert (config["malicious"], config["attack"], config["attack_scale"]) == (
         0.2,

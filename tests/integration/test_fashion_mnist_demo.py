@@ -1,45 +1,34 @@
 """End to end on Fashion-MNIST: `fedengine demo --dataset fashion_mnist` starts a fleet that
-holds Fashion-MNIST, the task trains on it, and the coordinator scores the official test set."""
+holds Fashion-MNIST, the task trains on it, and the coordinator scores the official test set.
+The demo runs on the session's stack, with a fleet of its own."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from fedengine import infra
+from tests.integration.conftest import Stack
+from tests.integration.demos import Demo, running_stack_environment
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_fashion_mnist_demo_trains_on_its_fleet_and_learns(tmp_path: Path) -> None:
+def test_a_fashion_mnist_demo_trains_on_its_fleet_and_learns(stack: Stack, tmp_path: Path) -> None:
     # Prepare: 6 devices (10,000 training images each), 3 a round, one local epoch: short, and
     # still far above chance (0.1) after three rounds.
-    out = tmp_path / "out.json"
-    env = {
-        **os.environ,
-        "FEDENGINE_HOME": str(tmp_path / "home"),
-        "FEDENGINE_GATEWAY_PORT": str(infra.free_port()),
-    }
-    for inherited in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "KAFKA_TOPIC_PREFIX"):
-        env.pop(inherited, None)
-    command = [
-        str(Path(sys.executable).parent / "fedengine"), "demo", "--dataset", "fashion_mnist",
+    demo = Demo(
+        running_stack_environment(stack), tmp_path,
+        "--dataset", "fashion_mnist",
         "--devices", "6", "--per-round", "3", "--rounds", "3", "--local-epochs", "1",
-        "--learning-rate", "0.1", "--seed", "7", "--json", str(out),
-    ]  # fmt: skip
+        "--learning-rate", "0.1", "--seed", "7",
+    )  # fmt: skip
 
     # Execute
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
+    output, document = demo.result(timeout_s=280)
 
     # Assert
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "fashion_mnist" in result.stdout
-    document = json.loads(out.read_text())
+    assert "fashion_mnist" in output
     assert (document["status"], document["stop_reason"]) == ("completed", "max_rounds")
     assert document["config"]["dataset"] == "fashion_mnist"
     assert document["config"]["task"]["dataset"] == "fashion_mnist"

@@ -1,6 +1,7 @@
 """End to end: `fedengine demo --local-dp medium`: every device trains with DP-SGD at the
 coordinator's settings, and the privacy service's device ledger (GET
-/api/federated/privacy/budget?device_id=) shows each device's ε per round, within 3."""
+/api/federated/privacy/budget?device_id=) shows each device's ε per round, within 3. The demo
+runs on the session's stack, with a fleet of its own."""
 
 from __future__ import annotations
 
@@ -11,20 +12,24 @@ import pytest
 
 from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
 from fedengine_privacy.core.kinds import Accountant
-from tests.integration.test_privacy_demo import _run
+from tests.integration.conftest import Stack
+from tests.integration.demos import Demo, running_stack_environment
 
 pytestmark = pytest.mark.integration
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def test_a_medium_fleet_records_a_device_ledger_within_three_per_task(tmp_path: Path) -> None:
+def test_a_medium_fleet_records_a_device_ledger_within_three_per_task(
+    stack: Stack, tmp_path: Path
+) -> None:
     # Execute: 4 medium devices, 2 a round, 3 rounds of 1 local epoch (10 DP-SGD steps).
-    document = _run(
-        tmp_path,
+    demo = Demo(
+        running_stack_environment(stack), tmp_path,
         "--devices", "4", "--per-round", "2", "--rounds", "3", "--seed", "5",
         "--local-epochs", "1", "--local-dp", "medium",
     )  # fmt: skip
+    _, document = demo.result(timeout_s=280)
 
     # Assert: the task ran (no central DP), and every device asked has a ledger.
     assert document["status"] == "completed"

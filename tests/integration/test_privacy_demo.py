@@ -1,43 +1,52 @@
-"""End to end: `fedengine demo` with central DP, as a user runs it (issue 9's acceptance)."""
+"""End to end: `fedengine demo` with central DP, as a user runs it (issue 9's acceptance).
+
+Both demos run at once on the session's stack, each with a fleet of its own. One local epoch a
+round: central DP's accounting depends on the sample rate and the noise, not on the training.
+"""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from fedengine_privacy.core.accounting import GaussianRelease, epsilon_for_releases
 from fedengine_privacy.core.kinds import Accountant
-from tests.integration.test_demo_cli import _demo, _environment
+from tests.integration.conftest import Stack
+from tests.integration.demos import Demo, running_stack_environment
 
 pytestmark = pytest.mark.integration
 
 
-def _run(tmp_path: Path, *flags: str) -> dict:  # type: ignore[type-arg]
-    out = tmp_path / "out.json"
-    result = subprocess.run(
-        _demo(*flags, out=out),
-        env=_environment(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    document: dict = json.loads(out.read_text())  # type: ignore[type-arg]
-    return document
+@pytest.fixture(scope="module")
+def demos(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Demo]]:
+    env = running_stack_environment(stack)
+    folder = tmp_path_factory.mktemp("privacy-demos")
+    started = {
+        # The issue's command. 20 devices, 10 a round: each joins with q = 0.5.
+        "fixed": Demo(
+            env, folder / "fixed",
+            "--devices", "20", "--per-round", "10", "--rounds", "200", "--seed", "3",
+            "--local-epochs", "1", "--dp-epsilon", "1.0", "--dp-noise-multiplier", "5",
+        ),
+        "calibrated": Demo(
+            env, folder / "calibrated",
+            "--devices", "20", "--per-round", "10", "--rounds", "3", "--seed", "4",
+            "--local-epochs", "1", "--dp-epsilon", "3.0",
+        ),
+    }  # fmt: skip
+    try:
+        yield started
+    finally:
+        for demo in started.values():
+            demo.stop()
 
 
 def test_a_fixed_noise_task_stops_before_the_round_that_would_pass_its_budget(
-    tmp_path: Path,
+    demos: dict[str, Demo],
 ) -> None:
-    # Execute: the issue's command. 20 devices, 10 a round: each joins with q = 0.5.
-    document = _run(
-        tmp_path,
-        "--devices", "20", "--per-round", "10", "--rounds", "200", "--seed", "3",
-        "--dp-epsilon", "1.0", "--dp-noise-multiplier", "5",
-    )  # fmt: skip
+    # Execute: the issue's command (q = 0.5, z = 5, epsilon 1).
+    _, document = demos["fixed"].result(timeout_s=280)
 
     # Assert: it ran some rounds and stopped for the budget, never over it.
     assert (document["status"], document["stop_reason"]) == (
@@ -69,13 +78,9 @@ def test_a_fixed_noise_task_stops_before_the_round_that_would_pass_its_budget(
     assert all(r["participants"] == 0 for r in rounds)
 
 
-def test_a_calibrated_task_spends_its_budget_over_its_rounds(tmp_path: Path) -> None:
+def test_a_calibrated_task_spends_its_budget_over_its_rounds(demos: dict[str, Demo]) -> None:
     # Execute
-    document = _run(
-        tmp_path,
-        "--devices", "20", "--per-round", "10", "--rounds", "3", "--seed", "4",
-        "--dp-epsilon", "3.0",
-    )  # fmt: skip
+    _, document = demos["calibrated"].result(timeout_s=280)
 
     # Assert: all rounds ran, within the budget and close to it (calibration aims just below).
     assert (document["status"], document["stop_reason"]) == ("completed", "max_rounds")

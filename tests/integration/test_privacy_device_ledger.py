@@ -5,6 +5,7 @@ and lifetime recomputed from the rows, flagged once one more would pass, and kep
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import Any
@@ -28,7 +29,9 @@ ROUNDS = 3
 STEPS = 10
 
 
+@functools.cache
 def settings() -> LocalDp:
+    """The coordinator's settings for a medium device (calibrated once: it takes seconds)."""
     z = calibrate_noise_multiplier(
         target_epsilon=3.0,
         delta=1e-5,

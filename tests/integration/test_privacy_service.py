@@ -33,7 +33,13 @@ from fedengine_privacy.core.calibration import calibrate_noise_multiplier
 from fedengine_privacy.core.kinds import Accountant
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
-from tests.integration.kafka_tools import decoded, find_record, headers_of, send_raw
+from tests.integration.kafka_tools import (
+    assign_from_start,
+    decoded,
+    find_record,
+    headers_of,
+    send_raw,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -93,12 +99,7 @@ async def read_all(
     """Read ``base`` from the start until ``count`` records match, then ``settle_s`` more (so
     that an extra answer would be seen); return every match."""
     consumer = AIOKafkaConsumer(
-        topics.topic_name(stack.kafka.topic_prefix, base),
-        **kafka.client_options(stack.kafka),
-        group_id=f"test-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=50,
+        **kafka.client_options(stack.kafka), enable_auto_commit=False, fetch_max_wait_ms=50
     )
     found: list[ConsumerRecord] = []
     loop = asyncio.get_running_loop()
@@ -106,6 +107,7 @@ async def read_all(
     settled_at: float | None = None
     await consumer.start()
     try:
+        await assign_from_start(consumer, topics.topic_name(stack.kafka.topic_prefix, base))
         while loop.time() < (settled_at or deadline):
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 found += [record for record in records if predicate(record)]

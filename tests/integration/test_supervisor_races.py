@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,6 +92,11 @@ def test_a_new_supervisor_resumes_processes_a_killed_one_left_paused(
     _stack([Process(name="paused", pid=sleeper.pid, started_at=time.time())]).save(
         state_file(settings)
     )
+
+    # The sleeper is this test's child: reap it the moment it exits, as init reaps a service
+    # whose supervisor died, or stopping the adopter would wait out its grace (15 s) for a
+    # zombie.
+    threading.Thread(target=sleeper.wait, daemon=True).start()
 
     # Execute: the next `fedengine up` starts a supervisor, which adopts the process.
     adopter = _start_supervisor(settings)
