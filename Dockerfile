@@ -16,9 +16,11 @@ RUN pip install torch==2.13.0 ${TORCH_PIP_ARGS}
 
 COPY constraints.txt ./
 COPY libs/fedcommon libs/fedcommon
+COPY libs/fedprivacy libs/fedprivacy
 COPY services services
 COPY cli cli
-RUN pip install -c constraints.txt "./libs/fedcommon[torch,data]" ./services/registry \
+RUN pip install -c constraints.txt "./libs/fedcommon[torch,data]" "./libs/fedprivacy[accounting]" \
+      ./services/registry \
       ./services/coordinator ./services/aggregator ./services/simulator ./services/gateway \
       ./services/privacy ./cli
 

@@ -1,6 +1,7 @@
 # Two commands set up everything on a fresh machine (Python 3.11, no services, no Docker):
 #   make demo [ARGS="--devices 20 --rounds 10"]   run a federated task end to end
 #   make test                                      run the whole test suite
+# For everyday work: make check (lint, format, types and the unit tests on both cores, ~2 min).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,9 +11,9 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := $(VENV)/share/fashion-mnist
 FASHION_MNIST_STAMP := $(FASHION_MNIST)/.installed
 FASHION_MNIST_TMP := $(VENV)/share/.fashion-mnist-download
-PYPROJECTS := libs/fedcommon/pyproject.toml $(wildcard services/*/pyproject.toml) cli/pyproject.toml
+PYPROJECTS := libs/fedcommon/pyproject.toml libs/fedprivacy/pyproject.toml $(wildcard services/*/pyproject.toml) cli/pyproject.toml
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test check lint typecheck clean
 
 install: $(STAMP) $(FASHION_MNIST_STAMP)
 
@@ -22,7 +23,7 @@ $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	# torch first and pinned: any other version would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -r requirements-dev.txt \
-		-e "libs/fedcommon[torch,data]" \
+		-e "libs/fedcommon[torch,data]" -e "libs/fedprivacy[accounting]" \
 		-e services/registry -e services/coordinator -e services/aggregator \
 		-e services/simulator -e services/gateway -e services/privacy -e cli
 	touch $(STAMP)
@@ -46,6 +47,13 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast lane: everything but the integration tests (no broker, no database, no services).
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest tests/unit -q -n 2 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
