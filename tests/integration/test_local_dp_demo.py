@@ -6,6 +6,7 @@ runs on the session's stack, with a fleet of its own."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,16 @@ def test_a_medium_fleet_records_a_device_ledger_within_three_per_task(
     local = document["local_dp"]
     assert (local["level"], local["epsilon_budget"], local["delta"]) == ("medium", 3.0, 1e-5)
     devices = local["devices"]
-    asked = sum(len(d["releases"]) for d in devices.values())
-    assert devices and asked >= 2 * len(document["rounds"])
+    assert devices
+    # Every completed round asked at least min_devices (1) and at most per_round (2) devices:
+    # a try opens with the eligible devices only (not busy, battery >= 20%), so a round may
+    # ask one. Whatever was asked was charged, once per (round, attempt), nothing else.
+    completed = {(r["round"], r["attempt"]) for r in document["rounds"]}
+    per_try = Counter(tuple(a) for d in devices.values() for a in d["asked"])
+    assert completed <= set(per_try) and all(1 <= n <= 2 for n in per_try.values())
     for device in devices.values():
         releases = device["releases"]
+        assert sorted([r["round"], r["attempt"]] for r in releases) == device["asked"]
         spent = [r["epsilon_after"] for r in releases]
         # Grows with each round the device trained, never past the level's 3.
         assert spent == sorted(spent) and len(set(spent)) == len(spent)

@@ -104,27 +104,43 @@ class DemoOptions:
 
 
 async def _device_ledgers(
-    client: FedEngineClient, device_ids: list[str], task_id: str, *, rounds: int
+    client: FedEngineClient,
+    device_ids: list[str],
+    task_id: str,
+    *,
+    asked: set[tuple[str, int, int]],
 ) -> dict[str, dict[str, Any] | None]:
-    """Every device's ledger, once the privacy service has charged each completed round (it
-    charges asynchronously, a little after the coordinator asks; at most 60 s)."""
+    """Every device's ledger, once the privacy service has charged every (device, round,
+    attempt) in ``asked`` (it charges asynchronously, a little after the coordinator asks; at
+    most 60 s)."""
     deadline = time.monotonic() + 60
     while True:
         ledgers = {d: await client.get_device_privacy_ledger(d) for d in device_ids}
         charged = {
-            r["round_number"]
-            for ledger in ledgers.values()
+            (device_id, r["round_number"], r["attempt"])
+            for device_id, ledger in ledgers.items()
             if ledger is not None
             for r in ledger["release_log"]
             if r["task_id"] == task_id
         }
-        if set(range(1, rounds + 1)) <= charged or time.monotonic() > deadline:
+        if asked <= charged or time.monotonic() > deadline:
             return ledgers
         await _sleep(0.5)
 
 
+def local_dp_asks(tries: list[dict[str, Any]]) -> set[tuple[str, int, int]]:
+    """(device, round, attempt) for every participant of every try: the coordinator asks each
+    one to train with DP-SGD, and the privacy service charges each ask once. A try can have
+    fewer participants than devices_per_round (only the eligible devices, at least
+    min_devices), so the count of asks is read from the tries, not assumed."""
+    return {(d, t["round_number"], t["attempt"]) for t in tries for d in t["participants"] or []}
+
+
 def local_dp_section(
-    task_id: str, level: str, ledgers: dict[str, dict[str, Any] | None]
+    task_id: str,
+    level: str,
+    ledgers: dict[str, dict[str, Any] | None],
+    asked: set[tuple[str, int, int]],
 ) -> dict[str, Any]:
     """The --json result's local DP: each device's ε on this task after each round it was
     asked for, and over its lifetime (from GET /privacy/budget?device_id=)."""
@@ -134,6 +150,8 @@ def local_dp_section(
             continue
         releases = [r for r in ledger["release_log"] if r["task_id"] == task_id]
         devices[device_id] = {
+            # The tries the coordinator asked this device in, as [round, attempt].
+            "asked": sorted([r, a] for d, r, a in asked if d == device_id),
             "epsilon_spent": max((r["epsilon_task_after"] for r in releases), default=0.0),
             "epsilon_lifetime": ledger["epsilon_lifetime_spent"],
             "releases": [
@@ -338,21 +356,19 @@ async def run_demo(
                         raise TimeoutError(f"task {task_id} did not finish in time")
                     await _sleep(0.1)
             mark("training_s")
-            rounds = [
-                round_summary(r)
-                for r in await client.get_rounds(task_id)
-                if r["status"] == "completed"
-            ]
+            tries = await client.get_rounds(task_id)
+            rounds = [round_summary(r) for r in tries if r["status"] == "completed"]
             budget = await client.get_privacy_budget(task_id) if privacy is not None else None
             local = None
             if options.local_dp != "none":
+                asked = local_dp_asks(tries)
                 ledgers = await _device_ledgers(
                     client,
                     [f"{fleet.name}-{i:04d}" for i in range(options.devices)],
                     task_id,
-                    rounds=len(rounds),
+                    asked=asked,
                 )
-                local = local_dp_section(task_id, options.local_dp, ledgers)
+                local = local_dp_section(task_id, options.local_dp, ledgers, asked)
         result = {
             "task_id": task_id,
             "status": state["state"],
