@@ -48,7 +48,12 @@ def test_unknown_fields_and_bad_keys_are_refused() -> None:
         DeviceCreate(device_name="d", device_type="iot", public_key="ab")  # type: ignore[arg-type]
 
 
-TRUST = {"FEDENGINE_SERVICE_KEYS": {"coordinator": "00" * 32}}
+# A sound key (an all-zero one would be refused as small order: fedcommon.ed25519_keys).
+TRUST = {
+    "FEDENGINE_SERVICE_KEYS": {
+        "coordinator": signing.public_key_bytes(signing.generate_private_key()).hex()
+    }
+}
 
 
 def test_weak_or_placeholder_secrets_are_refused() -> None:
@@ -126,6 +131,10 @@ def test_device_bodies_the_registry_would_refuse_are_refused(body: dict[str, Any
         DeviceCreate.model_validate({**body, "generate_key": True})
 
 
+# A sound key whose private half nobody here holds.
+STRANGER = signing.public_key_bytes(signing.generate_private_key()).hex()
+
+
 def _own_key(device_id: str = "d1") -> dict[str, Any]:
     key = signing.generate_private_key()
     public = signing.public_key_bytes(key)
@@ -137,11 +146,11 @@ def _own_key(device_id: str = "d1") -> dict[str, Any]:
     ("key_fields", "reason"),
     [
         ({}, "or set generate_key"),
-        ({"public_key": "ab" * 32}, "needs device_id and key_signature"),
-        ({"public_key": "ab" * 32, "device_id": "d1"}, "needs device_id and key_signature"),
+        ({"public_key": STRANGER}, "needs device_id and key_signature"),
+        ({"public_key": STRANGER, "device_id": "d1"}, "needs device_id and key_signature"),
         ({**_own_key(), "device_id": "d2"}, "does not verify"),  # another device's proof
         ({**_own_key(), "key_signature": "00" * 64}, "does not verify"),
-        ({**_own_key(), "public_key": "ab" * 32}, "does not verify"),
+        ({**_own_key(), "public_key": STRANGER}, "does not verify"),
         ({**_own_key(), "generate_key": True}, "excludes public_key"),
         ({**_own_key(), "key_signature": "ab"}, "128 hex"),
     ],
