@@ -162,6 +162,29 @@ def test_a_device_key_comes_with_its_signature_or_is_generated_on_request(
         DeviceCreate.model_validate({"device_name": "d", "device_type": "iot", **key_fields})
 
 
+# The identity point (whose R = identity, S = 0 signature OpenSSL verifies for any payload),
+# the all-zero key, a point of order 8 and a non-canonical encoding of the identity.
+WEAK_KEYS = [
+    "01" + "00" * 31,
+    "00" * 32,
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "ee" + "ff" * 30 + "7f",
+]
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS)
+def test_a_key_that_proves_nothing_is_refused_on_its_field_without_echoing_it(weak: str) -> None:
+    # Even with a "signature" that OpenSSL would believe for it.
+    forged = ("01" + "00" * 31) + "00" * 32
+    body = {"device_name": "d", "device_type": "iot", "device_id": "d1"}
+    with pytest.raises(ValidationError) as refused:
+        DeviceCreate.model_validate({**body, "public_key": weak, "key_signature": forged})
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("public_key",)
+    assert error["msg"].startswith("Value error, public_key ")
+    assert weak not in error["msg"]
+
+
 def test_a_signed_own_key_or_an_explicit_generate_key_is_accepted() -> None:
     own = DeviceCreate.model_validate({"device_name": "d", "device_type": "iot", **_own_key()})
     assert own.public_key is not None and not own.generate_key
