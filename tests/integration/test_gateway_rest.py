@@ -18,6 +18,8 @@ from tests.integration.helpers import device_or_none, eventually
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 API = "/api/federated"
+# A sound Ed25519 key whose private half nobody here holds.
+STRANGER = signing.public_key_bytes(signing.generate_private_key()).hex()
 
 
 def http(stack: Stack, role: auth.Role | None = None) -> httpx.AsyncClient:
@@ -71,7 +73,7 @@ async def test_roles_are_enforced_with_403(stack: Stack) -> None:
         ("/devices", {"device_name": "d", "device_type": "iot"}, "generate_key"),
         (
             "/devices",
-            {"device_name": "d", "device_type": "iot", "device_id": "d1", "public_key": "ab" * 32},
+            {"device_name": "d", "device_type": "iot", "device_id": "d1", "public_key": STRANGER},
             "key_signature",
         ),
         (
@@ -80,7 +82,7 @@ async def test_roles_are_enforced_with_403(stack: Stack) -> None:
                 "device_name": "d",
                 "device_type": "iot",
                 "device_id": "d1",
-                "public_key": "ab" * 32,
+                "public_key": STRANGER,
                 "key_signature": "cd" * 64,
             },
             "does not verify",

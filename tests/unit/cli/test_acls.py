@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fedcommon import enrolment_tokens, kafka, service, topics, trust
+from fedcommon import enrolment_tokens, kafka, service, signing, topics, trust
 from fedcommon.settings import KafkaSettings
 from fedengine import acls
 from fedengine_aggregator.__main__ import SPEC as AGGREGATOR
@@ -152,7 +152,8 @@ def test_the_simulator_reads_as_devices_in_its_fleet_group(
     captured: list[service.ServiceSpec] = []
     monkeypatch.setenv("SIMULATOR_FLEET", "north")
     monkeypatch.setenv("DATABASE_URL", "postgresql://unused/unused")
-    token = enrolment_tokens.issue("north", coordinator_key=bytes(32))
+    coordinator = signing.public_key_bytes(signing.generate_private_key())
+    token = enrolment_tokens.issue("north", coordinator_key=coordinator)
     monkeypatch.setenv("SIMULATOR_ENROLMENT_TOKEN", token.encode())
     monkeypatch.setattr(service, "main", lambda spec, *_: captured.append(spec))
 

@@ -83,3 +83,36 @@ def test_settings_refuse_a_key_that_is_not_the_services_own() -> None:
         settings.signer("coordinator")
     with pytest.raises(ValueError, match="not set"):
         TrustSettings(FEDENGINE_SERVICE_KEYS=public).signer("registry")
+
+
+IDENTITY = bytes([1]) + bytes(31)
+
+
+def test_a_small_order_service_key_believes_nothing_and_fails_start_up() -> None:
+    # R = identity, S = 0 "verifies" any message under the identity key (in OpenSSL): a
+    # verifier configured with it must still refuse, and settings refuse to start with it.
+    weak = trust.Verifier(public_keys={"gateway": IDENTITY}, prefix="p.", window=timedelta(days=1))
+    forged = [(trust.SIGNER_HEADER, b"gateway"), (trust.SIGNATURE_HEADER, IDENTITY + bytes(32))]
+    reason = weak.refusal(
+        topic=TOPIC,
+        key=b"k",
+        value=b"v",
+        headers=forged,
+        message_type="task.start_requested",
+        sent_at=NOW,
+        now=NOW,
+    )
+    assert reason == "bad signature for 'gateway'"
+    public = {name: signing.public_key_bytes(key).hex() for name, key in KEYS.items()}
+    for bad in (IDENTITY.hex(), "00" * 32):
+        with pytest.raises(ValueError, match=r"FEDENGINE_SERVICE_KEYS\[gateway\] is .*small order"):
+            TrustSettings(FEDENGINE_SERVICE_KEYS={**public, "gateway": bad})
+
+
+def test_a_signature_with_s_past_l_is_refused() -> None:
+    (name, signer), (_, signature) = signed("gateway")
+    s = int.from_bytes(signature[32:], "little") + 2**252 + 27742317777372353535851937790883648493
+    malleated = signature[:32] + s.to_bytes(32, "little")
+    assert refusal([(name, signer), (trust.SIGNATURE_HEADER, malleated)]) == (
+        "bad signature for 'gateway'"
+    )

@@ -14,7 +14,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr
 
-from fedcommon import auth, codec
+from fedcommon import auth, codec, signing
 from fedcommon.messages.v1 import STRATEGY_TYPES, TaskCreateRequested
 from fedengine_gateway import health
 from fedengine_gateway.app import create_app
@@ -23,6 +23,8 @@ from fedengine_gateway.settings import Settings
 
 SECRET = "s" * 40
 API = "/api/federated"
+# A sound service key (the all-zero key is refused as small order: fedcommon.ed25519_keys).
+COORDINATOR_KEY = signing.public_key_bytes(signing.generate_private_key()).hex()
 
 
 class FakeProducer:
@@ -58,7 +60,7 @@ def _client(
     settings = Settings(
         FEDENGINE_JWT_SECRET=SecretStr(SECRET),
         postgres={"DATABASE_URL": "postgresql://unused"},  # type: ignore[arg-type]
-        trust={"FEDENGINE_SERVICE_KEYS": {"coordinator": "00" * 32}},  # type: ignore[arg-type]
+        trust={"FEDENGINE_SERVICE_KEYS": {"coordinator": COORDINATOR_KEY}},  # type: ignore[arg-type]
         max_body_bytes=4096,
         health_timeout_s=0.2,
         **settings_fields,

@@ -48,7 +48,12 @@ def test_unknown_fields_and_bad_keys_are_refused() -> None:
         DeviceCreate(device_name="d", device_type="iot", public_key="ab")  # type: ignore[arg-type]
 
 
-TRUST = {"FEDENGINE_SERVICE_KEYS": {"coordinator": "00" * 32}}
+# A sound key (an all-zero one would be refused as small order: fedcommon.ed25519_keys).
+TRUST = {
+    "FEDENGINE_SERVICE_KEYS": {
+        "coordinator": signing.public_key_bytes(signing.generate_private_key()).hex()
+    }
+}
 
 
 def test_weak_or_placeholder_secrets_are_refused() -> None:
@@ -126,6 +131,10 @@ def test_device_bodies_the_registry_would_refuse_are_refused(body: dict[str, Any
         DeviceCreate.model_validate({**body, "generate_key": True})
 
 
+# A sound key whose private half nobody here holds.
+STRANGER = signing.public_key_bytes(signing.generate_private_key()).hex()
+
+
 def _own_key(device_id: str = "d1") -> dict[str, Any]:
     key = signing.generate_private_key()
     public = signing.public_key_bytes(key)
@@ -137,11 +146,11 @@ def _own_key(device_id: str = "d1") -> dict[str, Any]:
     ("key_fields", "reason"),
     [
         ({}, "or set generate_key"),
-        ({"public_key": "ab" * 32}, "needs device_id and key_signature"),
-        ({"public_key": "ab" * 32, "device_id": "d1"}, "needs device_id and key_signature"),
+        ({"public_key": STRANGER}, "needs device_id and key_signature"),
+        ({"public_key": STRANGER, "device_id": "d1"}, "needs device_id and key_signature"),
         ({**_own_key(), "device_id": "d2"}, "does not verify"),  # another device's proof
         ({**_own_key(), "key_signature": "00" * 64}, "does not verify"),
-        ({**_own_key(), "public_key": "ab" * 32}, "does not verify"),
+        ({**_own_key(), "public_key": STRANGER}, "does not verify"),
         ({**_own_key(), "generate_key": True}, "excludes public_key"),
         ({**_own_key(), "key_signature": "ab"}, "128 hex"),
     ],
@@ -151,6 +160,29 @@ def test_a_device_key_comes_with_its_signature_or_is_generated_on_request(
 ) -> None:
     with pytest.raises(ValidationError, match=reason):
         DeviceCreate.model_validate({"device_name": "d", "device_type": "iot", **key_fields})
+
+
+# The identity point (whose R = identity, S = 0 signature OpenSSL verifies for any payload),
+# the all-zero key, a point of order 8 and a non-canonical encoding of the identity.
+WEAK_KEYS = [
+    "01" + "00" * 31,
+    "00" * 32,
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "ee" + "ff" * 30 + "7f",
+]
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS)
+def test_a_key_that_proves_nothing_is_refused_on_its_field_without_echoing_it(weak: str) -> None:
+    # Even with a "signature" that OpenSSL would believe for it.
+    forged = ("01" + "00" * 31) + "00" * 32
+    body = {"device_name": "d", "device_type": "iot", "device_id": "d1"}
+    with pytest.raises(ValidationError) as refused:
+        DeviceCreate.model_validate({**body, "public_key": weak, "key_signature": forged})
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("public_key",)
+    assert error["msg"].startswith("Value error, public_key ")
+    assert weak not in error["msg"]
 
 
 def test_a_signed_own_key_or_an_explicit_generate_key_is_accepted() -> None:

@@ -13,7 +13,7 @@ from fedcommon import enrolment_tokens, signing
 from fedcommon.enrolment_tokens import EnrolmentToken
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, PrivacyLevel
-from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment
+from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment, check_key
 
 THEN = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 OLD = signing.generate_private_key()
@@ -185,3 +185,59 @@ def test_an_unknown_token_is_refused_even_for_an_existing_device() -> None:
 
 def test_an_operator_needs_no_token() -> None:
     check_enrolment(_without_token(), existing=None, by_operator=True, token=None, now=THEN)
+
+
+# The identity point (R = identity, S = 0 "verifies" any payload under it, in OpenSSL), the
+# all-zero key (order 4), a point of order 8, and the identity in a non-canonical encoding.
+WEAK_KEYS = [
+    bytes([1]) + bytes(31),
+    bytes(32),
+    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    bytes([0xEE]) + b"\xff" * 30 + b"\x7f",
+]
+FORGED = bytes([1]) + bytes(63)
+
+
+def _weak_enrolment(weak: bytes, **fields: object) -> DeviceEnrolled:
+    """An enrolment of ``weak`` "signed" by it (the signature OpenSSL believes for the identity)
+    and by a real token, as a hostile device would send it."""
+    message = DeviceEnrolled(
+        producer="device",
+        device_id="d1",
+        device_name="d1",
+        device_type=DeviceType.MOBILE,
+        public_key=weak,
+        sent_at=THEN,
+        fleet=TOKEN.fleet,
+        enrolment_token_id=TOKEN.token_id,
+        **fields,  # type: ignore[arg-type]
+    )
+    payload = signing.enrolment_payload(message)
+    return message.model_copy(
+        update={"signature": FORGED, "token_signature": TOKEN.key.sign(payload)}
+    )
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS, ids=lambda k: k.hex()[:6])
+def test_a_key_that_proves_nothing_is_never_enrolled(weak: bytes) -> None:
+    # By a device with a token, by an operator, as a new device or as a key change.
+    for by_operator in (False, True):
+        for existing in (None, held()):
+            with pytest.raises(ProtocolViolation, match=r"public key of device d1 .*(small|canon)"):
+                check(_weak_enrolment(weak), existing, by_operator=by_operator)
+
+
+def test_a_device_whose_stored_key_is_weak_cannot_sign_a_key_change_away() -> None:
+    # A key stored before enrolment checked for this: its "signature" hands nothing over.
+    stored = Enrolled("online", bytes([1]) + bytes(31), THEN - timedelta(hours=1))
+    message = enrolment().model_copy(update={"key_change_signature": FORGED})
+    message = enrolment_tokens.sign_enrolment(message, device_key=NEW, token=TOKEN)
+    with pytest.raises(ProtocolViolation, match="small order"):
+        check(message, stored)
+
+
+def test_a_token_with_a_weak_key_is_refused() -> None:
+    for weak in WEAK_KEYS:
+        with pytest.raises(ProtocolViolation, match="enrolment token t1"):
+            check_key(weak, what="enrolment token t1")
+    check_key(TOKEN.public_key, what="enrolment token t1")

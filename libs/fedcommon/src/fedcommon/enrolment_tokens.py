@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import TypeAdapter, ValidationError
 
-from fedcommon import signing
+from fedcommon import ed25519_keys, signing
 from fedcommon.constraints import FleetName
 from fedcommon.messages.v1 import DeviceEnrolled
 
@@ -85,8 +85,10 @@ class EnrolmentToken:
             ValidationError,
         ) as exc:
             raise InvalidToken("the enrolment token is damaged (copy it whole)") from exc
-        if len(token.coordinator_key) != signing.KEY_BYTES:
-            raise InvalidToken("the enrolment token's coordinator key must be 32 bytes")
+        try:
+            ed25519_keys.check_public_key(token.coordinator_key, name="coordinator key")
+        except ed25519_keys.WeakKeyError as exc:
+            raise InvalidToken(f"the enrolment token's {exc}") from exc
         return token
 
 

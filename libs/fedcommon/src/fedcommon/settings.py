@@ -14,7 +14,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedcommon import signing, trust
+from fedcommon import ed25519_keys, signing, trust
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -178,6 +178,9 @@ class TrustSettings(BaseSettings):
         for name, key in value.items():
             if len(bytes.fromhex(key)) != signing.KEY_BYTES:
                 raise ValueError(f"FEDENGINE_SERVICE_KEYS[{name}] must be 64 hex characters")
+            ed25519_keys.check_public_key(
+                bytes.fromhex(key), name=f"FEDENGINE_SERVICE_KEYS[{name}]"
+            )
         return value
 
     def signer(self, name: str) -> trust.Signer:

@@ -11,7 +11,7 @@ from uuid import UUID
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedcommon import codec
+from fedcommon import codec, ed25519_keys
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import DeviceEnrolled
 
@@ -39,9 +39,18 @@ def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
 
 
 def verify(*, public_key: bytes, signature: bytes, payload: bytes) -> None:
-    """Check ``signature`` over ``payload``; raise ``ProtocolViolation`` when it does not hold."""
-    if len(public_key) != KEY_BYTES:
-        raise ProtocolViolation("signing: public key must be 32 bytes")
+    """Check ``signature`` over ``payload``; raise ``ProtocolViolation`` when it does not hold.
+
+    A key of small order or in a non-canonical encoding, and a signature whose S is not reduced,
+    are refused before any verification (``fedcommon.ed25519_keys``): OpenSSL would let a
+    small-order key "verify" signatures nobody made, and a key stored before enrolment checked
+    for this must not speak for its device either.
+    """
+    try:
+        ed25519_keys.check_public_key(public_key)
+        ed25519_keys.check_signature(signature)
+    except ed25519_keys.WeakKeyError as exc:
+        raise ProtocolViolation(f"signing: {exc}") from exc
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
     except (InvalidSignature, ValueError) as exc:

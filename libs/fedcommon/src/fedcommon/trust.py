@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedcommon import topics
+from fedcommon import ed25519_keys, topics
 
 SIGNER_HEADER = "fe-signer"
 SIGNATURE_HEADER = "fe-signature"
@@ -129,11 +129,16 @@ class Verifier:
         public = self.public_keys.get(signer)
         if public is None:
             return f"no public key for {signer!r}"
+        signature = found.get(SIGNATURE_HEADER, b"")
         try:
+            # A small-order service key would let anyone sign as that service: refuse it here
+            # as well as at start-up (settings), and a signature with S >= L with it.
+            ed25519_keys.check_public_key(public)
+            ed25519_keys.check_signature(signature)
             Ed25519PublicKey.from_public_bytes(public).verify(
-                found.get(SIGNATURE_HEADER, b""), signed_bytes(topic, key, value)
+                signature, signed_bytes(topic, key, value)
             )
-        except (InvalidSignature, ValueError):
+        except (InvalidSignature, ValueError):  # WeakKeyError is a ValueError
             return f"bad signature for {signer!r}"
         if not now - self.window <= sent_at <= now + CLOCK_SKEW:
             return f"sent_at outside the {self.window.total_seconds():.0f} s replay window"

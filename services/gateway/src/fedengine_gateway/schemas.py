@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedcommon import signing
+from fedcommon import ed25519_keys, signing
 from fedcommon.constraints import (
     MAX_BATCH_SIZE,
     MAX_DEVICES_PER_ROUND,
@@ -98,7 +98,12 @@ class DeviceCreate(Constrained):
     @field_validator("public_key")
     @classmethod
     def _hex_key(cls, value: str | None) -> str | None:
-        return _hex(value, name="public_key", length=64)
+        _hex(value, name="public_key", length=64)
+        if value is not None:
+            # A small-order or non-canonical key proves nothing: refused here, naming the field
+            # and the reason (the 422 never echoes the value; errors.field_errors).
+            ed25519_keys.check_public_key(bytes.fromhex(value), name="public_key")
+        return value
 
     @field_validator("key_signature")
     @classmethod

@@ -26,7 +26,7 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_registry import store
-from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment
+from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment, check_key
 from fedengine_registry.core.heartbeats import check_heartbeat
 from fedengine_registry.settings import Settings
 
@@ -88,6 +88,7 @@ class Registry:
                 )
                 await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
             elif isinstance(message, EnrolmentTokenIssued):
+                check_key(message.public_key, what=f"enrolment token {message.token_id}")
                 if not await store.insert_token(conn, message):
                     raise ProtocolViolation(f"enrolment token {message.token_id} exists already")
                 logger.info(

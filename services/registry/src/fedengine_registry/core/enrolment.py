@@ -11,7 +11,9 @@ A device's identity cannot be taken over by anyone who can write to fed.devices:
   gateway vouches for as a service);
 - a removed device stays removed until an operator restores it;
 - an enrolment older than the one in force (a replay) changes nothing, so it cannot downgrade
-  the device (its privacy level, say).
+  the device (its privacy level, say);
+- a key that proves nothing (small order, non-canonical, not a point: fedcommon.ed25519_keys)
+  is never enrolled, by anyone, nor a token's key registered.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from fedcommon import signing, trust
+from fedcommon import ed25519_keys, signing, trust
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceStatus
 
@@ -49,6 +51,17 @@ class Token:
     revoked: bool
     # Devices enrolled with it now, other than the one asking.
     enrolled: int
+
+
+def check_key(public_key: bytes, *, what: str) -> None:
+    """Raise ``ProtocolViolation`` unless ``public_key`` is a sound Ed25519 key for ``what``.
+
+    The reason names ``what`` and the kind of weakness, never the key's bytes.
+    """
+    try:
+        ed25519_keys.check_public_key(public_key, name=f"the public key of {what}")
+    except ed25519_keys.WeakKeyError as exc:
+        raise ProtocolViolation(f"refused: {exc}") from exc
 
 
 def check_token(
@@ -98,6 +111,10 @@ def check_enrolment(
     the device and its token signed, made from the fields as received (by default, from
     ``message``).
     """
+    if message.public_key is not None:
+        # First, and for operators too: the gateway checks this, but a key enrolled here is
+        # believed by every service that verifies this device from now on.
+        check_key(message.public_key, what=f"device {message.device_id}")
     if not by_operator:
         if message.public_key is None or message.signature is None:
             raise ProtocolViolation(
