@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout_s: float = 30.0, interval_s: float = 0.1
+    check: Callable[[], Awaitable[T]], *, timeout_s: float = 120.0, interval_s: float = 0.1
 ) -> T:
     """Poll ``check`` until it returns a truthy value; fail with the last value otherwise."""
     loop = asyncio.get_running_loop()

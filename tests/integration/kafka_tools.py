@@ -67,7 +67,7 @@ async def find_record(
     base: str,
     predicate: Callable[[ConsumerRecord], bool],
     *,
-    timeout_s: float = 30.0,
+    timeout_s: float = 120.0,
 ) -> ConsumerRecord:
     """Read ``base`` from the beginning (own group) until a record satisfies ``predicate``."""
     (record,) = await find_records(settings, base, [predicate], timeout_s=timeout_s)
@@ -79,7 +79,7 @@ async def find_records(
     base: str,
     predicates: list[Callable[[ConsumerRecord], bool]],
     *,
-    timeout_s: float = 30.0,
+    timeout_s: float = 120.0,
 ) -> list[ConsumerRecord]:
     """Read ``base`` once from the beginning; return the first record matching each predicate.
 
@@ -123,7 +123,7 @@ async def assign_from_start(consumer: AIOKafkaConsumer, name: str) -> list[Topic
 
 
 async def all_records(
-    settings: KafkaSettings, base: str, *, timeout_s: float = 30.0
+    settings: KafkaSettings, base: str, *, timeout_s: float = 120.0
 ) -> list[ConsumerRecord]:
     """Every record on ``base`` up to its end when called (all partitions), in order."""
     consumer = AIOKafkaConsumer(

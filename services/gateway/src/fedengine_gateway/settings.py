@@ -33,8 +33,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_page_size: int = 500
     # How long a request waits for the projection of an id this process issued: an enrolment
-    # token's answer, and a read or command on a task created here a moment ago.
-    projection_wait_s: float = Field(default=5.0, ge=0, le=60)
+    # token's answer, and a read or command on a task created here a moment ago. Milliseconds
+    # usually; 5 s was passed on a 2-core machine under load (the README's newcomer path, its
+    # start right after the creation, got 404 once), and the wait ends as soon as it is there.
+    projection_wait_s: float = Field(default=30.0, ge=0, le=60)
     # The longest a command waits for the broker's acknowledgement before answering 503.
     command_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # The bound on each dependency check of /health, /ready and the check before a command;
