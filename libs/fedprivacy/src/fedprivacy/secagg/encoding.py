@@ -51,7 +51,9 @@ def packed_size(*, length: int, bits: int) -> int:
 
 def clip_to_norm(update: FloatVector, *, clip_norm: float) -> tuple[FloatVector, bool]:
     """Scale ``update`` down to L2 norm ``clip_norm``; also say whether it was within it."""
-    norm = float(np.linalg.norm(update.astype(np.float64)))
+    # A plain sum of squares: np.linalg.norm calls BLAS, whose threads fight on busy cores.
+    wide = update.astype(np.float64)
+    norm = math.sqrt(float(np.sum(wide * wide)))
     if not math.isfinite(norm):
         raise ValueError("update must be finite")
     if norm <= clip_norm:

@@ -42,7 +42,7 @@ from fedprivacy.secagg.messages import (
     UnmaskingShares,
 )
 from fedprivacy.secagg.pairing import pairwise_mask, self_mask
-from fedprivacy.secagg.shamir import Share, combine_shares, element_to_secret
+from fedprivacy.secagg.shamir import SHARE_BYTES, Share, combine_shares, element_to_secret
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class SecAggServer:
 
     def __init__(self, config: RoundConfig) -> None:
         self.config = config
+        self._neighbours = config.neighbours  # the graph, built from the public seed
         self._stage = Stage.ADVERTISE_KEYS
         self._adverts: dict[int, KeyAdvertisement] = {}
         self._shared: set[int] = set()  # U2
@@ -91,7 +92,9 @@ class SecAggServer:
         self._dropped: set[int] = set()  # U2 \ U3
         self._unmasked: set[int] = set()  # U4
         self._accumulator = np.zeros(config.vector_length, dtype=np.uint64)
-        self._pending: dict[tuple[str, int], list[Share]] = {}
+        # Shares waiting for their owner's threshold, kept as their 36-byte wire encodings
+        # (a third of the memory of Share objects): up to n * (t - 1) of them at once.
+        self._pending: dict[tuple[str, int], bytearray] = {}
         self._recovered: set[tuple[str, int]] = set()
 
     def _expect(self, stage: Stage, header: Header, name: str) -> int:
@@ -209,14 +212,18 @@ class SecAggServer:
             for owner, share in shares:
                 if (kind, owner) in self._recovered:
                     continue
-                pending = self._pending.setdefault((kind, owner), [])
-                pending.append(share)
-                if len(pending) >= self.config.threshold:
+                pending = self._pending.setdefault((kind, owner), bytearray())
+                pending += share.to_bytes()
+                if len(pending) >= self.config.threshold * SHARE_BYTES:
                     self._recover(kind, owner, pending)
 
-    def _recover(self, kind: str, owner: int, shares: list[Share]) -> None:
+    def _recover(self, kind: str, owner: int, pending: bytearray) -> None:
         config = self.config
         bits = config.modulus_bits
+        shares = [
+            Share.from_bytes(bytes(pending[i : i + SHARE_BYTES]))
+            for i in range(0, len(pending), SHARE_BYTES)
+        ]
         secret = element_to_secret(combine_shares(shares, threshold=config.threshold))
         del self._pending[(kind, owner)]
         self._recovered.add((kind, owner))
@@ -255,7 +262,7 @@ class SecAggServer:
         needed = [("b", o) for o in self._masked] + [("sk", o) for o in self._dropped]
         missing = [key for key in needed if key not in self._recovered]
         if missing:
-            fewest = min(len(self._pending.get(key, [])) for key in missing)
+            fewest = min(len(self._pending.get(key, b"")) // SHARE_BYTES for key in missing)
             self._require("unmasking", fewest, f"{len(missing)} secrets cannot be rebuilt")
         return AggregateResult(
             total=self._accumulator.copy(),

@@ -69,11 +69,11 @@ def run_round(
     def sends(device: int, stage: Stage) -> bool:
         return device not in drops or drops[device] > stage
 
+    server = meter.server(partial(SecAggServer, config))  # first: it builds the graph
     clients = {
         i: meter.client(i, partial(SecAggClient, config, index=i, random_bytes=random_bytes))
         for i in range(config.num_clients)
     }
-    server = meter.server(partial(SecAggServer, config))
     for i, client in clients.items():
         if sends(i, Stage.ADVERTISE_KEYS):
             advert = meter.client(i, client.advertise_keys)
