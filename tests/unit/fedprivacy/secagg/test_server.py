@@ -29,10 +29,10 @@ def to_masked_input_stage(
         server.receive_advertisement(client.advertise_keys())
     store: Inbox = {}
     for device, adverts in server.close_advertisement().items():
-        for recipient, sender, ciphertext in server.receive_encrypted_shares(
-            clients[device].share_keys(adverts)
-        ):
-            store.setdefault(recipient, []).append((sender, ciphertext))
+        shares = clients[device].share_keys(adverts)
+        server.receive_encrypted_shares(shares)
+        for recipient, ciphertext in shares.ciphertexts:
+            store.setdefault(recipient, []).append((device, ciphertext))
     server.close_share_keys()
     return server, clients, store
 

@@ -4,7 +4,7 @@ Bonawitz et al. 2017 (https://eprint.iacr.org/2017/281), §4, over Bell et al.'s
 graph (``config``); written by hand, every primitive from ``cryptography``. The shell calls:
 
     receive_advertisement(msg) ...   close_advertisement() -> {device: neighbour adverts}
-    receive_encrypted_shares(msg) -> [(recipient, sender, ciphertext)] to store and route
+    receive_encrypted_shares(msg)    (the shell stores msg.ciphertexts to route them)
                                      close_share_keys() -> the devices that shared (U2)
     receive_masked_input(msg) ...    close_masked_input() -> UnmaskingRequest for U3
     receive_unmasking(msg) ...       finish() -> AggregateResult
@@ -132,9 +132,10 @@ class SecAggServer:
         }
 
     # Stage 2 ---------------------------------------------------------------------------
-    def receive_encrypted_shares(self, message: EncryptedShares) -> list[tuple[int, int, bytes]]:
-        """Accept a device's ciphertexts; return ``(recipient, sender, ciphertext)`` for the
-        shell to store and deliver to each recipient that also shares keys (U2)."""
+    def receive_encrypted_shares(self, message: EncryptedShares) -> None:
+        """Accept a device's ciphertexts (addressed to exactly its live neighbours). The shell
+        stores ``message.ciphertexts`` and, once the stage closes, delivers each to its
+        recipient if that recipient is in U2; the server keeps only who shared."""
         sender = self._expect(Stage.SHARE_KEYS, message.header, "EncryptedShares")
         if sender not in self._adverts or sender in self._shared:
             raise InvalidSecAggMessage(f"EncryptedShares: unexpected or repeated sender {sender}")
@@ -144,7 +145,6 @@ class SecAggServer:
                 f"EncryptedShares: device {sender} must share with exactly its live neighbours"
             )
         self._shared.add(sender)
-        return [(recipient, sender, ct) for recipient, ct in message.ciphertexts]
 
     def close_share_keys(self) -> frozenset[int]:
         """Close stage 2; return U2. The shell delivers to each device of U2 the stored

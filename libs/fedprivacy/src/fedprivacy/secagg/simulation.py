@@ -88,10 +88,9 @@ def run_round(
         if shares is None:
             continue
         meter.upload(i, len(shares.to_bytes()))
-        for recipient, sender, ciphertext in meter.server(
-            partial(server.receive_encrypted_shares, shares)
-        ):
-            store.setdefault(recipient, []).append((sender, ciphertext))
+        meter.server(partial(server.receive_encrypted_shares, shares))
+        for recipient, ciphertext in shares.ciphertexts:
+            store.setdefault(recipient, []).append((i, ciphertext))
     shared = meter.server(server.close_share_keys)
     for i in sorted(shared):
         if not sends(i, Stage.MASKED_INPUT):
