@@ -6,7 +6,8 @@ their masked input, so the server must rebuild their self masks from the survivo
 (Bonawitz et al. 2017: a device in the masked-input set stays in the sum). The result is
 checked against the plain sum of the quantised inputs.
 
-Figures: ``client_s_mean`` is a device's time over all four stages; ``server_s`` the server's
+Figures: ``client_s_mean`` is a device's time over all its stages, averaged over every
+device (those that leave ran three); ``server_s`` the server's
 time over all its calls; ``plain_sum_s`` the time to add the quantised inputs without any
 protocol (the baseline); ``bytes_up_per_client`` the canonical bytes a device that finishes
 the round uploads in all stages (the Ed25519 signature the shell adds, 64 bytes a message,

@@ -17,7 +17,7 @@ key from honest neighbours (each honest neighbour reveals one or the other, neve
 Security parameter, stated plainly: Bell et al. prove security and correctness with failure
 probability 2^-sigma (sigma = 40) and 2^-eta for k = O(log n + sigma) chosen from their bound
 given the corrupted fraction gamma and dropout fraction delta; c = 3 is a practical
-heuristic (the Flower SecAgg+ default lies in the same range), not that bound. A deployment
+heuristic, not that bound. A deployment
 that must tolerate a given gamma and delta should compute k from Bell et al.'s Theorem and
 pass it as ``degree``.
 """

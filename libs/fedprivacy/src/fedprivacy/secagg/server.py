@@ -84,7 +84,7 @@ class SecAggServer:
 
     def __init__(self, config: RoundConfig) -> None:
         self.config = config
-        self._neighbours = config.neighbours  # the graph, built from the public seed
+        config.neighbours  # noqa: B018  build the graph from the public seed now, as its owner
         self._stage = Stage.ADVERTISE_KEYS
         self._adverts: dict[int, KeyAdvertisement] = {}
         self._shared: set[int] = set()  # U2
