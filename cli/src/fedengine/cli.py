@@ -505,6 +505,36 @@ def bench_aggregate(
     typer.echo(text)
 
 
+@bench_app.command("secagg")
+def bench_secagg(
+    clients: Annotated[int, typer.Option(min=2, help="devices in the round")],
+    dim: Annotated[int, typer.Option(min=1, help="values per update")],
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="share that leaves after its masked input")
+    ] = 0.0,
+    bits: Annotated[
+        int, typer.Option(min=1, help="quantisation bits per value; the modulus adds log2 n")
+    ] = 16,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the updates and dropouts")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
+) -> None:
+    """Run a whole SecAgg+ round (fedprivacy, real cryptography) in this process: time,
+    upload bytes, expansion and the server's peak memory; check the sum is exact."""
+    from fedengine.bench_secagg import bench_secagg as run
+
+    try:
+        result = run(clients=clients, dim=dim, dropout=dropout, bits=bits, seed=seed)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    text = json.dumps(result)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
+    typer.echo(text)
+    if not result["exact"]:
+        raise typer.Exit(1)
+
+
 @app.command("create-topics")
 def create_topics() -> None:
     """Create every topic with its partitions and max.message.bytes (a deployment's init step,

@@ -55,3 +55,53 @@ def test_bench_aggregate_names_an_unknown_strategy_and_fails() -> None:
     # Assert
     assert result.exit_code == 1
     assert "unknown strategy 'nope'" in result.output
+
+
+def test_bench_secagg_runs_a_tiny_round_exactly(tmp_path: Path) -> None:
+    # Prepare
+    out = tmp_path / "secagg.json"
+
+    # Execute: 8 devices of 40 values, a quarter leaving after their masked input.
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "secagg",
+            "--clients",
+            "8",
+            "--dim",
+            "40",
+            "--dropout",
+            "0.25",
+            "--bits",
+            "12",
+            "--json",
+            str(out),
+        ],
+    )
+
+    # Assert: exactly the keys, an exact sum, and figures that make sense.
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert list(document) == [
+        "clients",
+        "dim",
+        "bits",
+        "dropout",
+        "neighbors",
+        "threshold",
+        "exact",
+        "client_s_mean",
+        "server_s",
+        "plain_sum_s",
+        "bytes_up_per_client",
+        "expansion",
+        "server_peak_bytes",
+    ]
+    assert document["exact"] is True
+    assert (document["clients"], document["dim"], document["bits"]) == (8, 40, 12)
+    assert (document["neighbors"], document["threshold"]) == (7, 4)
+    # 41 elements of 12 + 3 bits = 77 bytes of masked input alone.
+    assert document["bytes_up_per_client"] > 77 and document["expansion"] > 1
+    assert document["server_peak_bytes"] > 0
+    assert json.loads(result.output) == document
