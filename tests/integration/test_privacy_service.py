@@ -24,13 +24,13 @@ from fedcommon.messages.v1 import (
     PrivacySpendRequested,
 )
 from fedengine import launcher
-from fedengine_privacy.core.accounting import (
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
     GaussianRelease,
     epsilon_for_releases,
     max_steps_within_budget,
 )
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.calibration import calibrate_noise_multiplier
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
 from tests.integration.kafka_tools import (

@@ -12,14 +12,6 @@ from typing import Any
 import pytest
 
 from fedcommon.messages.v1 import PrivacySpec, PrivacySpendRequested
-from fedengine_privacy.core.accounting import (
-    GaussianRelease,
-    epsilon_for_releases,
-    epsilon_subsampled_gaussian,
-    max_steps_within_budget,
-)
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
 from fedengine_privacy.core.ledger import (
     Approve,
     Budget,
@@ -30,6 +22,14 @@ from fedengine_privacy.core.ledger import (
     epsilon_spent,
     grouped,
 )
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
+    GaussianRelease,
+    epsilon_for_releases,
+    epsilon_subsampled_gaussian,
+    max_steps_within_budget,
+)
+from fedprivacy.calibration import calibrate_noise_multiplier
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 

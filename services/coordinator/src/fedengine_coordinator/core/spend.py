@@ -33,8 +33,10 @@ from datetime import timedelta
 import numpy as np
 
 from fedcommon import lifecycle, topics
+from fedcommon.constraints import MAX_SETTING
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
+    MIN_ADAPTIVE_CLIP_NORM,
     Participant,
     PrivacySpendRequested,
     RoundAggregated,
@@ -58,7 +60,7 @@ from fedengine_coordinator.core.opening import new_try, open_messages
 from fedengine_coordinator.core.selection import Candidate
 from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
 from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
-from fedengine_privacy.core import adaptive_clipping
+from fedprivacy import adaptive_clipping
 
 
 def population(spec: TaskSpec, pool: list[Candidate]) -> int:
@@ -103,6 +105,8 @@ def next_clip(task: Task, round_: Round, result: RoundAggregated) -> float | Non
         fraction,
         target_quantile=settings.target_quantile,
         learning_rate=settings.learning_rate,
+        lowest=MIN_ADAPTIVE_CLIP_NORM,
+        highest=MAX_SETTING,
     )
 
 

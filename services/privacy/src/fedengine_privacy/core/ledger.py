@@ -25,14 +25,14 @@ from fedcommon.messages.v1 import (
     PrivacySpec,
     PrivacySpendRequested,
 )
-from fedengine_privacy.core import adaptive_clipping
-from fedengine_privacy.core.accounting import (
+from fedprivacy import adaptive_clipping
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
     MEANINGLESS_EPSILON,
     GaussianRelease,
     epsilon_for_releases,
 )
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.calibration import calibrate_noise_multiplier
 
 # The mechanisms a round releases: DP-FedAvg's noised sum (Poisson sampling, then Gaussian
 # noise of std z·C on the sum of updates clipped to C), and the same with adaptive clipping,
@@ -221,7 +221,7 @@ def release_for(budget: Budget, request: PrivacySpendRequested) -> Release:
     if request.expected_participants is None:
         raise ValueError("adaptive clipping needs the round's expected participants")
     count_std = adaptive_clipping.count_noise_std(
-        budget.adaptive,
+        budget.adaptive.count_noise_std,
         expected_participants=request.expected_participants,
         noise_multiplier=budget.noise_multiplier,
     )
