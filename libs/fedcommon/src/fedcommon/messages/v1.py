@@ -296,6 +296,12 @@ STRATEGY_TYPES: tuple[type[_StrategyModel], ...] = (
 MAX_DP_EPSILON = 100.0
 # δ must be far below 1/n for n people; anything above 1e-2 protects nobody.
 MAX_DP_DELTA = 1e-2
+# The smallest δ. Measured with dp-accounting 0.6.0 (issue 15): the PLD accountant answers
+# ε = inf at δ ≤ 1e-15 (sometimes 1e-16; z from 2 to 1e6, q from 0.01 to 1, T from 1 to 100)
+# where it is finite at δ = 1e-14: below its tail truncation it cannot evaluate δ, and would
+# refuse a well-noised task as "no meaningful guarantee". RDP evaluates down to δ = 5e-324.
+# One bound for both accountants: 1e-14 is already far below 1/n for any population.
+MIN_DP_DELTA = 1e-14
 MAX_NOISE_MULTIPLIER = 1e6
 # The smallest noise multiplier a task may ask for. Measured with dp-accounting 0.6.0 (the
 # privacy service's accountant, fedprivacy.accounting; issue 15):
@@ -346,7 +352,7 @@ class PrivacySpec(_StrategyModel):
     """
 
     epsilon: float = Field(gt=0, le=MAX_DP_EPSILON)
-    delta: float = Field(default=1e-5, gt=0, le=MAX_DP_DELTA)
+    delta: float = Field(default=1e-5, ge=MIN_DP_DELTA, le=MAX_DP_DELTA)
     clip_norm: float = Field(default=1.0, ge=MIN_ADAPTIVE_CLIP_NORM, le=MAX_SETTING)
     noise_multiplier: float | Literal["calibrate"] = "calibrate"
     accountant: Literal["rdp", "pld"] = "rdp"
