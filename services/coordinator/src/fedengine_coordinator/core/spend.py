@@ -55,7 +55,12 @@ from fedengine_coordinator.core.effects import (
     InsertRound,
     LogEvent,
 )
-from fedengine_coordinator.core.events import DevicesOffered, SpendApproved, SpendRefused
+from fedengine_coordinator.core.events import (
+    DevicesOffered,
+    SpendApproved,
+    SpendRefused,
+    SpendTimedOut,
+)
 from fedengine_coordinator.core.opening import new_try, open_messages
 from fedengine_coordinator.core.selection import Candidate
 from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
@@ -268,5 +273,33 @@ def on_refused(state: State, event: SpendRefused) -> Decision:
             )
         else:
             task, moved = move(task, TaskState.FAILED, StopReason.ERROR, detail=why)
+        effects += moved
+    return Decision(State(task, round_), effects)
+
+
+def on_timed_out(state: State, event: SpendTimedOut) -> Decision:
+    """Abandon a try whose spend got no answer in time, and fail its task saying so.
+
+    The privacy service answers every request it can decode (an accountant error included) with
+    an approval or a refusal; no answer within the timeout means it is down, lagging far behind
+    or lost the request, and a round waiting for ever is the one thing worse than failing. An
+    answer that comes later is ignored (its try no longer waits); an approval it charged stays
+    in the ledger, spent on nothing: the safe side.
+    """
+    round_ = state.round
+    task = state.task
+    if round_ is None or task is None or round_.status != RoundStatus.AWAITING_SPEND:
+        return Decision(state, [Ignored("spend timeout for no waiting try")])
+    why = (
+        f"no privacy spend answer for round {round_.round_number} attempt {round_.attempt} "
+        f"within {event.timeout_s:g} s (COORDINATOR_SPEND_TIMEOUT_S)"
+    )
+    effects: list[Effect] = [
+        CloseRound(round_.round_id, RoundStatus.ABANDONED, why),
+        LogEvent(task.task_id, "privacy_spend_timed_out", detail=why),
+    ]
+    round_ = replace(round_, status=RoundStatus.ABANDONED)
+    if task.state not in lifecycle.FINISHED:
+        task, moved = move(task, TaskState.FAILED, StopReason.ERROR, detail=why)
         effects += moved
     return Decision(State(task, round_), effects)
