@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import epsilon_subsampled_gaussian
 from tests.integration.conftest import Stack
 from tests.integration.demos import Demo, running_stack_environment
 

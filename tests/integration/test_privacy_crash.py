@@ -18,8 +18,8 @@ from fedcommon import topics
 from fedcommon.messages.v1 import RoundAggregated
 from fedengine import launcher
 from fedengine.sdk import FedEngineClient
-from fedengine_privacy.core.accounting import GaussianRelease, epsilon_for_releases
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import GaussianRelease, epsilon_for_releases
 from tests.integration.conftest import Stack
 from tests.integration.helpers import run_fleet_task
 from tests.integration.kafka_tools import all_records, decoded

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fedengine_privacy.core.accounting import GaussianRelease, epsilon_for_releases
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import GaussianRelease, epsilon_for_releases
 from tests.integration.conftest import Stack
 from tests.integration.demos import Demo, running_stack_environment
 

@@ -15,9 +15,9 @@ import pytest
 
 from fedcommon import codec, kafka, local_dp, topics
 from fedcommon.messages.v1 import LocalDp, LocalDpAssigned, LocalDpAssignment, PrivacyLevel
-from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import epsilon_subsampled_gaussian
+from fedprivacy.calibration import calibrate_noise_multiplier
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
 

@@ -24,13 +24,15 @@ from fedcommon.messages.v1 import (
     PrivacySpendRequested,
 )
 from fedengine import launcher
-from fedengine_privacy.core.accounting import (
+from fedengine_privacy import store as privacy_store
+from fedengine_privacy.core.ledger import Budget
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
     GaussianRelease,
     epsilon_for_releases,
     max_steps_within_budget,
 )
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.calibration import calibrate_noise_multiplier
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
 from tests.integration.kafka_tools import (
@@ -425,3 +427,45 @@ async def test_a_malformed_or_forged_request_is_dead_lettered_and_the_service_go
     assert sorted(headers_of(r)["error_type"] for r in ours) == ["invalid", "untrusted"]
     rows = await eventually(lambda: _when(audit_rows(db, task_id), bool), timeout_s=30)
     assert [(r[0], r[2]) for r in rows] == [(2, "approved")]
+
+
+async def test_an_accountant_error_is_refused_as_invalid_and_the_service_goes_on(
+    stack: Stack, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: a task whose budget was fixed before the schema's bound on z (issue 15): a
+    # calibrated z = 1e-300, stored as the first request would have. Its next, schema-valid
+    # request ("calibrate" matches the stored budget) makes dp-accounting raise
+    # ZeroDivisionError at q < 1; before, that was an unhandled dead letter and a round that
+    # waited for ever.
+    task_id = uuid.uuid4()
+    budget = PrivacySpec(epsilon=1.0, delta=DELTA, noise_multiplier="calibrate")
+    stored = Budget(
+        epsilon=1.0,
+        delta=DELTA,
+        accountant=Accountant.RDP,
+        clip_norm=1.0,
+        noise_multiplier=1e-300,
+        calibrated=True,
+        planned_rounds=20,
+    )
+    await privacy_store.insert_budget(db, task_id, stored)
+    request = spend_request(task_id, 1, budget=budget, sample_rate=0.1)
+    healthy = uuid.uuid4()
+    after = spend_request(
+        healthy, 1, budget=PrivacySpec(epsilon=1.0, noise_multiplier=4.0), sample_rate=0.1
+    )
+
+    # Execute
+    await send_as_coordinator(stack, request, after)
+    (answer,) = await read_all(stack, topics.PRIVACY, about(task_id), count=1)
+    (next_answer,) = await read_all(stack, topics.PRIVACY, about(healthy), count=1)
+
+    # Assert: a refusal naming the error, audited; the next task's request is approved.
+    refusal = decoded(answer)
+    assert isinstance(refusal, PrivacySpendRefused)
+    assert refusal.reason == "invalid"
+    assert refusal.correlation_id == request.message_id
+    assert "the accountant cannot evaluate this request (ZeroDivisionError" in refusal.detail
+    rows = await audit_rows(db, task_id)
+    assert [(r[0], r[2]) for r in rows] == [(1, "refused")]
+    assert isinstance(decoded(next_answer), PrivacySpendApproved)

@@ -1,15 +1,18 @@
 """A round that misses its minimum by the deadline is re-issued a bounded number of times, then
-the task fails with the reason recorded; a task with no eligible devices fails too."""
+the task fails with the reason recorded; a task with no eligible devices fails too, and so does
+a DP task whose privacy spend is never answered."""
 
 from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 from aiokafka import ConsumerRecord
+from psycopg.types.json import Jsonb
 
 from fedcommon import codec, topics
-from fedcommon.messages.v1 import TrainRequested
+from fedcommon.messages.v1 import PrivacySpec, TaskSpec, TrainRequested
 from fedengine.sdk import FedEngineClient
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually
@@ -131,3 +134,55 @@ def _attempt_of(record: ConsumerRecord, manual: ManualRound) -> bool:
     message = codec.decode(record.value)
     known = {request.round_id for request in manual.requests.values()}
     return isinstance(message, TrainRequested) and message.round_id not in known
+
+
+async def test_a_try_whose_spend_is_never_answered_fails_its_task_at_the_spend_timeout(
+    stack: Stack, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: a running DP task whose try asked for its spend 700 s ago and got no answer
+    # (the privacy service lost it), past COORDINATOR_SPEND_TIMEOUT_S (600 s by default).
+    task_id, round_id = uuid.uuid4(), uuid.uuid4()
+    spec = TaskSpec(
+        task_name="unanswered",
+        rounds=3,
+        privacy=PrivacySpec(epsilon=1.0, noise_multiplier=4.0),
+    )
+    await db.execute(
+        "INSERT INTO coordinator.tasks (task_id, task_name, spec, state, created_by, "
+        "current_round, started_at) VALUES (%s, %s, %s, 'running', 'alice', 1, now())",
+        (task_id, spec.task_name, Jsonb(spec.model_dump(mode="json"))),
+    )
+    await db.execute(
+        "INSERT INTO coordinator.rounds (round_id, task_id, round_number, attempt, status, "
+        "participants, model_version_in, deadline, opened_at, sample_rate, "
+        "expected_participants, clip_norm) VALUES (%s, %s, 1, 0, 'awaiting_spend', "
+        "ARRAY['d0'], 0, now(), now() - interval '700 seconds', 1.0, 1.0, 1.0)",
+        (round_id, task_id),
+    )
+
+    # Execute: the coordinator's tick finds it.
+    async def failed() -> tuple[str, str] | None:
+        cursor = await db.execute(
+            "SELECT t.state, r.status FROM coordinator.tasks t JOIN coordinator.rounds r "
+            "USING (task_id) WHERE task_id = %s AND t.state = 'failed'",
+            (task_id,),
+        )
+        row = await cursor.fetchone()
+        return None if row is None else (row[0], row[1])
+
+    states = await eventually(failed, timeout_s=30)
+
+    # Assert: the task failed saying why, and the try is abandoned.
+    assert states == ("failed", "abandoned")
+    cursor = await db.execute(
+        "SELECT kind, detail FROM coordinator.task_events WHERE task_id = %s ORDER BY id",
+        (task_id,),
+    )
+    events = await cursor.fetchall()
+    assert ("privacy_spend_timed_out", WHY_TIMED_OUT) in events
+    assert ("failed", f"error: {WHY_TIMED_OUT}") in events
+
+
+WHY_TIMED_OUT = (
+    "no privacy spend answer for round 1 attempt 0 within 600 s (COORDINATOR_SPEND_TIMEOUT_S)"
+)

@@ -3,8 +3,9 @@
 Every value in ../shared/reference/dp_reference_public.json can be recomputed here: `epsilon`
 (subsampled Gaussian, RDP / PLD / exact / moments), `calibrate` (the inverse), `max-steps`
 (rounds or epochs within a budget), `laplace` (Laplace composition), `gaussian-sigma` (one
-Gaussian release) and `gaussian-composition`. The pure core lives in `fedengine_privacy.core`
-and is imported inside each command, so that other commands do not pay for dp-accounting.
+Gaussian release) and `gaussian-composition`. The math lives in the `fedprivacy` library
+(its `[accounting]` extra) and is imported inside each command, so that other commands do not
+pay for dp-accounting.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.accountants import Accountant
 
 privacy_app = typer.Typer(
     help="Differential-privacy accounting: epsilon, calibration, composition.",
@@ -78,7 +79,7 @@ def epsilon(
     as_json: AsJson = False,
 ) -> None:
     """Print the epsilon of STEPS rounds of the Poisson-subsampled Gaussian mechanism."""
-    from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
+    from fedprivacy.accounting import epsilon_subsampled_gaussian
 
     _quiet_library_warnings()
     try:
@@ -118,7 +119,7 @@ def calibrate(
     as_json: AsJson = False,
 ) -> None:
     """Print the noise multiplier that keeps STEPS rounds within the budget (same accountant)."""
-    from fedengine_privacy.core.calibration import calibrate_noise_multiplier
+    from fedprivacy.calibration import calibrate_noise_multiplier
 
     _quiet_library_warnings()
     if accountant not in _ENFORCING:
@@ -161,7 +162,7 @@ def max_steps(
     as_json: AsJson = False,
 ) -> None:
     """Print how many rounds (or epochs) fit in the budget with this noise multiplier."""
-    from fedengine_privacy.core.accounting import max_steps_within_budget
+    from fedprivacy.accounting import max_steps_within_budget
 
     _quiet_library_warnings()
     try:
@@ -196,13 +197,13 @@ def laplace(
     as_json: AsJson = False,
 ) -> None:
     """Print the epsilon of K Laplace releases (scale 1/EPSILON0): every composition bound."""
-    from fedengine_privacy.core.accounting import epsilon_laplace
-    from fedengine_privacy.core.composition import (
+    from fedprivacy.accounting import epsilon_laplace
+    from fedprivacy.composition import (
         advanced_composition,
         basic_composition,
         optimal_composition_epsilon,
     )
-    from fedengine_privacy.core.mechanisms import laplace_scale
+    from fedprivacy.mechanisms import laplace_scale
 
     _quiet_library_warnings()
     try:
@@ -239,8 +240,8 @@ def gaussian_sigma(
     as_json: AsJson = False,
 ) -> None:
     """Print the noise std of one (EPSILON, DELTA) Gaussian release: analytic and classic."""
-    from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-    from fedengine_privacy.core.mechanisms import (
+    from fedprivacy.accounting import epsilon_subsampled_gaussian
+    from fedprivacy.mechanisms import (
         analytic_gaussian_sigma,
         classic_gaussian_sigma_formula,
     )
@@ -285,9 +286,9 @@ def gaussian_composition(
     as_json: AsJson = False,
 ) -> None:
     """Print the epsilon of K analytic-Gaussian (EPSILON0, DELTA0) releases, every way."""
-    from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-    from fedengine_privacy.core.composition import advanced_composition, basic_composition
-    from fedengine_privacy.core.mechanisms import analytic_gaussian_sigma
+    from fedprivacy.accounting import epsilon_subsampled_gaussian
+    from fedprivacy.composition import advanced_composition, basic_composition
+    from fedprivacy.mechanisms import analytic_gaussian_sigma
 
     _quiet_library_warnings()
     slack = delta0 if delta_prime is None else delta_prime

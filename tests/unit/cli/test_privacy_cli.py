@@ -1,7 +1,7 @@
 """`fedengine privacy ...` driven through typer's CliRunner, checked against the DP reference.
 
 One reference entry of every kind goes through the command line with --json; the full
-grids are checked on the pure core (tests/unit/privacy), which the commands call.
+grids are checked on the library (tests/unit/fedprivacy), which the commands call.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedengine.cli import app
-from tests.unit.privacy import reference as ref
-from tests.unit.privacy.reference import Entry
+from tests.unit.fedprivacy import reference as ref
+from tests.unit.fedprivacy.reference import Entry
 
 runner = CliRunner()
 

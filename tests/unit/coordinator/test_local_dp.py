@@ -22,8 +22,8 @@ from fedengine_coordinator.core.events import SpendApproved
 from fedengine_coordinator.core.machine import decide
 from fedengine_coordinator.core.state import State
 from fedengine_coordinator.local_privacy import calibrated
-from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import epsilon_subsampled_gaussian
 from tests.unit.coordinator.test_machine import NOW, SHA, offered, task
 from tests.unit.coordinator.test_privacy_stage import approval, awaiting, dp_task
 

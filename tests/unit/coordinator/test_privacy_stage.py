@@ -26,7 +26,7 @@ from fedcommon.messages.v1 import (
 )
 from fedengine_coordinator.core import spend
 from fedengine_coordinator.core.effects import AdvanceTask, ApproveRound, Emit, InsertRound
-from fedengine_coordinator.core.events import SpendApproved, SpendRefused, Ticked
+from fedengine_coordinator.core.events import SpendApproved, SpendRefused, SpendTimedOut, Ticked
 from fedengine_coordinator.core.machine import decide
 from fedengine_coordinator.core.state import RoundStatus, State
 from tests.unit.coordinator.test_machine import (
@@ -114,6 +114,9 @@ OPENED = [
 ]
 WHY = "privacy spend refused (budget_exhausted): round 1 would spend epsilon 1.2 of 1"
 CHANGED = ("emit", topics.EVENTS, "task.state_changed")
+TIMED_OUT = (
+    "no privacy spend answer for round 1 attempt 0 within 600 s (COORDINATOR_SPEND_TIMEOUT_S)"
+)
 
 CASES = [
     pytest.param(State(dp_task()), offered(80, 80), REQUESTED, RUNNING, AWAITING, id="offered"),
@@ -190,6 +193,72 @@ CASES = [
         CANCELLED,
         RoundStatus.ABANDONED,
         id="cancel-abandons-the-waiting-try",
+    ),
+    pytest.param(
+        State(dp_task(), awaiting()),
+        SpendTimedOut(600.0),
+        [
+            ("close_round", RoundStatus.ABANDONED, TIMED_OUT),
+            ("log", "privacy_spend_timed_out", TIMED_OUT),
+            ("state", FAILED, StopReason.ERROR),
+            ("log", "failed", f"error: {TIMED_OUT}"),
+            CHANGED,
+        ],
+        FAILED,
+        RoundStatus.ABANDONED,
+        id="spend-timeout-fails-the-task",
+    ),
+    pytest.param(
+        State(dp_task(PAUSED), awaiting()),
+        SpendTimedOut(600.0),
+        [
+            ("close_round", RoundStatus.ABANDONED, TIMED_OUT),
+            ("log", "privacy_spend_timed_out", TIMED_OUT),
+            ("state", FAILED, StopReason.ERROR),
+            ("log", "failed", f"error: {TIMED_OUT}"),
+            CHANGED,
+        ],
+        FAILED,
+        RoundStatus.ABANDONED,
+        id="spend-timeout-fails-a-paused-task-too",
+    ),
+    pytest.param(
+        State(dp_task(CANCELLED), awaiting()),
+        SpendTimedOut(600.0),
+        [
+            ("close_round", RoundStatus.ABANDONED, TIMED_OUT),
+            ("log", "privacy_spend_timed_out", TIMED_OUT),
+        ],
+        CANCELLED,
+        RoundStatus.ABANDONED,
+        id="spend-timeout-of-a-finished-task-only-closes-the-try",
+    ),
+    pytest.param(
+        State(dp_task(), round_(RoundStatus.OPEN)),
+        SpendTimedOut(600.0),
+        [("ignored",)],
+        RUNNING,
+        RoundStatus.OPEN,
+        id="spend-timeout-after-the-approval-ignored",
+    ),
+    pytest.param(
+        State(dp_task(), round_(RoundStatus.ABANDONED)),
+        SpendTimedOut(600.0),
+        [("ignored",)],
+        RUNNING,
+        RoundStatus.ABANDONED,
+        id="spend-timeout-after-the-refusal-ignored",
+    ),
+    pytest.param(
+        State(dp_task(COMPLETED), awaiting()),
+        refused(),
+        [
+            ("close_round", RoundStatus.ABANDONED, WHY),
+            ("log", "privacy_spend_refused", WHY),
+        ],
+        COMPLETED,
+        RoundStatus.ABANDONED,
+        id="refusal-of-a-finished-task-only-closes-the-try",
     ),
 ]
 

@@ -284,3 +284,37 @@ async def test_openapi_shows_the_strategy_union(api: httpx.AsyncClient) -> None:
     }
     adam = schema["components"]["schemas"]["AdaptiveParams"]
     assert adam["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("noise_multiplier", [1e-300, 0.049, 2e6])
+async def test_a_noise_multiplier_the_accountant_cannot_use_is_422_naming_the_field(
+    api: httpx.AsyncClient, producer: FakeProducer, noise_multiplier: float
+) -> None:
+    # Execute: 1e-300 once made dp-accounting raise ZeroDivisionError (issue 15).
+    response = await api.post(
+        "/tasks",
+        json={"task_name": "t", "privacy": {"epsilon": 1.0, "noise_multiplier": noise_multiplier}},
+    )
+
+    # Assert
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "privacy", "noise_multiplier"]
+    assert "noise_multiplier must be in [0.05, 1e+06]" in error["msg"]
+    assert producer.sent == []
+
+
+@pytest.mark.parametrize("delta", [1e-15, 5e-324])
+async def test_a_delta_the_pld_accountant_cannot_evaluate_is_422_naming_the_field(
+    api: httpx.AsyncClient, producer: FakeProducer, delta: float
+) -> None:
+    # Execute: PLD answers epsilon = inf at delta <= 1e-15 (issue 15).
+    response = await api.post(
+        "/tasks", json={"task_name": "t", "privacy": {"epsilon": 1.0, "delta": delta}}
+    )
+
+    # Assert
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "privacy", "delta"]
+    assert producer.sent == []

@@ -10,10 +10,10 @@ import pytest
 
 from fedcommon import local_dp
 from fedcommon.messages.v1 import LocalDp, PrivacyLevel
-from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
 from fedengine_privacy.core.device_ledger import LOCAL_ACCOUNTANT, DeviceRelease, charge
 from fedengine_privacy.core.ledger import Release
+from fedprivacy.accounting import epsilon_subsampled_gaussian
+from fedprivacy.calibration import calibrate_noise_multiplier
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 

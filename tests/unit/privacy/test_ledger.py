@@ -12,14 +12,6 @@ from typing import Any
 import pytest
 
 from fedcommon.messages.v1 import PrivacySpec, PrivacySpendRequested
-from fedengine_privacy.core.accounting import (
-    GaussianRelease,
-    epsilon_for_releases,
-    epsilon_subsampled_gaussian,
-    max_steps_within_budget,
-)
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
 from fedengine_privacy.core.ledger import (
     Approve,
     Budget,
@@ -30,6 +22,14 @@ from fedengine_privacy.core.ledger import (
     epsilon_spent,
     grouped,
 )
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
+    GaussianRelease,
+    epsilon_for_releases,
+    epsilon_subsampled_gaussian,
+    max_steps_within_budget,
+)
+from fedprivacy.calibration import calibrate_noise_multiplier
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -186,7 +186,7 @@ def test_a_first_request_that_alone_passes_the_budget_fixes_it_exhausted() -> No
 
 def test_a_meaningless_epsilon_is_refused_without_a_number() -> None:
     decision = decide(
-        fixed(noise_multiplier=0.01), [], request(noise_multiplier=0.01), approval_id=APPROVAL
+        fixed(noise_multiplier=0.06), [], request(noise_multiplier=0.06), approval_id=APPROVAL
     )
 
     assert isinstance(decision, Refuse)
@@ -380,3 +380,48 @@ def test_adaptive_settings_are_part_of_the_budget() -> None:
 
     assert isinstance(decision, Refuse)
     assert decision.reason == "invalid"
+
+
+def test_a_value_the_accountant_cannot_evaluate_is_refused_as_invalid_with_its_error() -> None:
+    # Prepare: z = 1e-300 slips past the schema only if built around it (model_construct);
+    # dp-accounting raises ZeroDivisionError on it at q < 1 (issue 15).
+    spec = PrivacySpec.model_construct(
+        epsilon=1.0,
+        delta=DELTA,
+        clip_norm=1.0,
+        noise_multiplier=1e-300,
+        accountant="rdp",
+        adaptive_clipping=None,
+    )
+    asked = request().model_copy(update={"budget": spec})
+
+    # Execute
+    decision = decide(None, [], asked, approval_id=APPROVAL)
+
+    # Assert: a refusal the coordinator fails the task with, not an exception.
+    assert isinstance(decision, Refuse)
+    assert (decision.reason, decision.budget, decision.new_budget) == ("invalid", None, False)
+    assert "the accountant cannot evaluate this request (ZeroDivisionError" in decision.detail
+    assert decision.epsilon_after is None
+
+
+def test_an_accountant_error_on_a_stored_budget_keeps_the_budget() -> None:
+    # Prepare: a budget stored before the schema's bound (z = 1e-300, fixed).
+    budget = fixed(noise_multiplier=1e-300)
+    spec = PrivacySpec.model_construct(
+        epsilon=1.0,
+        delta=DELTA,
+        clip_norm=1.0,
+        noise_multiplier=1e-300,
+        accountant="rdp",
+        adaptive_clipping=None,
+    )
+    asked = request(round_number=2).model_copy(update={"budget": spec})
+
+    # Execute
+    decision = decide(budget, [], asked, approval_id=APPROVAL)
+
+    # Assert
+    assert isinstance(decision, Refuse)
+    assert (decision.reason, decision.budget, decision.new_budget) == ("invalid", budget, False)
+    assert "ZeroDivisionError" in decision.detail

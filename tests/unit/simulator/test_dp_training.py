@@ -12,9 +12,9 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 from fedcommon.messages.v1 import LocalDp, PrivacyLevel
-from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-from fedengine_privacy.core.kinds import Accountant
 from fedengine_simulator.core.dp_training import private_loader, train_local_dp
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import epsilon_subsampled_gaussian
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 

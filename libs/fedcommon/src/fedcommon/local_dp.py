@@ -19,6 +19,7 @@ is not used by a DP-SGD device: its expected batch is q·n.
 from __future__ import annotations
 
 import math
+from typing import Final, Literal
 
 from fedcommon.messages.v1 import PrivacyLevel
 
@@ -36,6 +37,9 @@ LIFETIME_TASKS = 10
 # The per-example Poisson rate of a DP-SGD step, and the per-example gradient clip norm C.
 LOCAL_SAMPLE_RATE = 0.1
 LOCAL_MAX_GRAD_NORM = 1.0
+# The accountant of local budgets (fedprivacy.accountants.Accountant): the coordinator
+# calibrates z with it and the privacy service charges devices with it, so the two agree.
+LOCAL_ACCOUNTANT: Final[Literal["rdp"]] = "rdp"
 
 
 def uses_local_dp(level: PrivacyLevel) -> bool:

@@ -43,7 +43,7 @@ from fedengine_aggregator.core.stages import Placement
 from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
 from fedengine_aggregator.core.window import OpenRound, Outcome, RoundResult
 from fedengine_aggregator.settings import Settings
-from fedengine_privacy.core import mechanisms
+from fedprivacy import mechanisms
 
 logger = logging.getLogger(__name__)
 

@@ -50,6 +50,7 @@ from fedengine_coordinator.core.events import (
     ResultReceived,
     SpendApproved,
     SpendRefused,
+    SpendTimedOut,
     Ticked,
 )
 from fedengine_coordinator.core.state import RoundStatus, State
@@ -207,7 +208,10 @@ class Coordinator:
         return True
 
     async def tick(self) -> None:
-        """Open rounds for tasks waiting on devices; re-issue rounds whose result never came.
+        """Open rounds for waiting tasks, re-issue lost rounds, fail unanswered spends.
+
+        A round whose result never came is re-issued; a task whose privacy spend got no
+        answer within ``spend_timeout_s`` fails with that reason.
 
         Each task is handled on its own: an error in one fails that task (its reason in the
         event log) and never keeps the others from their turn. An outage ends the tick; the
@@ -216,8 +220,11 @@ class Coordinator:
         async with self.context.pool.connection() as conn:
             running = await store.tasks_in_state(conn, TaskState.RUNNING)
             overdue = await store.overdue_rounds(conn, grace_s=self.settings.lost_round_grace_s)
+            unanswered = await store.overdue_spends(conn, timeout_s=self.settings.spend_timeout_s)
         for task_id, round_id in overdue:
             await self._isolated(task_id, functools.partial(self._lost_round, round_id))
+        for task_id, round_id in unanswered:
+            await self._isolated(task_id, functools.partial(self._spend_timed_out, round_id))
         for task_id in running:
             await self._isolated(task_id, functools.partial(self._continue_task, task_id))
         self.context.relay.wake()
@@ -234,6 +241,11 @@ class Coordinator:
         lost = FailureReceived(None, "no result by deadline", source=FailureSource.LOST)
         async with self.context.pool.connection() as conn, conn.transaction():
             await self.executor.run(conn, await _round_state(conn, round_id), lost)
+
+    async def _spend_timed_out(self, round_id: UUID) -> None:
+        timed_out = SpendTimedOut(self.settings.spend_timeout_s)
+        async with self.context.pool.connection() as conn, conn.transaction():
+            await self.executor.run(conn, await _awaiting_state(conn, round_id), timed_out)
 
     async def _continue_task(self, task_id: UUID) -> None:
         async with self.context.pool.connection() as conn, conn.transaction():

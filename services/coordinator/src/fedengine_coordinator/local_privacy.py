@@ -26,8 +26,8 @@ def calibrated(level: PrivacyLevel, *, rounds: int, local_epochs: int) -> LocalD
     """Return the DP-SGD settings of a ``level`` device for a task of ``rounds`` rounds."""
     # Imported on first use: dp-accounting (with scipy) adds about a second to every
     # coordinator start, and most tasks never ask for local DP.
-    from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-    from fedengine_privacy.core.device_ledger import LOCAL_ACCOUNTANT
+    from fedprivacy.accountants import Accountant
+    from fedprivacy.calibration import calibrate_noise_multiplier
 
     steps = local_dp.steps_per_round(local_epochs)
     target = local_dp.task_epsilon(level)
@@ -36,7 +36,7 @@ def calibrated(level: PrivacyLevel, *, rounds: int, local_epochs: int) -> LocalD
         delta=local_dp.LOCAL_DP_DELTA,
         sample_rate=local_dp.LOCAL_SAMPLE_RATE,
         steps=rounds * steps,
-        accountant=LOCAL_ACCOUNTANT,
+        accountant=Accountant(local_dp.LOCAL_ACCOUNTANT),
     )
     logger.info(
         "local DP %s: noise multiplier %.4g spends epsilon %.4g of %g over %d rounds of %d steps",

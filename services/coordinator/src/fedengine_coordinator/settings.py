@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     tick_s: float = Field(default=0.5, gt=0)
     # A round with no result this long after its deadline is taken as lost and re-issued.
     lost_round_grace_s: float = Field(default=10.0, ge=0)
+    # A DP try whose privacy spend has no answer this long after it was asked fails its task
+    # (the privacy service answers even what it cannot account; silence means it is gone).
+    spend_timeout_s: float = Field(default=600.0, gt=0)
     metrics_port: int = 0
     # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
     metrics_host: str = "127.0.0.1"

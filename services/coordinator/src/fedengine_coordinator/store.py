@@ -403,6 +403,18 @@ async def overdue_rounds(
     return [(r[0], r[1]) for r in await cursor.fetchall()]
 
 
+async def overdue_spends(
+    conn: psycopg.AsyncConnection, *, timeout_s: float
+) -> list[tuple[UUID, UUID]]:
+    """Return ``(task_id, round_id)`` of tries asked for their spend more than timeout_s ago."""
+    cursor = await conn.execute(
+        "SELECT task_id, round_id FROM coordinator.rounds WHERE status = 'awaiting_spend' "
+        "AND opened_at < now() - make_interval(secs => %s)",
+        (timeout_s,),
+    )
+    return [(r[0], r[1]) for r in await cursor.fetchall()]
+
+
 async def cleanup_models(conn: psycopg.AsyncConnection, *, retention_s: float) -> int:
     """Delete every model version but the last of tasks finished more than retention_s ago."""
     cursor = await conn.execute(

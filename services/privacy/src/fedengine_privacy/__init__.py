@@ -1,1 +1,1 @@
-"""Privacy: differential-privacy accounting, noise calibration and mechanisms."""
+"""Privacy service: the DP budget ledgers, audit log and spend decisions (math: fedprivacy)."""

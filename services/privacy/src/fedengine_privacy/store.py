@@ -13,8 +13,8 @@ from psycopg.types.json import Jsonb
 from fedcommon.local_dp import LOCAL_DP_DELTA
 from fedcommon.messages.v1 import AdaptiveClipping
 from fedengine_privacy.core.device_ledger import DeviceCharge, DeviceRelease
-from fedengine_privacy.core.kinds import Accountant
 from fedengine_privacy.core.ledger import Budget, Release
+from fedprivacy.accountants import Accountant
 
 SCHEMA = "privacy"
 

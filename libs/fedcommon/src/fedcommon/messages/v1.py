@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 
 from fedcommon.constraints import (
     MAX_BATCH_SIZE,
@@ -296,7 +296,25 @@ STRATEGY_TYPES: tuple[type[_StrategyModel], ...] = (
 MAX_DP_EPSILON = 100.0
 # δ must be far below 1/n for n people; anything above 1e-2 protects nobody.
 MAX_DP_DELTA = 1e-2
+# The smallest δ. Measured with dp-accounting 0.6.0 (issue 15): the PLD accountant answers
+# ε = inf at δ ≤ 1e-15 (sometimes 1e-16; z from 2 to 1e6, q from 0.01 to 1, T from 1 to 100)
+# where it is finite at δ = 1e-14: below its tail truncation it cannot evaluate δ, and would
+# refuse a well-noised task as "no meaningful guarantee". RDP evaluates down to δ = 5e-324.
+# One bound for both accountants: 1e-14 is already far below 1/n for any population.
+MIN_DP_DELTA = 1e-14
 MAX_NOISE_MULTIPLIER = 1e6
+# The smallest noise multiplier a task may ask for. Measured with dp-accounting 0.6.0 (the
+# privacy service's accountant, fedprivacy.accounting; issue 15):
+# - z ≤ 1.57e-162 (z² underflows) makes RDP raise ZeroDivisionError at every q < 1 (0.999,
+#   0.5, 0.01), and with it PLD, which is only run after the RDP check: the spend request was
+#   dead-lettered and its task waited for ever;
+# - below z = 0.0717 (q = 1e-6), 0.0780 (q = 2e-5), 0.0915 (q = 0.01), 0.1005 (q = 1), RDP ε
+#   at δ = 1e-6 already exceeds MAX_DP_EPSILON after one round (more rounds only raise it), so
+#   no budget could approve a single round: ε is "inf" and the task would end exhausted.
+# So every z below 0.05 is refused here with a 422, far above the crash and below any z that
+# could ever spend within a budget (for sample rates down to 1e-6). Upward, z = 1e6 with
+# q in {1, 0.01, 1e-6}, T in {1, 10,000} evaluates in under a second with RDP and PLD (ε ≤ 1e-4).
+MIN_NOISE_MULTIPLIER = 0.05
 CALIBRATE = "calibrate"
 # The strategies whose aggregate is a (weighted) sum: only for these does clipping each update
 # to C bound one device's influence on the result by C, as the accountant assumes.
@@ -334,17 +352,26 @@ class PrivacySpec(_StrategyModel):
     """
 
     epsilon: float = Field(gt=0, le=MAX_DP_EPSILON)
-    delta: float = Field(default=1e-5, gt=0, le=MAX_DP_DELTA)
+    delta: float = Field(default=1e-5, ge=MIN_DP_DELTA, le=MAX_DP_DELTA)
     clip_norm: float = Field(default=1.0, ge=MIN_ADAPTIVE_CLIP_NORM, le=MAX_SETTING)
     noise_multiplier: float | Literal["calibrate"] = "calibrate"
     accountant: Literal["rdp", "pld"] = "rdp"
     adaptive_clipping: AdaptiveClipping | None = None
 
+    @field_validator("noise_multiplier")
+    @classmethod
+    def _check_noise_multiplier(cls, z: float | str) -> float | str:
+        if not isinstance(z, str) and not MIN_NOISE_MULTIPLIER <= z <= MAX_NOISE_MULTIPLIER:
+            raise ValueError(
+                f"noise_multiplier must be in [{MIN_NOISE_MULTIPLIER:g}, "
+                f"{MAX_NOISE_MULTIPLIER:g}] (below {MIN_NOISE_MULTIPLIER:g} no round has a "
+                "meaningful guarantee, and the accountant cannot evaluate the smallest values)"
+            )
+        return z
+
     @model_validator(mode="after")
     def _check_noise(self) -> PrivacySpec:
         z = self.noise_multiplier
-        if not isinstance(z, str) and not 0 < z <= MAX_NOISE_MULTIPLIER:
-            raise ValueError(f"noise_multiplier must be in (0, {MAX_NOISE_MULTIPLIER:g}]")
         count_std = self.adaptive_clipping and self.adaptive_clipping.count_noise_std
         if not isinstance(z, str) and count_std and 2 * count_std <= z:
             raise ValueError(

@@ -18,7 +18,7 @@ claims 2³¹ examples own the mean). The three steps are separate on purpose:
 so that it can run after secure aggregation has unmasked the sum, in a later issue) and
 :func:`private_mean` (post-processing, which costs no privacy).
 
-With adaptive clipping (Andrew et al. 2021, fedengine_privacy.core.adaptive_clipping) the sum
+With adaptive clipping (Andrew et al. 2021, fedprivacy.adaptive_clipping) the sum
 also counts, per update, whether it was no longer than C (bᵢ − ½, from the raw norm), and the
 release adds N(0, σ_b²) to that count: the noised unclipped fraction b̃ goes out with the delta
 and the coordinator moves C by it. The sum's noise is then z_Δ·C, z_Δ > z, so that both
@@ -26,7 +26,7 @@ releases together cost the z the privacy service charged.
 
 Trust model: the aggregator sees every clipped update and the un-noised sum in memory; only
 the noised mean leaves it. Randomness is a parameter (``rng``): production passes
-``fedengine_privacy.core.mechanisms.os_entropy_rng()``, never the global numpy or torch state,
+``fedprivacy.mechanisms.os_entropy_rng()``, never the global numpy or torch state,
 which the model builder reseeds.
 """
 
@@ -41,7 +41,7 @@ from fedcommon.arrays import NDArrays
 from fedcommon.messages.v1 import DP_STRATEGIES, RoundOpened, RoundPrivacy
 from fedcommon.server_opt import Float64Arrays, Shapes, to_float32
 from fedengine_aggregator.core.strategies import Accumulator
-from fedengine_privacy.core import adaptive_clipping, mechanisms
+from fedprivacy import adaptive_clipping, mechanisms
 
 # How far the split (z_Δ, σ_b) of an approval may fall short of its z by float rounding.
 _SPLIT_TOLERANCE = 1e-9

@@ -161,6 +161,14 @@ class SpendRefused:
     refusal: PrivacySpendRefused
 
 
+@dataclass(frozen=True)
+class SpendTimedOut:
+    """The try in ``State.round`` has waited for its privacy spend longer than the
+    coordinator's spend timeout (``timeout_s``, the setting the tick found it past)."""
+
+    timeout_s: float
+
+
 Event = (
     CreateReceived
     | CommandReceived
@@ -173,4 +181,5 @@ Event = (
     | DevicesOffered
     | SpendApproved
     | SpendRefused
+    | SpendTimedOut
 )

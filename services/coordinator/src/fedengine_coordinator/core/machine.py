@@ -26,7 +26,9 @@ A DP task (spend.py) has one more stage before a try opens:
     running, DP: OpenRound -> DevicesOffered -> try awaiting_spend (Poisson-drawn devices,
                  spend request on fed.privacy) -> SpendApproved -> open (as above) |
                  SpendRefused -> abandoned, task completed (privacy_budget_exhausted) or
-                 failed (a spend that cannot be accounted)
+                 failed (a spend that cannot be accounted) |
+                 SpendTimedOut (no answer within COORDINATOR_SPEND_TIMEOUT_S) -> abandoned,
+                 task failed
 
 The server optimizer stage is built that way: for a task whose strategy has one,
 ``rounds.on_result`` asks for ``StepServerOptimizer`` instead of ``ApplyResult``, and the shell
@@ -64,6 +66,7 @@ from fedengine_coordinator.core.events import (
     ResultReceived,
     SpendApproved,
     SpendRefused,
+    SpendTimedOut,
     Ticked,
 )
 from fedengine_coordinator.core.state import RoundStatus, State, Task
@@ -121,6 +124,8 @@ def decide(state: State, event: Event) -> Decision:
             return spend.on_approved(state, event)
         case SpendRefused():
             return spend.on_refused(state, event)
+        case SpendTimedOut():
+            return spend.on_timed_out(state, event)
 
 
 def _create(state: State, event: CreateReceived) -> Decision:

@@ -33,8 +33,10 @@ from datetime import timedelta
 import numpy as np
 
 from fedcommon import lifecycle, topics
+from fedcommon.constraints import MAX_SETTING
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
+    MIN_ADAPTIVE_CLIP_NORM,
     Participant,
     PrivacySpendRequested,
     RoundAggregated,
@@ -53,12 +55,17 @@ from fedengine_coordinator.core.effects import (
     InsertRound,
     LogEvent,
 )
-from fedengine_coordinator.core.events import DevicesOffered, SpendApproved, SpendRefused
+from fedengine_coordinator.core.events import (
+    DevicesOffered,
+    SpendApproved,
+    SpendRefused,
+    SpendTimedOut,
+)
 from fedengine_coordinator.core.opening import new_try, open_messages
 from fedengine_coordinator.core.selection import Candidate
 from fedengine_coordinator.core.state import Round, RoundStatus, State, Task
 from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
-from fedengine_privacy.core import adaptive_clipping
+from fedprivacy import adaptive_clipping
 
 
 def population(spec: TaskSpec, pool: list[Candidate]) -> int:
@@ -103,6 +110,8 @@ def next_clip(task: Task, round_: Round, result: RoundAggregated) -> float | Non
         fraction,
         target_quantile=settings.target_quantile,
         learning_rate=settings.learning_rate,
+        lowest=MIN_ADAPTIVE_CLIP_NORM,
+        highest=MAX_SETTING,
     )
 
 
@@ -264,5 +273,33 @@ def on_refused(state: State, event: SpendRefused) -> Decision:
             )
         else:
             task, moved = move(task, TaskState.FAILED, StopReason.ERROR, detail=why)
+        effects += moved
+    return Decision(State(task, round_), effects)
+
+
+def on_timed_out(state: State, event: SpendTimedOut) -> Decision:
+    """Abandon a try whose spend got no answer in time, and fail its task saying so.
+
+    The privacy service answers every request it can decode (an accountant error included) with
+    an approval or a refusal; no answer within the timeout means it is down, lagging far behind
+    or lost the request, and a round waiting for ever is the one thing worse than failing. An
+    answer that comes later is ignored (its try no longer waits); an approval it charged stays
+    in the ledger, spent on nothing: the safe side.
+    """
+    round_ = state.round
+    task = state.task
+    if round_ is None or task is None or round_.status != RoundStatus.AWAITING_SPEND:
+        return Decision(state, [Ignored("spend timeout for no waiting try")])
+    why = (
+        f"no privacy spend answer for round {round_.round_number} attempt {round_.attempt} "
+        f"within {event.timeout_s:g} s (COORDINATOR_SPEND_TIMEOUT_S)"
+    )
+    effects: list[Effect] = [
+        CloseRound(round_.round_id, RoundStatus.ABANDONED, why),
+        LogEvent(task.task_id, "privacy_spend_timed_out", detail=why),
+    ]
+    round_ = replace(round_, status=RoundStatus.ABANDONED)
+    if task.state not in lifecycle.FINISHED:
+        task, moved = move(task, TaskState.FAILED, StopReason.ERROR, detail=why)
         effects += moved
     return Decision(State(task, round_), effects)

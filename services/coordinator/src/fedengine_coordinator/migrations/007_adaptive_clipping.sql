@@ -1,4 +1,4 @@
--- Adaptive clipping (issue 9; fedengine_privacy.core.adaptive_clipping). tasks.dp_clip_norm:
+-- Adaptive clipping (issue 9; fedprivacy.adaptive_clipping). tasks.dp_clip_norm:
 -- the C the task's next DP round is drawn with, moved after each round by its noised unclipped
 -- fraction (NULL: the privacy section's clip_norm). rounds.clip_norm: the C a DP try asked for.
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS dp_clip_norm double precision

@@ -1,1 +1,1 @@
-"""Pure privacy logic: accountants, calibration and noise mechanisms (no I/O)."""
+"""Pure privacy-service logic: the task and device ledgers over fedprivacy (no I/O)."""

@@ -19,11 +19,11 @@ from uuid import UUID
 
 from fedcommon import local_dp
 from fedcommon.messages.v1 import LocalDp
-from fedengine_privacy.core.kinds import Accountant
 from fedengine_privacy.core.ledger import Release, epsilon_spent
+from fedprivacy.accountants import Accountant
 
-# Local budgets are enforced by RDP, the accountant the coordinator calibrates with.
-LOCAL_ACCOUNTANT = Accountant.RDP
+# Local budgets are enforced by the accountant the coordinator calibrates with (RDP).
+LOCAL_ACCOUNTANT = Accountant(local_dp.LOCAL_ACCOUNTANT)
 
 
 @dataclass(frozen=True, slots=True)

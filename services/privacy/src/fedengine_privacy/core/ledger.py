@@ -25,14 +25,14 @@ from fedcommon.messages.v1 import (
     PrivacySpec,
     PrivacySpendRequested,
 )
-from fedengine_privacy.core import adaptive_clipping
-from fedengine_privacy.core.accounting import (
+from fedprivacy import adaptive_clipping
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
     MEANINGLESS_EPSILON,
     GaussianRelease,
     epsilon_for_releases,
 )
-from fedengine_privacy.core.calibration import calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.calibration import calibrate_noise_multiplier
 
 # The mechanisms a round releases: DP-FedAvg's noised sum (Poisson sampling, then Gaussian
 # noise of std z·C on the sum of updates clipped to C), and the same with adaptive clipping,
@@ -42,6 +42,8 @@ SUBSAMPLED_GAUSSIAN = "subsampled_gaussian"
 ADAPTIVE_CLIP_GAUSSIAN = "subsampled_gaussian_adaptive_clip"
 
 RefusalReason = Literal["budget_exhausted", "invalid"]
+# How much of an accountant's error message a refusal quotes.
+_MAX_QUOTED = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +223,7 @@ def release_for(budget: Budget, request: PrivacySpendRequested) -> Release:
     if request.expected_participants is None:
         raise ValueError("adaptive clipping needs the round's expected participants")
     count_std = adaptive_clipping.count_noise_std(
-        budget.adaptive,
+        budget.adaptive.count_noise_std,
         expected_participants=request.expected_participants,
         noise_multiplier=budget.noise_multiplier,
     )
@@ -254,9 +256,44 @@ def decide(
         ε of the ledger plus this release (z of the budget, q of the request) is within the
         budget's ε.
     Refuse
-        ``invalid`` when the request's budget differs from the stored one or calibration
-        fails; ``budget_exhausted`` when approving would pass the budget.
+        ``invalid`` when the request's budget differs from the stored one, calibration fails,
+        or the accountant cannot evaluate the request; ``budget_exhausted`` when approving
+        would pass the budget.
     """
+    try:
+        return _decide(budget, releases, request, approval_id=approval_id, refused=refused)
+    except Exception as exc:
+        # dp-accounting raises what it likes on values it cannot evaluate (ZeroDivisionError
+        # at z = 1e-300, issue 15). The schema refuses the values measured to do that; any
+        # other one still ends as a refusal the coordinator fails the task with, never as an
+        # unhandled error that leaves the round waiting for an answer.
+        return Refuse(
+            budget=budget,
+            new_budget=False,
+            reason="invalid",
+            detail=(
+                f"round {request.round_number}: the accountant cannot evaluate this request "
+                f"({type(exc).__name__}: {_quoted(exc)})"
+            ),
+            epsilon_budget=budget.epsilon if budget is not None else request.budget.epsilon,
+            epsilon_before=0.0,
+            epsilon_after=None,
+        )
+
+
+def _quoted(exc: Exception) -> str:
+    """The exception's text as a refusal can carry it: short, without NUL bytes."""
+    return str(exc).replace("\x00", "")[:_MAX_QUOTED]
+
+
+def _decide(
+    budget: Budget | None,
+    releases: Sequence[Release],
+    request: PrivacySpendRequested,
+    *,
+    approval_id: UUID,
+    refused: Collection[tuple[int, int]],
+) -> Decision:
     key = (request.round_number, request.attempt)
     if key in refused or any((r.round_number, r.attempt) == key for r in releases):
         before = 0.0

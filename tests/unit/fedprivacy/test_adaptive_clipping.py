@@ -15,9 +15,12 @@ from hypothesis import strategies as st
 
 from fedcommon.constraints import MAX_SETTING
 from fedcommon.messages.v1 import MIN_ADAPTIVE_CLIP_NORM, AdaptiveClipping
-from fedengine_privacy.core import adaptive_clipping
+from fedprivacy import adaptive_clipping
 
 logging.getLogger("absl").setLevel(logging.ERROR)
+
+# The task schema's bounds on C, which the coordinator passes to next_clip_norm.
+BOUNDS = {"lowest": MIN_ADAPTIVE_CLIP_NORM, "highest": MAX_SETTING}
 
 
 def _rdp_epsilon(event: dp_accounting.DpEvent, delta: float = 1e-5) -> float:
@@ -65,7 +68,7 @@ def test_the_count_noise_is_the_papers_raised_to_z_or_the_tasks(
     expected: float, z: float, settings: AdaptiveClipping, std: float
 ) -> None:
     got = adaptive_clipping.count_noise_std(
-        settings, expected_participants=expected, noise_multiplier=z
+        settings.count_noise_std, expected_participants=expected, noise_multiplier=z
     )
 
     assert got == std
@@ -73,9 +76,15 @@ def test_the_count_noise_is_the_papers_raised_to_z_or_the_tasks(
 
 def test_c_shrinks_when_more_than_the_target_share_is_unclipped_and_grows_otherwise() -> None:
     # C·exp(−η(b̃ − γ)), η = 0.2, γ = 0.5
-    shrink = adaptive_clipping.next_clip_norm(1.0, 0.9, target_quantile=0.5, learning_rate=0.2)
-    grow = adaptive_clipping.next_clip_norm(1.0, 0.1, target_quantile=0.5, learning_rate=0.2)
-    still = adaptive_clipping.next_clip_norm(1.0, 0.5, target_quantile=0.5, learning_rate=0.2)
+    shrink = adaptive_clipping.next_clip_norm(
+        1.0, 0.9, target_quantile=0.5, learning_rate=0.2, **BOUNDS
+    )
+    grow = adaptive_clipping.next_clip_norm(
+        1.0, 0.1, target_quantile=0.5, learning_rate=0.2, **BOUNDS
+    )
+    still = adaptive_clipping.next_clip_norm(
+        1.0, 0.5, target_quantile=0.5, learning_rate=0.2, **BOUNDS
+    )
 
     assert shrink == pytest.approx(math.exp(-0.08))
     assert grow == pytest.approx(math.exp(0.08))
@@ -95,7 +104,7 @@ def test_c_converges_to_the_target_quantile_of_the_norms() -> None:
             centered, count_std=50.0, expected_participants=1000.0, rng=rng
         )
         clip = adaptive_clipping.next_clip_norm(
-            clip, fraction, target_quantile=0.5, learning_rate=0.2
+            clip, fraction, target_quantile=0.5, learning_rate=0.2, **BOUNDS
         )
 
     assert float(np.median(norms)) == pytest.approx(1.0, rel=0.1)
@@ -112,7 +121,7 @@ def test_c_stays_finite_and_within_bounds_whatever_the_noised_fraction(
     clip: float, fraction: float, quantile: float, rate: float
 ) -> None:
     moved = adaptive_clipping.next_clip_norm(
-        clip, fraction, target_quantile=quantile, learning_rate=rate
+        clip, fraction, target_quantile=quantile, learning_rate=rate, **BOUNDS
     )
 
     assert MIN_ADAPTIVE_CLIP_NORM <= moved <= MAX_SETTING
@@ -121,7 +130,7 @@ def test_c_stays_finite_and_within_bounds_whatever_the_noised_fraction(
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_fraction_or_count_is_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="finite"):
-        adaptive_clipping.next_clip_norm(1.0, bad, target_quantile=0.5, learning_rate=0.2)
+        adaptive_clipping.next_clip_norm(1.0, bad, target_quantile=0.5, learning_rate=0.2, **BOUNDS)
     with pytest.raises(ValueError, match="finite"):
         adaptive_clipping.unclipped_fraction(
             bad, count_std=1.0, expected_participants=10.0, rng=np.random.default_rng(0)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
 
-from fedengine_privacy.core.mechanisms import (
+from fedprivacy.mechanisms import (
     DifferentialPrivacyEngine,
     Mechanism,
     add_laplace_noise,
@@ -28,8 +28,8 @@ from fedengine_privacy.core.mechanisms import (
     laplace_scale,
     noise_sum,
 )
-from tests.unit.privacy import reference as ref
-from tests.unit.privacy.reference import Entry
+from tests.unit.fedprivacy import reference as ref
+from tests.unit.fedprivacy.reference import Entry
 
 FALSE_FAILURE_RATE = 1e-6
 SAMPLES = 200_000

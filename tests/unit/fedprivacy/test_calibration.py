@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from fedengine_privacy.core.accounting import epsilon_subsampled_gaussian
-from fedengine_privacy.core.calibration import CALIBRATION_MARGIN, calibrate_noise_multiplier
-from fedengine_privacy.core.kinds import Accountant
-from tests.unit.privacy import reference as ref
-from tests.unit.privacy.reference import Entry
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import epsilon_subsampled_gaussian
+from fedprivacy.calibration import CALIBRATION_MARGIN, calibrate_noise_multiplier
+from tests.unit.fedprivacy import reference as ref
+from tests.unit.fedprivacy.reference import Entry
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 

@@ -29,9 +29,6 @@ import math
 
 import numpy as np
 
-from fedcommon.constraints import MAX_SETTING
-from fedcommon.messages.v1 import MIN_ADAPTIVE_CLIP_NORM, AdaptiveClipping
-
 # The paper's count noise: σ_b = m / 20 (m the expected participants per round).
 PAPER_COUNT_NOISE_FRACTION = 1 / 20
 
@@ -42,9 +39,9 @@ def _check_positive(name: str, value: float) -> None:
 
 
 def count_noise_std(
-    settings: AdaptiveClipping, *, expected_participants: float, noise_multiplier: float
+    configured: float | None, *, expected_participants: float, noise_multiplier: float
 ) -> float:
-    """σ_b for a round: the task's, else max(m / 20, z).
+    """σ_b for a round: the task's (``configured``), else max(m / 20, z).
 
     m / 20 is the paper's choice for rounds of hundreds of devices; on small rounds it would
     leave no room for the updates' noise (2σ_b must exceed z), so it is raised to z, which
@@ -52,8 +49,9 @@ def count_noise_std(
     """
     _check_positive("expected_participants", expected_participants)
     _check_positive("noise_multiplier", noise_multiplier)
-    if settings.count_noise_std is not None:
-        return settings.count_noise_std
+    if configured is not None:
+        _check_positive("count_noise_std", configured)
+        return configured
     return max(expected_participants * PAPER_COUNT_NOISE_FRACTION, noise_multiplier)
 
 
@@ -102,17 +100,29 @@ def unclipped_fraction(
 
 
 def next_clip_norm(
-    clip_norm: float, fraction: float, *, target_quantile: float, learning_rate: float
+    clip_norm: float,
+    fraction: float,
+    *,
+    target_quantile: float,
+    learning_rate: float,
+    lowest: float,
+    highest: float,
 ) -> float:
-    """C·exp(−η·(b̃ − γ)), kept within [MIN_ADAPTIVE_CLIP_NORM, MAX_SETTING].
+    """C·exp(−η·(b̃ − γ)), kept within [``lowest``, ``highest``].
+
+    The bounds are the task schema's (fedcommon: MIN_ADAPTIVE_CLIP_NORM, MAX_SETTING), passed
+    in so that this module needs numpy alone.
 
     Too many updates unclipped (b̃ > γ): C shrinks; too few: it grows. The exponent is bounded
     by the schema's bounds on b̃ and η only loosely, so the result is clamped, never inf or 0.
     """
     _check_positive("clip_norm", clip_norm)
+    _check_positive("lowest", lowest)
+    if not lowest <= highest:
+        raise ValueError(f"lowest must be <= highest, got {lowest} > {highest}")
     if not math.isfinite(fraction):
         raise ValueError(f"the unclipped fraction must be finite, got {fraction}")
     exponent = -learning_rate * (fraction - target_quantile)
     # exp overflows past ~709; anything beyond ±50 is clamped by the bounds anyway.
     moved = clip_norm * math.exp(max(-50.0, min(50.0, exponent)))
-    return min(MAX_SETTING, max(MIN_ADAPTIVE_CLIP_NORM, moved))
+    return min(highest, max(lowest, moved))

@@ -26,7 +26,7 @@ import dp_accounting
 import numpy as np
 from dp_accounting import pld, rdp
 
-from fedengine_privacy.core.kinds import Accountant
+from fedprivacy.accountants import Accountant
 
 # dp-accounting's PLD grid width; the reference checked it against 2e-5 (≤ 6.2e-4 relative).
 PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedengine_privacy.core.accounting import (
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
     MEANINGLESS_EPSILON,
     EpsilonResult,
     GaussianRelease,
@@ -24,9 +25,8 @@ from fedengine_privacy.core.accounting import (
     epsilon_subsampled_gaussian,
     max_steps_within_budget,
 )
-from fedengine_privacy.core.kinds import Accountant
-from tests.unit.privacy import reference as ref
-from tests.unit.privacy.reference import Entry
+from tests.unit.fedprivacy import reference as ref
+from tests.unit.fedprivacy.reference import Entry
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedengine_privacy.core.composition import (
+from fedprivacy.composition import (
     advanced_composition,
     basic_composition,
     optimal_composition_epsilon,
 )
-from tests.unit.privacy import reference as ref
-from tests.unit.privacy.reference import Entry
+from tests.unit.fedprivacy import reference as ref
+from tests.unit.fedprivacy.reference import Entry
 
 LAPLACE = ref.entries("laplace_composition")
 GAUSSIAN = ref.entries("gaussian_composition")

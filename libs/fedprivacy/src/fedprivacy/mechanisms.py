@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
+import numpy.typing as npt
 
-from fedcommon.arrays import NDArrays
+# A model's arrays (the same alias as fedcommon.arrays.NDArrays; numpy alone is needed here).
+NDArrays = list[npt.NDArray[np.generic]]
 
 
 class Mechanism(StrEnum):

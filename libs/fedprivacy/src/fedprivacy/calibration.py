@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from fedengine_privacy.core.accounting import (
+from fedprivacy.accountants import Accountant
+from fedprivacy.accounting import (
     MEANINGLESS_EPSILON,
     PLD_VALUE_DISCRETIZATION_INTERVAL,
     GaussianRelease,
     epsilon_subsampled_gaussian,
 )
-from fedengine_privacy.core.kinds import Accountant
 
 # Calibration aims at ε·(1 − CALIBRATION_MARGIN), not at ε. Why: the service recomputes ε
 # from its ledger round by round, and that is not bit-identical to the one-shot composition
