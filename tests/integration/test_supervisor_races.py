@@ -43,7 +43,9 @@ def _stack(processes: list[Process], broker: Process | None = None) -> Stack:
     )
 
 
-def _eventually(check: Callable[[], bool], *, timeout_s: float = 10.0) -> bool:
+def _eventually(check: Callable[[], bool], *, timeout_s: float = 60.0) -> bool:
+    """Poll ``check`` until it holds; the bound only matters when it never does (a loaded
+    2-core machine took more than 5 s to start a Python process and give way)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -125,13 +127,13 @@ def test_terminate_all_stops_a_paused_process_gracefully(tmp_path: Path) -> None
         graceful.send_signal(signal.SIGSTOP)
         process = Process(name="paused", pid=graceful.pid, started_at=time.time())
 
-        # Execute
+        # Execute: a grace period far longer than a SIGTERM takes even on a loaded machine.
         started = time.monotonic()
-        terminate_all([process], timeout_s=5)
+        terminate_all([process], timeout_s=60)
 
-        # Assert: stopped by its SIGTERM handler at once, not SIGKILLed after the grace period.
-        assert graceful.wait(1) == 0
-        assert time.monotonic() - started < 4
+        # Assert: stopped by its SIGTERM handler (exit 0), not SIGKILLed after the grace period.
+        assert graceful.wait(10) == 0
+        assert time.monotonic() - started < 50
     finally:
         graceful.kill()
         graceful.wait()
@@ -156,7 +158,7 @@ def test_only_one_supervisor_runs_a_stack(tmp_path: Path) -> None:
         try:
             # Assert: the second gives way (two would each restart, and each carry out every
             # request: two simulators for one fleet), the first runs on.
-            assert _eventually(lambda: second.poll() is not None, timeout_s=5)
+            assert _eventually(lambda: second.poll() is not None)
             assert first.poll() is None
         finally:
             _stop(second)
