@@ -23,8 +23,9 @@ _OWN_ROOT = "_fedengine_own_basetemp"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # A --basetemp given on the command line, or by pytest-xdist to its workers, stays.
-    if config.option.basetemp is None:
+    # A --basetemp given on the command line stays; pytest-xdist's workers get a folder under
+    # their controller's (``workerinput``), and make none of their own.
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
         root = Path(tempfile.mkdtemp(prefix=f"fedengine-tests-{os.getpid()}-"))
         config.option.basetemp = str(root)
         setattr(config, _OWN_ROOT, root)
