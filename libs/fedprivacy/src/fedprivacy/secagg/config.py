@@ -99,8 +99,8 @@ class RoundConfig:
         if self.dim < 1:
             raise ValueError(f"dim must be >= 1, got {self.dim}")
         modulus_bits(bits=self.bits, num_clients=self.num_clients)
-        if not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be finite and > 0, got {self.clip_norm}")
         if not 1 <= self.weight_cap <= (1 << self.bits) - 1:
             raise ValueError(f"weight_cap must be in 1..2^bits-1, got {self.weight_cap}")
         if not 1 <= self.degree <= self.num_clients - 1:

@@ -12,7 +12,8 @@ Every device message starts with the same header (little-endian)::
 
 then, by stage:
 
-    1 KeyAdvertisement  encryption_public_key 32 | mask_public_key 32
+    1 KeyAdvertisement  encryption_public_key 32 | mask_public_key 32 |
+                        self_mask_commitment 32 (SHA-256 of the self-mask seed, ``pairing``)
     2 EncryptedShares   count u32 | count x (recipient u32 | length u32 | ciphertext)
     3 MaskedInput       length u32 | bits u8 | packed bytes (ceil(length * bits / 8))
     4 UnmaskingShares   count u32 | count x (owner u32 | self-mask share 36)
@@ -113,17 +114,21 @@ class KeyAdvertisement:
     header: Header
     encryption_public_key: bytes
     mask_public_key: bytes
+    self_mask_commitment: bytes
 
     def __post_init__(self) -> None:
         _check_header(self.header)
         if len(self.encryption_public_key) != 32 or len(self.mask_public_key) != 32:
             raise InvalidSecAggMessage("X25519 public keys are 32 bytes")
+        if len(self.self_mask_commitment) != 32:
+            raise InvalidSecAggMessage("the self-mask commitment is 32 bytes")
 
     def to_bytes(self) -> bytes:
         return (
             self.header.to_bytes(Stage.ADVERTISE_KEYS)
             + self.encryption_public_key
             + self.mask_public_key
+            + self.self_mask_commitment
         )
 
     def signing_bytes(self) -> bytes:
@@ -133,9 +138,14 @@ class KeyAdvertisement:
     def from_bytes(cls, data: bytes) -> KeyAdvertisement:
         reader = _Reader(data, name="KeyAdvertisement")
         header = reader.header(Stage.ADVERTISE_KEYS)
-        encryption, mask = reader.take(32), reader.take(32)
+        encryption, mask, commitment = reader.take(32), reader.take(32), reader.take(32)
         reader.finish()
-        return cls(header=header, encryption_public_key=encryption, mask_public_key=mask)
+        return cls(
+            header=header,
+            encryption_public_key=encryption,
+            mask_public_key=mask,
+            self_mask_commitment=commitment,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,14 @@ naming the stage and counts, so a round with too few survivors fails closed and 
 a wrong sum. Memory: masked inputs are added into one modular accumulator as they arrive
 (never kept); routed ciphertexts are handed to the shell (its store holds them, as it would
 in PostgreSQL); unmasking shares are kept only until their owner has ``threshold`` of them,
-then the secret is rebuilt and its masks removed from the accumulator at once.
+then the secret is rebuilt, checked against its owner's advertisement (the mask public
+key, or the self-mask commitment) and its masks removed from the accumulator at once; a
+secret that does not check out (a forged share) makes ``finish`` refuse, never a wrong sum.
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +44,7 @@ from fedprivacy.secagg.messages import (
     UnmaskingRequest,
     UnmaskingShares,
 )
-from fedprivacy.secagg.pairing import pairwise_mask, self_mask
+from fedprivacy.secagg.pairing import pairwise_mask, self_mask, self_mask_commitment
 from fedprivacy.secagg.shamir import SHARE_BYTES, Share, combine_shares, element_to_secret
 
 
@@ -96,6 +99,9 @@ class SecAggServer:
         # (a third of the memory of Share objects): up to n * (t - 1) of them at once.
         self._pending: dict[tuple[str, int], bytearray] = {}
         self._recovered: set[tuple[str, int]] = set()
+        # Secrets whose rebuilt value did not match the owner's advertisement (a forged
+        # share): the round can then never finish, so no wrong sum ever comes out.
+        self._failed: set[tuple[str, int]] = set()
 
     def _expect(self, stage: Stage, header: Header, name: str) -> int:
         if self._stage != stage:
@@ -210,7 +216,7 @@ class SecAggServer:
         self._unmasked.add(sender)
         for kind, shares in (("b", message.self_mask_shares), ("sk", message.mask_key_shares)):
             for owner, share in shares:
-                if (kind, owner) in self._recovered:
+                if (kind, owner) in self._recovered or (kind, owner) in self._failed:
                     continue
                 pending = self._pending.setdefault((kind, owner), bytearray())
                 pending += share.to_bytes()
@@ -224,15 +230,32 @@ class SecAggServer:
             Share.from_bytes(bytes(pending[i : i + SHARE_BYTES]))
             for i in range(0, len(pending), SHARE_BYTES)
         ]
-        secret = element_to_secret(combine_shares(shares, threshold=config.threshold))
         del self._pending[(kind, owner)]
+        # Check the rebuilt secret against the owner's advertisement before it touches the
+        # accumulator; a mismatch (a forged share) fails the round closed.
+        try:
+            secret = element_to_secret(combine_shares(shares, threshold=config.threshold))
+        except InvalidSecAggMessage:
+            secret = b""
+        advert = self._adverts[owner]
+        if kind == "b":
+            expected, got = (
+                advert.self_mask_commitment,
+                (self_mask_commitment(config, seed=secret, owner=owner) if secret else b""),
+            )
+        else:
+            expected, got = advert.mask_public_key, public_key_of(secret) if secret else b""
+        if not hmac.compare_digest(expected, got):
+            self._failed.add((kind, owner))
+            raise InvalidSecAggMessage(
+                f"rebuilt {'self-mask seed' if kind == 'b' else 'mask key'} of device {owner} "
+                "does not match its advertisement (a forged share): the round cannot finish"
+            )
         self._recovered.add((kind, owner))
         if kind == "b":
             mask = self_mask(config, seed=secret, owner=owner)
             self._accumulator = subtract_mod(self._accumulator, mask, bits=bits)
             return
-        if public_key_of(secret) != self._adverts[owner].mask_public_key:
-            raise InvalidSecAggMessage(f"rebuilt mask key of device {owner} does not match")
         for neighbour in config.neighbours[owner]:
             if neighbour not in self._masked:
                 continue
@@ -256,9 +279,17 @@ class SecAggServer:
         ThresholdNotMet
             Some self-mask seed (of U3) or mask key (of U2 minus U3) lacks ``threshold``
             shares among the devices that answered.
+
+        InvalidSecAggMessage
+            A rebuilt secret did not match its owner's advertisement (a forged share).
         """
         if self._stage != Stage.UNMASKING:
             raise ProtocolStateError(f"finish called in stage {self._stage.name}")
+        if self._failed:
+            raise InvalidSecAggMessage(
+                f"{len(self._failed)} rebuilt secrets did not match their advertisements "
+                "(forged shares): no sum is released"
+            )
         needed = [("b", o) for o in self._masked] + [("sk", o) for o in self._dropped]
         missing = [key for key in needed if key not in self._recovered]
         if missing:
