@@ -30,11 +30,16 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+import numpy.typing as npt
+
 from fedprivacy.secagg.encoding import modulus_bits
 
 DEFAULT_DEGREE_FACTOR = 3.0
 TASK_ID_BYTES = 16
 SEED_BYTES = 32
+
+NeighbourArray = npt.NDArray[np.int32]
 
 
 def choose_degree(num_clients: int, *, factor: float = DEFAULT_DEGREE_FACTOR) -> int:
@@ -46,27 +51,38 @@ def choose_degree(num_clients: int, *, factor: float = DEFAULT_DEGREE_FACTOR) ->
     return min(max(k, 2), num_clients - 1)
 
 
-def build_neighbours(*, num_clients: int, degree: int, seed: bytes) -> tuple[tuple[int, ...], ...]:
-    """Return each device's sorted neighbours in the permuted Harary graph H(degree, n)."""
+def build_neighbour_array(*, num_clients: int, degree: int, seed: bytes) -> NeighbourArray:
+    """Return an ``(n, degree)`` int32 array: row i holds device i's sorted neighbours in the
+    permuted Harary graph H(degree, n) (the complete graph when degree >= n - 1).
+
+    The server's compact form of the graph: 4 bytes per edge end instead of Python tuples.
+    """
     if len(seed) != SEED_BYTES:
         raise ValueError(f"seed must be {SEED_BYTES} bytes, got {len(seed)}")
     if degree >= num_clients - 1:
-        return tuple(tuple(j for j in range(num_clients) if j != i) for i in range(num_clients))
+        everyone = np.arange(num_clients, dtype=np.int32)
+        return np.stack([np.delete(everyone, i) for i in range(num_clients)])
     if degree < 2 or degree % 2:
         raise ValueError(f"degree below n - 1 must be even and >= 2, got {degree}")
-    ring = sorted(
-        range(num_clients),
-        key=lambda i: hashlib.sha256(seed + struct.pack("<I", i)).digest(),
+    ring = np.array(
+        sorted(
+            range(num_clients),
+            key=lambda i: hashlib.sha256(seed + struct.pack("<I", i)).digest(),
+        ),
+        dtype=np.int64,
     )
-    position = {device: place for place, device in enumerate(ring)}
+    position = np.empty(num_clients, dtype=np.int64)
+    position[ring] = np.arange(num_clients)
     half = degree // 2
-    neighbours = []
-    for device in range(num_clients):
-        place = position[device]
-        around = {ring[(place + step) % num_clients] for step in range(1, half + 1)}
-        around |= {ring[(place - step) % num_clients] for step in range(1, half + 1)}
-        neighbours.append(tuple(sorted(around)))
-    return tuple(neighbours)
+    steps = np.concatenate([np.arange(1, half + 1), -np.arange(1, half + 1)])
+    around = ring[(position[:, None] + steps[None, :]) % num_clients]
+    return np.sort(around, axis=1).astype(np.int32)
+
+
+def build_neighbours(*, num_clients: int, degree: int, seed: bytes) -> tuple[tuple[int, ...], ...]:
+    """Return each device's sorted neighbours in the permuted Harary graph H(degree, n)."""
+    array = build_neighbour_array(num_clients=num_clients, degree=degree, seed=seed)
+    return tuple(tuple(int(j) for j in row) for row in array)
 
 
 @dataclass(frozen=True)
@@ -150,6 +166,13 @@ class RoundConfig:
     def vector_length(self) -> int:
         """Masked elements per device: dim, the weight, and the clip bit if asked."""
         return self.dim + 1 + int(self.clip_bit)
+
+    @cached_property
+    def neighbour_array(self) -> NeighbourArray:
+        """The graph as an ``(n, degree)`` int32 array of sorted rows (the server's form)."""
+        return build_neighbour_array(
+            num_clients=self.num_clients, degree=self.degree, seed=self.graph_seed
+        )
 
     @cached_property
     def neighbours(self) -> tuple[tuple[int, ...], ...]:
