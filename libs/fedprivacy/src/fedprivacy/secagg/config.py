@@ -20,6 +20,24 @@ given the corrupted fraction gamma and dropout fraction delta; c = 3 is a practi
 heuristic, not that bound. A deployment
 that must tolerate a given gamma and delta should compute k from Bell et al.'s Theorem and
 pass it as ``degree``.
+
+What the defaults withstand (computed from the hypergeometric tail, a random graph):
+
+- an honest-but-curious server with a fraction gamma of colluding devices learns device i's
+  input only if t of i's k neighbours collude (they rebuild its mask key; the server gets
+  its self-mask seed legitimately). Probability that some device is exposed, n = 1000,
+  k = 30, t = 16: gamma = 0.05: 1e-11 (about 2^-36); 0.1: 1.4e-6; 0.2: 0.04; 1/3: certain.
+  n = 100, k = 20, t = 11: gamma = 0.1: 0 (10 colluders < t); 0.2: 0.009. Bell et al. reach
+  2^-40 at gamma = 1/3 only with a much larger k: take their bound for that.
+- a server that deviates (sends different ``UnmaskingRequest``s to different neighbours of
+  one device, some naming it a survivor, some dropped) needs |A| + c >= t and |B| + c >= t
+  with |A| + |B| + c <= k, so c >= 2t - k = 2 colluding neighbours suffice. Defeating that
+  needs Bonawitz et al.'s consistency round (devices sign U3; answer only on t matching
+  signatures), which this library does not have: it is secure against a semi-honest server.
+- the graph seed is the server's: a server that grinds seeds before the round can place
+  colluding devices around a target (about 1 / (n * p) tries, p the per-device tail above:
+  about 7e5 tries at gamma = 0.1, n = 1000). A deviating server must not choose the seed
+  alone (derive it from a public beacon, or a commit-reveal with the devices).
 """
 
 from __future__ import annotations
