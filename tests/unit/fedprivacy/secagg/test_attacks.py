@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from fedprivacy.secagg.client import SecAggClient
 from fedprivacy.secagg.config import RoundConfig
 from fedprivacy.secagg.encoding import encode_update
 from fedprivacy.secagg.errors import InvalidSecAggMessage, SecAggError
-from fedprivacy.secagg.messages import UnmaskingRequest
+from fedprivacy.secagg.messages import SERVER_SENDER, Header, UnmaskingRequest
 from fedprivacy.secagg.server import SecAggServer
 from fedprivacy.secagg.shamir import PRIME, Share
 from tests.unit.fedprivacy.secagg.conftest import TASK, make_config
@@ -110,3 +111,31 @@ def test_the_weight_and_clip_bit_of_n_devices_at_the_cap_fit_the_modulus() -> No
     )
     assert int(one.max()) <= (1 << config.bits) - 1
     assert config.num_clients * int(one.max()) < 1 << config.modulus_bits
+
+
+@pytest.mark.parametrize(
+    ("survivors", "dropped", "sender", "match"),
+    [
+        ((0, 1), (1,), SERVER_SENDER, "both"),
+        ((1, 0), (), SERVER_SENDER, "twice or unsorted"),
+        ((0, 0, 1), (), SERVER_SENDER, "twice or unsorted"),
+        ((0, 1), (), 3, "not sent by the server"),
+    ],
+)
+def test_an_unmasking_request_listing_a_device_twice_or_not_from_the_server_is_refused(
+    survivors: tuple[int, ...], dropped: tuple[int, ...], sender: int, match: str
+) -> None:
+    honest = UnmaskingRequest(
+        header=Header(task_id=TASK, round_number=7, sender=SERVER_SENDER),
+        survivors=(0, 1),
+        dropped=(2,),
+    )
+    data = honest.to_bytes()
+    forged = (
+        data[:22]
+        + struct.pack("<I", sender)
+        + struct.pack(f"<I{len(survivors)}I", len(survivors), *survivors)
+        + struct.pack(f"<I{len(dropped)}I", len(dropped), *dropped)
+    )
+    with pytest.raises(InvalidSecAggMessage, match=match):
+        UnmaskingRequest.from_bytes(forged)

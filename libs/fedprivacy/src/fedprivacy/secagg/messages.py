@@ -24,6 +24,7 @@ Server-to-device messages (``UnmaskingRequest``) use the same header with sender
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -307,6 +308,19 @@ class UnmaskingRequest:
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
 
+    def check(self) -> None:
+        """Refuse a request not from the server, listing a device twice or unsorted, or
+        naming one device both survivor and dropped (``from_bytes`` calls it; the client
+        checks what concerns it again)."""
+        _check_header(self.header)
+        if self.header.sender != SERVER_SENDER:
+            raise InvalidSecAggMessage("UnmaskingRequest: not sent by the server")
+        for group in (self.survivors, self.dropped):
+            if any(b <= a for a, b in itertools.pairwise(group)):
+                raise InvalidSecAggMessage("UnmaskingRequest: devices listed twice or unsorted")
+        if set(self.survivors) & set(self.dropped):
+            raise InvalidSecAggMessage("UnmaskingRequest: a device both survived and dropped")
+
     def to_bytes(self) -> bytes:
         parts = [self.header.to_bytes(Stage.UNMASKING)]
         for group in (self.survivors, self.dropped):
@@ -320,4 +334,6 @@ class UnmaskingRequest:
         survivors = tuple(reader.u32() for _ in range(reader.count(4)))
         dropped = tuple(reader.u32() for _ in range(reader.count(4)))
         reader.finish()
-        return cls(header=header, survivors=survivors, dropped=dropped)
+        request = cls(header=header, survivors=survivors, dropped=dropped)
+        request.check()
+        return request
