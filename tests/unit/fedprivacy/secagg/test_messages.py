@@ -25,7 +25,12 @@ from tests.unit.fedprivacy.secagg.conftest import TASK
 HEADER = Header(task_id=TASK, round_number=7, sender=3)
 
 MESSAGES = [
-    KeyAdvertisement(header=HEADER, encryption_public_key=b"e" * 32, mask_public_key=b"m" * 32),
+    KeyAdvertisement(
+        header=HEADER,
+        encryption_public_key=b"e" * 32,
+        mask_public_key=b"m" * 32,
+        self_mask_commitment=b"c" * 32,
+    ),
     EncryptedShares(header=HEADER, ciphertexts=((1, b"x" * 40), (5, b"y" * 41))),
     MaskedInput(header=HEADER, length=5, bits=23, packed=bytes(15)),
     UnmaskingShares(

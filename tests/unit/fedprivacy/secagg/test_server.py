@@ -96,3 +96,21 @@ def test_a_masked_input_of_wrong_length_bits_or_padding_is_refused() -> None:
     server.receive_masked_input(padded)
     with pytest.raises(InvalidSecAggMessage, match="repeated"):
         server.receive_masked_input(padded)
+
+
+def test_the_server_keeps_the_graph_as_an_array_and_builds_adverts_on_demand() -> None:
+    config = make_config(40, 3)
+    server = SecAggServer(config)
+    client_config = make_config(40, 3)  # the devices' own copy of the public parameters
+    clients = [SecAggClient(client_config, index=i) for i in range(40)]
+    for client in clients:
+        server.receive_advertisement(client.advertise_keys())
+    adverts = server.close_advertisement()
+    assert "neighbours" not in vars(config)  # no tuple-of-tuples graph on the server
+    assert config.neighbour_array.dtype == np.int32
+    assert [list(row) for row in config.neighbour_array] == [
+        list(row) for row in client_config.neighbours
+    ]
+    assert len(adverts) == 40 and sorted(adverts) == list(range(40))
+    assert [a.header.sender for a in adverts[3]] == list(client_config.neighbours[3])
+    clients[3].share_keys(adverts[3])  # the rebuilt advertisements are the devices' own

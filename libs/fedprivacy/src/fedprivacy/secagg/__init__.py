@@ -4,8 +4,9 @@ Bonawitz et al. 2017 (https://eprint.iacr.org/2017/281) with the neighbour graph
 et al. 2020 (https://eprint.iacr.org/2020/704). The protocol and Shamir sharing are written
 by hand (no well-kept library provides them); X25519, HKDF, AES-GCM and ChaCha20 come from
 ``cryptography``. Modules: ``config`` (round parameters, graph), ``client`` / ``server``
-(the state machines), ``messages`` (wire formats), ``encoding`` (fixed point, packing),
-``masking``, ``pairing``, ``keys``, ``encryption``, ``shamir``, ``errors``.
+(the state machines), ``messages`` (device wire formats), ``delivery`` (server-to-device
+wire formats, deterministic message ids), ``encoding`` (fixed point, packing), ``masking``,
+``pairing``, ``keys``, ``encryption``, ``shamir``, ``errors``.
 """
 
 from fedprivacy.secagg.client import ProtocolStateError, SecAggClient

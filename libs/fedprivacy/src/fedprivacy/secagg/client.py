@@ -40,7 +40,12 @@ from fedprivacy.secagg.messages import (
     UnmaskingRequest,
     UnmaskingShares,
 )
-from fedprivacy.secagg.pairing import pairwise_mask, self_mask, share_encryption_key
+from fedprivacy.secagg.pairing import (
+    pairwise_mask,
+    self_mask,
+    self_mask_commitment,
+    share_encryption_key,
+)
 from fedprivacy.secagg.shamir import RandomBytes, create_shares, secret_to_element
 
 
@@ -84,12 +89,15 @@ class SecAggClient:
         self._next = Stage(stage + 1) if stage < Stage.UNMASKING else None
 
     def advertise_keys(self) -> KeyAdvertisement:
-        """Stage 1: the two fresh public keys of this round."""
+        """Stage 1: the two fresh public keys of this round and the self-mask commitment."""
         self._advance(Stage.ADVERTISE_KEYS)
         return KeyAdvertisement(
             header=self._header,
             encryption_public_key=self._encryption.public_key,
             mask_public_key=self._mask.public_key,
+            self_mask_commitment=self_mask_commitment(
+                self.config, seed=self._self_mask_seed, owner=self.index
+            ),
         )
 
     def share_keys(self, advertisements: Sequence[KeyAdvertisement]) -> EncryptedShares:

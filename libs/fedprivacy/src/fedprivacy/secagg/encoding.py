@@ -97,8 +97,8 @@ def encode_update(
 
     Returns ``dim + 1`` (or ``dim + 2`` with ``clip_bit``) integers, each below 2^B.
     """
-    if clip_norm <= 0:
-        raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise ValueError(f"clip_norm must be finite and > 0, got {clip_norm}")
     if not 1 <= weight_cap <= (1 << bits) - 1:
         raise ValueError(f"weight_cap must be in 1..2^bits-1, got {weight_cap}")
     if num_examples < 0:

@@ -14,6 +14,7 @@ encoding of those points too (RFC 7748 §5 ignores bit 255; values p..2^255-1 ar
 
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass
 from enum import StrEnum
@@ -90,7 +91,7 @@ def derive_key(shared_secret: bytes, *, purpose: KeyPurpose, context: bytes = b"
     """
     if len(shared_secret) != KEY_BYTES:
         raise ValueError(f"shared_secret must be {KEY_BYTES} bytes, got {len(shared_secret)}")
-    if shared_secret == bytes(KEY_BYTES):
+    if hmac.compare_digest(shared_secret, bytes(KEY_BYTES)):
         raise InvalidSecAggMessage("all-zero X25519 shared secret refused")
     hkdf = HKDF(
         algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=hkdf_label(purpose) + context
@@ -131,7 +132,7 @@ def agree(private_key: bytes, peer_public_key: bytes) -> bytes:
         )
     except ValueError as exc:  # OpenSSL refuses an all-zero result itself
         raise InvalidSecAggMessage(f"X25519 agreement refused: {exc}") from exc
-    if shared == bytes(KEY_BYTES):
+    if hmac.compare_digest(shared, bytes(KEY_BYTES)):
         raise InvalidSecAggMessage("all-zero X25519 shared secret refused")
     return shared
 

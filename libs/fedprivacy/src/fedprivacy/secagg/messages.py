@@ -12,7 +12,8 @@ Every device message starts with the same header (little-endian)::
 
 then, by stage:
 
-    1 KeyAdvertisement  encryption_public_key 32 | mask_public_key 32
+    1 KeyAdvertisement  encryption_public_key 32 | mask_public_key 32 |
+                        self_mask_commitment 32 (SHA-256 of the self-mask seed, ``pairing``)
     2 EncryptedShares   count u32 | count x (recipient u32 | length u32 | ciphertext)
     3 MaskedInput       length u32 | bits u8 | packed bytes (ceil(length * bits / 8))
     4 UnmaskingShares   count u32 | count x (owner u32 | self-mask share 36)
@@ -23,6 +24,7 @@ Server-to-device messages (``UnmaskingRequest``) use the same header with sender
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -113,17 +115,21 @@ class KeyAdvertisement:
     header: Header
     encryption_public_key: bytes
     mask_public_key: bytes
+    self_mask_commitment: bytes
 
     def __post_init__(self) -> None:
         _check_header(self.header)
         if len(self.encryption_public_key) != 32 or len(self.mask_public_key) != 32:
             raise InvalidSecAggMessage("X25519 public keys are 32 bytes")
+        if len(self.self_mask_commitment) != 32:
+            raise InvalidSecAggMessage("the self-mask commitment is 32 bytes")
 
     def to_bytes(self) -> bytes:
         return (
             self.header.to_bytes(Stage.ADVERTISE_KEYS)
             + self.encryption_public_key
             + self.mask_public_key
+            + self.self_mask_commitment
         )
 
     def signing_bytes(self) -> bytes:
@@ -133,9 +139,14 @@ class KeyAdvertisement:
     def from_bytes(cls, data: bytes) -> KeyAdvertisement:
         reader = _Reader(data, name="KeyAdvertisement")
         header = reader.header(Stage.ADVERTISE_KEYS)
-        encryption, mask = reader.take(32), reader.take(32)
+        encryption, mask, commitment = reader.take(32), reader.take(32), reader.take(32)
         reader.finish()
-        return cls(header=header, encryption_public_key=encryption, mask_public_key=mask)
+        return cls(
+            header=header,
+            encryption_public_key=encryption,
+            mask_public_key=mask,
+            self_mask_commitment=commitment,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +308,19 @@ class UnmaskingRequest:
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
 
+    def check(self) -> None:
+        """Refuse a request not from the server, listing a device twice or unsorted, or
+        naming one device both survivor and dropped (``from_bytes`` calls it; the client
+        checks what concerns it again)."""
+        _check_header(self.header)
+        if self.header.sender != SERVER_SENDER:
+            raise InvalidSecAggMessage("UnmaskingRequest: not sent by the server")
+        for group in (self.survivors, self.dropped):
+            if any(b <= a for a, b in itertools.pairwise(group)):
+                raise InvalidSecAggMessage("UnmaskingRequest: devices listed twice or unsorted")
+        if set(self.survivors) & set(self.dropped):
+            raise InvalidSecAggMessage("UnmaskingRequest: a device both survived and dropped")
+
     def to_bytes(self) -> bytes:
         parts = [self.header.to_bytes(Stage.UNMASKING)]
         for group in (self.survivors, self.dropped):
@@ -310,4 +334,6 @@ class UnmaskingRequest:
         survivors = tuple(reader.u32() for _ in range(reader.count(4)))
         dropped = tuple(reader.u32() for _ in range(reader.count(4)))
         reader.finish()
-        return cls(header=header, survivors=survivors, dropped=dropped)
+        request = cls(header=header, survivors=survivors, dropped=dropped)
+        request.check()
+        return request

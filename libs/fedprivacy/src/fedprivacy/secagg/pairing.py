@@ -6,6 +6,7 @@ device's masks runs exactly the code the devices ran.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from fedprivacy.secagg.config import RoundConfig
@@ -41,6 +42,19 @@ def pairwise_mask(
         context=_context(config, low, high),
     )
     return expand_mask(key, length=config.vector_length, bits=config.modulus_bits)
+
+
+SELF_MASK_COMMITMENT_LABEL = b"fedplat/secagg/v1/self-mask-commitment\x00"
+
+
+def self_mask_commitment(config: RoundConfig, *, seed: bytes, owner: int) -> bytes:
+    """SHA-256 commitment to ``owner``'s self-mask seed, bound to task, round and owner.
+
+    Sent in the key advertisement, so that the server can check a rebuilt seed: without it
+    one forged share from a malicious survivor would silently yield a wrong sum. The seed is
+    32 uniform bytes, so the hash hides it.
+    """
+    return hashlib.sha256(SELF_MASK_COMMITMENT_LABEL + _context(config, owner) + seed).digest()
 
 
 def self_mask(config: RoundConfig, *, seed: bytes, owner: int) -> MaskedVector:

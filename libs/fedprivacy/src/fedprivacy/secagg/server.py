@@ -12,14 +12,28 @@ graph (``config``); written by hand, every primitive from ``cryptography``. The 
 The shell decides when a stage closes (all expected messages, or its deadline); whoever has
 not sent by then has dropped. Every close checks the threshold and raises ``ThresholdNotMet``
 naming the stage and counts, so a round with too few survivors fails closed and never yields
-a wrong sum. Memory: masked inputs are added into one modular accumulator as they arrive
-(never kept); routed ciphertexts are handed to the shell (its store holds them, as it would
-in PostgreSQL); unmasking shares are kept only until their owner has ``threshold`` of them,
-then the secret is rebuilt and its masks removed from the accumulator at once.
+a wrong sum.
+
+Memory (O(n * degree) small integers and O(n) keys, besides the O(dim) accumulator): the
+graph is an int32 array; the advertised keys one (n, 96) byte array, advertisements being
+rebuilt on demand for the shell (``close_advertisement`` returns a lazy mapping); masked
+inputs are added into one modular accumulator as they arrive (never kept); routed
+ciphertexts are handed to the shell (its store holds them, as it would in PostgreSQL).
+Unmasking shares wait as 36-byte wire encodings only until their owner has ``threshold``
+of them (any ``threshold``: a holder that leaves during stage 4 costs nothing while enough
+others answer; rebuilding from a fixed set of holders would store less but lose that), then
+the secret is rebuilt and later shares of it are dropped. A rebuilt secret is checked against
+its owner's advertisement (the mask public key, or the self-mask commitment) before its
+masks leave the accumulator; one that does not check out (a forged share) makes ``finish``
+refuse, never a wrong sum.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +55,7 @@ from fedprivacy.secagg.messages import (
     UnmaskingRequest,
     UnmaskingShares,
 )
-from fedprivacy.secagg.pairing import pairwise_mask, self_mask
+from fedprivacy.secagg.pairing import pairwise_mask, self_mask, self_mask_commitment
 from fedprivacy.secagg.shamir import SHARE_BYTES, Share, combine_shares, element_to_secret
 
 
@@ -79,23 +93,72 @@ class AggregateResult:
         return summed * (config.weight_cap / self.weight_sum)
 
 
+_SELF, _KEY = 0, 1  # the two secrets of a device: self-mask seed b, mask private key
+_PENDING, _RECOVERED, _FAILED = 0, 1, 2
+_KEYS_BYTES = 96  # encryption public key | mask public key | self-mask commitment
+STATE_MAGIC = b"FSAS"
+STATE_VERSION = 1
+_STATE_HEAD = struct.Struct("<4sB32sBII")
+
+
+def config_digest(config: RoundConfig) -> bytes:
+    """SHA-256 of every public parameter of the round, in a fixed layout."""
+    return hashlib.sha256(
+        b"fedplat/secagg/v1/round-config\x00"
+        + config.task_id
+        + struct.pack(
+            "<IIIIdIIIB",
+            config.round_number,
+            config.num_clients,
+            config.dim,
+            config.bits,
+            config.clip_norm,
+            config.weight_cap,
+            config.degree,
+            config.threshold,
+            int(config.clip_bit),
+        )
+        + config.graph_seed
+    ).digest()
+
+
+class _Advertisements(Mapping[int, tuple[KeyAdvertisement, ...]]):
+    """Per device of U1, its live neighbours' advertisements, built when asked for."""
+
+    def __init__(self, server: SecAggServer, devices: tuple[int, ...]) -> None:
+        self._server, self._devices = server, devices
+
+    def __getitem__(self, device: int) -> tuple[KeyAdvertisement, ...]:
+        if device not in self._devices:
+            raise KeyError(device)
+        return self._server.neighbour_advertisements(device)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+
 class SecAggServer:
     """The server's side of one round."""
 
     def __init__(self, config: RoundConfig) -> None:
         self.config = config
-        config.neighbours  # noqa: B018  build the graph from the public seed now, as its owner
+        n = config.num_clients
+        self._graph = config.neighbour_array  # built from the public seed now, as its owner
         self._stage = Stage.ADVERTISE_KEYS
-        self._adverts: dict[int, KeyAdvertisement] = {}
-        self._shared: set[int] = set()  # U2
-        self._masked: set[int] = set()  # U3
-        self._dropped: set[int] = set()  # U2 \ U3
-        self._unmasked: set[int] = set()  # U4
+        self._keys = np.zeros((n, _KEYS_BYTES), dtype=np.uint8)
+        self._advertised = np.zeros(n, dtype=bool)  # U1
+        self._shared = np.zeros(n, dtype=bool)  # U2
+        self._masked = np.zeros(n, dtype=bool)  # U3
+        self._unmasked = np.zeros(n, dtype=bool)  # U4
         self._accumulator = np.zeros(config.vector_length, dtype=np.uint64)
-        # Shares waiting for their owner's threshold, kept as their 36-byte wire encodings
-        # (a third of the memory of Share objects): up to n * (t - 1) of them at once.
-        self._pending: dict[tuple[str, int], bytearray] = {}
-        self._recovered: set[tuple[str, int]] = set()
+        # Per secret (self-mask seed, mask key) and owner: pending, recovered or failed (a
+        # rebuilt value that did not match the advertisement: the round can never finish);
+        # and the shares waiting for their owner's threshold, as 36-byte wire encodings.
+        self._status = np.zeros((2, n), dtype=np.int8)
+        self._pending: tuple[dict[int, bytearray], dict[int, bytearray]] = ({}, {})
 
     def _expect(self, stage: Stage, header: Header, name: str) -> int:
         if self._stage != stage:
@@ -109,27 +172,171 @@ class SecAggServer:
                 stage=stage, available=available, required=self.config.threshold, detail=detail
             )
 
+    def _live(self, device: int, among: npt.NDArray[np.bool_]) -> npt.NDArray[np.int32]:
+        neighbours = self._graph[device]
+        live: npt.NDArray[np.int32] = neighbours[among[neighbours]]
+        return live
+
+    def _x_of(self, owner: int, holder: int) -> int:
+        """The Shamir x at which ``owner`` evaluated ``holder``'s share (1-based position)."""
+        return int(np.searchsorted(self._graph[owner], holder)) + 1
+
+    # Restart ---------------------------------------------------------------------------
+    def export_state(self) -> bytes:
+        """The whole server state as bytes (never pickle), so that an aggregator killed
+        mid-stage resumes with the same running sum and the same decisions.
+
+        Layout (little-endian)::
+
+            magic "FSAS" | version u8 = 1 | config digest 32 | stage u8 | n u32 | length u32
+            keys n x 96 | U1, U2, U3, U4 bitmaps ceil(n / 8) each | status 2 x n (i8)
+            accumulator length x u64
+            twice (self-mask seeds, mask keys): count u32 | count x (owner u32 | shares u16 |
+            shares x 36)
+
+        Shares waiting for their threshold are secret-shares of device secrets: store the
+        export as the aggregator stores the round (it held the same shares in memory).
+        """
+        config = self.config
+        parts = [
+            _STATE_HEAD.pack(
+                STATE_MAGIC,
+                STATE_VERSION,
+                config_digest(config),
+                self._stage,
+                config.num_clients,
+                config.vector_length,
+            ),
+            self._keys.tobytes(),
+            *(
+                np.packbits(bitmap, bitorder="little").tobytes()
+                for bitmap in (self._advertised, self._shared, self._masked, self._unmasked)
+            ),
+            self._status.tobytes(),
+            self._accumulator.astype("<u8").tobytes(),
+        ]
+        for pending in self._pending:
+            parts.append(struct.pack("<I", len(pending)))
+            for owner in sorted(pending):
+                shares = pending[owner]
+                parts.append(struct.pack("<IH", owner, len(shares) // SHARE_BYTES) + shares)
+        return b"".join(parts)
+
+    @classmethod
+    def restore(cls, config: RoundConfig, data: bytes) -> SecAggServer:
+        """Rebuild a server from ``export_state`` bytes of the same round.
+
+        Raises
+        ------
+        InvalidSecAggMessage
+            Bytes of another round or version, truncated, trailing, or inconsistent.
+        """
+        server = cls(config)
+        n, length = config.num_clients, config.vector_length
+        view = memoryview(bytes(data))
+        offset = 0
+
+        def take(size: int) -> memoryview:
+            nonlocal offset
+            if size < 0 or offset + size > len(view):
+                raise InvalidSecAggMessage("server state: truncated")
+            offset += size
+            return view[offset - size : offset]
+
+        magic, version, digest, stage, got_n, got_length = _STATE_HEAD.unpack(
+            take(_STATE_HEAD.size)
+        )
+        if (magic, version) != (STATE_MAGIC, STATE_VERSION):
+            raise InvalidSecAggMessage("server state: unknown format or version")
+        if not hmac.compare_digest(digest, config_digest(config)) or (got_n, got_length) != (
+            n,
+            length,
+        ):
+            raise InvalidSecAggMessage("server state: of another round configuration")
+        if stage not in tuple(Stage):
+            raise InvalidSecAggMessage(f"server state: unknown stage {stage}")
+        server._stage = Stage(stage)
+        server._keys = np.frombuffer(take(n * _KEYS_BYTES), dtype=np.uint8).reshape(n, -1).copy()
+        bitmaps = [
+            np.unpackbits(np.frombuffer(take((n + 7) // 8), dtype=np.uint8), bitorder="little")
+            for _ in range(4)
+        ]
+        if any(bitmap[n:].any() for bitmap in bitmaps):
+            raise InvalidSecAggMessage("server state: nonzero bitmap padding")
+        advertised, shared, masked, unmasked = (bitmap[:n].astype(bool) for bitmap in bitmaps)
+        if (
+            (shared & ~advertised).any()
+            or (masked & ~shared).any()
+            or (unmasked & ~masked).any()
+            or (~advertised & server._keys.any(axis=1)).any()
+        ):
+            raise InvalidSecAggMessage("server state: inconsistent device sets")
+        server._advertised, server._shared = advertised, shared
+        server._masked, server._unmasked = masked, unmasked
+        status = np.frombuffer(take(2 * n), dtype=np.int8).reshape(2, n).copy()
+        if not np.isin(status, (_PENDING, _RECOVERED, _FAILED)).all():
+            raise InvalidSecAggMessage("server state: unknown secret status")
+        server._status = status
+        accumulator = np.frombuffer(take(8 * length), dtype="<u8").astype(np.uint64)
+        if length and int(accumulator.max()) >= 1 << config.modulus_bits:
+            raise InvalidSecAggMessage("server state: accumulator outside the modulus")
+        server._accumulator = accumulator
+        for kind in (_SELF, _KEY):
+            (count,) = struct.unpack("<I", take(4))
+            if count > n:
+                raise InvalidSecAggMessage("server state: too many pending owners")
+            for _ in range(count):
+                owner, shares = struct.unpack("<IH", take(6))
+                if owner >= n or owner in server._pending[kind] or status[kind, owner]:
+                    raise InvalidSecAggMessage("server state: bad pending owner")
+                if not 1 <= shares < config.threshold:
+                    raise InvalidSecAggMessage("server state: bad pending share count")
+                pending = bytearray(take(shares * SHARE_BYTES))
+                for i in range(0, len(pending), SHARE_BYTES):
+                    Share.from_bytes(bytes(pending[i : i + SHARE_BYTES]))
+                server._pending[kind][owner] = pending
+        if offset != len(view):
+            raise InvalidSecAggMessage("server state: trailing bytes")
+        return server
+
     # Stage 1 ---------------------------------------------------------------------------
     def receive_advertisement(self, message: KeyAdvertisement) -> None:
         """Record a device's keys; refuse duplicates and small-order keys."""
         sender = self._expect(Stage.ADVERTISE_KEYS, message.header, "KeyAdvertisement")
-        if sender in self._adverts:
+        if self._advertised[sender]:
             raise InvalidSecAggMessage(f"KeyAdvertisement: device {sender} advertised twice")
         check_public_key(message.encryption_public_key)
         check_public_key(message.mask_public_key)
-        self._adverts[sender] = message
+        self._keys[sender] = np.frombuffer(
+            message.encryption_public_key + message.mask_public_key + message.self_mask_commitment,
+            dtype=np.uint8,
+        )
+        self._advertised[sender] = True
 
-    def close_advertisement(self) -> dict[int, tuple[KeyAdvertisement, ...]]:
+    def advertisement(self, device: int) -> KeyAdvertisement:
+        """Rebuild device's advertisement (its canonical bytes) from the stored keys."""
+        if not self._advertised[device]:
+            raise KeyError(device)
+        keys = self._keys[device].tobytes()
+        return KeyAdvertisement(
+            header=Header(
+                task_id=self.config.task_id, round_number=self.config.round_number, sender=device
+            ),
+            encryption_public_key=keys[:32],
+            mask_public_key=keys[32:64],
+            self_mask_commitment=keys[64:],
+        )
+
+    def neighbour_advertisements(self, device: int) -> tuple[KeyAdvertisement, ...]:
+        """The advertisements of ``device``'s neighbours in U1 (what it is sent for stage 2)."""
+        return tuple(self.advertisement(int(n)) for n in self._live(device, self._advertised))
+
+    def close_advertisement(self) -> Mapping[int, tuple[KeyAdvertisement, ...]]:
         """Close stage 1 (U1 = who advertised); return, per device of U1, its live
-        neighbours' advertisements to forward."""
-        self._require("advertise-keys", len(self._adverts))
+        neighbours' advertisements to forward (a lazy mapping: each is built when read)."""
+        self._require("advertise-keys", int(self._advertised.sum()))
         self._stage = Stage.SHARE_KEYS
-        return {
-            device: tuple(
-                self._adverts[n] for n in self.config.neighbours[device] if n in self._adverts
-            )
-            for device in sorted(self._adverts)
-        }
+        return _Advertisements(self, tuple(int(d) for d in np.flatnonzero(self._advertised)))
 
     # Stage 2 ---------------------------------------------------------------------------
     def receive_encrypted_shares(self, message: EncryptedShares) -> None:
@@ -137,28 +344,28 @@ class SecAggServer:
         stores ``message.ciphertexts`` and, once the stage closes, delivers each to its
         recipient if that recipient is in U2; the server keeps only who shared."""
         sender = self._expect(Stage.SHARE_KEYS, message.header, "EncryptedShares")
-        if sender not in self._adverts or sender in self._shared:
+        if not self._advertised[sender] or self._shared[sender]:
             raise InvalidSecAggMessage(f"EncryptedShares: unexpected or repeated sender {sender}")
-        expected = {n for n in self.config.neighbours[sender] if n in self._adverts}
+        expected = {int(n) for n in self._live(sender, self._advertised)}
         if {recipient for recipient, _ in message.ciphertexts} != expected:
             raise InvalidSecAggMessage(
                 f"EncryptedShares: device {sender} must share with exactly its live neighbours"
             )
-        self._shared.add(sender)
+        self._shared[sender] = True
 
     def close_share_keys(self) -> frozenset[int]:
         """Close stage 2; return U2. The shell delivers to each device of U2 the stored
         ciphertexts addressed to it (all of their senders are in U2)."""
-        self._require("share-keys", len(self._shared))
+        self._require("share-keys", int(self._shared.sum()))
         self._stage = Stage.MASKED_INPUT
-        return frozenset(self._shared)
+        return frozenset(int(d) for d in np.flatnonzero(self._shared))
 
     # Stage 3 ---------------------------------------------------------------------------
     def receive_masked_input(self, message: MaskedInput) -> None:
         """Validate a masked input (integers of the right length and modulus) and add it
         into the modular accumulator. A norm check means nothing on masked values."""
         sender = self._expect(Stage.MASKED_INPUT, message.header, "MaskedInput")
-        if sender not in self._shared or sender in self._masked:
+        if not self._shared[sender] or self._masked[sender]:
             raise InvalidSecAggMessage(f"MaskedInput: unexpected or repeated sender {sender}")
         config = self.config
         if message.length != config.vector_length or message.bits != config.modulus_bits:
@@ -168,16 +375,20 @@ class SecAggServer:
             )
         values = unpack(message.packed, length=config.vector_length, bits=config.modulus_bits)
         self._accumulator = add_mod(self._accumulator, values, bits=config.modulus_bits)
-        self._masked.add(sender)
+        self._masked[sender] = True
+
+    @property
+    def _dropped(self) -> npt.NDArray[np.bool_]:
+        dropped: npt.NDArray[np.bool_] = self._shared & ~self._masked
+        return dropped
 
     def close_masked_input(self) -> UnmaskingRequest:
         """Close stage 3 (U3 = who sent a masked input); fail closed now if some device's
         secret could not be rebuilt even if every device of U3 answered."""
-        self._require("masked-input", len(self._masked))
-        self._dropped = self._shared - self._masked
-        for owner in sorted(self._shared):
+        self._require("masked-input", int(self._masked.sum()))
+        for owner in np.flatnonzero(self._shared):
             # Owner's shares went to its neighbours in U2; only those in U3 will answer.
-            holders = sum(1 for n in self.config.neighbours[owner] if n in self._masked)
+            holders = int(self._masked[self._graph[owner]].sum())
             self._require("masked-input", holders, f"live holders of device {owner}'s shares")
         self._stage = Stage.UNMASKING
         return UnmaskingRequest(
@@ -186,61 +397,80 @@ class SecAggServer:
                 round_number=self.config.round_number,
                 sender=SERVER_SENDER,
             ),
-            survivors=tuple(sorted(self._masked)),
-            dropped=tuple(sorted(self._dropped)),
+            survivors=tuple(int(d) for d in np.flatnonzero(self._masked)),
+            dropped=tuple(int(d) for d in np.flatnonzero(self._dropped)),
         )
 
     # Stage 4 ---------------------------------------------------------------------------
     def receive_unmasking(self, message: UnmaskingShares) -> None:
-        """Take a survivor's shares; rebuild each secret as soon as it has ``threshold``
-        shares and remove its masks from the accumulator."""
+        """Take a survivor's shares (all checked first); rebuild each secret as soon as it has
+        ``threshold`` shares and remove its masks from the accumulator."""
         sender = self._expect(Stage.UNMASKING, message.header, "UnmaskingShares")
-        if sender not in self._masked or sender in self._unmasked:
+        if not self._masked[sender] or self._unmasked[sender]:
             raise InvalidSecAggMessage(f"UnmaskingShares: unexpected or repeated sender {sender}")
-        neighbours = self.config.neighbours[sender]
-        expected_self = {n for n in neighbours if n in self._masked}
-        expected_key = {n for n in neighbours if n in self._dropped}
+        expected_self = {int(n) for n in self._live(sender, self._masked)}
+        expected_key = {int(n) for n in self._live(sender, self._dropped)}
         if {o for o, _ in message.self_mask_shares} != expected_self or {
             o for o, _ in message.mask_key_shares
         } != expected_key:
             raise InvalidSecAggMessage(f"UnmaskingShares: device {sender} sent the wrong owners")
         for owner, share in message.self_mask_shares + message.mask_key_shares:
-            if share.x != self.config.neighbours[owner].index(sender) + 1:
+            if share.x != self._x_of(owner, sender):
                 raise InvalidSecAggMessage(f"UnmaskingShares: share of {owner} has wrong x")
-        self._unmasked.add(sender)
-        for kind, shares in (("b", message.self_mask_shares), ("sk", message.mask_key_shares)):
+        self._unmasked[sender] = True
+        forged: InvalidSecAggMessage | None = None
+        for kind, shares in ((_SELF, message.self_mask_shares), (_KEY, message.mask_key_shares)):
             for owner, share in shares:
-                if (kind, owner) in self._recovered:
-                    continue
-                pending = self._pending.setdefault((kind, owner), bytearray())
+                if self._status[kind, owner] != _PENDING:
+                    continue  # already rebuilt (or failed): a late share is dropped
+                pending = self._pending[kind].setdefault(owner, bytearray())
                 pending += share.to_bytes()
-                if len(pending) >= self.config.threshold * SHARE_BYTES:
-                    self._recover(kind, owner, pending)
+                if len(pending) == self.config.threshold * SHARE_BYTES:
+                    del self._pending[kind][owner]
+                    try:
+                        self._recover(kind, owner, pending)
+                    except InvalidSecAggMessage as exc:
+                        forged = forged or exc  # take the message's other shares first
+        if forged:
+            raise forged
 
-    def _recover(self, kind: str, owner: int, pending: bytearray) -> None:
+    def _recover(self, kind: int, owner: int, pending: bytearray) -> None:
         config = self.config
         bits = config.modulus_bits
         shares = [
             Share.from_bytes(bytes(pending[i : i + SHARE_BYTES]))
             for i in range(0, len(pending), SHARE_BYTES)
         ]
-        secret = element_to_secret(combine_shares(shares, threshold=config.threshold))
-        del self._pending[(kind, owner)]
-        self._recovered.add((kind, owner))
-        if kind == "b":
+        element = combine_shares(shares, threshold=config.threshold)
+        # Check the rebuilt secret against the owner's advertisement before it touches the
+        # accumulator; a mismatch (a forged share) fails the round closed.
+        try:
+            secret = element_to_secret(element)
+        except InvalidSecAggMessage:
+            secret = b""
+        keys = self._keys[owner].tobytes()
+        if kind == _SELF:
+            expected = keys[64:]
+            got = self_mask_commitment(config, seed=secret, owner=owner) if secret else b""
+        else:
+            expected, got = keys[32:64], public_key_of(secret) if secret else b""
+        if not hmac.compare_digest(expected, got):
+            self._status[kind, owner] = _FAILED
+            raise InvalidSecAggMessage(
+                f"rebuilt {'self-mask seed' if kind == _SELF else 'mask key'} of device {owner} "
+                "does not match its advertisement (a forged share): the round cannot finish"
+            )
+        self._status[kind, owner] = _RECOVERED
+        if kind == _SELF:
             mask = self_mask(config, seed=secret, owner=owner)
             self._accumulator = subtract_mod(self._accumulator, mask, bits=bits)
             return
-        if public_key_of(secret) != self._adverts[owner].mask_public_key:
-            raise InvalidSecAggMessage(f"rebuilt mask key of device {owner} does not match")
-        for neighbour in config.neighbours[owner]:
-            if neighbour not in self._masked:
-                continue
+        for neighbour in self._live(owner, self._masked):
             mask = pairwise_mask(
                 config,
                 private_key=secret,
-                peer_public_key=self._adverts[neighbour].mask_public_key,
-                pair=(owner, neighbour),
+                peer_public_key=self._keys[neighbour, 32:64].tobytes(),
+                pair=(owner, int(neighbour)),
             )
             # The neighbour added the mask if its index is the lower one: take back its term.
             if neighbour < owner:
@@ -256,16 +486,31 @@ class SecAggServer:
         ThresholdNotMet
             Some self-mask seed (of U3) or mask key (of U2 minus U3) lacks ``threshold``
             shares among the devices that answered.
+        InvalidSecAggMessage
+            A rebuilt secret did not match its owner's advertisement (a forged share).
         """
         if self._stage != Stage.UNMASKING:
             raise ProtocolStateError(f"finish called in stage {self._stage.name}")
-        needed = [("b", o) for o in self._masked] + [("sk", o) for o in self._dropped]
-        missing = [key for key in needed if key not in self._recovered]
+        failed = int((self._status == _FAILED).sum())
+        if failed:
+            raise InvalidSecAggMessage(
+                f"{failed} rebuilt secrets did not match their advertisements "
+                "(forged shares): no sum is released"
+            )
+        needed = (np.flatnonzero(self._masked), np.flatnonzero(self._dropped))
+        missing = [
+            (kind, int(owner))
+            for kind, owners in enumerate(needed)
+            for owner in owners
+            if self._status[kind, owner] != _RECOVERED
+        ]
         if missing:
-            fewest = min(len(self._pending.get(key, b"")) // SHARE_BYTES for key in missing)
+            fewest = min(
+                len(self._pending[kind].get(owner, b"")) // SHARE_BYTES for kind, owner in missing
+            )
             self._require("unmasking", fewest, f"{len(missing)} secrets cannot be rebuilt")
         return AggregateResult(
             total=self._accumulator.copy(),
-            contributors=tuple(sorted(self._masked)),
+            contributors=tuple(int(d) for d in np.flatnonzero(self._masked)),
             config=self.config,
         )
