@@ -41,6 +41,7 @@ from fedprivacy.secagg.messages import (
     WIRE_VERSION,
     Header,
     KeyAdvertisement,
+    Reader,
     Stage,
     UnmaskingRequest,
 )
@@ -101,22 +102,10 @@ class DeliveryHeader:
         )
 
 
-class _Reader:
-    def __init__(self, data: bytes, name: str) -> None:
-        self._data, self._offset, self._name = bytes(data), 0, name
+class _Reader(Reader):
+    """The device messages' reader, with the deliveries' header."""
 
-    def take(self, size: int) -> bytes:
-        if self._offset + size > len(self._data):
-            raise InvalidSecAggMessage(f"{self._name}: truncated message")
-        chunk = self._data[self._offset : self._offset + size]
-        self._offset += size
-        return chunk
-
-    def u32(self) -> int:
-        value: int = struct.unpack("<I", self.take(4))[0]
-        return value
-
-    def header(self, stage: Stage, kind: DeliveryKind) -> DeliveryHeader:
+    def delivery_header(self, stage: Stage, kind: DeliveryKind) -> DeliveryHeader:
         version, got_stage, got_kind, task_id, round_number, recipient = _HEADER.unpack(
             self.take(_HEADER.size)
         )
@@ -126,16 +115,6 @@ class _Reader:
                 f"{WIRE_VERSION}/{int(stage)}/{int(kind)}"
             )
         return DeliveryHeader(task_id=task_id, round_number=round_number, recipient=recipient)
-
-    def count(self, item_size: int) -> int:
-        count = self.u32()
-        if count * item_size > len(self._data) - self._offset:
-            raise InvalidSecAggMessage(f"{self._name}: count {count} exceeds the message")
-        return count
-
-    def finish(self) -> None:
-        if self._offset != len(self._data):
-            raise InvalidSecAggMessage(f"{self._name}: trailing bytes")
 
 
 def _strictly_increasing(values: list[int], name: str) -> None:
@@ -178,8 +157,8 @@ class AdvertDelivery:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AdvertDelivery:
-        reader = _Reader(data, "AdvertDelivery")
-        header = reader.header(Stage.SHARE_KEYS, DeliveryKind.ADVERTS)
+        reader = _Reader(data, name="AdvertDelivery")
+        header = reader.delivery_header(Stage.SHARE_KEYS, DeliveryKind.ADVERTS)
         adverts = tuple(
             (KeyAdvertisement.from_bytes(reader.take(ADVERT_BYTES)), reader.take(SIGNATURE_BYTES))
             for _ in range(reader.count(ADVERT_BYTES + SIGNATURE_BYTES))
@@ -219,8 +198,8 @@ class ShareDelivery:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ShareDelivery:
-        reader = _Reader(data, "ShareDelivery")
-        header = reader.header(Stage.MASKED_INPUT, DeliveryKind.SHARES)
+        reader = _Reader(data, name="ShareDelivery")
+        header = reader.delivery_header(Stage.MASKED_INPUT, DeliveryKind.SHARES)
         items = tuple(
             (reader.u32(), reader.take(CIPHERTEXT_BYTES))
             for _ in range(reader.count(4 + CIPHERTEXT_BYTES))
@@ -283,8 +262,8 @@ class UnmaskingDelivery:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskingDelivery:
-        reader = _Reader(data, "UnmaskingDelivery")
-        header = reader.header(Stage.UNMASKING, DeliveryKind.UNMASKING)
+        reader = _Reader(data, name="UnmaskingDelivery")
+        header = reader.delivery_header(Stage.UNMASKING, DeliveryKind.UNMASKING)
         survivors = tuple(reader.u32() for _ in range(reader.count(4)))
         dropped = tuple(reader.u32() for _ in range(reader.count(4)))
         reader.finish()

@@ -60,11 +60,12 @@ class Header:
         return _HEADER.pack(WIRE_VERSION, stage, self.task_id, self.round_number, self.sender)
 
 
-class _Reader:
-    """A bounds-checked cursor over received bytes."""
+class Reader:
+    """A bounds-checked cursor over received bytes (the device messages' and, subclassed,
+    the server deliveries')."""
 
     def __init__(self, data: bytes, *, name: str) -> None:
-        self._data = data
+        self._data = bytes(data)
         self._offset = 0
         self._name = name
 
@@ -137,7 +138,7 @@ class KeyAdvertisement:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyAdvertisement:
-        reader = _Reader(data, name="KeyAdvertisement")
+        reader = Reader(data, name="KeyAdvertisement")
         header = reader.header(Stage.ADVERTISE_KEYS)
         encryption, mask, commitment = reader.take(32), reader.take(32), reader.take(32)
         reader.finish()
@@ -173,7 +174,7 @@ class EncryptedShares:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EncryptedShares:
-        reader = _Reader(data, name="EncryptedShares")
+        reader = Reader(data, name="EncryptedShares")
         header = reader.header(Stage.SHARE_KEYS)
         items = []
         for _ in range(reader.count(8)):
@@ -204,7 +205,7 @@ class SharePlaintext:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SharePlaintext:
-        reader = _Reader(data, name="SharePlaintext")
+        reader = Reader(data, name="SharePlaintext")
         if reader.u8() != WIRE_VERSION:
             raise InvalidSecAggMessage("SharePlaintext: unknown version")
         sender, recipient = reader.u32(), reader.u32()
@@ -242,7 +243,7 @@ class MaskedInput:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MaskedInput:
-        reader = _Reader(data, name="MaskedInput")
+        reader = Reader(data, name="MaskedInput")
         header = reader.header(Stage.MASKED_INPUT)
         length, bits = reader.u32(), reader.u8()
         packed = reader.take((length * bits + 7) // 8)
@@ -256,7 +257,7 @@ def _shares_to_bytes(shares: tuple[tuple[int, Share], ...]) -> bytes:
     )
 
 
-def _shares_from(reader: _Reader) -> tuple[tuple[int, Share], ...]:
+def _shares_from(reader: Reader) -> tuple[tuple[int, Share], ...]:
     return tuple(
         (reader.u32(), Share.from_bytes(reader.take(SHARE_BYTES)))
         for _ in range(reader.count(4 + SHARE_BYTES))
@@ -289,7 +290,7 @@ class UnmaskingShares:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskingShares:
-        reader = _Reader(data, name="UnmaskingShares")
+        reader = Reader(data, name="UnmaskingShares")
         header = reader.header(Stage.UNMASKING)
         self_mask, mask_key = _shares_from(reader), _shares_from(reader)
         reader.finish()
@@ -329,7 +330,7 @@ class UnmaskingRequest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskingRequest:
-        reader = _Reader(data, name="UnmaskingRequest")
+        reader = Reader(data, name="UnmaskingRequest")
         header = reader.header(Stage.UNMASKING)
         survivors = tuple(reader.u32() for _ in range(reader.count(4)))
         dropped = tuple(reader.u32() for _ in range(reader.count(4)))

@@ -30,15 +30,14 @@ refuse, never a wrong sum.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from fedprivacy.secagg import server_state
 from fedprivacy.secagg.client import ProtocolStateError, check_header
 from fedprivacy.secagg.config import RoundConfig
 from fedprivacy.secagg.encoding import dequantize_sum, unpack
@@ -56,6 +55,14 @@ from fedprivacy.secagg.messages import (
     UnmaskingShares,
 )
 from fedprivacy.secagg.pairing import pairwise_mask, self_mask, self_mask_commitment
+from fedprivacy.secagg.server_state import (
+    FAILED,
+    KEYS_BYTES,
+    MASK_KEY,
+    PENDING,
+    RECOVERED,
+    SELF_SEED,
+)
 from fedprivacy.secagg.shamir import SHARE_BYTES, Share, combine_shares, element_to_secret
 
 
@@ -93,35 +100,6 @@ class AggregateResult:
         return summed * (config.weight_cap / self.weight_sum)
 
 
-_SELF, _KEY = 0, 1  # the two secrets of a device: self-mask seed b, mask private key
-_PENDING, _RECOVERED, _FAILED = 0, 1, 2
-_KEYS_BYTES = 96  # encryption public key | mask public key | self-mask commitment
-STATE_MAGIC = b"FSAS"
-STATE_VERSION = 1
-_STATE_HEAD = struct.Struct("<4sB32sBII")
-
-
-def config_digest(config: RoundConfig) -> bytes:
-    """SHA-256 of every public parameter of the round, in a fixed layout."""
-    return hashlib.sha256(
-        b"fedplat/secagg/v1/round-config\x00"
-        + config.task_id
-        + struct.pack(
-            "<IIIIdIIIB",
-            config.round_number,
-            config.num_clients,
-            config.dim,
-            config.bits,
-            config.clip_norm,
-            config.weight_cap,
-            config.degree,
-            config.threshold,
-            int(config.clip_bit),
-        )
-        + config.graph_seed
-    ).digest()
-
-
 class _Advertisements(Mapping[int, tuple[KeyAdvertisement, ...]]):
     """Per device of U1, its live neighbours' advertisements, built when asked for."""
 
@@ -148,7 +126,7 @@ class SecAggServer:
         n = config.num_clients
         self._graph = config.neighbour_array  # built from the public seed now, as its owner
         self._stage = Stage.ADVERTISE_KEYS
-        self._keys = np.zeros((n, _KEYS_BYTES), dtype=np.uint8)
+        self._keys = np.zeros((n, KEYS_BYTES), dtype=np.uint8)
         self._advertised = np.zeros(n, dtype=bool)  # U1
         self._shared = np.zeros(n, dtype=bool)  # U2
         self._masked = np.zeros(n, dtype=bool)  # U3
@@ -181,122 +159,18 @@ class SecAggServer:
         """The Shamir x at which ``owner`` evaluated ``holder``'s share (1-based position)."""
         return int(np.searchsorted(self._graph[owner], holder)) + 1
 
-    # Restart ---------------------------------------------------------------------------
+    # Restart (the byte layout is server_state's) -------------------------------------
     def export_state(self) -> bytes:
         """The whole server state as bytes (never pickle), so that an aggregator killed
-        mid-stage resumes with the same running sum and the same decisions.
-
-        Layout (little-endian)::
-
-            magic "FSAS" | version u8 = 1 | config digest 32 | stage u8 | n u32 | length u32
-            keys n x 96 | U1, U2, U3, U4 bitmaps ceil(n / 8) each | status 2 x n (i8)
-            accumulator length x u64
-            twice (self-mask seeds, mask keys): count u32 | count x (owner u32 | shares u16 |
-            shares x 36)
-
-        Shares waiting for their threshold are secret-shares of device secrets: store the
-        export as the aggregator stores the round (it held the same shares in memory).
-        """
-        config = self.config
-        parts = [
-            _STATE_HEAD.pack(
-                STATE_MAGIC,
-                STATE_VERSION,
-                config_digest(config),
-                self._stage,
-                config.num_clients,
-                config.vector_length,
-            ),
-            self._keys.tobytes(),
-            *(
-                np.packbits(bitmap, bitorder="little").tobytes()
-                for bitmap in (self._advertised, self._shared, self._masked, self._unmasked)
-            ),
-            self._status.tobytes(),
-            self._accumulator.astype("<u8").tobytes(),
-        ]
-        for pending in self._pending:
-            parts.append(struct.pack("<I", len(pending)))
-            for owner in sorted(pending):
-                shares = pending[owner]
-                parts.append(struct.pack("<IH", owner, len(shares) // SHARE_BYTES) + shares)
-        return b"".join(parts)
+        mid-stage resumes with the same running sum and the same decisions."""
+        return server_state.export_state(self)
 
     @classmethod
     def restore(cls, config: RoundConfig, data: bytes) -> SecAggServer:
-        """Rebuild a server from ``export_state`` bytes of the same round.
-
-        Raises
-        ------
-        InvalidSecAggMessage
-            Bytes of another round or version, truncated, trailing, or inconsistent.
-        """
+        """Rebuild a server from ``export_state`` bytes of the same round (raises
+        ``InvalidSecAggMessage`` for another round's, a truncated or an inconsistent state)."""
         server = cls(config)
-        n, length = config.num_clients, config.vector_length
-        view = memoryview(bytes(data))
-        offset = 0
-
-        def take(size: int) -> memoryview:
-            nonlocal offset
-            if size < 0 or offset + size > len(view):
-                raise InvalidSecAggMessage("server state: truncated")
-            offset += size
-            return view[offset - size : offset]
-
-        magic, version, digest, stage, got_n, got_length = _STATE_HEAD.unpack(
-            take(_STATE_HEAD.size)
-        )
-        if (magic, version) != (STATE_MAGIC, STATE_VERSION):
-            raise InvalidSecAggMessage("server state: unknown format or version")
-        if not hmac.compare_digest(digest, config_digest(config)) or (got_n, got_length) != (
-            n,
-            length,
-        ):
-            raise InvalidSecAggMessage("server state: of another round configuration")
-        if stage not in tuple(Stage):
-            raise InvalidSecAggMessage(f"server state: unknown stage {stage}")
-        server._stage = Stage(stage)
-        server._keys = np.frombuffer(take(n * _KEYS_BYTES), dtype=np.uint8).reshape(n, -1).copy()
-        bitmaps = [
-            np.unpackbits(np.frombuffer(take((n + 7) // 8), dtype=np.uint8), bitorder="little")
-            for _ in range(4)
-        ]
-        if any(bitmap[n:].any() for bitmap in bitmaps):
-            raise InvalidSecAggMessage("server state: nonzero bitmap padding")
-        advertised, shared, masked, unmasked = (bitmap[:n].astype(bool) for bitmap in bitmaps)
-        if (
-            (shared & ~advertised).any()
-            or (masked & ~shared).any()
-            or (unmasked & ~masked).any()
-            or (~advertised & server._keys.any(axis=1)).any()
-        ):
-            raise InvalidSecAggMessage("server state: inconsistent device sets")
-        server._advertised, server._shared = advertised, shared
-        server._masked, server._unmasked = masked, unmasked
-        status = np.frombuffer(take(2 * n), dtype=np.int8).reshape(2, n).copy()
-        if not np.isin(status, (_PENDING, _RECOVERED, _FAILED)).all():
-            raise InvalidSecAggMessage("server state: unknown secret status")
-        server._status = status
-        accumulator = np.frombuffer(take(8 * length), dtype="<u8").astype(np.uint64)
-        if length and int(accumulator.max()) >= 1 << config.modulus_bits:
-            raise InvalidSecAggMessage("server state: accumulator outside the modulus")
-        server._accumulator = accumulator
-        for kind in (_SELF, _KEY):
-            (count,) = struct.unpack("<I", take(4))
-            if count > n:
-                raise InvalidSecAggMessage("server state: too many pending owners")
-            for _ in range(count):
-                owner, shares = struct.unpack("<IH", take(6))
-                if owner >= n or owner in server._pending[kind] or status[kind, owner]:
-                    raise InvalidSecAggMessage("server state: bad pending owner")
-                if not 1 <= shares < config.threshold:
-                    raise InvalidSecAggMessage("server state: bad pending share count")
-                pending = bytearray(take(shares * SHARE_BYTES))
-                for i in range(0, len(pending), SHARE_BYTES):
-                    Share.from_bytes(bytes(pending[i : i + SHARE_BYTES]))
-                server._pending[kind][owner] = pending
-        if offset != len(view):
-            raise InvalidSecAggMessage("server state: trailing bytes")
+        server_state.restore_into(server, data)
         return server
 
     # Stage 1 ---------------------------------------------------------------------------
@@ -419,9 +293,12 @@ class SecAggServer:
                 raise InvalidSecAggMessage(f"UnmaskingShares: share of {owner} has wrong x")
         self._unmasked[sender] = True
         forged: InvalidSecAggMessage | None = None
-        for kind, shares in ((_SELF, message.self_mask_shares), (_KEY, message.mask_key_shares)):
+        for kind, shares in (
+            (SELF_SEED, message.self_mask_shares),
+            (MASK_KEY, message.mask_key_shares),
+        ):
             for owner, share in shares:
-                if self._status[kind, owner] != _PENDING:
+                if self._status[kind, owner] != PENDING:
                     continue  # already rebuilt (or failed): a late share is dropped
                 pending = self._pending[kind].setdefault(owner, bytearray())
                 pending += share.to_bytes()
@@ -449,19 +326,20 @@ class SecAggServer:
         except InvalidSecAggMessage:
             secret = b""
         keys = self._keys[owner].tobytes()
-        if kind == _SELF:
+        if kind == SELF_SEED:
             expected = keys[64:]
             got = self_mask_commitment(config, seed=secret, owner=owner) if secret else b""
         else:
             expected, got = keys[32:64], public_key_of(secret) if secret else b""
         if not hmac.compare_digest(expected, got):
-            self._status[kind, owner] = _FAILED
+            self._status[kind, owner] = FAILED
+            which = "self-mask seed" if kind == SELF_SEED else "mask key"
             raise InvalidSecAggMessage(
-                f"rebuilt {'self-mask seed' if kind == _SELF else 'mask key'} of device {owner} "
+                f"rebuilt {which} of device {owner} "
                 "does not match its advertisement (a forged share): the round cannot finish"
             )
-        self._status[kind, owner] = _RECOVERED
-        if kind == _SELF:
+        self._status[kind, owner] = RECOVERED
+        if kind == SELF_SEED:
             mask = self_mask(config, seed=secret, owner=owner)
             self._accumulator = subtract_mod(self._accumulator, mask, bits=bits)
             return
@@ -491,7 +369,7 @@ class SecAggServer:
         """
         if self._stage != Stage.UNMASKING:
             raise ProtocolStateError(f"finish called in stage {self._stage.name}")
-        failed = int((self._status == _FAILED).sum())
+        failed = int((self._status == FAILED).sum())
         if failed:
             raise InvalidSecAggMessage(
                 f"{failed} rebuilt secrets did not match their advertisements "
@@ -502,7 +380,7 @@ class SecAggServer:
             (kind, int(owner))
             for kind, owners in enumerate(needed)
             for owner in owners
-            if self._status[kind, owner] != _RECOVERED
+            if self._status[kind, owner] != RECOVERED
         ]
         if missing:
             fewest = min(
