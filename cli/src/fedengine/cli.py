@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import uuid4
 
 import typer
@@ -499,6 +499,11 @@ def bench_aggregate(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+    _print_json(result, json_path)
+
+
+def _print_json(result: dict[str, Any], json_path: Path | None) -> None:
+    """Print a bench result as one JSON line, and write it to ``json_path`` if given."""
     text = json.dumps(result)
     if json_path is not None:
         json_path.write_text(text + "\n")
@@ -527,10 +532,7 @@ def bench_secagg(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    text = json.dumps(result)
-    if json_path is not None:
-        json_path.write_text(text + "\n")
-    typer.echo(text)
+    _print_json(result, json_path)
     if not result["exact"]:
         raise typer.Exit(1)
 

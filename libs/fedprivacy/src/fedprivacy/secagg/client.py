@@ -144,19 +144,7 @@ class SecAggClient:
                 self_mask_share=shares["b"][position],
                 mask_key_share=shares["sk"][position],
             )
-            key = share_encryption_key(
-                config,
-                private_key=self._encryption.private_key,
-                peer_public_key=self._peer_keys[neighbour].encryption_public_key,
-                pair=(self.index, neighbour),
-            )
-            aad = share_associated_data(
-                task_id=config.task_id,
-                round_number=config.round_number,
-                stage=Stage.SHARE_KEYS,
-                sender=self.index,
-                recipient=neighbour,
-            )
+            key, aad = self._channel(peer=neighbour, sender=self.index, recipient=neighbour)
             ciphertexts.append(
                 (
                     neighbour,
@@ -170,23 +158,30 @@ class SecAggClient:
             )
         return EncryptedShares(header=self._header, ciphertexts=tuple(ciphertexts))
 
-    def _open(self, sender: int, ciphertext: bytes) -> SharePlaintext:
+    def _channel(self, *, peer: int, sender: int, recipient: int) -> tuple[bytes, bytes]:
+        """The AES-GCM key shared with ``peer`` and the associated data of one share bundle
+        from ``sender`` to ``recipient`` (one of them this device, the other ``peer``)."""
         config = self.config
-        if sender not in self._peer_keys or sender in self._received:
-            raise InvalidSecAggMessage(f"encrypted share from unexpected sender {sender}")
         key = share_encryption_key(
             config,
             private_key=self._encryption.private_key,
-            peer_public_key=self._peer_keys[sender].encryption_public_key,
-            pair=(self.index, sender),
+            peer_public_key=self._peer_keys[peer].encryption_public_key,
+            pair=(self.index, peer),
         )
         aad = share_associated_data(
             task_id=config.task_id,
             round_number=config.round_number,
             stage=Stage.SHARE_KEYS,
             sender=sender,
-            recipient=self.index,
+            recipient=recipient,
         )
+        return key, aad
+
+    def _open(self, sender: int, ciphertext: bytes) -> SharePlaintext:
+        config = self.config
+        if sender not in self._peer_keys or sender in self._received:
+            raise InvalidSecAggMessage(f"encrypted share from unexpected sender {sender}")
+        key, aad = self._channel(peer=sender, sender=sender, recipient=self.index)
         plaintext = SharePlaintext.from_bytes(decrypt(key, ciphertext, associated_data=aad))
         expected_x = config.neighbours[sender].index(self.index) + 1
         if (
