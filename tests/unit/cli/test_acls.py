@@ -50,7 +50,7 @@ def test_the_principals_are_the_services_and_the_device_fleet() -> None:
 
 
 def test_devices_write_only_device_topics_and_read_only_commands_and_models() -> None:
-    assert writes("devices") == {topics.DEVICES, topics.UPDATES, topics.DLQ}
+    assert writes("devices") == {topics.DEVICES, topics.UPDATES, topics.SECAGG, topics.DLQ}
     assert reads("devices") == {topics.DEVICE_COMMANDS, topics.MODELS}
     assert granted("devices", "group") == {"simulator-": {"Read"}}
 
@@ -85,10 +85,12 @@ def test_only_producers_in_the_registry_may_write_a_topic() -> None:
         assert writers <= allowed, spec.name
 
 
-def test_topics_that_carry_nothing_yet_get_no_acls() -> None:
-    names = {acl.name for acl in acls.acls()}
-
-    assert topics.SECAGG not in names
+def test_secure_aggregation_goes_from_devices_to_the_aggregator_and_back_as_commands() -> None:
+    # Devices' stage messages reach the aggregator only; its deliveries go out on the
+    # command topic devices already read (each addressed, and encrypted where secret).
+    assert {p for p in acls.principals() if topics.SECAGG in writes(p)} == {"devices"}
+    assert {p for p in acls.principals() if topics.SECAGG in reads(p)} == {"aggregator"}
+    assert topics.DEVICE_COMMANDS in writes("aggregator")
 
 
 def test_only_the_coordinator_and_the_privacy_service_use_the_privacy_topic() -> None:

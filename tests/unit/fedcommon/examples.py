@@ -29,6 +29,15 @@ LOCAL_DP = v1.LocalDp(
     delta=1e-5,
 )
 
+SECAGG = v1.RoundSecAgg(
+    bits=16,
+    clip_norm=10.0,
+    weight_cap=1000,
+    degree=2,
+    threshold=2,
+    graph_seed=bytes(range(32)),
+    stage_timeout_s=30.0,
+)
 EXAMPLES: list[v1.Envelope] = [
     v1.DeviceEnrolled(
         **base,
@@ -110,6 +119,47 @@ EXAMPLES: list[v1.Envelope] = [
         param_shapes=[[2, 3], [3]],
         max_update_norm=10.0,
     ),
+    v1.RoundOpened(
+        **base,
+        round_id=R,
+        task_id=T,
+        round_number=2,
+        attempt=1,
+        model_version=1,
+        participants=[
+            v1.Participant(device_id=f"dev-{i}", public_key=KEY) for i in range(1, 4)
+        ],
+        min_updates=3,
+        deadline=WHEN,
+        param_shapes=[[2, 3], [3]],
+        max_update_norm=10.0,
+        secure_aggregation=SECAGG,
+    ),
+    v1.TrainRequested(
+        **base,
+        round_id=R,
+        task_id=T,
+        device_id="dev-3",
+        round_number=1,
+        model_version=0,
+        model_sha256="ab" * 32,
+        deadline=WHEN,
+        model_architecture=v1.ModelArchitecture.MLP,
+        dataset="digits",
+        learning_rate=0.3,
+        local_epochs=5,
+        batch_size=16,
+        seed=0,
+        secure_aggregation=v1.SecAggAssignment(
+            round=SECAGG,
+            num_clients=3,
+            index=2,
+            dim=9,
+            neighbours=[
+                v1.SecAggPeer(index=i, device_id=f"dev-{i + 1}", public_key=KEY) for i in (0, 1)
+            ],
+        ),
+    ),
     v1.UpdateSubmitted(
         **base,
         round_id=R,
@@ -121,6 +171,25 @@ EXAMPLES: list[v1.Envelope] = [
         update=DELTA,
         metrics=v1.UpdateMetrics(train_loss=0.5, train_accuracy=0.9, duration_s=0.1),
         signature=SIG,
+    ),
+    v1.SecAggSubmitted(
+        **base,
+        round_id=R,
+        task_id=T,
+        device_id="dev-1",
+        round_number=1,
+        stage=1,
+        payload=b"\x01\x01advert",
+        signature=SIG,
+    ),
+    v1.SecAggDelivered(
+        **base,
+        round_id=R,
+        task_id=T,
+        device_id="dev-1",
+        round_number=1,
+        stage=3,
+        payload=b"\x01\x03shares",
     ),
     v1.RoundAggregated(
         **base,

@@ -86,6 +86,36 @@ def update_payload(
     )
 
 
+def secagg_payload(
+    *,
+    task_id: UUID,
+    round_id: UUID,
+    device_id: str,
+    round_number: int,
+    stage: int,
+    payload: bytes,
+) -> bytes:
+    """Return the bytes a device signs for one SecAgg+ stage message.
+
+    The protocol's own bytes name task, round number and the device's index only; binding the
+    round id (one per try) and the device id as well makes a message replayed into another
+    try, or relabelled as another device's, fail verification. Neighbours check a key
+    advertisement's signature over these same bytes.
+    """
+    device = device_id.encode("utf-8")
+    return b"".join(
+        (
+            b"fedengine-secagg-v1",
+            task_id.bytes,
+            round_id.bytes,
+            struct.pack("<H", len(device)),
+            device,
+            struct.pack("<IB", round_number, stage),
+            hashlib.sha256(payload).digest(),
+        )
+    )
+
+
 def heartbeat_payload(*, device_id: str, sequence: int, sent_at_us: int) -> bytes:
     """Return the bytes a device signs for a heartbeat."""
     device = device_id.encode("utf-8")

@@ -58,7 +58,14 @@ TOPICS: tuple[TopicSpec, ...] = (
             "tasks.cleanup_requested",
         ),
     ),
-    TopicSpec(DEVICE_COMMANDS, "device_id", ("coordinator",), ("simulator",), ("train.requested",)),
+    # Train requests, and the aggregator's SecAgg+ deliveries addressed to one device.
+    TopicSpec(
+        DEVICE_COMMANDS,
+        "device_id",
+        ("coordinator", "aggregator"),
+        ("simulator",),
+        ("train.requested", "secagg.delivered"),
+    ),
     # Announces versions; devices may prefetch from it (the simulator reads the model store).
     TopicSpec(MODELS, "task_id", ("coordinator",), ("devices",), ("model.published",)),
     # The coordinator writes round.opened here, keyed by task_id, so that by partition order
@@ -70,7 +77,9 @@ TOPICS: tuple[TopicSpec, ...] = (
         ("aggregator",),
         ("round.opened", "update.submitted"),
     ),
-    TopicSpec(SECAGG, "task_id", ("aggregator", "simulator"), ("aggregator", "simulator"), ()),
+    # Devices' SecAgg+ stage messages; round.opened comes on fed.updates, so a stage record
+    # may be read before its round opens (the aggregator parks it).
+    TopicSpec(SECAGG, "task_id", ("simulator",), ("aggregator",), ("secagg.submitted",)),
     TopicSpec(
         ROUNDS, "task_id", ("aggregator",), ("coordinator",), ("round.aggregated", "round.failed")
     ),

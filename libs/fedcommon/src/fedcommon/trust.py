@@ -48,6 +48,8 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     # Every task command, and cleanup: what people ask for through the gateway.
     **{(topics.TASKS, kind): _GATEWAY for kind in topics.carried(topics.TASKS)},
     (topics.DEVICE_COMMANDS, "train.requested"): _COORDINATOR,
+    (topics.DEVICE_COMMANDS, "secagg.delivered"): frozenset({"aggregator"}),
+    (topics.SECAGG, "secagg.submitted"): frozenset({DEVICE}),
     (topics.MODELS, "model.published"): _COORDINATOR,
     (topics.UPDATES, "round.opened"): _COORDINATOR,
     (topics.UPDATES, "update.submitted"): frozenset({DEVICE}),

@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 
 from fedcommon.constraints import (
+    INT32_MAX,
     MAX_BATCH_SIZE,
     MAX_DEVICES_PER_ROUND,
     MAX_EXAMPLES_PER_UPDATE,
@@ -434,6 +435,57 @@ class LocalDpAssignment(_Frozen):
     settings: LocalDp
 
 
+# --- secure aggregation (issue 15) ---------------------------------------------------------
+#
+# SecAgg+ (fedprivacy.secagg): devices mask fixed-point updates so that the aggregator learns
+# only their sum. The protocol's own messages travel as its canonical bytes (``payload``),
+# never pickled; these envelopes route them and carry the device's or the service's signature.
+
+MAX_SECAGG_BITS = 32
+SECAGG_MIN_PARTICIPANTS = 3
+SecAggStage = Literal[1, 2, 3, 4]  # advertise keys, share keys, masked input, unmasking
+
+
+class SecureAggregationSpec(_StrategyModel):
+    """A task's secure aggregation. Strict like a strategy: a misspelt field is an error.
+
+    ``clip_norm`` C bounds each update in L2 before it is quantised to ``bits`` bits per
+    coordinate (a DP task clips to its privacy ``clip_norm`` instead); ``weight_cap`` caps the
+    example count a device weights its update by. ``neighbours`` is the degree k of the
+    SecAgg+ graph (None: 3·log2 n, even) and ``threshold`` the shares of k that rebuild a
+    device's secrets (None: a majority, k/2 + 1; raised to a majority, or lowered to k, in
+    a round whose graph needs it). ``stage_timeout_s`` bounds each protocol stage, counted
+    from that stage's start.
+    """
+
+    bits: int = Field(default=16, ge=2, le=MAX_SECAGG_BITS)
+    clip_norm: float = Field(default=10.0, gt=0, le=MAX_SETTING)
+    weight_cap: int = Field(default=1000, ge=1, le=2**MAX_SECAGG_BITS - 1)
+    neighbours: int | None = Field(default=None, ge=2, le=MAX_DEVICES_PER_ROUND)
+    threshold: int | None = Field(default=None, ge=2, le=MAX_DEVICES_PER_ROUND)
+    stage_timeout_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
+
+    @model_validator(mode="after")
+    def _check(self) -> SecureAggregationSpec:
+        if self.weight_cap > (1 << self.bits) - 1:
+            raise ValueError(
+                f"weight_cap {self.weight_cap} does not fit in {self.bits} bits "
+                f"(at most {(1 << self.bits) - 1})"
+            )
+        if self.neighbours is not None and self.neighbours % 2:
+            raise ValueError(f"neighbours must be even (a Harary graph), got {self.neighbours}")
+        if (
+            self.neighbours is not None
+            and self.threshold is not None
+            and not self.neighbours // 2 < self.threshold <= self.neighbours
+        ):
+            raise ValueError(
+                f"threshold must be a majority of the {self.neighbours} neighbours: "
+                f"{self.neighbours // 2 + 1}..{self.neighbours}"
+            )
+        return self
+
+
 # --- shared value objects ------------------------------------------------------------------
 
 # The data sets a task may train on (fedcommon.datasets loads them): scikit-learn's digits, and
@@ -476,6 +528,8 @@ class TaskSpec(_Frozen):
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
     # None: no differential privacy (older specs have none).
     privacy: PrivacySpec | None = None
+    # None: updates travel in the clear to the aggregator (older specs have none).
+    secure_aggregation: SecureAggregationSpec | None = None
 
     @model_validator(mode="after")
     def _check_devices(self) -> TaskSpec:
@@ -508,6 +562,18 @@ class TaskSpec(_Frozen):
                 f"{', '.join(sorted(DP_STRATEGIES))}), so that one device moves the result by "
                 "at most the clip norm"
             )
+        if self.secure_aggregation is not None:
+            if self.strategy.name not in DP_STRATEGIES:
+                raise ValueError(
+                    f"secure aggregation cannot be used with strategy {self.strategy.name}: "
+                    "the aggregator sees only the sum, and this strategy needs every update "
+                    f"(use one of {', '.join(sorted(DP_STRATEGIES))})"
+                )
+            if self.min_devices < SECAGG_MIN_PARTICIPANTS:
+                raise ValueError(
+                    f"secure aggregation needs min_devices >= {SECAGG_MIN_PARTICIPANTS}: the "
+                    "sum of two updates tells each device the other's"
+                )
         return self
 
 
@@ -521,6 +587,44 @@ class UpdateMetrics(_Frozen):
     train_loss: float = Field(ge=-MAX_SETTING, le=MAX_SETTING)
     train_accuracy: float = Field(ge=0, le=1)
     duration_s: float = Field(ge=0, le=MAX_TIMEOUT_S)
+
+
+class RoundSecAgg(_Frozen):
+    """A round's SecAgg+ parameters, fixed by the coordinator when it opens the try.
+
+    The graph seed is drawn once per try and stored with the round.opened message, so an
+    aggregator or device that reads it again builds the same graph. ``clip_bit``: adaptive
+    clipping's bit travels as one more masked coordinate.
+    """
+
+    bits: int = Field(ge=2, le=MAX_SECAGG_BITS)
+    clip_norm: float = Field(gt=0, le=MAX_SETTING)
+    weight_cap: int = Field(ge=1, le=2**MAX_SECAGG_BITS - 1)
+    degree: int = Field(ge=1, le=MAX_DEVICES_PER_ROUND)
+    threshold: int = Field(ge=1, le=MAX_DEVICES_PER_ROUND)
+    graph_seed: bytes = Field(min_length=32, max_length=32)
+    stage_timeout_s: float = Field(gt=0, le=MAX_TIMEOUT_S)
+    clip_bit: bool = False
+
+
+class SecAggPeer(_Frozen):
+    """A neighbour in the round's graph: its index, id and identity key, so that the device
+    checks each neighbour's key advertisement against its owner's signature."""
+
+    index: Int32
+    device_id: DeviceId
+    public_key: PublicKey
+
+
+class SecAggAssignment(_Frozen):
+    """What one device needs to take part in a secure round: the round's parameters, how
+    many take part, its own index among them and its neighbours."""
+
+    round: RoundSecAgg
+    num_clients: int = Field(ge=2, le=MAX_DEVICES_PER_ROUND)
+    index: Int32
+    dim: int = Field(ge=1, le=INT32_MAX)
+    neighbours: list[SecAggPeer] = Field(max_length=MAX_DEVICES_PER_ROUND)
 
 
 # --- fed.devices ---------------------------------------------------------------------------
@@ -654,6 +758,9 @@ class TrainRequested(Envelope):
     # Set for a device whose privacy level asks for local DP: train with DP-SGD at exactly
     # these settings (the task's batch_size and local_epochs are then replaced by them).
     local_dp: LocalDp | None = None
+    # Set for a round with secure aggregation: the device masks its update (SecAgg+) and
+    # sends it over fed.secagg, in four stages, instead of update.submitted.
+    secure_aggregation: SecAggAssignment | None = None
 
 
 class ModelPublished(Envelope):
@@ -683,6 +790,8 @@ class RoundOpened(Envelope):
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
     # Set for a round of a DP task: the aggregator releases only a clipped, noised sum.
     privacy: RoundPrivacy | None = None
+    # Set for a round with secure aggregation: its updates come masked, over fed.secagg.
+    secure_aggregation: RoundSecAgg | None = None
 
     @model_validator(mode="after")
     def _check_participants(self) -> RoundOpened:
@@ -701,6 +810,34 @@ class UpdateSubmitted(Envelope):
     update: bytes
     metrics: UpdateMetrics
     signature: Signature
+
+
+class SecAggSubmitted(Envelope):
+    """A device's message of one SecAgg+ stage: the protocol's canonical bytes, signed with
+    the device's identity key over ``signing.secagg_payload`` (which binds task, round_id,
+    device and stage, so that a replay into another try fails)."""
+
+    type: Literal["secagg.submitted"] = "secagg.submitted"
+    task_id: UUID
+    device_id: DeviceId
+    round_number: PositiveInt32
+    stage: SecAggStage
+    payload: bytes
+    signature: Signature
+
+
+class SecAggDelivered(Envelope):
+    """The aggregator's message to one device for a SecAgg+ stage (neighbours' keys, the
+    shares addressed to it, the unmasking request), on the device's command topic, signed
+    by the aggregator's service key. Its id derives from (task, round, attempt, stage,
+    recipient), so a restarted aggregator re-sends the same message, never another."""
+
+    type: Literal["secagg.delivered"] = "secagg.delivered"
+    task_id: UUID
+    device_id: DeviceId
+    round_number: PositiveInt32
+    stage: SecAggStage
+    payload: bytes
 
 
 # --- fed.rounds ----------------------------------------------------------------------------
@@ -869,6 +1006,8 @@ AnyMessage = Annotated[
     | ModelPublished
     | RoundOpened
     | UpdateSubmitted
+    | SecAggSubmitted
+    | SecAggDelivered
     | RoundAggregated
     | RoundFailed
     | PrivacySpendRequested
@@ -900,6 +1039,8 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     ModelPublished,
     RoundOpened,
     UpdateSubmitted,
+    SecAggSubmitted,
+    SecAggDelivered,
     RoundAggregated,
     RoundFailed,
     PrivacySpendRequested,
