@@ -15,21 +15,24 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
+import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from fedcommon import background, outbox, topics
-from fedcommon.errors import InvalidMessage
+from fedcommon import background, outbox, signing, topics
+from fedcommon.errors import InvalidMessage, ProtocolViolation
 from fedcommon.failures import describe
 from fedcommon.messages.v1 import (
     AnyMessage,
     RoundAggregated,
     RoundOpened,
+    SecAggDelivered,
+    SecAggSubmitted,
     UpdateSubmitted,
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_aggregator import store
-from fedengine_aggregator.core import dp_fedavg, results
+from fedengine_aggregator.core import dp_fedavg, results, secure_exchange
 from fedengine_aggregator.core.catalog import Params
 from fedengine_aggregator.core.exchange import (
     UPDATES_STAGE,
@@ -39,11 +42,14 @@ from fedengine_aggregator.core.exchange import (
     round_accumulator,
 )
 from fedengine_aggregator.core.offsets import Unplaced, safe_commit_offset
+from fedengine_aggregator.core.secure_exchange import STAGE_NAMES, STAGE_OF_NAME, SecureExchange
 from fedengine_aggregator.core.stages import Placement
+from fedengine_aggregator.core.stages import Stage as RoundStage
 from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
-from fedengine_aggregator.core.window import OpenRound, Outcome, RoundResult
+from fedengine_aggregator.core.window import OpenRound, Outcome, RoundResult, StageStart
 from fedengine_aggregator.settings import Settings
 from fedprivacy import mechanisms
+from fedprivacy.secagg import InvalidSecAggMessage, Stage, ThresholdNotMet
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +71,15 @@ OPENING_TOPICS = frozenset({topics.UPDATES})
 # A stage's record as the shell keeps it while it waits for its stage or its round.
 StageRecord = tuple[str, AnyMessage, ConsumerRecord]
 
-# Which stage a message type is a record of. A protocol that adds stages adds its message
-# types here and its handlers to ``Aggregator.stage_handlers``.
-STAGE_OF: dict[type[AnyMessage], str] = {UpdateSubmitted: UPDATES_STAGE}
+
+def stage_of(message: AnyMessage) -> str | None:
+    """Which stage ``message`` is a record of (None: it is no stage's). A protocol that adds
+    stages names them here and adds its handlers to ``Aggregator.stage_handlers``."""
+    if isinstance(message, UpdateSubmitted):
+        return UPDATES_STAGE
+    if isinstance(message, SecAggSubmitted):
+        return STAGE_NAMES[Stage(message.stage)].value
+    return None
 
 
 StageHandler = Callable[[AnyMessage, ConsumerRecord, OpenRound | None, Placement], Awaitable[bool]]
@@ -94,12 +106,14 @@ class Aggregator:
         # Each stage's handler: it validates a record, records the verdict and counts the
         # sender (``Stage.survive``), or refuses it; True if it counted.
         self.stage_handlers: dict[str, StageHandler] = {UPDATES_STAGE: self._on_update}
+        for name in STAGE_NAMES.values():
+            self.stage_handlers[name.value] = self._on_secure
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
         if isinstance(message, RoundOpened):
             await self._on_opened(message, record)
-        elif type(message) in STAGE_OF:
-            if await self._on_record(STAGE_OF[type(message)], message, record):
+        elif (stage_name := stage_of(message)) is not None:
+            if await self._on_record(stage_name, message, record):
                 # The record counted; closing the round (or moving it on) is the deadline
                 # loop's job too, so an outage while closing is left to it instead of
                 # re-handling (and refusing) this record.
@@ -132,14 +146,36 @@ class Aggregator:
         except ValueError as exc:
             raise InvalidMessage(f"round {message.round_id}: {describe(exc)}") from exc
         now = datetime.now(UTC)
+        # A DP round whose draw came out empty releases pure noise, as without secure
+        # aggregation: there is nobody's update to hide.
+        wants_secure = message.secure_aggregation is not None and bool(
+            message.participants or message.privacy is None
+        )
+        reason = dp_fedavg.refusal(message) or (
+            secure_exchange.refusal(message) if wants_secure else None
+        )
+        secure: SecureExchange | None = None
+        if wants_secure and reason is None:
+            try:
+                secure = SecureExchange.start(message)
+            except ValueError as exc:
+                reason = f"secure aggregation: {describe(exc)}"
+        plan = (
+            secure_exchange.secure_plan(message, received_at=now)
+            if secure is not None
+            else plain_plan(message, received_at=now)
+        )
         state = OpenRound.begin(
             message,
-            plain_plan(message, received_at=now),
+            plan,
             UpdateExchange(accumulator),
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
+            secure=secure,
         )
+        if secure is not None:
+            await self._resume(state, secure)
         self.open[message.round_id] = state
         logger.info(
             "round %d (attempt %d) of task %s open: %d participants, min %d, %s%s",
@@ -151,7 +187,6 @@ class Aggregator:
             strategy,
             " with central DP" if message.privacy is not None else "",
         )
-        reason = dp_fedavg.refusal(message)
         if reason is not None:
             # Fails at once, with the reason, through the same close as any other round; an
             # outage while closing leaves it to the deadline loop, with this result fixed.
@@ -171,6 +206,27 @@ class Aggregator:
             except Exception:
                 self.unplaced.put_back(round_id, parked[index:])
                 raise
+
+    async def _resume(self, state: OpenRound, secure: SecureExchange) -> None:
+        """Put a secure round read again after a restart back in the stage it had begun
+        (its checkpoint), so that no stage is decided twice and nothing sent is sent again
+        with other bytes. A round that had not passed its first stage starts afresh."""
+        async with self.context.pool.connection() as conn:
+            checkpoint = await store.latest_checkpoint(conn, state.round_id)
+        if checkpoint is None:
+            return
+        stage = Stage(checkpoint.stage)
+        try:
+            secure.restore(stage, checkpoint.server_state)
+        except InvalidSecAggMessage as exc:
+            raise InvalidMessage(f"round {state.round_id}: checkpoint: {exc}") from exc
+        by_id = {p.device_id: p for p in state.opened.participants}
+        state.stages.resume(
+            STAGE_NAMES[stage].value,
+            expected={d: by_id[d] for d in checkpoint.expected if d in by_id},
+            started_at=checkpoint.started_at,
+        )
+        logger.info("round %s resumed at stage %s", state.round_id, STAGE_NAMES[stage].value)
 
     async def _on_record(
         self,
@@ -242,6 +298,11 @@ class Aggregator:
                 raise Rejected(RejectReason.LATE, "round already closed")
             if state is None:
                 raise Rejected(RejectReason.UNKNOWN_ROUND, f"no open round {round_id}")
+            if state.secure is not None:
+                raise Rejected(
+                    RejectReason.UNKNOWN_ROUND,
+                    f"round {round_id} takes updates masked (secure aggregation), not in the clear",
+                )
             stage = state.updates
             decoded = validate_update(
                 state.opened,
@@ -300,6 +361,108 @@ class Aggregator:
             UPDATES_ACCEPTED.inc()  # (a DP round's count would show how many it drew)
         return True
 
+    async def _on_secure(
+        self,
+        message: AnyMessage,
+        record: ConsumerRecord,
+        state: OpenRound | None,
+        placement: Placement,
+    ) -> bool:
+        """Check a SecAgg+ stage message and hand it to the round's protocol state.
+
+        The checks in order: the round (open, secure, this stage under way), the sender
+        (expected in this stage: selected, and through the stages before), the size, the
+        device's signature over task, round id, stage and payload (so a replay from another
+        try or a relabelled message fails), a repeat, then the protocol's own checks. A
+        refusal is recorded and counted; the round goes on.
+        """
+        if not isinstance(message, SecAggSubmitted):
+            raise InvalidMessage(f"{message.type} is no secure aggregation message")
+        stage = Stage(message.stage)
+        secure = state.secure if state is not None else None
+        if secure is not None:
+            if secure.redelivered(stage, message.device_id, message.message_id):
+                logger.debug("redelivered %s skipped", message.message_id)
+                return False
+            if placement == Placement.LATE and secure.decided_before_restart(stage):
+                return False  # counted (or judged) before the restart: read again, not new
+        try:
+            round_id = message.round_id
+            if (
+                (round_id is not None and round_id in self.closed)
+                or (state is not None and state.finishing)
+                or placement == Placement.LATE
+            ):
+                raise Rejected(RejectReason.LATE, f"stage {STAGE_NAMES[stage]} is over")
+            if state is None or secure is None:
+                raise Rejected(RejectReason.UNKNOWN_ROUND, f"no open secure round {round_id}")
+            if message.task_id != state.opened.task_id or (
+                message.round_number != state.opened.round_number
+            ):
+                raise Rejected(RejectReason.UNKNOWN_ROUND, "task or round number does not match")
+            current = state.stages.current
+            participant = current.expects(message.device_id)
+            if participant is None:
+                raise Rejected(
+                    RejectReason.NOT_SELECTED,
+                    f"{message.device_id} is not expected in stage {STAGE_NAMES[stage]}",
+                )
+            limit = secure_exchange.max_payload(secure.config, stage)
+            if len(message.payload) > limit:
+                raise Rejected(RejectReason.TOO_LARGE, f"{len(message.payload)} bytes > {limit}")
+            try:
+                signing.verify(
+                    public_key=participant.public_key,
+                    signature=message.signature,
+                    payload=signing.secagg_payload(
+                        task_id=message.task_id,
+                        round_id=state.round_id,
+                        device_id=message.device_id,
+                        round_number=message.round_number,
+                        stage=message.stage,
+                        payload=message.payload,
+                    ),
+                )
+            except ProtocolViolation as exc:
+                raise Rejected(RejectReason.BAD_SIGNATURE, str(exc)) from exc
+            if current.delivered(message.device_id):
+                raise Rejected(
+                    RejectReason.DUPLICATE, f"{message.device_id} already sent this stage"
+                )
+            secure.accept(
+                stage, message.device_id, message.payload, message.message_id, message.signature
+            )
+        except Rejected as rejected:
+            private = state is not None and state.opened.privacy is not None
+            async with self.context.pool.connection() as conn:
+                await store.record_secagg_rejection(
+                    conn,
+                    message,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=rejected.reason.value,
+                    detail=rejected.detail,
+                    private=private,
+                )
+            if state is not None and not state.finishing:
+                state.count_rejection(message.message_id, rejected.reason.value)
+                if secure is not None:
+                    secure.count_rejection(stage)
+            if not private:
+                UPDATES_REJECTED.labels(rejected.reason.value).inc()
+            logger.warning(
+                "rejected %s message from %s for task %s round %d: %s",
+                STAGE_NAMES[stage],
+                message.device_id,
+                message.task_id,
+                message.round_number,
+                rejected,
+                extra={"client_id": message.device_id, "round_id": message.round_id},
+            )
+            return False
+        current.survive(message.device_id)
+        return True
+
     async def close_due(self, now: datetime) -> None:
         """Move every open round on through its stages; close those whose last stage ended.
 
@@ -328,8 +491,15 @@ class Aggregator:
             raise errors[0]
 
     async def _step(self, state: OpenRound, now: datetime) -> Outcome:
-        """Advance ``state`` as far as it goes now, handing each new stage its held records."""
+        """Advance ``state`` as far as it goes now, handing each new stage its held records.
+
+        A secure round's new stage first sends what it sends (``_begin_stage``), stored with
+        its checkpoint before any record of it is handed in.
+        """
         while True:
+            if state.unsent is not None:
+                await self._store_stage(state, state.unsent)
+                state.unsent = None
             held = state.stages.take_early()
             for index, (stage_name, message, record) in enumerate(held):
                 try:
@@ -341,6 +511,103 @@ class Aggregator:
             if outcome != Outcome.NEXT:
                 return outcome
             logger.info("round %s: stage %s begins", state.round_id, state.stages.current.name)
+            if state.secure is not None and not self._begin_stage(state, state.secure, now):
+                return Outcome.FAIL
+
+    def _begin_stage(self, state: OpenRound, secure: SecureExchange, now: datetime) -> bool:
+        """Close the protocol's previous stage and fix what the new one sends (``unsent``);
+        False when too few devices are left (the round fails closed, with the reason)."""
+        current = state.stages.current
+        stage = STAGE_OF_NAME[current.name]
+        try:
+            deliveries = secure.begin(stage)
+        except ThresholdNotMet as exc:
+            logger.warning("round %s fails closed: %s", state.round_id, exc)
+            state.result = results.failed(state, str(exc)[:500], producer=PRODUCER)
+            return False
+        state.unsent = StageStart(
+            stage=int(stage),
+            stage_name=current.name,
+            started_at=now,
+            expected=list(current.expected),
+            server_state=secure.checkpoint(),
+            deliveries=deliveries,
+        )
+        return True
+
+    async def _store_stage(self, state: OpenRound, start: StageStart) -> None:
+        """Store a stage's start (checkpoint, its deliveries in the outbox, the previous
+        stage's log row) in one transaction, once: a checkpoint already there means it was
+        stored before (a commit whose answer was lost) and nothing is sent again."""
+        secure = state.secure
+        if secure is None:
+            raise ValueError(f"round {state.round_id} is not secure")
+        opened = state.opened
+        previous = state.stages.stages[-2] if len(state.stages.stages) > 1 else None
+        async with self.context.pool.connection() as conn, conn.transaction():
+            stored = await store.save_checkpoint(
+                conn,
+                state.round_id,
+                store.Checkpoint(start.stage, start.started_at, start.expected, start.server_state),
+            )
+            if not stored:
+                return
+            for delivery in start.deliveries:
+                await outbox.enqueue(
+                    conn,
+                    schema=store.SCHEMA,
+                    settings=self.context.kafka,
+                    base=topics.DEVICE_COMMANDS,
+                    key=delivery.device_id,
+                    message=SecAggDelivered(
+                        message_id=delivery.message_id,
+                        producer=PRODUCER,
+                        round_id=state.round_id,
+                        correlation_id=opened.message_id,
+                        sent_at=start.started_at,
+                        task_id=opened.task_id,
+                        device_id=delivery.device_id,
+                        round_number=opened.round_number,
+                        stage=delivery.stage.value,
+                        payload=delivery.payload,
+                    ),
+                )
+            if previous is not None:
+                await self._log_stage(conn, state, previous, ended_at=start.started_at)
+        self.context.relay.wake()
+
+    async def _log_stage(
+        self,
+        conn: psycopg.AsyncConnection,
+        state: OpenRound,
+        stage: RoundStage,
+        *,
+        ended_at: datetime,
+    ) -> None:
+        secure = state.secure
+        if secure is None:
+            return
+        number = STAGE_OF_NAME[stage.name]
+        tally = secure.tallies[number]
+        began = stage.started_at or state.opened.sent_at
+        await store.log_stage(
+            conn,
+            round_id=state.round_id,
+            task_id=state.opened.task_id,
+            round_number=state.opened.round_number,
+            attempt=state.opened.attempt,
+            entry=store.StageLog(
+                stage=int(number),
+                stage_name=stage.name,
+                expected=len(stage.expected),
+                delivered=len(stage.survivors),
+                rejected=tally.rejected,
+                seconds=max(0.0, (ended_at - began).total_seconds()),
+                bytes_up=tally.bytes_up,
+                bytes_down=tally.bytes_down,
+            ),
+            private=state.opened.privacy is not None,
+        )
 
     async def _close(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
         """Build the round's result once, then store it in the outbox in the transaction that
@@ -376,9 +643,19 @@ class Aggregator:
                     participants=state.participants(),
                     dropped=state.dropped(),
                     rejected=dict(state.rejected),
-                    bytes_up=state.exchange.bytes_up(),
+                    bytes_up=(
+                        state.secure.bytes_up()
+                        if state.secure is not None
+                        else state.exchange.bytes_up()
+                    ),
                     private=state.opened.privacy is not None,
                 )
+                if closed_now and state.secure is not None:
+                    begun = state.stages.stages
+                    for stage, after in zip(begun, [*begun[1:], None], strict=True):
+                        ended = after.started_at if after and after.started_at else now
+                        await self._log_stage(conn, state, stage, ended_at=ended)
+                    await store.drop_checkpoints(conn, state.round_id)
                 # Another close already stored this round's result (a commit whose answer
                 # was lost): never a second one.
                 if closed_now:
@@ -399,6 +676,8 @@ class Aggregator:
         if outcome != Outcome.AGGREGATE:
             return results.failed(state, results.shortfall(state), producer=PRODUCER)
         try:
+            if state.secure is not None:
+                return self._secure_result(state, state.secure, now)
             if state.opened.privacy is not None:
                 # Fresh OS entropy for every release, never the global numpy or torch state.
                 return results.private_aggregated(
@@ -411,9 +690,25 @@ class Aggregator:
             reason = f"aggregation failed: {describe(exc)}"[:500]
             return results.failed(state, reason, producer=PRODUCER)
 
+    def _secure_result(
+        self, state: OpenRound, secure: SecureExchange, now: datetime
+    ) -> RoundResult:
+        """Unmask the sum and build the round's result; a sum that cannot be unmasked (too
+        few shares, a forged share) fails the round closed with the reason, never a wrong sum."""
+        try:
+            total = secure.finish()
+        except (ThresholdNotMet, InvalidSecAggMessage) as exc:
+            logger.warning("round %s fails closed: %s", state.round_id, exc)
+            return results.failed(state, str(exc)[:500], producer=PRODUCER)
+        if state.opened.privacy is not None:
+            return results.secure_private_aggregated(
+                state, total, producer=PRODUCER, now=now, rng=mechanisms.os_entropy_rng()
+            )
+        return results.secure_aggregated(state, total, producer=PRODUCER, now=now)
+
     def _closed(self, state: OpenRound, outcome: Outcome, now: datetime) -> None:
         opened = state.opened
-        bytes_up = state.exchange.bytes_up()
+        bytes_up = state.secure.bytes_up() if state.secure else state.exchange.bytes_up()
         del self.open[state.round_id]
         self.closed.add(state.round_id)
         ROUNDS_CLOSED.labels(outcome.value).inc()
@@ -425,7 +720,7 @@ class Aggregator:
             opened.round_number,
             opened.task_id,
             outcome.value,
-            len(state.exchange.accepted),
+            len(state.participants()),
             dict(state.rejected),
         )
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fedcommon.messages.v1 import UpdateSubmitted
+from fedcommon.messages.v1 import SecAggSubmitted, UpdateSubmitted
 
 SCHEMA = "aggregator"
 
@@ -100,3 +102,130 @@ async def close_round(
         ),
     )
     return cursor.rowcount == 1
+
+
+async def record_secagg_rejection(
+    conn: psycopg.AsyncConnection,
+    message: SecAggSubmitted,
+    *,
+    partition: int,
+    offset: int,
+    reason: str,
+    detail: str,
+    private: bool,
+) -> None:
+    """Record a refused SecAgg+ message once per message id (as an update's rejection)."""
+    await conn.execute(
+        """
+        INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
+            round_number, device_id, message_id, status, reason, detail, size_bytes, private)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, 'rejected', %s, %s, %s,
+            %s OR EXISTS (SELECT 1 FROM aggregator.rounds WHERE round_id = %s AND private))
+        ON CONFLICT DO NOTHING
+        """,
+        (
+            partition,
+            offset,
+            message.task_id,
+            message.round_id,
+            message.round_number,
+            message.device_id,
+            message.message_id,
+            reason,
+            detail[:500],
+            len(message.payload),
+            private,
+            message.round_id,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    stage: int
+    started_at: datetime
+    expected: list[str]
+    server_state: bytes
+
+
+async def latest_checkpoint(conn: psycopg.AsyncConnection, round_id: UUID) -> Checkpoint | None:
+    cursor = await conn.execute(
+        "SELECT stage, started_at, expected, server_state FROM aggregator.secagg_checkpoints "
+        "WHERE round_id = %s ORDER BY stage DESC LIMIT 1",
+        (round_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else Checkpoint(row[0], row[1], list(row[2]), bytes(row[3]))
+
+
+async def save_checkpoint(
+    conn: psycopg.AsyncConnection, round_id: UUID, checkpoint: Checkpoint
+) -> bool:
+    """Store a stage's start; False if it was stored already (its deliveries went with it)."""
+    cursor = await conn.execute(
+        "INSERT INTO aggregator.secagg_checkpoints (round_id, stage, started_at, expected, "
+        "server_state) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (
+            round_id,
+            checkpoint.stage,
+            checkpoint.started_at,
+            checkpoint.expected,
+            checkpoint.server_state,
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+async def drop_checkpoints(conn: psycopg.AsyncConnection, round_id: UUID) -> None:
+    await conn.execute("DELETE FROM aggregator.secagg_checkpoints WHERE round_id = %s", (round_id,))
+
+
+@dataclass(frozen=True)
+class StageLog:
+    """One row of the secagg log (counts, seconds and bytes of one stage of one round)."""
+
+    stage: int
+    stage_name: str
+    expected: int
+    delivered: int
+    rejected: int
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+
+
+async def log_stage(
+    conn: psycopg.AsyncConnection,
+    *,
+    round_id: UUID,
+    task_id: UUID,
+    round_number: int,
+    attempt: int,
+    entry: StageLog,
+    private: bool,
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO aggregator.secagg_log (round_id, task_id, round_number, attempt, stage,
+            stage_name, expected, delivered, dropped, rejected, seconds, bytes_up, bytes_down,
+            private)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT DO NOTHING
+        """,
+        (
+            round_id,
+            task_id,
+            round_number,
+            attempt,
+            entry.stage,
+            entry.stage_name,
+            entry.expected,
+            entry.delivered,
+            entry.expected - entry.delivered,
+            entry.rejected,
+            entry.seconds,
+            entry.bytes_up,
+            entry.bytes_down,
+            private,
+        ),
+    )

@@ -185,12 +185,30 @@ def release(
             f"clip_norm {approval.clip_norm} of the approval is not the sum's "
             f"{accumulator.clip_norm}"
         )
-    noised = add_noise(accumulator.clipped_sum(), approval=approval, rng=rng)
+    return release_sum(
+        accumulator.clipped_sum(),
+        centered_count=accumulator.centered_count(),
+        approval=approval,
+        rng=rng,
+    )
+
+
+def release_sum(
+    summed: Float64Arrays,
+    *,
+    centered_count: float,
+    approval: RoundPrivacy,
+    rng: np.random.Generator,
+) -> PrivateRelease:
+    """The release of a sum of clipped updates, however it was summed (in the clear, or
+    unmasked by secure aggregation): noise, the fixed denominator and, with adaptive clipping,
+    the noised count Σ(bᵢ − ½). One call, one release (fresh noise)."""
+    noised = add_noise(summed, approval=approval, rng=rng)
     delta = private_mean(noised, expected_participants=approval.expected_participants)
     if approval.count_noise_std is None:
         return PrivateRelease(delta)
     fraction = adaptive_clipping.unclipped_fraction(
-        accumulator.centered_count(),
+        centered_count,
         count_std=approval.count_noise_std,
         expected_participants=approval.expected_participants,
         rng=rng,

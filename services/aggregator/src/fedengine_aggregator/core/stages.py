@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Generic, TypeVar
 
@@ -46,7 +46,9 @@ class StageSpec:
 
     ``expected`` names the senders the stage waits for; None means the previous stage's
     survivors (the first stage must name them). A sender the previous stage lost never comes
-    back, whatever ``expected`` says.
+    back, whatever ``expected`` says. ``timeout``: the stage's deadline is counted from its
+    own start (a later stage of a secure round); None: ``deadline`` (fixed when the round
+    opened) is the stage's.
     """
 
     name: str
@@ -54,6 +56,7 @@ class StageSpec:
     deadline: datetime
     min_senders: int
     expected: Mapping[str, Participant] | None = None
+    timeout: timedelta | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -70,6 +73,8 @@ class Stage:
 
     spec: StageSpec
     expected: dict[str, Participant]
+    deadline: datetime
+    started_at: datetime | None = None
     # The senders that delivered, in the order they did (a dict as an ordered set).
     _survivors: dict[str, None] = field(default_factory=dict)
 
@@ -103,7 +108,7 @@ class Stage:
 
         A stage ends when every expected sender delivered, or at its deadline.
         """
-        if len(self._survivors) < len(self.expected) and now < self.spec.deadline:
+        if len(self._survivors) < len(self.expected) and now < self.deadline:
             return Progress.WAIT
         return Progress.COMPLETE if len(self._survivors) >= self.spec.min_senders else Progress.FAIL
 
@@ -124,7 +129,7 @@ class RoundStages(Generic[T]):
             raise ValueError(f"RoundStages: the first stage ({names[0]}) must name its senders")
         self.specs = tuple(specs)
         self._index = {spec.name: i for i, spec in enumerate(self.specs)}
-        self.stages = [Stage(specs[0], dict(specs[0].expected))]
+        self.stages = [Stage(specs[0], dict(specs[0].expected), specs[0].deadline)]
         self._early: dict[str, list[T]] = {}
         self._ended: Progress | None = None
 
@@ -194,5 +199,27 @@ class RoundStages(Generic[T]):
         survivors = {sender: current.expected[sender] for sender in current.survivors}
         if spec.expected is not None:
             survivors = {s: p for s, p in survivors.items() if s in spec.expected}
-        self.stages.append(Stage(spec, survivors))
+        self.stages.append(Stage(spec, survivors, _deadline(spec, now), started_at=now))
         return Progress.NEXT
+
+    def resume(
+        self, name: str, *, expected: Mapping[str, Participant], started_at: datetime
+    ) -> None:
+        """Put a round read again after a restart back in stage ``name``, as it began at
+        ``started_at`` expecting ``expected`` (its deadline counted from then): the stages
+        before it are over, decided before the restart."""
+        index = self._index.get(name)
+        if index is None or self._ended is not None:
+            raise ValueError(f"RoundStages: cannot resume at {name!r}")
+        for spec in self.specs[len(self.stages) : index]:
+            self.stages.append(Stage(spec, {}, _deadline(spec, started_at), started_at))
+        spec = self.specs[index]
+        if index >= len(self.stages):
+            self.stages.append(
+                Stage(spec, dict(expected), _deadline(spec, started_at), started_at=started_at)
+            )
+        self._early.clear()
+
+
+def _deadline(spec: StageSpec, started_at: datetime) -> datetime:
+    return spec.deadline if spec.timeout is None else started_at + spec.timeout

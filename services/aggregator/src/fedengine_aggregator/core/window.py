@@ -17,9 +17,24 @@ from uuid import UUID
 from fedcommon.messages.v1 import RoundAggregated, RoundFailed, RoundOpened
 from fedengine_aggregator.core.exchange import UPDATES_STAGE, UpdateExchange
 from fedengine_aggregator.core.offsets import Holds
+from fedengine_aggregator.core.secure_exchange import Delivery, SecureExchange, StageName
 from fedengine_aggregator.core.stages import Progress, RoundStages, Stage, StageSpec
 
 RoundResult = RoundAggregated | RoundFailed
+
+
+@dataclass(frozen=True)
+class StageStart:
+    """A secure round's stage that began: what it sends, and the checkpoint and log entry
+    stored with it, in one transaction. Fixed once built: a store that met an outage is
+    retried with these same bytes, never built again."""
+
+    stage: int
+    stage_name: str
+    started_at: datetime
+    expected: list[str]
+    server_state: bytes
+    deliveries: list[Delivery]
 
 
 class Outcome(StrEnum):
@@ -48,6 +63,10 @@ class OpenRound:
     # The result, fixed once the close began: a close that met an outage is retried with this
     # same message (stored in the outbox with the round's close, never built twice).
     result: RoundResult | None = None
+    # A secure round's SecAgg+ state (None: updates come in the clear, to ``exchange``).
+    secure: SecureExchange | None = None
+    # A secure round's stage that began but is not stored yet (an outage): stored first.
+    unsent: StageStart | None = None
 
     @classmethod
     def begin(
@@ -59,11 +78,12 @@ class OpenRound:
         topic: str,
         partition: int,
         offset: int,
+        secure: SecureExchange | None = None,
     ) -> OpenRound:
         """Open the round read at ``offset`` of ``topic``/``partition``, holding that record."""
-        if UPDATES_STAGE not in {spec.name for spec in plan}:
+        if secure is None and UPDATES_STAGE not in {spec.name for spec in plan}:
             raise ValueError(f"OpenRound: a plan needs the {UPDATES_STAGE} stage")
-        state = cls(opened, RoundStages(plan), exchange)
+        state = cls(opened, RoundStages(plan), exchange, secure=secure)
         state.holds.hold(topic, partition, offset)
         return state
 
@@ -107,13 +127,13 @@ class OpenRound:
             self.rejected[reason] += 1
 
     def participants(self) -> list[str]:
-        """The devices whose update counted."""
+        """The devices whose update counted (a secure round's: whose masked input did)."""
+        if self.secure is not None:
+            stage = self.stages.stage(StageName.MASKED_INPUT)
+            return sorted(stage.survivors) if stage is not None else []
         return sorted(self.exchange.accepted)
 
     def dropped(self) -> list[str]:
         """The round's participants whose update did not count, in the order they were chosen."""
-        return [
-            p.device_id
-            for p in self.opened.participants
-            if p.device_id not in self.exchange.accepted
-        ]
+        counted = set(self.participants())
+        return [p.device_id for p in self.opened.participants if p.device_id not in counted]
