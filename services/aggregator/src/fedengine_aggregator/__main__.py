@@ -11,7 +11,7 @@ SPEC = service.ServiceSpec(
     schema=store.SCHEMA,
     migrations_package="fedengine_aggregator",
     group_id="aggregator",
-    topic_bases=(topics.UPDATES,),
+    topic_bases=(topics.UPDATES, topics.SECAGG),
 )
 
 
