@@ -126,9 +126,7 @@ EXAMPLES: list[v1.Envelope] = [
         round_number=2,
         attempt=1,
         model_version=1,
-        participants=[
-            v1.Participant(device_id=f"dev-{i}", public_key=KEY) for i in range(1, 4)
-        ],
+        participants=[v1.Participant(device_id=f"dev-{i}", public_key=KEY) for i in range(1, 4)],
         min_updates=3,
         deadline=WHEN,
         param_shapes=[[2, 3], [3]],
