@@ -76,7 +76,7 @@ def open_messages(
     spec = task.spec
     key = str(task.task_id)
     secure = secure_aggregation.round_parameters(
-        spec, num_clients=len(participants), graph_seed=graph_seed, privacy=privacy
+        spec, num_clients=len(participants), graph_seed=graph_seed, dp=privacy
     )
     secure_assignments = (
         {}

@@ -73,13 +73,14 @@ def round_parameters(
     *,
     num_clients: int,
     graph_seed: bytes | None,
-    privacy: RoundPrivacy | None = None,
+    dp: RoundPrivacy | None = None,
 ) -> RoundSecAgg | None:
     """Return round.opened's secure-aggregation section for a try of ``num_clients``.
 
     None when the task has no secure aggregation, or the try has fewer than
-    ``MIN_SECURE_PARTICIPANTS``. A DP try (``privacy`` set) clips to its approval's norm,
-    weights every device 1, and masks adaptive clipping's bit when the approval has one.
+    ``MIN_SECURE_PARTICIPANTS``. A DP try (``dp``: round.opened's privacy section) clips to
+    its approval's norm, weights every device 1, and masks adaptive clipping's bit when the
+    approval has one.
 
     Raises
     ------
@@ -94,11 +95,11 @@ def round_parameters(
     degree = secagg_round.round_degree(
         num_clients, neighbours=section.neighbours, default=choose_degree(num_clients)
     )
-    if privacy is None:
+    if dp is None:
         clip_norm, weight_cap, clip_bit = section.clip_norm, section.weight_cap, False
     else:
-        clip_norm, weight_cap = privacy.clip_norm, DP_WEIGHT_CAP
-        clip_bit = privacy.count_noise_std is not None
+        clip_norm, weight_cap = dp.clip_norm, DP_WEIGHT_CAP
+        clip_bit = dp.count_noise_std is not None
     return RoundSecAgg(
         bits=section.bits,
         clip_norm=clip_norm,
