@@ -26,6 +26,8 @@ from fedengine.demo import (
     key_value,
     privacy_section,
     run_demo,
+    secure_aggregation_section,
+    secure_aggregation_summary,
 )
 from fedengine.demo import strategy_param as strategy_param_of
 from fedengine.privacy_cli import privacy_app
@@ -343,6 +345,26 @@ def demo(
             "(low: epsilon 8 per task, medium: 3, high: 1; delta 1e-5)",
         ),
     ] = PrivacyLevel.NONE,
+    secure_aggregation: Annotated[
+        bool,
+        typer.Option(
+            "--secure-aggregation",
+            help="SecAgg+: devices mask their clipped, quantised updates so that the "
+            "aggregator learns only the sum (needs --per-round >= 3; min_devices is raised "
+            "to 3 if lower)",
+        ),
+    ] = False,
+    secagg_dropout: Annotated[
+        float | None,
+        typer.Option(
+            help="with --secure-aggregation: each device's chance in [0, 1) to drop out at "
+            "each stage after training (the simulator's SIMULATOR_SECAGG_DROPOUT)",
+        ),
+    ] = None,
+    secagg_bits: Annotated[
+        int | None,
+        typer.Option(help="with --secure-aggregation: bits per quantised coordinate (16)"),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -383,9 +405,13 @@ def demo(
         dp_noise_multiplier=dp_noise_multiplier,
         dp_clip_quantile=dp_clip_quantile,
         local_dp=local_dp.value,
+        secure_aggregation=secure_aggregation,
+        secagg_bits=secagg_bits,
+        secagg_dropout=secagg_dropout,
     )
     try:
         privacy_section(options)
+        secure_aggregation_section(options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     result = asyncio.run(
@@ -427,6 +453,8 @@ def demo(
             f"{privacy['noise_multiplier']:.4g}), {privacy['releases']} releases, "
             f"{privacy['refusals']} refused"
         )
+    if result["secure_aggregation"] is not None:
+        console.print(secure_aggregation_summary(result["secure_aggregation"]))
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_path}")

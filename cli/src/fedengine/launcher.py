@@ -347,6 +347,9 @@ class Fleet:
     # The privacy level its devices enrol with (none, low, medium, high): all but none train
     # with local DP-SGD.
     privacy_level: str = "none"
+    # In secure rounds, each device's chance to stay silent from each later SecAgg+ stage on
+    # (SIMULATOR_SECAGG_DROPOUT), for dropout experiments.
+    secagg_dropout: float = 0.0
 
     @property
     def process_name(self) -> str:
@@ -365,6 +368,7 @@ class Fleet:
             "SIMULATOR_ATTACK": self.attack,
             "SIMULATOR_ATTACK_SCALE": str(self.attack_scale),
             "SIMULATOR_PRIVACY_LEVEL": self.privacy_level,
+            "SIMULATOR_SECAGG_DROPOUT": str(self.secagg_dropout),
         }
 
 

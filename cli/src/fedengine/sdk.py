@@ -110,6 +110,9 @@ class FedEngineClient:
         ``strategy`` chooses how rounds are aggregated and applied, for example
         ``strategy={"name": "fedadam", "params": {"eta": 0.01}}`` (FedAvg when absent); the
         gateway refuses an unknown name or parameter with 422, as it does any other bad field.
+        ``secure_aggregation={}`` turns on SecAgg+ with every default (or names ``bits``,
+        ``clip_norm``, ``weight_cap``, ``neighbours``, ``threshold``, ``stage_timeout_s``); it
+        needs ``min_devices`` >= 3 and a strategy that sums updates, else 422.
         """
         accepted = (await self._request("POST", "/tasks", json=task)).json()
         await self.wait_for_task(accepted["id"], lambda t: True)

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr
 
 from fedcommon import auth, codec, signing
-from fedcommon.messages.v1 import STRATEGY_TYPES, TaskCreateRequested
+from fedcommon.messages.v1 import STRATEGY_TYPES, SecureAggregationSpec, TaskCreateRequested
 from fedengine_gateway import health
 from fedengine_gateway.app import create_app
 from fedengine_gateway.health import Dependency
@@ -269,6 +269,99 @@ async def test_a_robust_strategy_with_too_few_min_devices_is_422(
     assert response.status_code == 422
     (error,) = response.json()["detail"]
     assert "min_devices 3 is below the 7 updates a round of strategy krum needs" in error["msg"]
+    assert producer.sent == []
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({}, SecureAggregationSpec()),
+        (
+            {"bits": 12, "neighbours": 4, "threshold": 3, "stage_timeout_s": 5},
+            SecureAggregationSpec(bits=12, neighbours=4, threshold=3, stage_timeout_s=5.0),
+        ),
+    ],
+    ids=["all defaults", "chosen"],
+)
+async def test_a_secure_task_is_published_with_its_section(
+    api: httpx.AsyncClient,
+    producer: FakeProducer,
+    section: dict[str, Any],
+    expected: SecureAggregationSpec,
+) -> None:
+    # Execute
+    response = await api.post(
+        "/tasks", json={"task_name": "t", "min_devices": 3, "secure_aggregation": section}
+    )
+
+    # Assert
+    assert response.status_code == 202, response.text
+    ((_, value, _),) = producer.sent
+    message = codec.decode(value)
+    assert isinstance(message, TaskCreateRequested)
+    assert message.spec.secure_aggregation == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            {"strategy": {"name": "median"}, "min_devices": 3},
+            "secure aggregation cannot be used with strategy median: the aggregator sees only "
+            "the sum",
+        ),
+        (
+            {"strategy": {"name": "trimmed_mean"}, "min_devices": 5},
+            "secure aggregation cannot be used with strategy trimmed_mean",
+        ),
+        (
+            {"strategy": {"name": "krum"}, "min_devices": 7},
+            "secure aggregation cannot be used with strategy krum",
+        ),
+        (
+            {"strategy": {"name": "multi_krum"}, "min_devices": 7},
+            "secure aggregation cannot be used with strategy multi_krum",
+        ),
+        ({"min_devices": 2}, "secure aggregation needs min_devices >= 3"),
+        ({}, "secure aggregation needs min_devices >= 3"),
+    ],
+    ids=["median", "trimmed_mean", "krum", "multi_krum", "two devices", "default min_devices"],
+)
+async def test_secure_aggregation_the_task_cannot_use_is_422_naming_the_rule(
+    api: httpx.AsyncClient, producer: FakeProducer, body: dict[str, Any], says: str
+) -> None:
+    # Execute
+    response = await api.post("/tasks", json={"task_name": "t", "secure_aggregation": {}} | body)
+
+    # Assert
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert says in error["msg"]
+    assert producer.sent == []
+
+
+@pytest.mark.parametrize(
+    ("section", "loc"),
+    [
+        ({"bitz": 16}, ["body", "secure_aggregation", "bitz"]),
+        ({"bits": 40}, ["body", "secure_aggregation", "bits"]),
+        ({"neighbours": 5}, ["body", "secure_aggregation"]),
+    ],
+    ids=["misspelt field", "bits past 32", "odd neighbours"],
+)
+async def test_a_bad_secure_aggregation_section_is_422_naming_the_field(
+    api: httpx.AsyncClient, producer: FakeProducer, section: dict[str, Any], loc: list[str]
+) -> None:
+    # Execute
+    response = await api.post(
+        "/tasks", json={"task_name": "t", "min_devices": 3, "secure_aggregation": section}
+    )
+
+    # Assert
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == loc
     assert producer.sent == []
 
 

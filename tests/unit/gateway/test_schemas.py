@@ -16,6 +16,7 @@ from fedcommon.messages.v1 import (
     DeviceCapabilities,
     DeviceEnrolled,
     ModelArchitecture,
+    SecureAggregationSpec,
     TaskSpec,
 )
 from fedengine_gateway.schemas import (
@@ -278,6 +279,15 @@ _VALID: dict[str, st.SearchStrategy[Any]] = {
             {"name": "multi_krum", "params": {"f": 0, "m": 2}},
         ]
     ),
+    "secure_aggregation": st.sampled_from(
+        [
+            None,
+            {},
+            {"bits": 8, "weight_cap": 255},
+            {"neighbours": 4, "threshold": 3},
+            {"threshold": 2, "stage_timeout_s": 5.0, "clip_norm": 1.0},
+        ]
+    ),
 }
 _WRONG: dict[str, st.SearchStrategy[Any]] = {
     "task_name": st.sampled_from(["", "a\x00b", "x" * 201, 7]),
@@ -293,6 +303,21 @@ _WRONG: dict[str, st.SearchStrategy[Any]] = {
             {"name": "krum"},
             {"name": "median", "extra": 1},
             "fedavg",
+        ]
+    ),
+    "secure_aggregation": st.sampled_from(
+        [
+            {"bits": 1},
+            {"bits": 33},
+            {"neighbours": 3},
+            {"neighbours": 4, "threshold": 2},
+            {"bits": 8, "weight_cap": 256},
+            {"clip_norm": 0},
+            {"stage_timeout_s": math.inf},
+            {"bitz": 16},
+            {"bits": "16"},
+            "on",
+            True,
         ]
     ),
 }
@@ -376,3 +401,46 @@ def test_a_task_answer_shows_its_strategy(stored: dict[str, Any], name: str) -> 
     assert task.model_dump(mode="json")["strategy"]["params"] == (
         TaskSpec.model_validate(stored).strategy.params.model_dump(mode="json")
     )
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ({"task_name": "t"}, None),
+        ({"task_name": "t", "secure_aggregation": None}, None),
+        (
+            {
+                "task_name": "t",
+                "min_devices": 3,
+                "secure_aggregation": SecureAggregationSpec(bits=12).model_dump(mode="json"),
+            },
+            SecureAggregationSpec(bits=12),
+        ),
+    ],
+    ids=["older spec", "plain", "secure"],
+)
+def test_a_task_answer_shows_its_secure_aggregation(
+    stored: dict[str, Any], expected: SecureAggregationSpec | None
+) -> None:
+    # Prepare: a projection row as the gateway reads it.
+    row = {
+        "task_id": "11111111-1111-4111-8111-111111111111",
+        "task_name": "t",
+        "state": "created",
+        "stop_reason": None,
+        "current_round": 0,
+        "model_version": 0,
+        "spec": stored,
+        "created_by": "op",
+        "created_at": "2026-11-29T12:00:00+00:00",
+        "started_at": None,
+        "finished_at": None,
+        "latest_accuracy": None,
+    }
+
+    # Execute
+    task = TaskPublic(**row)
+
+    # Assert
+    assert task.secure_aggregation == expected
+    assert task.strategy.name == "fedavg"

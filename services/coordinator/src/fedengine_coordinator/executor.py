@@ -19,9 +19,10 @@ from prometheus_client import Counter, Histogram
 
 from fedcommon import arrays, models, outbox
 from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import TaskSpec
 from fedcommon.settings import KafkaSettings
 from fedengine_coordinator import local_privacy, store
-from fedengine_coordinator.core import evaluation, machine, strategy
+from fedengine_coordinator.core import evaluation, machine, secure_aggregation, strategy
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -280,4 +281,14 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
         now=datetime.now(UTC),
         # Only a DP task's draw uses it; from the OS's entropy, never stored (core/spend.py).
         secret_seed=secrets.randbits(128) if spec.privacy is not None else 0,
+        # Only a secure task's try uses it: its SecAgg+ graph, never predictable from anything
+        # public (core/secure_aggregation.py). A DP try draws its own when approved.
+        graph_seed=draw_graph_seed(spec) if spec.privacy is None else None,
     )
+
+
+def draw_graph_seed(spec: TaskSpec) -> bytes | None:
+    """A fresh SecAgg+ graph seed from the OS's entropy for a secure task's try, else None."""
+    if spec.secure_aggregation is None:
+        return None
+    return secrets.token_bytes(secure_aggregation.GRAPH_SEED_BYTES)

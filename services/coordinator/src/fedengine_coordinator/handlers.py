@@ -54,7 +54,7 @@ from fedengine_coordinator.core.events import (
     Ticked,
 )
 from fedengine_coordinator.core.state import RoundStatus, State
-from fedengine_coordinator.executor import Executor, Superseded
+from fedengine_coordinator.executor import Executor, Superseded, draw_graph_seed
 from fedengine_coordinator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ async def _approved(
         now=datetime.now(UTC),
         privacy_levels=levels,
         local_dp=await local_privacy.settings_for(spec, levels.values()),
+        graph_seed=draw_graph_seed(spec),
     )
 
 

@@ -40,6 +40,7 @@ from fedcommon.messages.v1 import (
     ModelArchitecture,
     PrivacyLevel,
     PrivacySpec,
+    SecureAggregationSpec,
     StrategySpec,
     TaskSpec,
 )
@@ -237,6 +238,15 @@ class TaskCreate(Constrained):
         "(privacy_budget_exhausted) before it would spend more than epsilon. Needs a strategy "
         "that sums updates (not median, trimmed_mean, krum, multi_krum).",
     )
+    secure_aggregation: SecureAggregationSpec | None = Field(
+        default=None,
+        description="SecAgg+ secure aggregation: devices mask their clipped, quantised "
+        "updates so that the aggregator learns only their sum. {} takes every default "
+        '(e.g. {"bits": 16, "clip_norm": 10.0, "weight_cap": 1000, "stage_timeout_s": 30.0}; '
+        "neighbours and threshold default to about 3 log2 n and a majority of them). Needs "
+        "min_devices >= 3 and a strategy that sums updates (not median, trimmed_mean, krum, "
+        "multi_krum).",
+    )
 
     @model_validator(mode="after")
     def _as_spec(self) -> TaskCreate:
@@ -296,6 +306,8 @@ class TaskPublic(BaseModel):
     spec: dict[str, Any]
     # The spec's strategy on its own (FedAvg for tasks created before strategies existed).
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
+    # The spec's secure aggregation on its own (None: updates travel in the clear).
+    secure_aggregation: SecureAggregationSpec | None = None
     created_by: str
     created_at: datetime
     started_at: datetime | None
@@ -304,12 +316,15 @@ class TaskPublic(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _strategy_from_spec(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "strategy" not in data:
-            spec = data.get("spec")
-            if isinstance(spec, dict) and "strategy" in spec:
-                return {**data, "strategy": spec["strategy"]}
-        return data
+    def _sections_from_spec(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(spec := data.get("spec"), dict):
+            return data
+        sections = {
+            name: spec[name]
+            for name in ("strategy", "secure_aggregation")
+            if name not in data and spec.get(name) is not None
+        }
+        return {**data, **sections} if sections else data
 
 
 class RoundPublic(BaseModel):

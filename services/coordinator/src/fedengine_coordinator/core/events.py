@@ -134,6 +134,9 @@ class DevicesOffered:
     local_dp: Mapping[PrivacyLevel, LocalDp] = field(default_factory=dict)
     # How many tries of this task have asked each device so far.
     asks: Mapping[str, int] = field(default_factory=dict)
+    # A task with secure aggregation: the try's SecAgg+ graph seed, 32 bytes of the operating
+    # system's entropy (core/secure_aggregation.py); None for any other task.
+    graph_seed: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,8 @@ class SpendApproved:
     """The privacy service approved (and charged) the spend of the try in ``State.round``.
 
     The shell adds what opening the try needs: the drawn devices' keys, the digest of the model
-    they train from, the model's shapes, and the time; and the drawn devices' privacy levels
-    with the task's DP-SGD settings for them.
+    they train from, the model's shapes, and the time; the drawn devices' privacy levels
+    with the task's DP-SGD settings for them; and a secure task's graph seed.
     """
 
     approval: PrivacySpendApproved
@@ -152,6 +155,9 @@ class SpendApproved:
     now: datetime
     privacy_levels: Mapping[str, PrivacyLevel] = field(default_factory=dict)
     local_dp: Mapping[PrivacyLevel, LocalDp] = field(default_factory=dict)
+    # A task with secure aggregation: the try's SecAgg+ graph seed, drawn when it opens (as
+    # ``DevicesOffered.graph_seed``); None for any other task.
+    graph_seed: bytes | None = None
 
 
 @dataclass(frozen=True)

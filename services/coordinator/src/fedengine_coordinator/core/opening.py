@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime
 
-from fedcommon import topics
+from fedcommon import secagg_round, topics
 from fedcommon.messages.v1 import (
     LocalDp,
     LocalDpAssigned,
@@ -16,7 +16,7 @@ from fedcommon.messages.v1 import (
     RoundStarted,
     TrainRequested,
 )
-from fedengine_coordinator.core import strategy
+from fedengine_coordinator.core import secure_aggregation, strategy
 from fedengine_coordinator.core.effects import Effect, Emit
 from fedengine_coordinator.core.events import DevicesOffered
 from fedengine_coordinator.core.state import Round, RoundStatus, Task
@@ -34,7 +34,8 @@ def new_try(
     clip_norm: float | None = None,
 ) -> Round:
     """The try ``event`` offers devices for, on the task's current model, due after the
-    task's round timeout (a DP try's deadline is set again when its spend is approved)."""
+    task's round timeout and a secure task's later stages (``secure_aggregation.deadlines``;
+    a DP try's deadline is set again when its spend is approved)."""
     return Round(
         round_id=event.round_id,
         task_id=task.task_id,
@@ -43,7 +44,7 @@ def new_try(
         status=status,
         participants=tuple(participants),
         model_version_in=task.model_version,
-        deadline=event.now + timedelta(seconds=task.spec.round_timeout_s),
+        deadline=secure_aggregation.deadlines(task.spec, now=event.now).round,
         sample_rate=sample_rate,
         expected_participants=expected_participants,
         clip_norm=clip_norm,
@@ -57,18 +58,33 @@ def open_messages(
     *,
     model_sha256: str,
     param_shapes: list[list[int]],
+    deadline: datetime,
+    graph_seed: bytes | None = None,
     privacy: RoundPrivacy | None = None,
     local_dp: Mapping[str, LocalDp] | None = None,
 ) -> list[Effect]:
     """The messages that open a try: to the aggregator, to each device, to the watchers.
 
-    A DP try (``privacy`` set) tells the aggregator what its approval paid for, and publishes
-    no participant list to the watchers. Devices in ``local_dp`` train with DP-SGD at their
-    settings, and the privacy service is told of them (charged) before they are asked.
+    ``deadline`` is the first stage's (``secure_aggregation.deadlines(...).train``). A DP try
+    (``privacy`` set) tells the aggregator what its approval paid for, and publishes no
+    participant list to the watchers. Devices in ``local_dp`` train with DP-SGD at their
+    settings, and the privacy service is told of them (charged) before they are asked. A task
+    with secure aggregation gets the round's SecAgg+ parameters (graph from ``graph_seed``)
+    and each device its index and neighbours, in ``participants``' order.
     """
     local = dict(local_dp or {})
     spec = task.spec
     key = str(task.task_id)
+    secure = secure_aggregation.round_parameters(
+        spec, num_clients=len(participants), graph_seed=graph_seed, dp=privacy
+    )
+    secure_assignments = (
+        {}
+        if secure is None
+        else secure_aggregation.assignments(
+            secure, participants, dim=secagg_round.dim_of(param_shapes)
+        )
+    )
     opened = RoundOpened(
         producer=PRODUCER,
         round_id=round_.round_id,
@@ -80,11 +96,12 @@ def open_messages(
         # Never below what the strategy needs (TaskSpec keeps min_devices at least that), so
         # the aggregator fails a round whose survivors are too few for it.
         min_updates=max(min(spec.min_devices, len(participants)), spec.strategy.params.min_updates),
-        deadline=round_.deadline,
+        deadline=deadline,
         param_shapes=param_shapes,
         max_update_norm=spec.max_update_norm,
         strategy=spec.strategy,
         privacy=privacy,
+        secure_aggregation=secure,
     )
     effects: list[Effect] = [Emit(topics.UPDATES, key, opened)]
     assignments = [
@@ -110,7 +127,7 @@ def open_messages(
             round_number=round_.round_number,
             model_version=round_.model_version_in,
             model_sha256=model_sha256,
-            deadline=round_.deadline,
+            deadline=deadline,
             model_architecture=spec.model_architecture,
             dataset=spec.dataset,
             learning_rate=spec.learning_rate,
@@ -119,6 +136,7 @@ def open_messages(
             seed=spec.seed,
             proximal_mu=strategy.proximal_mu(spec.strategy),
             local_dp=local.get(device_id),
+            secure_aggregation=secure_assignments.get(device_id),
         )
         effects.append(Emit(topics.DEVICE_COMMANDS, device_id, request))
     started = RoundStarted(

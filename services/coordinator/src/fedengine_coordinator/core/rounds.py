@@ -14,7 +14,14 @@ from fedcommon.messages.v1 import (
     StopReason,
     TaskState,
 )
-from fedengine_coordinator.core import local_privacy, selection, spend, stopping, strategy
+from fedengine_coordinator.core import (
+    local_privacy,
+    secure_aggregation,
+    selection,
+    spend,
+    stopping,
+    strategy,
+)
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -232,6 +239,8 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         participants,
         model_sha256=event.model_sha256,
         param_shapes=event.param_shapes,
+        deadline=secure_aggregation.deadlines(spec, now=event.now).train,
+        graph_seed=event.graph_seed,
         local_dp=local_privacy.assign(
             round_.participants,
             levels={c.device_id: c.privacy_level for c in chosen},

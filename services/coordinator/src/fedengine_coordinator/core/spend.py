@@ -28,7 +28,6 @@ device's chance to join q / (1 - (1 - q)^n), more than it is charged for.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
 
 import numpy as np
 
@@ -45,7 +44,7 @@ from fedcommon.messages.v1 import (
     TaskSpec,
     TaskState,
 )
-from fedengine_coordinator.core import local_privacy
+from fedengine_coordinator.core import local_privacy, secure_aggregation
 from fedengine_coordinator.core.effects import (
     ApproveRound,
     CloseRound,
@@ -205,11 +204,12 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
     ]
     if round_.expected_participants is None:
         raise ProtocolViolation(f"try {round_.round_id} has no expected participant count")
+    due = secure_aggregation.deadlines(task.spec, now=event.now)
     round_ = replace(
         round_,
         status=RoundStatus.OPEN,
         participants=tuple(p.device_id for p in participants),
-        deadline=event.now + timedelta(seconds=task.spec.round_timeout_s),
+        deadline=due.round,
     )
     detail = (
         f"round {round_.round_number} attempt {round_.attempt}: epsilon "
@@ -232,6 +232,8 @@ def on_approved(state: State, event: SpendApproved) -> Decision:
         participants,
         model_sha256=event.model_sha256,
         param_shapes=event.param_shapes,
+        deadline=due.train,
+        graph_seed=event.graph_seed,
         privacy=RoundPrivacy(
             approval_id=approval.approval_id,
             clip_norm=approval.clip_norm,

@@ -58,6 +58,8 @@ class Round:
     status: RoundStatus
     participants: tuple[str, ...]
     model_version_in: int
+    # Past it (and a grace) the tick takes the try as lost: a secure task's try includes its
+    # three later SecAgg+ stages (core/secure_aggregation.deadlines).
     deadline: datetime
     # A DP try: the Poisson rate its devices were drawn with, and q times the pool drawn from.
     sample_rate: float | None = None
