@@ -449,7 +449,7 @@ def test_a_device_refuses_an_assignment_it_cannot_follow() -> None:
 
 
 def test_flatten_concatenates_in_order_as_new_float32() -> None:
-    delta: list[npt.NDArray[np.floating]] = [
+    delta: list[npt.NDArray[np.generic]] = [
         np.arange(6, dtype=np.float64).reshape(2, 3),
         np.array([7.5], dtype=np.float32),
     ]

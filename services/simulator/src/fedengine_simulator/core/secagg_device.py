@@ -60,7 +60,7 @@ _DROP_LABEL = b"fedengine/simulator/secagg-drop/v1\x00"
 SUBMISSION_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "secagg-device.fedengine.invalid")
 
 
-def flatten(delta: Sequence[npt.NDArray[np.floating]]) -> FloatVector:
+def flatten(delta: Sequence[npt.NDArray[np.generic]]) -> FloatVector:
     """Return the update as one new float32 vector: each array raveled, in order."""
     if not delta:
         return np.zeros(0, dtype=np.float32)
@@ -143,12 +143,14 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class RoundIdentity:
-    """Which round and device a state belongs to (what the deliveries must name)."""
+    """Which round and device a state belongs to (what the deliveries must name), and the
+    train request that started it (every stage message's correlation id)."""
 
     task_id: uuid.UUID
     round_id: uuid.UUID
     round_number: int
     device_id: str
+    request_id: uuid.UUID | None = None
 
 
 class DeviceRound:
