@@ -56,6 +56,10 @@ class Stack:
     def coordinator_public_key(self) -> str:
         return launcher.public_keys(launcher.service_keys(self.settings))["coordinator"]
 
+    @property
+    def aggregator_public_key(self) -> str:
+        return launcher.public_keys(launcher.service_keys(self.settings))["aggregator"]
+
     def client(self, role: auth.Role = auth.Role.ADMIN) -> FedEngineClient:
         return FedEngineClient(self.stack.gateway_url, self.token(role))
 

@@ -178,6 +178,8 @@ async def test_only_a_valid_enrolment_token_enrols_a_device(
     assert issued["coordinator_public_key"] == stack.coordinator_public_key
     token = EnrolmentToken.decode(issued["token"])
     assert token.coordinator_key.hex() == stack.coordinator_public_key
+    assert token.aggregator_key is not None
+    assert token.aggregator_key.hex() == stack.aggregator_public_key
 
     # Without a token, or with one the registry never issued: no device.
     stranger = f"stranger-{tag}"

@@ -14,6 +14,7 @@ from fedcommon.enrolment_tokens import EnrolmentToken, InvalidToken
 from fedcommon.messages.v1 import DeviceEnrolled, DeviceType
 
 COORDINATOR = signing.public_key_bytes(signing.generate_private_key())
+AGGREGATOR = signing.public_key_bytes(signing.generate_private_key())
 
 
 def test_a_token_round_trips_through_its_text() -> None:
@@ -29,6 +30,44 @@ def test_a_token_round_trips_through_its_text() -> None:
         COORDINATOR,
     )
     assert again.public_key == token.public_key
+    assert again.aggregator_key is None
+
+
+def test_the_aggregator_key_round_trips_under_its_json_key() -> None:
+    token = enrolment_tokens.issue("f", coordinator_key=COORDINATOR, aggregator_key=AGGREGATOR)
+
+    text = token.encode()
+    again = EnrolmentToken.decode(text)
+
+    document = json.loads(base64.urlsafe_b64decode(text[5:] + "=="))
+    assert document["aggregator"] == AGGREGATOR.hex()
+    assert (again.coordinator_key, again.aggregator_key) == (COORDINATOR, AGGREGATOR)
+
+
+def test_a_token_issued_before_the_aggregator_key_still_decodes_without_one() -> None:
+    # Prepare: a token as issued before secure aggregation: no "aggregator" key at all.
+    old = enrolment_tokens.issue("f", coordinator_key=COORDINATOR)
+    document = json.loads(base64.urlsafe_b64decode(old.encode()[5:] + "=="))
+    assert "aggregator" not in document
+
+    # Execute
+    again = EnrolmentToken.decode(_encoded(document))
+
+    # Assert
+    assert again.aggregator_key is None and again.token_id == old.token_id
+
+
+def test_a_small_order_or_damaged_aggregator_key_is_refused_by_name() -> None:
+    good = enrolment_tokens.issue("f", coordinator_key=COORDINATOR, aggregator_key=AGGREGATOR)
+    document = json.loads(base64.urlsafe_b64decode(good.encode()[5:] + "=="))
+    identity = (1).to_bytes(32, "little")  # the identity point: small order
+    with pytest.raises(InvalidToken, match="aggregator key"):
+        EnrolmentToken.decode(_encoded({**document, "aggregator": identity.hex()}))
+    with pytest.raises(InvalidToken, match="aggregator key"):
+        EnrolmentToken.decode(_encoded({**document, "aggregator": "00" * 32}))
+    for damaged in ("00" * 31, "zz", 7, ["00"]):
+        with pytest.raises(InvalidToken, match=r"damaged|aggregator key"):
+            EnrolmentToken.decode(_encoded({**document, "aggregator": damaged}))
 
 
 def _encoded(document: dict[str, object]) -> str:
@@ -63,6 +102,7 @@ def test_any_body_decodes_to_a_whole_token_or_is_refused_as_invalid(raw: bytes) 
     except InvalidToken:
         return
     assert len(token.coordinator_key) == 32 and len(token.public_key) == 32
+    assert token.aggregator_key is None or len(token.aggregator_key) == 32
 
 
 def test_both_signatures_cover_the_fleet_and_the_token_id() -> None:

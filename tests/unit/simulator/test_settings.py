@@ -1,4 +1,4 @@
-"""The simulator enrols with its fleet's token and trusts the coordinator key the token carries."""
+"""The simulator enrols with its fleet's token and trusts the service keys the token carries."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fedcommon import enrolment_tokens, signing
 from fedengine_simulator.settings import Settings
 
 COORDINATOR = signing.public_key_bytes(signing.generate_private_key())
+AGGREGATOR = signing.public_key_bytes(signing.generate_private_key())
 POSTGRES = {"DATABASE_URL": "postgresql://unused"}
 
 
@@ -38,3 +39,45 @@ def test_it_trusts_only_the_coordinator_key_in_its_token() -> None:
 
     assert dict(verifier.public_keys) == {"coordinator": COORDINATOR}
     assert settings.token.token_id == token.token_id
+
+
+def test_it_trusts_the_aggregator_key_when_its_token_carries_one() -> None:
+    token = enrolment_tokens.issue("f", coordinator_key=COORDINATOR, aggregator_key=AGGREGATOR)
+    settings = _settings(fleet="f", enrolment_token=SecretStr(token.encode()))
+
+    verifier = settings.trust.verifier(prefix="", window_s=60)
+
+    assert dict(verifier.public_keys) == {"coordinator": COORDINATOR, "aggregator": AGGREGATOR}
+
+
+def test_secure_round_dropout_is_off_by_default_and_read_from_text() -> None:
+    token = enrolment_tokens.issue("f", coordinator_key=COORDINATOR).encode()
+
+    default = _settings(fleet="f", enrolment_token=SecretStr(token))
+    chosen = _settings(
+        fleet="f",
+        enrolment_token=SecretStr(token),
+        secagg_dropout=0.25,
+        secagg_drop_stages="3, 4",
+        seed=9,
+    )
+
+    assert default.secagg_drop_policy.probability == 0
+    assert default.secagg_drop_policy.stages == frozenset({2, 3, 4})
+    policy = chosen.secagg_drop_policy
+    assert (policy.probability, policy.stages, policy.seed) == (0.25, frozenset({3, 4}), 9)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"secagg_dropout": 1.0},
+        {"secagg_dropout": -0.5},
+        {"secagg_drop_stages": "2,5"},
+        {"secagg_drop_stages": "two"},
+    ],
+)
+def test_secure_round_dropout_out_of_range_is_refused(values: dict[str, object]) -> None:
+    token = enrolment_tokens.issue("f", coordinator_key=COORDINATOR).encode()
+    with pytest.raises(ValidationError):
+        _settings(fleet="f", enrolment_token=SecretStr(token), **values)

@@ -8,7 +8,10 @@ database can enrol anything with what they see. Whoever holds a token can enrol 
 what stops a stranger from flooding the registry with self-made devices.
 
 The token also carries the coordinator's public key, so that a device receives, at enrolment
-and from its operator, the key that its train requests must be signed with.
+and from its operator, the key that its train requests must be signed with, and the
+aggregator's, which signs the secure-aggregation deliveries it sends each device. A token
+issued before secure aggregation has no aggregator key: it still decodes, and its devices
+cannot take part in secure rounds.
 
 The encoded form is ``fet1.`` and the unpadded URL-safe base64 of a small JSON document; it is a
 secret and is shown once, when issued.
@@ -45,6 +48,8 @@ class EnrolmentToken:
     fleet: str
     key: Ed25519PrivateKey
     coordinator_key: bytes
+    # None in a token issued without it: its devices cannot take part in secure rounds.
+    aggregator_key: bytes | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -57,6 +62,8 @@ class EnrolmentToken:
             "key": signing.private_key_to_bytes(self.key).hex(),
             "coordinator": self.coordinator_key.hex(),
         }
+        if self.aggregator_key is not None:
+            document["aggregator"] = self.aggregator_key.hex()
         raw = json.dumps(document, separators=(",", ":")).encode()
         return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -69,11 +76,13 @@ class EnrolmentToken:
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
             document = json.loads(raw)
+            aggregator = document.get("aggregator")
             token = cls(
                 token_id=UUID(document["id"]),
                 fleet=_FLEET.validate_python(document["fleet"]),
                 key=signing.private_key_from_bytes(bytes.fromhex(document["key"])),
                 coordinator_key=bytes.fromhex(document["coordinator"]),
+                aggregator_key=None if aggregator is None else bytes.fromhex(aggregator),
             )
         except (
             binascii.Error,
@@ -81,24 +90,33 @@ class EnrolmentToken:
             json.JSONDecodeError,
             KeyError,
             TypeError,
+            AttributeError,
             ValueError,
             ValidationError,
         ) as exc:
             raise InvalidToken("the enrolment token is damaged (copy it whole)") from exc
         try:
             ed25519_keys.check_public_key(token.coordinator_key, name="coordinator key")
+            if token.aggregator_key is not None:
+                ed25519_keys.check_public_key(token.aggregator_key, name="aggregator key")
         except ed25519_keys.WeakKeyError as exc:
             raise InvalidToken(f"the enrolment token's {exc}") from exc
         return token
 
 
-def issue(fleet: str, *, coordinator_key: bytes) -> EnrolmentToken:
-    """Make a new token for ``fleet`` (the caller registers its public half with the registry)."""
+def issue(
+    fleet: str, *, coordinator_key: bytes, aggregator_key: bytes | None = None
+) -> EnrolmentToken:
+    """Make a new token for ``fleet`` (the caller registers its public half with the registry).
+
+    ``aggregator_key`` None makes a token whose devices cannot take part in secure rounds.
+    """
     return EnrolmentToken(
         token_id=uuid4(),
         fleet=_FLEET.validate_python(fleet),
         key=signing.generate_private_key(),
         coordinator_key=coordinator_key,
+        aggregator_key=aggregator_key,
     )
 
 

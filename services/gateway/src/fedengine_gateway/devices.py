@@ -53,6 +53,13 @@ def _coordinator_key(request: Request) -> bytes:
     return bytes.fromhex(settings_of(request).trust.service_keys["coordinator"])
 
 
+def _aggregator_key(request: Request) -> bytes | None:
+    """The aggregator's key, which devices check secure-aggregation deliveries with; None in a
+    deployment that names none (its devices then cannot take part in secure rounds)."""
+    key = settings_of(request).trust.service_keys.get("aggregator")
+    return None if key is None else bytes.fromhex(key)
+
+
 async def _device_or_404(conn: psycopg.AsyncConnection, device_id: str) -> dict[str, Any]:
     device = await queries.get_device(conn, device_id)
     if device is None:
@@ -206,7 +213,11 @@ async def issue_enrolment_token(
     The answer waits (a few seconds at most) until the registry has recorded the token, so that
     devices given it at once are not refused; ``recorded`` says whether it had.
     """
-    token = enrolment_tokens.issue(body.fleet, coordinator_key=_coordinator_key(request))
+    token = enrolment_tokens.issue(
+        body.fleet,
+        coordinator_key=_coordinator_key(request),
+        aggregator_key=_aggregator_key(request),
+    )
     expires_at = datetime.now(UTC) + timedelta(seconds=body.expires_in_s)
     await publish(
         request,

@@ -1,4 +1,9 @@
-"""The simulator's shell: enrol the fleet, heartbeat, and answer train requests with updates."""
+"""The simulator's shell: enrol the fleet, heartbeat, and answer train requests with updates.
+
+In a round with secure aggregation a device sends no update.submitted: it keeps its flat
+update in memory and runs SecAgg+ over fed.secagg, one stage per delivery the aggregator sends
+it on fed.device.commands (secure_rounds, around core/secagg_device).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import math
 import secrets
 import time
 from datetime import UTC, datetime
+from uuid import UUID
 
 import numpy as np
 import torch
@@ -32,6 +38,7 @@ from fedcommon.messages.v1 import (
     DeviceEnrolled,
     HeartbeatSent,
     ModelArchitecture,
+    SecAggDelivered,
     TrainRequested,
     UpdateMetrics,
     UpdateSubmitted,
@@ -40,6 +47,7 @@ from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_simulator import identities
 from fedengine_simulator.core import attacks, fleet
 from fedengine_simulator.core.training import LocalResult, train_local
+from fedengine_simulator.secure_rounds import SecureRounds
 from fedengine_simulator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -67,6 +75,8 @@ class Fleet:
         self._models: dict[tuple[object, int], bytes] = {}
         self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
+        self.secure = SecureRounds(context, keys=self.keys, drop_policy=settings.secagg_drop_policy)
+        self._warned_no_aggregator_key = False
         self.attack = settings.attack_spec
         self.attackers = attacks.choose_attackers(
             settings.devices, settings.malicious, attacks.attackers_rng(settings.seed)
@@ -192,6 +202,10 @@ class Fleet:
         return self._models[cache_key]
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
+        if isinstance(message, SecAggDelivered):
+            if message.device_id in self.devices:
+                await self.secure.handle(message)
+            return
         if not isinstance(message, TrainRequested) or message.device_id not in self.devices:
             return
         if datetime.now(UTC) >= message.deadline:
@@ -211,11 +225,79 @@ class Fleet:
             return
         if message.round_id is None:
             raise ProtocolViolation("train request without round_id")
+        if message.secure_aggregation is not None and self.settings.token.aggregator_key is None:
+            # Its deliveries could not be verified: the device cannot take part.
+            SKIPPED.labels("no_aggregator_key").inc()
+            if not self._warned_no_aggregator_key:
+                self._warned_no_aggregator_key = True
+                logger.warning(
+                    "fleet %s: its enrolment token carries no aggregator key, so its devices "
+                    "cannot take part in secure rounds (issue a new token)",
+                    self.settings.fleet,
+                )
+            return
         async with self.context.pool.connection() as conn:
             if await db.is_processed(conn, schema=SCHEMA, message_id=message.message_id):
                 SKIPPED.labels("duplicate").inc()
                 return
         device = self.devices[message.device_id]
+        pending = self.secure.pending(message.round_id, device.device_id)
+        if pending is not None:
+            # Redelivered after stage 1 left but before the request was marked processed:
+            # never train again (new keys would be a second, different stage 1).
+            await self.secure.step(pending, pending.advertise())
+            async with self.context.pool.connection() as conn:
+                await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+            return
+        trained = await self.train(message, device)
+        if trained is None:
+            async with self.context.pool.connection() as conn:
+                await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+            return
+        result, duration, delta = trained
+        if message.secure_aggregation is None:
+            await self.submit_update(
+                message,
+                round_id=message.round_id,
+                device=device,
+                result=result,
+                duration=duration,
+                delta=delta,
+            )
+        else:
+            await self.secure.start(
+                message,
+                round_id=message.round_id,
+                assignment=message.secure_aggregation,
+                device_id=device.device_id,
+                num_examples=result.num_examples,
+                delta=delta,
+            )
+        # Marked processed only once the update (or stage 1) is on the log: a crash before this
+        # line means the request is redelivered and trained again, and the aggregator drops the
+        # duplicate.
+        async with self.context.pool.connection() as conn, conn.transaction():
+            await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+            await conn.execute(
+                "INSERT INTO simulator.trained (round_id, device_id, task_id, round_number, "
+                "num_examples, train_loss, duration_s) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    message.round_id,
+                    device.device_id,
+                    message.task_id,
+                    message.round_number,
+                    result.num_examples,
+                    result.train_loss,
+                    duration,
+                ),
+            )
+
+    async def train(
+        self, message: TrainRequested, device: fleet.SimulatedDevice
+    ) -> tuple[LocalResult, float, list[np.ndarray]] | None:
+        """Train locally; return the result, its duration and the (maybe poisoned) delta, or
+        None when training diverged (there is nothing worth sending)."""
         data = await self.model_bytes(message)
         dataset = datasets.load_dataset(message.dataset)
         indices = self.partition_of(message.dataset, device.index)
@@ -270,10 +352,8 @@ class Fleet:
             logger.warning(
                 "device %s diverged in round %s; no update", device.device_id, message.round_number
             )
-            async with self.context.pool.connection() as conn:
-                await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
-            return
-        delta = result.delta
+            return None
+        delta = list(result.delta)
         if malicious:
             rng = attacks.update_rng(
                 fleet_seed=self.settings.seed,
@@ -281,13 +361,26 @@ class Fleet:
                 round_number=message.round_number,
                 device_index=device.index,
             )
-            delta = attacks.poison(delta, self.attack, rng)
+            delta = list(attacks.poison(delta, self.attack, rng))
             POISONED.labels(self.attack.kind.value).inc()
-        update = arrays.to_bytes(list(delta))
+        return result, duration, delta
+
+    async def submit_update(
+        self,
+        message: TrainRequested,
+        *,
+        round_id: UUID,
+        device: fleet.SimulatedDevice,
+        result: LocalResult,
+        duration: float,
+        delta: list[np.ndarray],
+    ) -> None:
+        """Send the update in the clear (a round without secure aggregation)."""
+        update = arrays.to_bytes(delta)
         signature = self.keys[device.device_id].sign(
             signing.update_payload(
                 task_id=message.task_id,
-                round_id=message.round_id,
+                round_id=round_id,
                 device_id=device.device_id,
                 round_number=message.round_number,
                 model_version=message.model_version,
@@ -302,7 +395,7 @@ class Fleet:
             key=str(message.task_id),
             message=UpdateSubmitted(
                 producer=PRODUCER,
-                round_id=message.round_id,
+                round_id=round_id,
                 correlation_id=message.message_id,
                 task_id=message.task_id,
                 device_id=device.device_id,
@@ -318,24 +411,6 @@ class Fleet:
                 signature=signature,
             ),
         )
-        # Marked processed only once the update is on the log: a crash before this line means
-        # the request is redelivered and trained again, and the aggregator drops the duplicate.
-        async with self.context.pool.connection() as conn, conn.transaction():
-            await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
-            await conn.execute(
-                "INSERT INTO simulator.trained (round_id, device_id, task_id, round_number, "
-                "num_examples, train_loss, duration_s) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (
-                    message.round_id,
-                    device.device_id,
-                    message.task_id,
-                    message.round_number,
-                    result.num_examples,
-                    result.train_loss,
-                    duration,
-                ),
-            )
         TRAINED.inc()
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fedcommon import enrolment_tokens
 from fedcommon.constraints import FLEET_PATTERN, MAX_SETTING
 from fedcommon.messages.v1 import DatasetName, Partitioning, PrivacyLevel
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings, default_home
 from fedengine_simulator.core.attacks import Attack, AttackKind
+from fedengine_simulator.core.secagg_device import DropPolicy
 
 
 class Settings(BaseSettings):
@@ -42,6 +44,12 @@ class Settings(BaseSettings):
     # The privacy level every device of the fleet enrols with: low, medium or high trains with
     # local DP-SGD at the coordinator's settings (fedcommon.local_dp); none does not.
     privacy_level: PrivacyLevel = PrivacyLevel.NONE
+    # Injected dropout in secure rounds, for experiments (core/secagg_device.DropPolicy): at
+    # each listed stage (SIMULATOR_SECAGG_DROP_STAGES, e.g. "2,3,4"), each device still in the
+    # round stays silent from that stage on with probability SIMULATOR_SECAGG_DROPOUT, decided
+    # from ``seed``, the round and the device's index, so that a run can be repeated.
+    secagg_dropout: float = Field(default=0.0, ge=0, lt=1)
+    secagg_drop_stages: Annotated[frozenset[int], NoDecode] = frozenset({2, 3, 4})
     heartbeat_s: float = Field(default=5.0, gt=0)
     home: Path = Field(default_factory=default_home, validation_alias="FEDENGINE_HOME")
     metrics_port: int = 0
@@ -49,6 +57,21 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
+
+    @field_validator("secagg_drop_stages", mode="before")
+    @classmethod
+    def _stages(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                stages = frozenset(int(part) for part in value.split(",") if part.strip())
+            except ValueError as exc:
+                raise ValueError(
+                    f"SIMULATOR_SECAGG_DROP_STAGES must list stages like 2,3,4, got {value!r}"
+                ) from exc
+            value = stages
+        if isinstance(value, frozenset | set | list | tuple) and not set(value) <= {1, 2, 3, 4}:
+            raise ValueError(f"SIMULATOR_SECAGG_DROP_STAGES: stages are 1..4, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _token_for_this_fleet(self) -> Settings:
@@ -75,8 +98,16 @@ class Settings(BaseSettings):
         return Attack(self.attack, self.attack_scale)
 
     @property
-    def trust(self) -> TrustSettings:
-        """Devices trust the coordinator's key their token carries, and no other service's."""
-        return TrustSettings(
-            FEDENGINE_SERVICE_KEYS={"coordinator": self.token.coordinator_key.hex()}
+    def secagg_drop_policy(self) -> DropPolicy:
+        return DropPolicy(
+            probability=self.secagg_dropout, stages=self.secagg_drop_stages, seed=self.seed
         )
+
+    @property
+    def trust(self) -> TrustSettings:
+        """Devices trust the coordinator's and the aggregator's keys their token carries, and
+        no other service's (a token without the aggregator's: no secure rounds)."""
+        keys = {"coordinator": self.token.coordinator_key.hex()}
+        if self.token.aggregator_key is not None:
+            keys["aggregator"] = self.token.aggregator_key.hex()
+        return TrustSettings(FEDENGINE_SERVICE_KEYS=keys)
