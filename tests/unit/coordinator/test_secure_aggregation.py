@@ -261,26 +261,25 @@ def test_a_dp_secure_try_clips_to_its_approval_and_weights_every_device_one(
     assert opened.deadline == NOW + ROUND_TIMEOUT
 
 
-@pytest.mark.parametrize("participants", [0, 1])
-def test_a_dp_draw_of_fewer_than_two_devices_gets_no_section(participants: int) -> None:
-    # Prepare
-    state, event = _dp_secure(participants)
-
+def test_an_empty_dp_draw_gets_no_section_and_releases_pure_noise() -> None:
     # Execute
-    _, effects = decide(state, event)
+    _, effects = decide(*_dp_secure(0))
 
-    # Assert
+    # Assert: nobody to hide; the aggregator releases noise as without secure aggregation.
     assert _opened(effects).secure_aggregation is None
-    assert all(r.secure_aggregation is None for r in _requests(effects))
+    assert _requests(effects) == []
 
 
-def test_a_dp_draw_of_two_devices_pairs_them() -> None:
+@pytest.mark.parametrize("participants", [1, 2])
+def test_a_dp_draw_too_small_for_the_protocol_keeps_its_section_and_asks_nobody(
+    participants: int,
+) -> None:
     # Execute
-    _, effects = decide(*_dp_secure(2))
+    _, effects = decide(*_dp_secure(participants))
 
-    # Assert
-    secure = _check_consistent(_opened(effects), _requests(effects))
-    assert (secure.degree, secure.threshold) == (1, 1)
+    # Assert: the aggregator fails the try (with its reason); no update is sent in the clear.
+    assert _opened(effects).secure_aggregation is not None
+    assert _requests(effects) == []
 
 
 # --- the shell's seed ----------------------------------------------------------------------

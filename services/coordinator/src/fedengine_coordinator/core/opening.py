@@ -104,9 +104,10 @@ def open_messages(
         secure_aggregation=secure,
     )
     effects: list[Effect] = [Emit(topics.UPDATES, key, opened)]
-    assignments = [
-        LocalDpAssignment(device_id=d, settings=local[d]) for d in round_.participants if d in local
-    ]
+    # A secure try too small for the protocol (a DP draw of one or two devices) asks nobody:
+    # the aggregator fails it with the reason, and no update travels in the clear.
+    asked = [] if secure is not None and not secure_assignments else list(round_.participants)
+    assignments = [LocalDpAssignment(device_id=d, settings=local[d]) for d in asked if d in local]
     if assignments:
         assigned = LocalDpAssigned(
             producer=PRODUCER,
@@ -118,7 +119,7 @@ def open_messages(
             assignments=assignments,
         )
         effects.append(Emit(topics.PRIVACY, key, assigned))
-    for device_id in round_.participants:
+    for device_id in asked:
         request = TrainRequested(
             producer=PRODUCER,
             round_id=round_.round_id,

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from fedcommon import secagg_round
 from fedcommon.messages.v1 import (
+    SECAGG_MIN_PARTICIPANTS,
     Participant,
     RoundPrivacy,
     RoundSecAgg,
@@ -35,9 +36,11 @@ from fedprivacy.secagg.config import SEED_BYTES, build_neighbours, choose_degree
 # The stages of a secure round after the first (train and advertise keys): share keys, masked
 # input, unmasking.
 STAGES_AFTER_TRAINING = 3
-# Fewer devices cannot run the protocol (a DP task's Poisson draw can give them): such a round
-# carries no secure-aggregation section, and the aggregator decides what it releases.
-MIN_SECURE_PARTICIPANTS = 2
+# A try with nobody (a DP task's empty Poisson draw) carries no secure-aggregation section: the
+# aggregator releases pure noise, as without it. One or two devices cannot run the protocol
+# (two would learn each other's update from the sum): their try carries the section, so that
+# the aggregator fails it, and no device is asked (``assignments`` gives none).
+MIN_SECURE_PARTICIPANTS = 1
 # The graph seed's length (the shell draws it with ``secrets.token_bytes``).
 GRAPH_SEED_BYTES = SEED_BYTES
 # DP-FedAvg weights every device 1 (the sum is divided by the expected participant count).
@@ -92,9 +95,8 @@ def round_parameters(
         return None
     if graph_seed is None or len(graph_seed) != GRAPH_SEED_BYTES:
         raise ValueError(f"graph_seed must be {GRAPH_SEED_BYTES} random bytes for a secure try")
-    degree = secagg_round.round_degree(
-        num_clients, neighbours=section.neighbours, default=choose_degree(num_clients)
-    )
+    default = choose_degree(num_clients) if num_clients >= 2 else 1
+    degree = secagg_round.round_degree(num_clients, neighbours=section.neighbours, default=default)
     if dp is None:
         clip_norm, weight_cap, clip_bit = section.clip_norm, section.weight_cap, False
     else:
@@ -118,8 +120,11 @@ def assignments(
     """Return each participant's ``SecAggAssignment``, by device id.
 
     Index i is the device's position in ``participants`` (round.opened's order); its
-    neighbours are its row of the graph built once from the round's seed.
+    neighbours are its row of the graph built once from the round's seed. None below
+    ``SECAGG_MIN_PARTICIPANTS``: such a try asks no device.
     """
+    if len(participants) < SECAGG_MIN_PARTICIPANTS:
+        return {}
     graph = build_neighbours(
         num_clients=len(participants), degree=parameters.degree, seed=parameters.graph_seed
     )
