@@ -365,6 +365,13 @@ def demo(
         int | None,
         typer.Option(help="with --secure-aggregation: bits per quantised coordinate (16)"),
     ] = None,
+    secagg_stage_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="with --secure-aggregation: seconds each stage after training waits for "
+            "devices that dropped (30)"
+        ),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -408,6 +415,7 @@ def demo(
         secure_aggregation=secure_aggregation,
         secagg_bits=secagg_bits,
         secagg_dropout=secagg_dropout,
+        secagg_stage_timeout=secagg_stage_timeout,
     )
     try:
         privacy_section(options)

@@ -115,6 +115,8 @@ class DemoOptions:
     secure_aggregation: bool = False
     secagg_bits: int | None = None
     secagg_dropout: float | None = None
+    # Seconds each stage after training waits (None: the schema's 30).
+    secagg_stage_timeout: float | None = None
 
 
 async def _device_ledgers(
@@ -228,6 +230,7 @@ def secure_aggregation_section(options: DemoOptions) -> dict[str, Any] | None:
         for flag, value in (
             ("--secagg-dropout", options.secagg_dropout),
             ("--secagg-bits", options.secagg_bits),
+            ("--secagg-stage-timeout", options.secagg_stage_timeout),
         ):
             if value is not None:
                 raise ValueError(f"{flag} needs --secure-aggregation")
@@ -236,6 +239,8 @@ def secure_aggregation_section(options: DemoOptions) -> dict[str, Any] | None:
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ValueError(f"--secagg-dropout must be a fraction in [0, 1), got {dropout}")
     section: dict[str, Any] = {}
+    if options.secagg_stage_timeout is not None:
+        section["stage_timeout_s"] = options.secagg_stage_timeout
     if options.secagg_bits is not None:
         section["bits"] = options.secagg_bits
         largest = (1 << options.secagg_bits) - 1

@@ -39,6 +39,9 @@ SECURE = DemoOptions(secure_aggregation=True)
             {"bits": 8, "weight_cap": 255},
             id="bits-8-lowers-the-weight-cap-to-fit",
         ),
+        pytest.param(
+            replace(SECURE, secagg_stage_timeout=5.0), {"stage_timeout_s": 5.0}, id="timeout"
+        ),
     ],
 )
 def test_the_section_the_demo_sends(options: DemoOptions, section: dict[str, Any] | None) -> None:
@@ -69,6 +72,12 @@ def test_the_section_the_demo_sends(options: DemoOptions, section: dict[str, Any
             "--secagg-bits needs --secure-aggregation",
             id="bits-without-secure",
         ),
+        pytest.param(
+            DemoOptions(secagg_stage_timeout=5.0),
+            "--secagg-stage-timeout needs --secure-aggregation",
+            id="timeout-without-secure",
+        ),
+        pytest.param(replace(SECURE, secagg_stage_timeout=0.0), "stage_timeout_s", id="timeout-0"),
         pytest.param(replace(SECURE, secagg_dropout=1.0), r"\[0, 1\)", id="dropout-1"),
         pytest.param(replace(SECURE, secagg_dropout=-0.1), r"\[0, 1\)", id="dropout-negative"),
         pytest.param(replace(SECURE, secagg_bits=1), "bits", id="bits-1"),
