@@ -32,10 +32,11 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.settings import KafkaSettings
 from fedengine import launcher
+from fedengine.sdk import FedEngineClient
 from fedprivacy.secagg import RoundConfig, SecAggClient, Stage, choose_degree
 from fedprivacy.secagg.delivery import AdvertDelivery, ShareDelivery, UnmaskingDelivery
 from tests.integration.conftest import Stack
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, run_fleet_task
 from tests.integration.kafka_tools import all_records, decoded, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -457,3 +458,37 @@ async def test_a_dp_round_with_secure_aggregation_releases_noise_on_the_unmasked
     delta = np.concatenate([a.astype(np.float64).ravel() for a in arrays.from_bytes(result.delta)])
     noise_std = 0.05 * 1.0 / 4.0
     assert np.abs(delta - clipped_sum / 4.0).max() < 6 * noise_std + 1e-3
+
+
+async def test_a_task_with_secure_aggregation_trains_on_the_fleet_and_shows_its_stages(
+    client: FedEngineClient, fleet: str
+) -> None:
+    """The whole path: the gateway takes the section, the coordinator opens secure tries, the
+    simulator's devices run the protocol, the aggregator unmasks the sum, the rounds view
+    shows each stage's counts, seconds and bytes."""
+    # Execute
+    task_id = await run_fleet_task(
+        client, fleet, wait=False, rounds=3, min_devices=3, secure_aggregation={}
+    )
+    task = await client.wait_for_task(
+        task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=180
+    )
+
+    # Assert
+    assert task["state"] == "completed", task
+    assert task["secure_aggregation"]["bits"] == 16
+    rounds = [r for r in await client.get_rounds(task_id) if r["status"] == "completed"]
+    assert [r["round_number"] for r in rounds] == [1, 2, 3]
+    assert rounds[-1]["accuracy"] > 0.5
+    for round_ in rounds:
+        stages = round_["secure_stages"]
+        assert [s["stage_name"] for s in stages] == [
+            "advertise_keys",
+            "share_keys",
+            "masked_input",
+            "unmasking",
+        ]
+        assert all(s["expected"] == 4 and s["delivered"] == 4 for s in stages)
+        assert all(s["bytes_up"] > 0 for s in stages)
+        assert all(s["bytes_down"] > 0 for s in stages[1:])
+        assert sorted(round_["aggregated"]) == sorted(round_["participants"])

@@ -140,7 +140,9 @@ async def get_task(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, An
 async def list_rounds(
     conn: psycopg.AsyncConnection, task_id: UUID, *, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    return await _page(
+    """One page of the task's rounds; a secure round's carries its SecAgg+ stages (the
+    aggregator's public log: counts, seconds and bytes; none for a DP round)."""
+    rows, total = await _page(
         conn,
         columns="round_number, attempt, status, participants, aggregated, dropped, rejected, "
         "accuracy, loss, train_loss, num_examples, bytes_up, bytes_down, duration_s, opened_at, "
@@ -152,6 +154,20 @@ async def list_rounds(
         limit=limit,
         offset=offset,
     )
+    stages = await _all(
+        conn,
+        "SELECT round_number, attempt, stage_name, expected, delivered, dropped, rejected, "
+        "seconds, bytes_up, bytes_down FROM aggregator.secagg_log_public "
+        "WHERE task_id = %s ORDER BY round_number, attempt, stage",
+        (task_id,),
+    )
+    by_try: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for stage in stages:
+        key = (stage.pop("round_number"), stage.pop("attempt"))
+        by_try.setdefault(key, []).append(stage)
+    for row in rows:
+        row["secure_stages"] = by_try.get((row["round_number"], row["attempt"]))
+    return rows, total
 
 
 async def list_events(

@@ -327,6 +327,20 @@ class TaskPublic(BaseModel):
         return {**data, **sections} if sections else data
 
 
+class SecureStagePublic(BaseModel):
+    """One SecAgg+ stage of a round: who was expected, delivered, dropped or was refused, how
+    long it took and the bytes each way (never keys, shares, masks or updates)."""
+
+    stage_name: str
+    expected: int
+    delivered: int
+    dropped: int
+    rejected: int
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+
+
 class RoundPublic(BaseModel):
     round_number: int
     attempt: int
@@ -352,6 +366,9 @@ class RoundPublic(BaseModel):
     sample_rate: float | None = None
     # The round's clipping norm C (adaptive clipping moves it from round to round).
     clip_norm: float | None = None
+    # A secure round's SecAgg+ stages, in order (None: no secure aggregation, or a DP round,
+    # whose counts would show how many devices it drew).
+    secure_stages: list[SecureStagePublic] | None = None
 
 
 class PrivacyReleasePublic(BaseModel):
