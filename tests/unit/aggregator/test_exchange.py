@@ -43,7 +43,7 @@ def test_fedavg_through_the_exchange_equals_the_batch_mean_exactly(
     updates: list[tuple[int, np.ndarray, np.ndarray]],
 ) -> None:
     # Prepare
-    exchange = UpdateExchange(start_accumulator("fedavg", {}, [[2, 3], [4]]))
+    exchange = UpdateExchange(opened(), start_accumulator("fedavg", {}, [[2, 3], [4]]))
 
     # Execute: each update is checked, then folded in, as the shell does.
     for index, (examples, weights, bias) in enumerate(updates):
@@ -72,7 +72,7 @@ def test_the_strategy_decides_whether_the_round_buffers() -> None:
 
 def test_a_bad_update_is_refused_before_it_counts() -> None:
     # Prepare
-    exchange = UpdateExchange(start_accumulator("fedavg", {}, [[3]]))
+    exchange = UpdateExchange(opened(), start_accumulator("fedavg", {}, [[3]]))
 
     # Execute / Assert: a wrong shape is refused by prepare, and nothing changed.
     with pytest.raises(ValueError, match="shapes"):

@@ -10,7 +10,7 @@ import pytest
 
 from fedcommon import arrays
 from fedcommon.messages.v1 import Participant, RoundOpened, RoundPrivacy, UpdateMetrics
-from fedengine_aggregator.core import results
+from fedengine_aggregator.core import exchange, results
 from fedengine_aggregator.core.exchange import (
     Accepted,
     UpdateExchange,
@@ -45,7 +45,7 @@ def begin(message: RoundOpened, *extra: StageSpec) -> OpenRound:
     return OpenRound.begin(
         message,
         [update_stage(message, received_at=None), *extra],
-        UpdateExchange(start_accumulator("fedavg", {}, message.param_shapes)),
+        UpdateExchange(message, start_accumulator("fedavg", {}, message.param_shapes)),
         topic="fed.updates",
         partition=0,
         offset=0,
@@ -69,7 +69,7 @@ def test_an_aggregated_round_carries_the_weighted_mean_and_who_made_it() -> None
 
     # Execute
     outcome = state.outcome(DEADLINE)
-    result = results.aggregated(state, producer="aggregator", now=DEADLINE)
+    result = exchange.aggregated(state, producer="aggregator", now=DEADLINE)
 
     # Assert
     assert outcome == Outcome.AGGREGATE
@@ -122,7 +122,7 @@ def dp_begin(message: RoundOpened) -> OpenRound:
     return OpenRound.begin(
         message,
         [update_stage(message, received_at=None)],
-        UpdateExchange(round_accumulator(message)),
+        UpdateExchange(message, round_accumulator(message)),
         topic="fed.updates",
         partition=0,
         offset=0,
@@ -143,7 +143,7 @@ def test_a_dp_round_carries_the_noised_mean_its_approval_and_nothing_per_device(
 
     # Execute
     outcome = state.outcome(DEADLINE)
-    result = results.private_aggregated(
+    result = exchange.private_aggregated(
         state, producer="aggregator", now=DEADLINE, rng=np.random.default_rng(11)
     )
 
@@ -163,6 +163,6 @@ def test_a_round_without_dp_has_no_private_result() -> None:
     send(state, "d0", 1.0, 1, loss=1.0)
 
     with pytest.raises(ValueError, match="not a DP round"):
-        results.private_aggregated(
+        exchange.private_aggregated(
             state, producer="aggregator", now=DEADLINE, rng=np.random.default_rng(0)
         )

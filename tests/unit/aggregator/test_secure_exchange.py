@@ -20,10 +20,16 @@ from fedcommon.messages.v1 import (
     RoundSecAgg,
 )
 from fedengine_aggregator.core import secure_exchange
-from fedengine_aggregator.core.secure_exchange import Delivery, SecureExchange, StageName
+from fedengine_aggregator.core.protocol import StageFailed
+from fedengine_aggregator.core.secure_exchange import (
+    STAGE_NAMES,
+    Delivery,
+    SecureExchange,
+    StageName,
+)
 from fedengine_aggregator.core.stages import Placement, Progress, RoundStages
 from fedengine_aggregator.core.validation import Rejected, RejectReason
-from fedprivacy.secagg import RoundConfig, SecAggClient, Stage, ThresholdNotMet, choose_degree
+from fedprivacy.secagg import RoundConfig, SecAggClient, Stage, choose_degree
 from fedprivacy.secagg.delivery import AdvertDelivery, ShareDelivery, UnmaskingDelivery
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -155,7 +161,7 @@ def run(
             )
     sent = []
     for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASKING):
-        deliveries = exchange.begin(stage)
+        deliveries = exchange.deliveries(STAGE_NAMES[stage])
         sent.append(deliveries)
         quiet |= silent.get(stage, set())
         for delivery in deliveries:
@@ -166,12 +172,12 @@ def run(
 
 def test_the_unmasked_result_is_the_weighted_mean_of_the_quantised_updates() -> None:
     opened, keys = opened_round()
-    fleet, exchange = Fleet(opened, keys), SecureExchange.start(opened)
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
 
     run(exchange, fleet)
     total = exchange.finish()
 
-    assert exchange.contributors(total) == sorted(fleet.ids)
+    assert sorted(exchange.ids[i] for i in total.contributors) == sorted(fleet.ids)
     assert np.allclose(
         total.weighted_mean(),
         expected_mean(fleet, fleet.ids),
@@ -181,13 +187,13 @@ def test_the_unmasked_result_is_the_weighted_mean_of_the_quantised_updates() -> 
 
 def test_a_device_dropping_after_its_masked_input_still_counts_and_one_before_does_not() -> None:
     opened, keys = opened_round(8)
-    fleet, exchange = Fleet(opened, keys), SecureExchange.start(opened)
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
 
     run(exchange, fleet, silent={Stage.MASKED_INPUT: {"dev-1"}, Stage.UNMASKING: {"dev-5"}})
     total = exchange.finish()
 
     counted = [d for d in fleet.ids if d != "dev-1"]
-    assert exchange.contributors(total) == sorted(counted)
+    assert sorted(exchange.ids[i] for i in total.contributors) == sorted(counted)
     assert np.allclose(
         total.weighted_mean(),
         expected_mean(fleet, counted),
@@ -200,11 +206,11 @@ def test_deliveries_are_addressed_with_ids_fixed_by_task_round_attempt_stage_and
 ):
     opened, keys = opened_round()
     fleet = Fleet(opened, keys)
-    first = run(SecureExchange.start(opened), fleet)
+    first = run(SecureExchange(opened), fleet)
 
     ids = [d.message_id for stage in first for d in stage]
     assert len(set(ids)) == len(ids)
-    again = SecureExchange.start(opened)
+    again = SecureExchange(opened)
     assert [d.message_id for d in first[0]] == [
         again._delivery(Stage.SHARE_KEYS, i, b"").message_id for i in range(len(fleet.ids))
     ]
@@ -213,30 +219,30 @@ def test_deliveries_are_addressed_with_ids_fixed_by_task_round_attempt_stage_and
 def test_a_restart_from_a_stage_checkpoint_sends_the_same_bytes_and_sums_the_same() -> None:
     # Prepare: a round through key sharing; the checkpoint taken when masked input began.
     opened, keys = opened_round()
-    fleet, exchange = Fleet(opened, keys), SecureExchange.start(opened)
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
     for d in fleet.ids:
         send(exchange, fleet, d, Stage.ADVERTISE_KEYS, fleet.clients[d].advertise_keys().to_bytes())
-    adverts = exchange.begin(Stage.SHARE_KEYS)
+    adverts = exchange.deliveries(STAGE_NAMES[Stage.SHARE_KEYS])
     for delivery in adverts:
         send(exchange, fleet, delivery.device_id, Stage.SHARE_KEYS, fleet.answer(delivery))
-    shares = exchange.begin(Stage.MASKED_INPUT)
+    shares = exchange.deliveries(STAGE_NAMES[Stage.MASKED_INPUT])
     checkpoint = exchange.checkpoint()
     masked = {d.device_id: fleet.answer(d) for d in shares}
     for device_id, payload in list(masked.items())[:3]:
         send(exchange, fleet, device_id, Stage.MASKED_INPUT, payload)
 
     # Execute: a new aggregator restores the checkpoint and re-reads the stage's records.
-    restarted = SecureExchange.start(opened)
-    restarted.restore(Stage.MASKED_INPUT, checkpoint)
+    restarted = SecureExchange(opened)
+    restarted.restore(StageName.MASKED_INPUT, checkpoint)
     for device_id, payload in masked.items():
         send(restarted, fleet, device_id, Stage.MASKED_INPUT, payload)
-    unmasking = restarted.begin(Stage.UNMASKING)
+    unmasking = restarted.deliveries(STAGE_NAMES[Stage.UNMASKING])
     for delivery in unmasking:
         send(restarted, fleet, delivery.device_id, Stage.UNMASKING, fleet.answer(delivery))
 
     # Assert: earlier stages count as decided; the sum is exact.
-    assert restarted.decided_before_restart(Stage.SHARE_KEYS)
-    assert not restarted.decided_before_restart(Stage.MASKED_INPUT)
+    assert restarted.decided_before_restart(StageName.SHARE_KEYS)
+    assert not restarted.decided_before_restart(StageName.MASKED_INPUT)
     total = restarted.finish()
     assert np.allclose(
         total.weighted_mean(),
@@ -247,12 +253,12 @@ def test_a_restart_from_a_stage_checkpoint_sends_the_same_bytes_and_sums_the_sam
 
 def test_too_few_left_after_a_stage_fails_closed_naming_the_stage() -> None:
     opened, keys = opened_round(6)
-    fleet, exchange = Fleet(opened, keys), SecureExchange.start(opened)
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
     for d in fleet.ids[:2]:
         send(exchange, fleet, d, Stage.ADVERTISE_KEYS, fleet.clients[d].advertise_keys().to_bytes())
 
-    with pytest.raises(ThresholdNotMet, match="advertise-keys"):
-        exchange.begin(Stage.SHARE_KEYS)
+    with pytest.raises(StageFailed, match="advertise-keys"):
+        exchange.deliveries(STAGE_NAMES[Stage.SHARE_KEYS])
 
 
 @pytest.mark.parametrize(
@@ -265,7 +271,7 @@ def test_too_few_left_after_a_stage_fails_closed_naming_the_stage() -> None:
 )
 def test_a_bad_protocol_message_is_rejected_as_malformed(case: str, detail: str) -> None:
     opened, keys = opened_round()
-    fleet, exchange = Fleet(opened, keys), SecureExchange.start(opened)
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
     advert = fleet.clients["dev-0"].advertise_keys().to_bytes()
     if case == "repeat":
         send(exchange, fleet, "dev-0", Stage.ADVERTISE_KEYS, advert)
@@ -281,7 +287,7 @@ def test_a_bad_protocol_message_is_rejected_as_malformed(case: str, detail: str)
 
 def test_a_redelivered_message_is_recognised_by_its_id() -> None:
     opened, keys = opened_round()
-    fleet, exchange = Fleet(opened, keys), SecureExchange.start(opened)
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
     payload = fleet.clients["dev-0"].advertise_keys().to_bytes()
     message_id = uuid.uuid4()
     exchange.accept(
@@ -312,7 +318,7 @@ def test_rounds_secure_aggregation_cannot_serve_are_refused(
 
     assert reason in (secure_exchange.refusal(opened) or "")
     with pytest.raises(ValueError, match=reason):
-        SecureExchange.start(opened)
+        SecureExchange(opened)
 
 
 def test_later_stages_run_their_own_timeout_from_their_start() -> None:

@@ -44,7 +44,7 @@ def open_round(
     return OpenRound.begin(
         message,
         plain_plan(message, received_at=received_at),
-        UpdateExchange(start_accumulator("fedavg", {}, message.param_shapes)),
+        UpdateExchange(message, start_accumulator("fedavg", {}, message.param_shapes)),
         topic=TOPIC,
         partition=0,
         offset=offset,

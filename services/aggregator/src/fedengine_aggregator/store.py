@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from fedcommon.messages.v1 import SecAggSubmitted, UpdateSubmitted
+from fedengine_aggregator.core.protocol import StageLog
 
 SCHEMA = "aggregator"
 
@@ -104,6 +105,42 @@ async def close_round(
     return cursor.rowcount == 1
 
 
+async def record_verdict(
+    conn: psycopg.AsyncConnection,
+    message: UpdateSubmitted | SecAggSubmitted,
+    *,
+    partition: int,
+    offset: int,
+    status: str,
+    reason: str | None = None,
+    detail: str | None = None,
+    private: bool = False,
+) -> None:
+    """Record a stage record's verdict (``record_result`` for an update; a SecAgg+ message
+    has only its rejections recorded: an accepted key or share says nothing to audit)."""
+    if isinstance(message, UpdateSubmitted):
+        await record_result(
+            conn,
+            message,
+            partition=partition,
+            offset=offset,
+            status=status,
+            reason=reason,
+            detail=detail,
+            private=private,
+        )
+    elif status == "rejected":
+        await record_secagg_rejection(
+            conn,
+            message,
+            partition=partition,
+            offset=offset,
+            reason=reason or "",
+            detail=detail or "",
+            private=private,
+        )
+
+
 async def record_secagg_rejection(
     conn: psycopg.AsyncConnection,
     message: SecAggSubmitted,
@@ -178,20 +215,6 @@ async def save_checkpoint(
 
 async def drop_checkpoints(conn: psycopg.AsyncConnection, round_id: UUID) -> None:
     await conn.execute("DELETE FROM aggregator.secagg_checkpoints WHERE round_id = %s", (round_id,))
-
-
-@dataclass(frozen=True)
-class StageLog:
-    """One row of the secagg log (counts, seconds and bytes of one stage of one round)."""
-
-    stage: int
-    stage_name: str
-    expected: int
-    delivered: int
-    rejected: int
-    seconds: float
-    bytes_up: int
-    bytes_down: int
 
 
 async def log_stage(

@@ -20,19 +20,32 @@ who answered each stage, and the unmasked sum. Not any device's update.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
 
-from fedcommon import secagg_round, topics
-from fedcommon.messages.v1 import DP_STRATEGIES, SECAGG_MIN_PARTICIPANTS, RoundOpened
-from fedcommon.server_opt import Float64Arrays
+from fedcommon import arrays, secagg_round, signing, topics
+from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import (
+    DP_STRATEGIES,
+    SECAGG_MIN_PARTICIPANTS,
+    AnyMessage,
+    RoundAggregated,
+    RoundOpened,
+    SecAggDelivered,
+    SecAggSubmitted,
+)
+from fedcommon.server_opt import Float64Arrays, to_float32
+from fedengine_aggregator.core import dp_fedavg, results
 from fedengine_aggregator.core.exchange import stage_deadline
+from fedengine_aggregator.core.protocol import Outgoing, RoundProtocol, StageFailed, StageLog
+from fedengine_aggregator.core.stages import Stage as RoundStage
 from fedengine_aggregator.core.stages import StageSpec
 from fedengine_aggregator.core.validation import Rejected, RejectReason
 from fedprivacy.secagg import (
@@ -44,6 +57,7 @@ from fedprivacy.secagg import (
     RoundConfig,
     SecAggServer,
     Stage,
+    ThresholdNotMet,
     UnmaskingShares,
 )
 from fedprivacy.secagg.client import ProtocolStateError
@@ -54,6 +68,11 @@ from fedprivacy.secagg.delivery import (
     UnmaskingDelivery,
     message_id,
 )
+from fedprivacy.secagg.encoding import dequantize_sum
+
+if TYPE_CHECKING:
+    from fedengine_aggregator.core.stages import RoundStages
+    from fedengine_aggregator.core.window import OpenRound, RoundResult
 
 
 class StageName(StrEnum):
@@ -158,50 +177,97 @@ class StageTally:
     rejected: int = 0
 
 
-@dataclass
-class SecureExchange:
+class SecureExchange(RoundProtocol):
     """The aggregator's state of one secure round, around the library's ``SecAggServer``."""
 
-    opened: RoundOpened
-    config: RoundConfig
-    server: SecAggServer
-    ids: list[str]
-    index_of: dict[str, int]
-    # Stage-1 signatures, forwarded with the advertisements so neighbours check each key.
-    _advert_signatures: dict[int, bytes] = field(default_factory=dict)
-    # Stage-2 ciphertexts by recipient: (sender, nonce || ciphertext).
-    _inbox: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
-    # The message counted for each (stage, device): a redelivery is not a second message.
-    _accepted: dict[tuple[Stage, str], UUID] = field(default_factory=dict)
-    # Records of stages before this one were decided before a restart (``restore``).
-    resumed_at: Stage = Stage.ADVERTISE_KEYS
-    tallies: dict[Stage, StageTally] = field(
-        default_factory=lambda: {stage: StageTally() for stage in Stage}
-    )
-
-    @classmethod
-    def start(cls, opened: RoundOpened) -> SecureExchange:
+    def __init__(self, opened: RoundOpened) -> None:
         """Raise ``ValueError`` when the round cannot run (:func:`refusal`, bad parameters)."""
         reason = refusal(opened)
         if reason is not None:
             raise ValueError(reason)
-        config = round_config(opened)
-        ids = [p.device_id for p in opened.participants]
-        return cls(
-            opened=opened,
-            config=config,
-            server=SecAggServer(config),
-            ids=ids,
-            index_of={device_id: i for i, device_id in enumerate(ids)},
-        )
+        super().__init__(opened)
+        self.config = round_config(opened)
+        self.server = SecAggServer(self.config)
+        self.ids = [p.device_id for p in opened.participants]
+        self.index_of = {device_id: i for i, device_id in enumerate(self.ids)}
+        # Stage-1 signatures, forwarded with the advertisements so neighbours check each key.
+        self._advert_signatures: dict[int, bytes] = {}
+        # Stage-2 ciphertexts by recipient: (sender, nonce || ciphertext).
+        self._inbox: dict[int, list[tuple[int, bytes]]] = {}
+        # The message counted for each (stage, device): a redelivery is not a second message.
+        self._accepted: dict[tuple[Stage, str], UUID] = {}
+        # Records of stages before this one were decided before a restart (``restore``).
+        self.resumed_at = Stage.ADVERTISE_KEYS
+        self.tallies = {stage: StageTally() for stage in Stage}
+
+    # What the round reads ---------------------------------------------------------------
+    def plan(self, *, received_at: datetime | None) -> list[StageSpec]:
+        return secure_plan(self.opened, received_at=received_at)
+
+    def stage_of(self, message: AnyMessage) -> str | None:
+        if isinstance(message, SecAggSubmitted):
+            return STAGE_NAMES[Stage(message.stage)].value
+        return None
 
     # Records ---------------------------------------------------------------------------
-    def decided_before_restart(self, stage: Stage) -> bool:
+    def is_redelivery(self, stage: str, message: AnyMessage) -> bool:
+        return isinstance(message, SecAggSubmitted) and self.redelivered(
+            STAGE_OF_NAME[stage], message.device_id, message.message_id
+        )
+
+    def decided_before_restart(self, stage: str) -> bool:
         """Whether ``stage`` was over before a restart: its records were counted then."""
-        return stage < self.resumed_at
+        return STAGE_OF_NAME[stage] < self.resumed_at
 
     def redelivered(self, stage: Stage, device_id: str, message_id: UUID) -> bool:
         return self._accepted.get((stage, device_id)) == message_id
+
+    def check(self, stage: RoundStage, message: AnyMessage) -> None:
+        """The checks in order: task and round, the sender (expected in this stage: selected,
+        and through the stages before), the size, the device's signature over task, round id,
+        stage and payload (so that a replay from another try or a relabelled message fails),
+        a repeat, then the protocol's own checks (:meth:`accept`)."""
+        if not isinstance(message, SecAggSubmitted):
+            raise Rejected(RejectReason.UNKNOWN_ROUND, f"{message.type} is no SecAgg+ message")
+        number = Stage(message.stage)
+        opened = self.opened
+        if message.task_id != opened.task_id or message.round_number != opened.round_number:
+            raise Rejected(RejectReason.UNKNOWN_ROUND, "task or round number does not match")
+        participant = stage.expects(message.device_id)
+        if participant is None:
+            raise Rejected(
+                RejectReason.NOT_SELECTED,
+                f"{message.device_id} is not expected in stage {STAGE_NAMES[number]}",
+            )
+        limit = max_payload(self.config, number)
+        if len(message.payload) > limit:
+            raise Rejected(RejectReason.TOO_LARGE, f"{len(message.payload)} bytes > {limit}")
+        if opened.round_id is None:
+            raise Rejected(RejectReason.UNKNOWN_ROUND, "round.opened carries no round_id")
+        try:
+            signing.verify(
+                public_key=participant.public_key,
+                signature=message.signature,
+                payload=signing.secagg_payload(
+                    task_id=message.task_id,
+                    round_id=opened.round_id,
+                    device_id=message.device_id,
+                    round_number=message.round_number,
+                    stage=message.stage,
+                    payload=message.payload,
+                ),
+            )
+        except ProtocolViolation as exc:
+            raise Rejected(RejectReason.BAD_SIGNATURE, str(exc)) from exc
+        if stage.delivered(message.device_id):
+            raise Rejected(RejectReason.DUPLICATE, f"{message.device_id} already sent this stage")
+        self.accept(
+            number, message.device_id, message.payload, message.message_id, message.signature
+        )
+
+    def commit(self, stage: RoundStage, message: AnyMessage, checked: Any) -> None:
+        """Nothing more: :meth:`check` handed the message to the protocol (its checks and
+        its fold are one step in ``SecAggServer``), and no acceptance is recorded."""
 
     def accept(
         self, stage: Stage, device_id: str, payload: bytes, message_id: UUID, signature: bytes
@@ -235,26 +301,55 @@ class SecureExchange:
         self._accepted[(stage, device_id)] = message_id
         self.tallies[stage].bytes_up += len(payload)
 
-    def count_rejection(self, stage: Stage) -> None:
-        self.tallies[stage].rejected += 1
+    def count_rejection(self, stage: str) -> None:
+        self.tallies[STAGE_OF_NAME[stage]].rejected += 1
 
     # Stages ----------------------------------------------------------------------------
-    def begin(self, stage: Stage) -> list[Delivery]:
+    def begin(self, stage: str, *, now: datetime) -> list[Outgoing]:
+        """Close the stage before ``stage`` in the server; each device that goes on is sent
+        its delivery on its command topic (dated ``now``: the same bytes if stored again).
+        Raises ``StageFailed`` when too few are left (fail closed)."""
+        opened = self.opened
+        return [
+            Outgoing(
+                base=topics.DEVICE_COMMANDS,
+                key=delivery.device_id,
+                message=SecAggDelivered(
+                    message_id=delivery.message_id,
+                    producer=results.PRODUCER,
+                    round_id=opened.round_id,
+                    correlation_id=opened.message_id,
+                    sent_at=now,
+                    task_id=opened.task_id,
+                    device_id=delivery.device_id,
+                    round_number=opened.round_number,
+                    stage=delivery.stage.value,
+                    payload=delivery.payload,
+                ),
+            )
+            for delivery in self.deliveries(stage)
+        ]
+
+    def deliveries(self, stage: str) -> list[Delivery]:
         """Close the stage before ``stage`` in the server and return what each device that
-        goes on is sent. Raises ``ThresholdNotMet`` when too few are left (fail closed)."""
-        if stage == Stage.SHARE_KEYS:
-            deliveries = self._adverts()
-        elif stage == Stage.MASKED_INPUT:
-            deliveries = self._shares()
-        elif stage == Stage.UNMASKING:
-            request = self.server.close_masked_input()
-            deliveries = [
-                self._delivery(stage, i, UnmaskingDelivery.of(request, recipient=i).to_bytes())
-                for i in request.survivors
-            ]
-        else:
-            raise ValueError("the first stage begins with the round")
-        self.tallies[stage].bytes_down += sum(len(d.payload) for d in deliveries)
+        goes on is sent. Raises ``StageFailed`` when too few are left (fail closed)."""
+        number = STAGE_OF_NAME[stage]
+        try:
+            if number == Stage.SHARE_KEYS:
+                deliveries = self._adverts()
+            elif number == Stage.MASKED_INPUT:
+                deliveries = self._shares()
+            elif number == Stage.UNMASKING:
+                request = self.server.close_masked_input()
+                deliveries = [
+                    self._delivery(number, i, UnmaskingDelivery.of(request, recipient=i).to_bytes())
+                    for i in request.survivors
+                ]
+            else:
+                raise ValueError("the first stage begins with the round")
+        except ThresholdNotMet as exc:
+            raise StageFailed(str(exc)) from exc
+        self.tallies[number].bytes_down += sum(len(d.payload) for d in deliveries)
         return deliveries
 
     def _adverts(self) -> list[Delivery]:
@@ -302,29 +397,147 @@ class SecureExchange:
             ),
         )
 
-    def finish(self) -> AggregateResult:
-        """The unmasked sum (``ThresholdNotMet`` / ``InvalidSecAggMessage``: fail closed)."""
-        return self.server.finish()
-
-    # Restart ---------------------------------------------------------------------------
     def checkpoint(self) -> bytes:
         """The server state as bytes (never pickle), taken when a stage begins."""
         return self.server.export_state()
 
-    def restore(self, stage: Stage, state: bytes) -> None:
+    def restore(self, stage: str, state: bytes) -> None:
         """Resume at the start of ``stage`` from its checkpoint (``InvalidSecAggMessage`` for
         a state of another round)."""
         self.server = SecAggServer.restore(self.config, state)
-        self.resumed_at = stage
+        self.resumed_at = STAGE_OF_NAME[stage]
         self._advert_signatures.clear()
         self._inbox.clear()
 
-    # Results ---------------------------------------------------------------------------
-    def contributors(self, result: AggregateResult) -> list[str]:
-        return sorted(self.ids[i] for i in result.contributors)
+    def stage_logs(self, stages: Sequence[RoundStage], *, now: datetime) -> list[StageLog]:
+        """One row per stage begun: expected, delivered and rejected, its seconds (to the next
+        stage's start, or ``now``) and bytes each way."""
+        rows = []
+        for stage, after in zip(stages, [*stages[1:], None], strict=True):
+            number = STAGE_OF_NAME[stage.name]
+            tally = self.tallies[number]
+            began = stage.started_at or self.opened.sent_at
+            ended = after.started_at if after is not None and after.started_at else now
+            rows.append(
+                StageLog(
+                    stage=int(number),
+                    stage_name=stage.name,
+                    expected=len(stage.expected),
+                    delivered=len(stage.survivors),
+                    rejected=tally.rejected,
+                    seconds=max(0.0, (ended - began).total_seconds()),
+                    bytes_up=tally.bytes_up,
+                    bytes_down=tally.bytes_down,
+                )
+            )
+        return rows
+
+    # The result ------------------------------------------------------------------------
+    def contributors(self, stages: RoundStages[Any]) -> list[str]:
+        """Who sent a masked input (U3): their updates are in the sum."""
+        stage = stages.stage(StageName.MASKED_INPUT)
+        return sorted(stage.survivors) if stage is not None else []
 
     def bytes_up(self) -> int:
         return sum(t.bytes_up for t in self.tallies.values())
+
+    def finish(self) -> AggregateResult:
+        """The unmasked sum (``ThresholdNotMet`` / ``InvalidSecAggMessage``: fail closed)."""
+        return self.server.finish()
+
+    def result(self, state: OpenRound, *, now: datetime, rng: np.random.Generator) -> RoundResult:
+        """Unmask the sum and build the round's result; a sum that cannot be unmasked (too
+        few shares, a forged share) fails the round closed with the reason, never a wrong
+        sum. A DP round's noise comes from ``rng``."""
+        try:
+            total = self.finish()
+        except (ThresholdNotMet, InvalidSecAggMessage) as exc:
+            return results.failed(state, str(exc)[:500], producer=results.PRODUCER)
+        if self.opened.privacy is not None:
+            return secure_private_aggregated(
+                state, self, total, producer=results.PRODUCER, now=now, rng=rng
+            )
+        return secure_aggregated(state, self, total, producer=results.PRODUCER, now=now)
+
+
+def secure_aggregated(
+    state: OpenRound,
+    secure: SecureExchange,
+    total: AggregateResult,
+    *,
+    producer: str,
+    now: datetime,
+) -> RoundAggregated:
+    """A secure round's result: the weighted mean the unmasked sum gives, and who sent a
+    masked input (the aggregator knows who answered; it never saw an update)."""
+    opened = state.opened
+    delta = split(total.weighted_mean(), opened.param_shapes)
+    return RoundAggregated(
+        **results.about(state, producer=producer),
+        model_version=opened.model_version,
+        delta=arrays.to_bytes(list(to_float32(delta))),
+        participants=sorted(secure.ids[i] for i in total.contributors),
+        dropped=state.dropped(),
+        rejected=dict(state.rejected),
+        num_examples=total.weight_sum,
+        # Each device's loss would be one more thing it tells about its data: not sent.
+        train_loss=0.0,
+        bytes_up=secure.bytes_up(),
+        duration_s=results.duration_s(state, now),
+    )
+
+
+def secure_private_aggregated(
+    state: OpenRound,
+    secure: SecureExchange,
+    total: AggregateResult,
+    *,
+    producer: str,
+    now: datetime,
+    rng: np.random.Generator,
+) -> RoundAggregated:
+    """A DP round with secure aggregation: the unmasked sum of the clipped updates (each
+    device clipped and weighted 1 itself), noised here exactly as a DP round in the clear,
+    and nothing per device. The aggregator sees the un-noised sum before it adds the noise
+    (docs/architecture.md, trust model). One call, one release: the caller stores it.
+
+    Raises ``ValueError`` if the round is not a DP round or its masking does not match the
+    approval (another clip norm, example weights).
+    """
+    opened, approval = state.opened, state.opened.privacy
+    if approval is None:
+        raise ValueError(f"round {state.round_id} is not a DP round")
+    config = secure.config
+    if config.clip_norm != approval.clip_norm or config.weight_cap != 1:
+        raise ValueError(
+            f"round {state.round_id}: masked with clip norm {config.clip_norm} and weight cap "
+            f"{config.weight_cap}, the approval needs {approval.clip_norm} and 1"
+        )
+    count = len(total.contributors)
+    summed = dequantize_sum(
+        total.total[: config.dim], count=count, clip_norm=config.clip_norm, bits=config.bits
+    )
+    unclipped = total.unclipped_count
+    released = dp_fedavg.release_sum(
+        split(summed, opened.param_shapes),
+        centered_count=0.0 if unclipped is None else unclipped - count / 2,
+        approval=approval,
+        rng=rng,
+    )
+    return RoundAggregated(
+        **results.about(state, producer=producer),
+        model_version=opened.model_version,
+        delta=arrays.to_bytes(list(released.delta)),
+        participants=[],
+        dropped=[],
+        rejected={},
+        num_examples=0,
+        train_loss=0.0,
+        bytes_up=0,
+        duration_s=results.duration_s(state, now),
+        privacy_approval_id=approval.approval_id,
+        privacy_unclipped_fraction=released.unclipped_fraction,
+    )
 
 
 def split(vector: npt.NDArray[np.float64], shapes: list[list[int]]) -> Float64Arrays:

@@ -25,6 +25,9 @@ from fedcommon.messages.v1 import Participant
 
 T = TypeVar("T")
 
+# The one stage of a round without secure aggregation: the participants send their updates.
+UPDATES_STAGE = "updates"
+
 
 class Placement(StrEnum):
     CURRENT = "current"  # the stage under way takes it

@@ -15,26 +15,26 @@ from typing import Any
 from uuid import UUID
 
 from fedcommon.messages.v1 import RoundAggregated, RoundFailed, RoundOpened
-from fedengine_aggregator.core.exchange import UPDATES_STAGE, UpdateExchange
 from fedengine_aggregator.core.offsets import Holds
-from fedengine_aggregator.core.secure_exchange import Delivery, SecureExchange, StageName
-from fedengine_aggregator.core.stages import Progress, RoundStages, Stage, StageSpec
+from fedengine_aggregator.core.protocol import Outgoing, RoundProtocol
+from fedengine_aggregator.core.stages import UPDATES_STAGE, Progress, RoundStages, Stage, StageSpec
 
 RoundResult = RoundAggregated | RoundFailed
 
 
 @dataclass(frozen=True)
 class StageStart:
-    """A secure round's stage that began: what it sends, and the checkpoint and log entry
-    stored with it, in one transaction. Fixed once built: a store that met an outage is
-    retried with these same bytes, never built again."""
+    """A later stage that began: what it sends, and the checkpoint stored with it, in one
+    transaction. ``position`` is the stage's place in the round's plan (1 = the first).
+    Fixed once built: a store that met an outage is retried with these same bytes, never
+    built again."""
 
-    stage: int
+    position: int
     stage_name: str
     started_at: datetime
     expected: list[str]
-    server_state: bytes
-    deliveries: list[Delivery]
+    checkpoint: bytes | None
+    outgoing: list[Outgoing]
 
 
 class Outcome(StrEnum):
@@ -54,7 +54,8 @@ class OpenRound:
 
     opened: RoundOpened
     stages: RoundStages[Any]
-    exchange: UpdateExchange
+    # The round's protocol (:mod:`.protocol`): its records, accumulator and result.
+    exchange: RoundProtocol
     holds: Holds = field(default_factory=Holds)
     rejected: Counter[str] = field(default_factory=Counter)
     _rejected_ids: set[UUID] = field(default_factory=set)
@@ -63,9 +64,7 @@ class OpenRound:
     # The result, fixed once the close began: a close that met an outage is retried with this
     # same message (stored in the outbox with the round's close, never built twice).
     result: RoundResult | None = None
-    # A secure round's SecAgg+ state (None: updates come in the clear, to ``exchange``).
-    secure: SecureExchange | None = None
-    # A secure round's stage that began but is not stored yet (an outage): stored first.
+    # A later stage that began but is not stored yet (an outage): stored first.
     unsent: StageStart | None = None
 
     @classmethod
@@ -73,17 +72,14 @@ class OpenRound:
         cls,
         opened: RoundOpened,
         plan: list[StageSpec],
-        exchange: UpdateExchange,
+        exchange: RoundProtocol,
         *,
         topic: str,
         partition: int,
         offset: int,
-        secure: SecureExchange | None = None,
     ) -> OpenRound:
         """Open the round read at ``offset`` of ``topic``/``partition``, holding that record."""
-        if secure is None and UPDATES_STAGE not in {spec.name for spec in plan}:
-            raise ValueError(f"OpenRound: a plan needs the {UPDATES_STAGE} stage")
-        state = cls(opened, RoundStages(plan), exchange, secure=secure)
+        state = cls(opened, RoundStages(plan), exchange)
         state.holds.hold(topic, partition, offset)
         return state
 
@@ -128,10 +124,7 @@ class OpenRound:
 
     def participants(self) -> list[str]:
         """The devices whose update counted (a secure round's: whose masked input did)."""
-        if self.secure is not None:
-            stage = self.stages.stage(StageName.MASKED_INPUT)
-            return sorted(stage.survivors) if stage is not None else []
-        return sorted(self.exchange.accepted)
+        return self.exchange.contributors(self.stages)
 
     def dropped(self) -> list[str]:
         """The round's participants whose update did not count, in the order they were chosen."""
