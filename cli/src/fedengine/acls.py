@@ -9,13 +9,15 @@ consume loop dead-letters, and so does the outbox relay). Pure: no I/O, no broke
 - Principals are the services and ``devices``, the device fleet (the simulator plays it; the
   registry names it ``simulator`` or ``devices``). ``admin`` is the deployment's super user
   (``super.users``): it creates the topics, users and ACLs and has no ACL of its own.
-- Topics that carry no message type yet (fed.secagg) get no ACLs: nobody sends anything
-  there; their ACLs appear with their first message type.
+- A topic that carries no message type gets no ACLs: nobody sends anything there; its
+  ACLs appear with its first message type. (fed.secagg carries the devices' SecAgg+ stage
+  messages, read by the aggregator alone.)
 - No principal gets Create, Delete, Alter or any cluster operation: services do not create
   topics where ``KAFKA_CREATE_TOPICS=false`` (the admin's init job does), and no producer is
   idempotent or transactional (broker.md), so none needs IdempotentWrite.
 - Kafka ACLs cannot look at record keys: every device credential may read every device's
-  train requests on the shared fed.device.commands (docs/security.md).
+  train requests and SecAgg+ deliveries on the shared fed.device.commands (docs/security.md;
+  a delivery's secrets, the key shares, are encrypted to their recipient).
 """
 
 from __future__ import annotations

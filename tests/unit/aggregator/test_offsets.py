@@ -77,6 +77,22 @@ def test_records_given_back_after_an_outage_are_held_again_and_come_first() -> N
     assert [p.item for p in parked.take(round_id)] == ["x2", "x3"]
 
 
+def test_parked_records_are_bounded_by_bytes_too_and_free_them_when_taken_or_expired() -> None:
+    # Prepare: room for 1,000 bytes; records of rounds that may never open.
+    parked: Unplaced[str] = Unplaced(max_items=100, max_age_s=5, max_bytes=1_000)
+    first, second = UUID(int=1), UUID(int=2)
+    assert parked.park(first, "a", topic=REVEALS, partition=0, offset=1, now=T0, size=600)
+
+    # Execute / Assert: a record that would pass the bound is refused; room comes back.
+    assert not parked.park(second, "b", topic=REVEALS, partition=0, offset=2, now=T0, size=401)
+    assert parked.park(second, "c", topic=REVEALS, partition=0, offset=3, now=T0, size=400)
+    assert not parked.park(second, "d", topic=REVEALS, partition=0, offset=4, now=T0, size=1)
+    parked.take(first)
+    assert parked.park(second, "e", topic=REVEALS, partition=0, offset=5, now=T0, size=600)
+    assert parked.expire(T0 + timedelta(seconds=5)) == ["c", "e"]
+    assert parked.park(first, "f", topic=REVEALS, partition=0, offset=6, now=T0, size=1_000)
+
+
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="max_items"):
         Unplaced[str](max_items=0, max_age_s=1)

@@ -18,6 +18,7 @@ from fedcommon.messages.v1 import (
     Participant,
     RoundOpened,
     RoundSecAgg,
+    SecAggSubmitted,
 )
 from fedengine_aggregator.core import secure_exchange
 from fedengine_aggregator.core.protocol import StageFailed
@@ -29,7 +30,14 @@ from fedengine_aggregator.core.secure_exchange import (
 )
 from fedengine_aggregator.core.stages import Placement, Progress, RoundStages
 from fedengine_aggregator.core.validation import Rejected, RejectReason
-from fedprivacy.secagg import RoundConfig, SecAggClient, Stage, choose_degree
+from fedprivacy.secagg import (
+    AggregateResult,
+    InvalidSecAggMessage,
+    RoundConfig,
+    SecAggClient,
+    Stage,
+    choose_degree,
+)
 from fedprivacy.secagg.delivery import AdvertDelivery, ShareDelivery, UnmaskingDelivery
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -359,3 +367,106 @@ def test_split_cuts_the_flat_vector_into_the_models_tensors() -> None:
     assert parts[1].tolist() == [12, 13, 14, 15]
     with pytest.raises(ValueError, match="does not fill"):
         secure_exchange.split(np.arange(15, dtype=np.float64), SHAPES)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("stranger", RejectReason.NOT_SELECTED),
+        ("too large", RejectReason.TOO_LARGE),
+        ("second", RejectReason.DUPLICATE),
+    ],
+)
+def test_only_a_participants_one_message_per_later_stage_is_held(
+    case: str, reason: RejectReason
+) -> None:
+    # Prepare: anyone can write to fed.secagg; what waits in memory for its stage is bounded.
+    opened, _ = opened_round()
+    exchange = SecureExchange(opened)
+    device = "stranger" if case == "stranger" else "dev-1"
+    payload = b"\x00" * (64 if case != "too large" else 1_000_000)
+    message = SecAggSubmitted(
+        producer="t",
+        round_id=opened.round_id,
+        task_id=opened.task_id,
+        device_id=device,
+        round_number=opened.round_number,
+        stage=3,
+        payload=payload,
+        signature=bytes(64),
+    )
+    if case == "second":
+        exchange.screen(StageName.MASKED_INPUT, message)
+
+    # Execute / Assert
+    with pytest.raises(Rejected) as caught:
+        exchange.screen(StageName.MASKED_INPUT, message)
+    assert caught.value.reason == reason
+
+
+def test_after_a_restart_in_unmasking_the_contributors_come_from_the_restored_state() -> None:
+    # Prepare: a round up to the start of unmasking, one device silent from masked input on.
+    opened, keys = opened_round()
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
+    run_until = [Stage.SHARE_KEYS, Stage.MASKED_INPUT]
+    for d in fleet.ids:
+        send(exchange, fleet, d, Stage.ADVERTISE_KEYS, fleet.clients[d].advertise_keys().to_bytes())
+    for stage in run_until:
+        for delivery in exchange.deliveries(STAGE_NAMES[stage]):
+            if not (stage == Stage.MASKED_INPUT and delivery.device_id == "dev-2"):
+                send(exchange, fleet, delivery.device_id, stage, fleet.answer(delivery))
+    exchange.deliveries(StageName.UNMASKING)
+    checkpoint = exchange.checkpoint()
+
+    # Execute
+    restarted = SecureExchange(opened)
+    restarted.restore(StageName.UNMASKING, checkpoint)
+    stages: RoundStages[object] = RoundStages(restarted.plan(received_at=T0))
+    stages.resume(StageName.UNMASKING, expected={}, started_at=T0)
+
+    # Assert
+    assert restarted.contributors(stages) == sorted(d for d in fleet.ids if d != "dev-2")
+
+
+def test_a_round_without_dp_needs_its_minimum_of_masked_inputs() -> None:
+    # Prepare: min_updates 6 of 6; one device drops before its masked input.
+    opened, keys = opened_round(6)
+    opened = opened.model_copy(update={"min_updates": 6})
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
+
+    # Execute / Assert
+    with pytest.raises(StageFailed, match="5 of 6 masked inputs"):
+        run(exchange, fleet, silent={Stage.MASKED_INPUT: {"dev-4"}})
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ("coordinate", "coordinate no honest devices send"),
+        ("weight", "weight sum"),
+        ("norm", "norm"),
+    ],
+)
+def test_an_unmasked_sum_no_honest_devices_can_produce_fails_closed(change: str, says: str) -> None:
+    # Prepare: the honest sum of a round, then what one malicious device could wrap it to
+    # (a masked input is uniform modulo 2^k: it can encode anything).
+    opened, keys = opened_round()
+    fleet, exchange = Fleet(opened, keys), SecureExchange(opened)
+    run(exchange, fleet)
+    honest = exchange.finish()
+    secure_exchange.check_total(honest)  # the honest sum passes
+    total = honest.total.copy()
+    levels = 2**16 - 1
+    count = len(honest.contributors)
+    if change == "coordinate":
+        total[0] = count * levels + 1
+    elif change == "weight":
+        total[DIM] = count * 100 + 1
+    else:
+        total[: DIM // 2] = count * levels  # every coordinate at +C: far longer than C
+        total[DIM] = 1
+    forged = AggregateResult(total=total, contributors=honest.contributors, config=honest.config)
+
+    # Execute / Assert
+    with pytest.raises(InvalidSecAggMessage, match=says):
+        secure_exchange.check_total(forged)

@@ -185,8 +185,8 @@ def test_a_secure_try_without_a_seed_is_a_shell_bug() -> None:
     ("section", "train", "whole"),
     [
         pytest.param(None, 60, 60, id="plain-task-one-deadline"),
-        pytest.param({}, 60, 60 + 3 * 30, id="secure-default-stage-timeout"),
-        pytest.param({"stage_timeout_s": 5.0}, 60, 75, id="secure-short-stages"),
+        pytest.param({}, 60, 60 + 4 * 30, id="secure-default-stage-timeout"),
+        pytest.param({"stage_timeout_s": 5.0}, 60, 80, id="secure-short-stages"),
     ],
 )
 def test_deadlines(section: dict[str, Any] | None, train: float, whole: float) -> None:
@@ -210,7 +210,7 @@ def test_a_secure_tries_stored_deadline_covers_its_later_stages() -> None:
 
     # Assert: devices and the aggregator are due after the first stage; the lost-round check
     # waits for all four.
-    assert _inserted(effects).round.deadline == NOW + ROUND_TIMEOUT + timedelta(seconds=30)
+    assert _inserted(effects).round.deadline == NOW + ROUND_TIMEOUT + timedelta(seconds=40)
     assert _opened(effects).deadline == NOW + ROUND_TIMEOUT
     assert {r.deadline for r in _requests(effects)} == {NOW + ROUND_TIMEOUT}
 
@@ -257,7 +257,7 @@ def test_a_dp_secure_try_clips_to_its_approval_and_weights_every_device_one(
     assert (secure.clip_norm, secure.weight_cap, secure.clip_bit) == (2.5, 1, clip_bit)
     assert secure.graph_seed == SEED and secure.stage_timeout_s == 10.0
     (approve,) = [e for e in effects if isinstance(e, ApproveRound)]
-    assert approve.deadline == new.round.deadline == NOW + ROUND_TIMEOUT + timedelta(seconds=30)  # type: ignore[union-attr]
+    assert approve.deadline == new.round.deadline == NOW + ROUND_TIMEOUT + timedelta(seconds=40)  # type: ignore[union-attr]
     assert opened.deadline == NOW + ROUND_TIMEOUT
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -54,6 +54,10 @@ ROUND_SECONDS = Histogram(
 # same partition (both are keyed by task), so one for an unknown round is never parked.
 OPENING_TOPICS = frozenset({topics.UPDATES})
 
+# A stage resumed after a restart is not decided sooner than this: its records, which the
+# restarted consumer reads again from the round's first held offset, must be in first.
+RESUME_GRACE = timedelta(seconds=5)
+
 # A stage's record as the shell keeps it while it waits for its stage or its round.
 StageRecord = tuple[AnyMessage, ConsumerRecord]
 
@@ -74,7 +78,9 @@ class Aggregator:
         self.open: dict[UUID, OpenRound] = {}
         self.closed: set[UUID] = set()
         self.unplaced: Unplaced[StageRecord] = Unplaced(
-            max_items=settings.unplaced_max_records, max_age_s=settings.unplaced_max_age_s
+            max_items=settings.unplaced_max_records,
+            max_age_s=settings.unplaced_max_age_s,
+            max_bytes=settings.unplaced_max_bytes,
         )
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
@@ -164,6 +170,7 @@ class Aggregator:
             name,
             expected={d: by_id[d] for d in checkpoint.expected if d in by_id},
             started_at=checkpoint.started_at,
+            not_before=datetime.now(UTC) + RESUME_GRACE,
         )
         logger.info("round %s resumed at stage %s", state.round_id, name)
 
@@ -202,6 +209,7 @@ class Aggregator:
                     partition=record.partition,
                     offset=record.offset,
                     now=datetime.now(UTC),
+                    size=len(record.value or b""),
                 )
             ):
                 return False
@@ -213,6 +221,13 @@ class Aggregator:
             # round is closed: a restart re-reads it, and comes to the same verdict.
             state.holds.hold(record.topic, record.partition, record.offset)
             if placement == Placement.EARLY and stage_name is not None:
+                # Held in memory until its stage: only what the protocol would take from that
+                # sender there, once (anyone can write to the topic).
+                try:
+                    state.exchange.screen(stage_name, message)
+                except Rejected as rejected:
+                    await self._refuse(state, stage_name, message, record, rejected)
+                    return False
                 state.stages.hold_early(stage_name, (message, record))
                 return False
         return await self._judge(state, stage_name, message, record, placement)

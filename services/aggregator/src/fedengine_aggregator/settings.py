@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # at most; each holds its topic's commits back while it waits.
     unplaced_max_records: int = Field(default=10_000, ge=1)
     unplaced_max_age_s: float = Field(default=60.0, gt=0)
+    # ... and this many bytes of records at most (whoever writes to a topic could otherwise
+    # fill the aggregator's memory with records of rounds that never open).
+    unplaced_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     metrics_port: int = 0
     # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
     metrics_host: str = "127.0.0.1"

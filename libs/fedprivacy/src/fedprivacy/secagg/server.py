@@ -251,6 +251,10 @@ class SecAggServer:
         self._accumulator = add_mod(self._accumulator, values, bits=config.modulus_bits)
         self._masked[sender] = True
 
+    def masked_senders(self) -> tuple[int, ...]:
+        """The devices whose masked input is in the sum so far (U3 once stage 3 closed)."""
+        return tuple(int(d) for d in np.flatnonzero(self._masked))
+
     @property
     def _dropped(self) -> npt.NDArray[np.bool_]:
         dropped: npt.NDArray[np.bool_] = self._shared & ~self._masked

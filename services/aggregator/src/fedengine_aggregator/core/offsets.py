@@ -55,6 +55,7 @@ class Parked(Generic[T]):
     partition: int
     offset: int
     parked_at: datetime
+    size: int = 0
 
 
 @dataclass
@@ -63,14 +64,18 @@ class Unplaced(Generic[T]):
 
     Topics are read independently: a stage's record on one topic can be read before the
     round's opening record on another, always so when a restarted aggregator re-reads both.
-    Such a record is parked, up to ``max_items`` of them and for ``max_age_s`` at most: a round
-    that never opens must not hold a topic's commits back for ever.
+    Such a record is parked, up to ``max_items`` of them holding ``max_bytes`` at most, and for
+    ``max_age_s`` at most: a round that never opens must not hold a topic's commits back for
+    ever, and whoever can write to a topic must not fill the aggregator's memory with records
+    of rounds that do not exist.
     """
 
     max_items: int
     max_age_s: float
+    max_bytes: int = 256 * 1024 * 1024
     _by_round: dict[UUID, list[Parked[T]]] = field(default_factory=dict)
     _count: int = 0
+    _bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.max_items < 1:
@@ -82,19 +87,32 @@ class Unplaced(Generic[T]):
         return self._count
 
     def park(
-        self, round_id: UUID, item: T, *, topic: str, partition: int, offset: int, now: datetime
+        self,
+        round_id: UUID,
+        item: T,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        now: datetime,
+        size: int = 0,
     ) -> bool:
-        """Park ``item`` for ``round_id``; False (nothing parked) when the buffer is full."""
-        if self._count >= self.max_items:
+        """Park ``item`` (``size`` bytes) for ``round_id``; False (nothing parked) when the
+        buffer is full, by count or by bytes."""
+        if self._count >= self.max_items or self._bytes + size > self.max_bytes:
             return False
-        self._by_round.setdefault(round_id, []).append(Parked(item, topic, partition, offset, now))
+        self._by_round.setdefault(round_id, []).append(
+            Parked(item, topic, partition, offset, now, size)
+        )
         self._count += 1
+        self._bytes += size
         return True
 
     def take(self, round_id: UUID) -> list[Parked[T]]:
         """Hand over (and forget) what was parked for ``round_id``, in the order it came."""
         parked = self._by_round.pop(round_id, [])
         self._count -= len(parked)
+        self._bytes -= sum(p.size for p in parked)
         return parked
 
     def put_back(self, round_id: UUID, parked: list[Parked[T]]) -> None:
@@ -103,6 +121,7 @@ class Unplaced(Generic[T]):
         if parked:
             self._by_round[round_id] = [*parked, *self._by_round.get(round_id, [])]
             self._count += len(parked)
+            self._bytes += sum(p.size for p in parked)
 
     def expire(self, now: datetime) -> list[T]:
         """Hand over (and forget) every record parked longer than ``max_age_s``."""
@@ -112,6 +131,7 @@ class Unplaced(Generic[T]):
             for parked in self._by_round[round_id]:
                 if (now - parked.parked_at).total_seconds() >= self.max_age_s:
                     expired.append(parked.item)
+                    self._bytes -= parked.size
                 else:
                     kept.append(parked)
             if kept:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedcommon.messages.v1 import AnyMessage, Envelope, RoundOpened
+from fedengine_aggregator.core.validation import Rejected, RejectReason
 
 if TYPE_CHECKING:
     from fedengine_aggregator.core.stages import RoundStages, Stage, StageSpec
@@ -84,6 +85,12 @@ class RoundProtocol(ABC):
     def decided_before_restart(self, stage: str) -> bool:
         """Whether ``stage`` was over before a restart (its records were judged then)."""
         return False
+
+    def screen(self, stage: str, message: AnyMessage) -> None:
+        """Refuse (``Rejected``) a record of a later ``stage`` that must not be held in memory
+        until its stage begins: one from a sender the round does not know, too large, or a
+        second one from the same sender for that stage. The full checks come at its stage."""
+        raise Rejected(RejectReason.UNKNOWN_ROUND, f"this round has no later stage {stage}")
 
     @abstractmethod
     def check(self, stage: Stage, message: AnyMessage) -> Any:

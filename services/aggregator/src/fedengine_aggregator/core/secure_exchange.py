@@ -20,6 +20,7 @@ who answered each stage, and the unmasked sum. Not any device's update.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -196,6 +197,8 @@ class SecureExchange(RoundProtocol):
         self._inbox: dict[int, list[tuple[int, bytes]]] = {}
         # The message counted for each (stage, device): a redelivery is not a second message.
         self._accepted: dict[tuple[Stage, str], UUID] = {}
+        # Later stages' messages held until their stage (one per stage and device).
+        self._held: set[tuple[Stage, str]] = set()
         # Records of stages before this one were decided before a restart (``restore``).
         self.resumed_at = Stage.ADVERTISE_KEYS
         self.tallies = {stage: StageTally() for stage in Stage}
@@ -218,6 +221,23 @@ class SecureExchange(RoundProtocol):
     def decided_before_restart(self, stage: str) -> bool:
         """Whether ``stage`` was over before a restart: its records were counted then."""
         return STAGE_OF_NAME[stage] < self.resumed_at
+
+    def screen(self, stage: str, message: AnyMessage) -> None:
+        """Hold a later stage's message only from a participant, within the stage's size
+        bound, once per (stage, device)."""
+        if not isinstance(message, SecAggSubmitted):
+            raise Rejected(RejectReason.UNKNOWN_ROUND, f"{message.type} is no SecAgg+ message")
+        number = STAGE_OF_NAME[stage]
+        if message.device_id not in self.index_of:
+            raise Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
+        limit = max_payload(self.config, number)
+        if len(message.payload) > limit:
+            raise Rejected(RejectReason.TOO_LARGE, f"{len(message.payload)} bytes > {limit}")
+        if (number, message.device_id) in self._held:
+            raise Rejected(
+                RejectReason.DUPLICATE, f"{message.device_id} already sent stage {stage}"
+            )
+        self._held.add((number, message.device_id))
 
     def redelivered(self, stage: Stage, device_id: str, message_id: UUID) -> bool:
         return self._accepted.get((stage, device_id)) == message_id
@@ -341,6 +361,7 @@ class SecureExchange(RoundProtocol):
                 deliveries = self._shares()
             elif number == Stage.UNMASKING:
                 request = self.server.close_masked_input()
+                self._check_enough(len(request.survivors))
                 deliveries = [
                     self._delivery(number, i, UnmaskingDelivery.of(request, recipient=i).to_bytes())
                     for i in request.survivors
@@ -351,6 +372,14 @@ class SecureExchange(RoundProtocol):
             raise StageFailed(str(exc)) from exc
         self.tallies[number].bytes_down += sum(len(d.payload) for d in deliveries)
         return deliveries
+
+    def _check_enough(self, masked: int) -> None:
+        """A round without DP needs the task's minimum of updates, as in the clear (never more
+        than it has participants); a DP round releases whatever it has (its count is secret)."""
+        opened = self.opened
+        needed = min(opened.min_updates, len(opened.participants))
+        if opened.privacy is None and masked < needed:
+            raise StageFailed(f"{masked} of {needed} masked inputs by the deadline")
 
     def _adverts(self) -> list[Delivery]:
         adverts = self.server.close_advertisement()
@@ -434,9 +463,9 @@ class SecureExchange(RoundProtocol):
 
     # The result ------------------------------------------------------------------------
     def contributors(self, stages: RoundStages[Any]) -> list[str]:
-        """Who sent a masked input (U3): their updates are in the sum."""
-        stage = stages.stage(StageName.MASKED_INPUT)
-        return sorted(stage.survivors) if stage is not None else []
+        """Who sent a masked input (U3): their updates are in the sum. From the protocol's
+        state, which a restart restores (the stages before a resumed one keep no senders)."""
+        return sorted(self.ids[i] for i in self.server.masked_senders())
 
     def bytes_up(self) -> int:
         return sum(t.bytes_up for t in self.tallies.values())
@@ -451,6 +480,7 @@ class SecureExchange(RoundProtocol):
         sum. A DP round's noise comes from ``rng``."""
         try:
             total = self.finish()
+            check_total(total)
         except (ThresholdNotMet, InvalidSecAggMessage) as exc:
             return results.failed(state, str(exc)[:500], producer=results.PRODUCER)
         if self.opened.privacy is not None:
@@ -538,6 +568,34 @@ def secure_private_aggregated(
         privacy_approval_id=approval.approval_id,
         privacy_unclipped_fraction=released.unclipped_fraction,
     )
+
+
+def check_total(total: AggregateResult) -> None:
+    """Refuse (``InvalidSecAggMessage``: the round fails closed) an unmasked sum that honest
+    devices cannot have produced: a coordinate above n(2^B - 1), a weight sum above n·W, an
+    unclipped count above n, or a weighted mean longer than C plus what quantisation can add
+    (a weighted mean of vectors clipped to C is no longer than C; with DP every weight is 1).
+    A masked input is uniform modulo 2^k, so one malicious device could otherwise wrap the
+    sum anywhere; within these bounds it still chooses its own contribution (each coordinate
+    in [-C, C]): there are no range proofs (documented)."""
+    config, count = total.config, len(total.contributors)
+    levels = (1 << config.bits) - 1
+    values = total.total[: config.dim]
+    if count and int(values.max(initial=0)) > count * levels:
+        raise InvalidSecAggMessage("the unmasked sum has a coordinate no honest devices send")
+    if total.weight_sum > count * config.weight_cap:
+        raise InvalidSecAggMessage(f"the weight sum {total.weight_sum} is above {count} devices'")
+    unclipped = total.unclipped_count
+    if unclipped is not None and unclipped > count:
+        raise InvalidSecAggMessage(f"the unclipped count {unclipped} is above {count} devices'")
+    if total.weight_sum:
+        step = 2.0 * config.clip_norm / levels
+        slack = config.weight_cap * count * math.sqrt(config.dim) * step / total.weight_sum
+        norm = float(np.linalg.norm(total.weighted_mean()))
+        if norm > config.clip_norm + slack + 1e-9:
+            raise InvalidSecAggMessage(
+                f"the weighted mean's norm {norm:.4g} is above the clip norm {config.clip_norm:g}"
+            )
 
 
 def split(vector: npt.NDArray[np.float64], shapes: list[list[int]]) -> Float64Arrays:

@@ -206,11 +206,17 @@ class RoundStages(Generic[T]):
         return Progress.NEXT
 
     def resume(
-        self, name: str, *, expected: Mapping[str, Participant], started_at: datetime
+        self,
+        name: str,
+        *,
+        expected: Mapping[str, Participant],
+        started_at: datetime,
+        not_before: datetime | None = None,
     ) -> None:
         """Put a round read again after a restart back in stage ``name``, as it began at
-        ``started_at`` expecting ``expected`` (its deadline counted from then): the stages
-        before it are over, decided before the restart."""
+        ``started_at`` expecting ``expected`` (its deadline counted from then, but not before
+        ``not_before``: the stage's records must be read again before it is decided): the
+        stages before it are over, decided before the restart."""
         index = self._index.get(name)
         if index is None or self._ended is not None:
             raise ValueError(f"RoundStages: cannot resume at {name!r}")
@@ -218,9 +224,10 @@ class RoundStages(Generic[T]):
             self.stages.append(Stage(spec, {}, _deadline(spec, started_at), started_at))
         spec = self.specs[index]
         if index >= len(self.stages):
-            self.stages.append(
-                Stage(spec, dict(expected), _deadline(spec, started_at), started_at=started_at)
-            )
+            deadline = _deadline(spec, started_at)
+            if not_before is not None:
+                deadline = max(deadline, not_before)
+            self.stages.append(Stage(spec, dict(expected), deadline, started_at=started_at))
         self._early.clear()
 
 

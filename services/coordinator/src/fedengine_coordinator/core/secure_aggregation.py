@@ -61,13 +61,16 @@ def deadlines(spec: TaskSpec, *, now: datetime) -> Deadlines:
     """Return the deadlines of a try of ``spec`` opened at ``now``.
 
     The first stage ends after ``round_timeout_s``; a task with secure aggregation adds
-    ``STAGES_AFTER_TRAINING`` stages of ``stage_timeout_s`` each to the try's own deadline.
+    ``STAGES_AFTER_TRAINING`` stages of ``stage_timeout_s`` each, and one more for the
+    result, to the try's own deadline.
     """
     train = now + timedelta(seconds=spec.round_timeout_s)
     section = spec.secure_aggregation
     if section is None:
         return Deadlines(train=train, round=train)
-    extra = timedelta(seconds=STAGES_AFTER_TRAINING * section.stage_timeout_s)
+    # One stage's time more than the stages take: the aggregator's unmasking and its result
+    # (seconds at a thousand devices) come after the last stage's deadline.
+    extra = timedelta(seconds=(STAGES_AFTER_TRAINING + 1) * section.stage_timeout_s)
     return Deadlines(train=train, round=train + extra)
 
 
