@@ -416,6 +416,7 @@ async def test_an_aggregator_killed_in_a_stage_completes_the_round_sending_nothi
     assert isinstance(result, RoundAggregated), result
     delta = np.concatenate([a.astype(np.float64).ravel() for a in arrays.from_bytes(result.delta)])
     assert np.allclose(delta, round_.mean(names), atol=round_.tolerance(names))
+    assert (result.participants, result.dropped) == (sorted(names), [])
     for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASKING):
         assert len(await deliveries(stack.kafka, round_, stage)) == 5
     cursor = await db.execute(
