@@ -116,6 +116,9 @@ async def test_forged_commands_change_nothing(
         producer="gateway", task_id=task_id, spec=TaskSpec(task_name="forged"), issued_by="eve"
     )
     victim = f"{fleet}-0003"
+    # The victim must be there before the forgery (run first, this test would find the fleet
+    # still enrolling and blame the forgery).
+    await client.wait_for_devices(8, prefix=f"{fleet}-")
     remove = DeviceRemoved(producer="gateway", device_id=victim, issued_by="eve")
     # A token of her own, to enrol devices of her own.
     token = EnrolmentTokenIssued(
