@@ -27,13 +27,18 @@ from fedcommon.failures import describe
 from fedcommon.messages.v1 import AnyMessage, RoundAggregated, RoundOpened
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_aggregator import store
-from fedengine_aggregator.core import protocols, results
+from fedengine_aggregator.core import protocols, results, round_machine
 from fedengine_aggregator.core.catalog import Params
 from fedengine_aggregator.core.offsets import Unplaced, safe_commit_offset
-from fedengine_aggregator.core.protocol import StageFailed
 from fedengine_aggregator.core.results import PRODUCER
-from fedengine_aggregator.core.stages import Placement
-from fedengine_aggregator.core.validation import Rejected, RejectReason
+from fedengine_aggregator.core.round_machine import (
+    Close,
+    Decision,
+    RecordRead,
+    StoreStage,
+    Tick,
+    WriteVerdict,
+)
 from fedengine_aggregator.core.window import OpenRound, Outcome, RoundResult, StageStart
 from fedengine_aggregator.settings import Settings
 from fedprivacy import mechanisms
@@ -190,8 +195,8 @@ class Aggregator:
     async def _on_record(
         self, message: AnyMessage, record: ConsumerRecord, *, may_park: bool = True
     ) -> bool:
-        """Route a stage's record: to its stage if under way, held for a later stage, parked
-        until its round opens, or judged (and refused). True if it counted."""
+        """Park a record until its round opens, or let the round decide it
+        (``round_machine.on_record``) and carry the effects out in order. True if it counted."""
         round_id = message.round_id
         state = self.open.get(round_id) if round_id is not None else None
         if state is None:
@@ -213,131 +218,62 @@ class Aggregator:
                 )
             ):
                 return False
-            return await self._judge(None, None, message, record, Placement.UNKNOWN)
-        stage_name = state.exchange.stage_of(message)
-        placement = Placement.UNKNOWN if stage_name is None else state.stages.place(stage_name)
-        if not state.finishing:
-            # Whatever becomes of it, a record of an open round stays on the log until the
-            # round is closed: a restart re-reads it, and comes to the same verdict.
-            state.holds.hold(record.topic, record.partition, record.offset)
-            if placement == Placement.EARLY and stage_name is not None:
-                # Held in memory until its stage: only what the protocol would take from that
-                # sender there, once (anyone can write to the topic).
-                try:
-                    state.exchange.screen(stage_name, message)
-                except Rejected as rejected:
-                    await self._refuse(state, stage_name, message, record, rejected)
-                    return False
-                state.stages.hold_early(stage_name, (message, record))
-                return False
-        return await self._judge(state, stage_name, message, record, placement)
-
-    async def _judge(
-        self,
-        state: OpenRound | None,
-        stage_name: str | None,
-        message: AnyMessage,
-        record: ConsumerRecord,
-        placement: Placement,
-    ) -> bool:
-        """Check a record, record the verdict, then count it in its stage.
-
-        The checks every record gets come first (its round open, its stage under way), then
-        the protocol's (``check``). A database write comes before anything in memory changes:
-        if it meets an outage, the consume loop retries this record and sees the same round.
-        """
-        protocol = state.exchange if state is not None else None
-        if protocol is not None and stage_name is not None:
-            if protocol.is_redelivery(stage_name, message):
-                # The very message already counted, read again after a rebalance or a
-                # restart: at least once delivery, not a device sending twice.
-                logger.debug("redelivered %s skipped", message.message_id)
-                return False
-            if placement == Placement.LATE and protocol.decided_before_restart(stage_name):
-                return False  # judged before the restart, read again: not a new record
-        round_id = message.round_id
-        try:
-            if (round_id is not None and round_id in self.closed) or (
-                state is not None and state.finishing
-            ):
-                raise Rejected(RejectReason.LATE, "round already closed")
-            if placement == Placement.LATE:
-                raise Rejected(RejectReason.LATE, f"stage {stage_name} is over")
-            if state is None or protocol is None:
-                raise Rejected(RejectReason.UNKNOWN_ROUND, f"no open round {round_id}")
-            if stage_name is None or placement != Placement.CURRENT:
-                raise Rejected(
-                    RejectReason.UNKNOWN_ROUND,
-                    f"round {round_id} ({type(protocol).__name__}) takes no {message.type}",
-                )
-            stage = state.stages.current
-            checked = protocol.check(stage, message)
-            if protocol.records_acceptance(message):
-                await self._record(state, message, record, status="accepted")
-            protocol.commit(stage, message, checked)
-        except Rejected as rejected:
-            await self._refuse(state, stage_name, message, record, rejected)
-            return False
-        stage.survive(self._sender(message))
-        if not protocol.private and protocol.records_acceptance(message):
+        decision = round_machine.on_record(
+            state,
+            RecordRead(
+                message,
+                record.topic,
+                record.partition,
+                record.offset,
+                closed=round_id is not None and round_id in self.closed,
+                item=(message, record),
+            ),
+        )
+        for effect in decision.effects:
+            if isinstance(effect, WriteVerdict):
+                await self._write_verdict(message, record, effect)
+            elif state is not None:
+                round_machine.apply(state, message, effect)
+        if decision.refused is not None:
+            self._refused(message, decision)
+        elif any(isinstance(e, WriteVerdict) and not e.private for e in decision.effects):
             UPDATES_ACCEPTED.inc()  # (a DP round's count would show how many it drew)
-        return True
+        return decision.counted
 
-    @staticmethod
-    def _sender(message: AnyMessage) -> str:
-        device_id = getattr(message, "device_id", None)
-        if not isinstance(device_id, str):
-            raise InvalidMessage(f"{message.type} names no device")
-        return device_id
-
-    async def _record(
-        self,
-        state: OpenRound | None,
-        message: AnyMessage,
-        record: ConsumerRecord,
-        *,
-        status: str,
-        rejected: Rejected | None = None,
+    async def _write_verdict(
+        self, message: AnyMessage, record: ConsumerRecord, verdict: WriteVerdict
     ) -> None:
         if not isinstance(message, protocols.RECORD_TYPES):
             raise InvalidMessage(f"{message.type} is no stage record")
+        rejected = verdict.rejected
         async with self.context.pool.connection() as conn:
             await store.record_verdict(
                 conn,
                 message,
                 partition=record.partition,
                 offset=record.offset,
-                status=status,
+                status=verdict.status,
                 reason=rejected.reason.value if rejected else None,
                 detail=rejected.detail if rejected else None,
-                private=state is not None and state.exchange.private,
+                private=verdict.private,
             )
 
-    async def _refuse(
-        self,
-        state: OpenRound | None,
-        stage_name: str | None,
-        message: AnyMessage,
-        record: ConsumerRecord,
-        rejected: Rejected,
-    ) -> None:
-        """Record a refusal once, count it for the round (and its stage), and go on."""
-        await self._record(state, message, record, status="rejected", rejected=rejected)
-        private = state is not None and state.exchange.private
-        if state is not None and not state.finishing:
-            state.count_rejection(message.message_id, rejected.reason.value)
-            if stage_name is not None:
-                state.exchange.count_rejection(stage_name)
-        if not private:
+    @staticmethod
+    def _refused(message: AnyMessage, decision: Decision) -> None:
+        rejected = decision.refused
+        if rejected is None:
+            return
+        if not any(isinstance(e, WriteVerdict) and e.private for e in decision.effects):
             # A DP round's counts would show how many devices it drew: not counted.
             UPDATES_REJECTED.labels(rejected.reason.value).inc()
+        device_id = getattr(message, "device_id", None)
         logger.warning(
             "rejected %s from %s for round %s: %s",
             message.type,
-            getattr(message, "device_id", "?"),
+            device_id,
             message.round_id,
             rejected,
-            extra={"client_id": getattr(message, "device_id", None), "round_id": message.round_id},
+            extra={"client_id": device_id, "round_id": message.round_id},
         )
 
     async def close_due(self, now: datetime) -> None:
@@ -368,48 +304,25 @@ class Aggregator:
             raise errors[0]
 
     async def _step(self, state: OpenRound, now: datetime) -> Outcome:
-        """Advance ``state`` as far as it goes now, handing each new stage its held records.
-
-        A later stage first fixes what it sends (``_begin_stage``), stored with its checkpoint
-        before any record of it is handed in.
-        """
+        """Advance ``state`` as far as it goes now (``round_machine.on_tick``, step by step):
+        a stage that began is stored before its held records are handed in."""
         while True:
-            if state.unsent is not None:
-                await self._store_stage(state, state.unsent)
-                state.unsent = None
-            held = state.stages.take_early()
-            for index, (message, record) in enumerate(held):
+            step = round_machine.on_tick(state, Tick(now))
+            if step is None:
+                return Outcome.WAIT
+            if isinstance(step, Close):
+                return step.outcome
+            if isinstance(step, StoreStage):
+                await self._store_stage(state, step.start)
+                round_machine.stored(state, step.start)
+                logger.info("round %s: stage %s begins", state.round_id, step.start.stage_name)
+                continue
+            for index, (message, record) in enumerate(step.items):
                 try:
                     await self._on_record(message, record, may_park=False)
                 except Exception:
-                    state.stages.return_early(held[index:])
+                    state.stages.return_early(step.items[index:])
                     raise
-            outcome = state.outcome(now)
-            if outcome != Outcome.NEXT:
-                return outcome
-            logger.info("round %s: stage %s begins", state.round_id, state.stages.current.name)
-            if not self._begin_stage(state, now):
-                return Outcome.FAIL
-
-    def _begin_stage(self, state: OpenRound, now: datetime) -> bool:
-        """Let the protocol close its previous stage and fix what the new one sends
-        (``unsent``); False when it cannot go on (the round fails closed, with the reason)."""
-        current = state.stages.current
-        try:
-            outgoing = state.exchange.begin(current.name, now=now)
-        except StageFailed as exc:
-            logger.warning("round %s fails closed: %s", state.round_id, exc)
-            state.result = results.failed(state, str(exc)[:500], producer=PRODUCER)
-            return False
-        state.unsent = StageStart(
-            position=len(state.stages.stages),
-            stage_name=current.name,
-            started_at=now,
-            expected=list(current.expected),
-            checkpoint=state.exchange.checkpoint(),
-            outgoing=outgoing,
-        )
-        return True
 
     async def _store_stage(self, state: OpenRound, start: StageStart) -> None:
         """Store a stage's start (checkpoint, what it sends in the outbox, the log rows of the
