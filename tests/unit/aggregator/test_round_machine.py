@@ -295,3 +295,43 @@ def test_a_secure_round_goes_through_its_four_stages_to_close() -> None:
     assert isinstance(step, Close) and step.outcome == Outcome.AGGREGATE
     result = round_.exchange.result(round_, now=now, rng=np.random.default_rng(0))
     assert getattr(result, "participants", None) == sorted(fleet.ids)
+
+
+@pytest.mark.parametrize(
+    ("second", "closes_early"),
+    [
+        pytest.param("too-long", True, id="its-own-update-refused-norm"),
+        pytest.param("nan", True, id="its-own-update-refused-non-finite"),
+        pytest.param("forged", False, id="a-forgery-under-its-name-does-not-answer-for-it"),
+        pytest.param("oversize", False, id="refused-before-its-signature-does-not-answer"),
+    ],
+)
+def test_a_round_closes_once_every_selected_device_answered_even_if_refused(
+    second: str, closes_early: bool
+) -> None:
+    # Prepare: a accepted; then a record under b's name is refused.
+    round_ = start(OPENED)
+    good = update("a")
+    carry_out(round_, good, round_machine.on_record(round_, read(good)).effects)
+    shape = [np.full((2, 2), 0.5, np.float32), np.ones(2, np.float32)]
+    if second == "too-long":
+        bad = update("b", [np.full((2, 2), 100.0, np.float32), np.ones(2, np.float32)])
+    elif second == "nan":
+        bad = update("b", [np.full((2, 2), np.nan, np.float32), shape[1]])
+    elif second == "forged":
+        bad = update("b", signer="a")
+    else:
+        bad = update("b", raw=b"\x00" * 10_000)
+    early = DEADLINE - timedelta(seconds=20)
+
+    # Execute
+    decision = round_machine.on_record(round_, read(bad))
+    carry_out(round_, bad, decision.effects)
+    step = round_machine.on_tick(round_, Tick(early))
+
+    # Assert: the refusal is counted either way; only b's own signed record answers for b.
+    assert decision.refused is not None
+    assert decision.answered == closes_early
+    assert (isinstance(step, Close) and step.outcome == Outcome.AGGREGATE) == closes_early
+    assert round_.participants() == ["a"]
+    assert round_.stages.current.dropped() == ["b"]

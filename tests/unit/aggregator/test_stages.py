@@ -187,3 +187,23 @@ def test_bad_plans_and_bad_senders_are_refused() -> None:
     with pytest.raises(ValueError, match="not a later stage"):
         round_.hold_early("commit", "x")
     assert round_.topics() == frozenset({COMMITS, REVEALS})
+
+
+def test_a_stage_ends_when_every_expected_sender_answered_delivered_or_refused() -> None:
+    # Prepare: a, b and c expected; a delivers, b's own record is refused.
+    round_: RoundStages[tuple[str, str]] = RoundStages(toy_plan(commit_min=1))
+    stage = round_.current
+    stage.survive("a")
+    stage.refuse("b")
+    stage.refuse("mallory")  # not expected: ignored
+    before = T0 + timedelta(seconds=1)
+
+    # Execute / Assert: c has not answered; once it is refused too, the stage is over.
+    assert stage.progress(before) == Progress.WAIT
+    stage.refuse("c")
+    stage.survive("c")  # a later good record from c still counts, once
+    assert stage.survivors == ["a", "c"]
+    assert stage.progress(before) == Progress.WAIT  # d has not answered
+    stage.refuse("d")
+    assert stage.progress(before) == Progress.COMPLETE
+    assert stage.dropped() == ["b", "d"]

@@ -93,9 +93,9 @@ class Aggregator:
             await self._on_opened(message, record)
         elif isinstance(message, protocols.RECORD_TYPES):
             if await self._on_record(message, record):
-                # The record counted; closing the round (or moving it on) is the deadline
-                # loop's job too, so an outage while closing is left to it instead of
-                # re-handling (and refusing) this record.
+                # The record counted (or answered for its sender, refused): closing the round
+                # (or moving it on) is the deadline loop's job too, so an outage while closing
+                # is left to it instead of re-handling (and refusing) this record.
                 await background.run_step(
                     "aggregator.close", lambda: self.close_due(datetime.now(UTC))
                 )
@@ -196,7 +196,8 @@ class Aggregator:
         self, message: AnyMessage, record: ConsumerRecord, *, may_park: bool = True
     ) -> bool:
         """Park a record until its round opens, or let the round decide it
-        (``round_machine.on_record``) and carry the effects out in order. True if it counted."""
+        (``round_machine.on_record``) and carry the effects out in order. True if it counted or
+        answered for its sender (its stage may be over)."""
         round_id = message.round_id
         state = self.open.get(round_id) if round_id is not None else None
         if state is None:
@@ -238,7 +239,7 @@ class Aggregator:
             self._refused(message, decision)
         elif any(isinstance(e, WriteVerdict) and not e.private for e in decision.effects):
             UPDATES_ACCEPTED.inc()  # (a DP round's count would show how many it drew)
-        return decision.counted
+        return decision.counted or decision.answered
 
     async def _write_verdict(
         self, message: AnyMessage, record: ConsumerRecord, verdict: WriteVerdict

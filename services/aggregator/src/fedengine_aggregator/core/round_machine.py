@@ -26,7 +26,7 @@ from fedcommon.messages.v1 import AnyMessage
 from fedengine_aggregator.core.protocol import StageFailed
 from fedengine_aggregator.core.results import PRODUCER, failed
 from fedengine_aggregator.core.stages import Placement, Stage
-from fedengine_aggregator.core.validation import Rejected, RejectReason
+from fedengine_aggregator.core.validation import ANSWERED_BADLY, Rejected, RejectReason
 from fedengine_aggregator.core.window import OpenRound, Outcome, StageStart
 
 # --- events ----------------------------------------------------------------------------------
@@ -69,10 +69,14 @@ class WriteVerdict:
 
 @dataclass(frozen=True)
 class CountRefusal:
-    """Count the refusal in the round (once per message) and in its stage's log."""
+    """Count the refusal in the round (once per message) and in its stage's log; with
+    ``answered``, the stage under way (``stage``) stops waiting for that sender, whose own
+    signed record was refused (:data:`.validation.ANSWERED_BADLY`)."""
 
     reason: str
     stage_name: str | None
+    answered: str | None = None
+    stage: Stage | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class Decision:
     counted: bool = False
     refused: Rejected | None = None
     held: bool = False
+    # The sender's own record was refused: its stage stops waiting for it (it may be over).
+    answered: bool = False
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -173,9 +179,12 @@ def on_record(round_: OpenRound | None, event: RecordRead) -> Decision:
             round_.stages.hold_early(stage_name, event.item)
             return Decision(held=True)
         stage = round_.stages.current
-        checked = protocol.check(stage, message)
     except Rejected as rejected:
         return _refused(round_, stage_name, rejected)
+    try:
+        checked = protocol.check(stage, message)
+    except Rejected as rejected:
+        return _refused(round_, stage_name, rejected, stage=stage, sender=_sender(message))
     effects: list[RecordEffect] = []
     if protocol.records_acceptance(message):
         effects.append(WriteVerdict("accepted", None, protocol.private))
@@ -183,12 +192,29 @@ def on_record(round_: OpenRound | None, event: RecordRead) -> Decision:
     return Decision(effects, counted=True)
 
 
-def _refused(round_: OpenRound | None, stage_name: str | None, rejected: Rejected) -> Decision:
+def _refused(
+    round_: OpenRound | None,
+    stage_name: str | None,
+    rejected: Rejected,
+    *,
+    stage: Stage | None = None,
+    sender: str | None = None,
+) -> Decision:
     private = round_ is not None and round_.exchange.private
     effects: list[RecordEffect] = [WriteVerdict("rejected", rejected, private)]
+    answered = (
+        sender
+        if stage is not None and sender is not None and rejected.reason in ANSWERED_BADLY
+        else None
+    )
     if round_ is not None and not round_.finishing:
-        effects.append(CountRefusal(rejected.reason.value, stage_name))
-    return Decision(effects, refused=rejected)
+        effects.append(CountRefusal(rejected.reason.value, stage_name, answered, stage))
+    return Decision(effects, refused=rejected, answered=answered is not None)
+
+
+def _sender(message: AnyMessage) -> str | None:
+    sender = getattr(message, "device_id", None)
+    return sender if isinstance(sender, str) else None
 
 
 def apply(round_: OpenRound, message: AnyMessage, effect: CountRefusal | Fold) -> None:
@@ -197,6 +223,8 @@ def apply(round_: OpenRound, message: AnyMessage, effect: CountRefusal | Fold) -
         round_.count_rejection(message.message_id, effect.reason)
         if effect.stage_name is not None:
             round_.exchange.count_rejection(effect.stage_name)
+        if effect.answered is not None and effect.stage is not None:
+            effect.stage.refuse(effect.answered)
         return
     round_.exchange.commit(effect.stage, message, effect.checked)
     sender = getattr(message, "device_id", None)

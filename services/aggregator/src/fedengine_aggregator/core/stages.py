@@ -80,6 +80,9 @@ class Stage:
     started_at: datetime | None = None
     # The senders that delivered, in the order they did (a dict as an ordered set).
     _survivors: dict[str, None] = field(default_factory=dict)
+    # Expected senders whose own (signed) record was refused: they answered, with nothing
+    # that counts, so the stage need not wait for them.
+    _refused: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -97,6 +100,13 @@ class Stage:
         if sender not in self.expected:
             raise ValueError(f"stage {self.name}: {sender!r} is not an expected sender")
         self._survivors[sender] = None
+        self._refused.discard(sender)
+
+    def refuse(self, sender: str) -> None:
+        """Note that ``sender`` answered with a record that was refused (one it signed): the
+        stage does not wait for it any more, and it does not survive into the next."""
+        if sender in self.expected and sender not in self._survivors:
+            self._refused.add(sender)
 
     @property
     def survivors(self) -> list[str]:
@@ -109,9 +119,11 @@ class Stage:
     def progress(self, now: datetime) -> Progress:
         """WAIT, or whether the stage ended with enough senders (COMPLETE) or not (FAIL).
 
-        A stage ends when every expected sender delivered, or at its deadline.
+        A stage ends when every expected sender answered (delivered, or sent a signed record
+        that was refused), or at its deadline.
         """
-        if len(self._survivors) < len(self.expected) and now < self.deadline:
+        answered = len(self._survivors) + len(self._refused)
+        if answered < len(self.expected) and now < self.deadline:
             return Progress.WAIT
         return Progress.COMPLETE if len(self._survivors) >= self.spec.min_senders else Progress.FAIL
 

@@ -26,6 +26,19 @@ class RejectReason(StrEnum):
     NORM_EXCEEDED = "norm_exceeded"
 
 
+# Refusals of a record its sender signed (found after the signature check): the sender
+# answered, badly. Any other refusal may be anyone's forgery under the sender's name, so it
+# never speaks for the sender (a stage still waits for its real record).
+ANSWERED_BADLY = frozenset(
+    {
+        RejectReason.MALFORMED,
+        RejectReason.WRONG_SHAPE,
+        RejectReason.NON_FINITE,
+        RejectReason.NORM_EXCEEDED,
+    }
+)
+
+
 class Rejected(Exception):
     """An update that does not count, with the reason it is counted under."""
 
