@@ -14,7 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcommon import enrolment_tokens, signing, topics
 from fedcommon.enrolment_tokens import EnrolmentToken
-from fedcommon.messages.v1 import DeviceEnrolled, DeviceType, HeartbeatSent, PrivacyLevel
+from fedcommon.messages.v1 import (
+    DeviceEnrolled,
+    DeviceType,
+    EnrolmentTokenIssued,
+    HeartbeatSent,
+    PrivacyLevel,
+)
 from fedengine.sdk import FedEngineClient, FedEngineError
 from tests.integration.conftest import Stack
 from tests.integration.helpers import device_or_none, eventually
@@ -229,3 +235,48 @@ async def test_only_a_valid_enrolment_token_enrols_a_device(
     assert listed["enrolled"] == 1 and listed["revoked_by"] == "pytest"
     assert "revoked" in await _refused(stack, _enrolment(first, key, token))
     assert (await _device(client, first))["status"] != "removed"
+
+
+async def test_an_expired_token_enrols_nothing_whatever_sent_at_the_enrolment_claims(
+    stack: Stack, client: FedEngineClient
+) -> None:
+    """A hostile test enrolled a device whose message claimed a sent_at 30 s before its
+    token's expiry, sent after it. Expiry is the registry's time now, never the message's."""
+    # Prepare: a token (issued as the gateway issues it) that expired 10 s ago.
+    tag = uuid.uuid4().hex[:8]
+    token = enrolment_tokens.issue(
+        f"exp-{tag}", coordinator_key=bytes.fromhex(stack.coordinator_public_key)
+    )
+    expiry = datetime.now(UTC) - timedelta(seconds=10)
+    issued = EnrolmentTokenIssued(
+        producer="gateway",
+        token_id=token.token_id,
+        fleet=token.fleet,
+        public_key=token.public_key,
+        expires_at=expiry,
+        max_devices=5,
+        issued_by="pytest",
+    )
+    await send(
+        stack.kafka,
+        topics.DEVICES,
+        key=str(token.token_id),
+        message=issued,
+        signer=stack.signer("gateway"),
+    )
+    await eventually(lambda: _listed(client, str(token.token_id)), timeout_s=60)
+    device_id = f"exp-{tag}-1"
+    backdated = _enrolment(
+        device_id, signing.generate_private_key(), token, sent_at=expiry - timedelta(seconds=30)
+    )
+
+    # Execute / Assert
+    assert "expired" in await _refused(stack, backdated)
+    assert await device_or_none(client, device_id) is None
+
+
+async def _listed(client: FedEngineClient, token_id: str) -> dict[str, Any] | None:
+    for listed in await client.list_enrolment_tokens():
+        if listed["token_id"] == token_id:
+            return listed
+    return None

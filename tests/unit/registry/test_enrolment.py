@@ -178,6 +178,43 @@ def test_a_device_enrols_itself_only_with_a_valid_token_for_its_fleet(
         )
 
 
+@pytest.mark.parametrize(
+    ("sent_before_expiry_s", "handled_after_expiry_s"),
+    [(30, 1), (30, 0), (85_000, 600)],
+    ids=["sent-30s-before-handled-1s-after", "handled-at-expiry", "backdated-a-day"],
+)
+def test_expiry_is_judged_at_the_registrys_time_not_the_claimed_sent_at(
+    sent_before_expiry_s: int, handled_after_expiry_s: int
+) -> None:
+    # Prepare: a hostile test enrolled a device whose message claimed a sent_at 30 s before
+    # its token's expiry, after the expiry (the freshness window allows a day of backdating).
+    expiry = THEN + timedelta(hours=1)
+    message = enrolment(at=expiry - timedelta(seconds=sent_before_expiry_s))
+
+    # Execute / Assert
+    with pytest.raises(ProtocolViolation, match="expired"):
+        check_enrolment(
+            message,
+            existing=None,
+            by_operator=False,
+            token=registered(expires_at=expiry),
+            now=expiry + timedelta(seconds=handled_after_expiry_s),
+        )
+
+
+def test_an_enrolment_handled_before_expiry_is_admitted_whatever_it_claims() -> None:
+    expiry = THEN + timedelta(hours=1)
+    # (check_enrolment raises for a refusal and returns None for an admission)
+    admitted = check_enrolment(
+        enrolment(at=expiry - timedelta(seconds=30)),
+        existing=None,
+        by_operator=False,
+        token=registered(expires_at=expiry),
+        now=expiry - timedelta(seconds=1),
+    )
+    assert admitted is None
+
+
 def test_an_unknown_token_is_refused_even_for_an_existing_device() -> None:
     with pytest.raises(ProtocolViolation, match="unknown enrolment token"):
         check_enrolment(enrolment(OLD), existing=held(), by_operator=False, token=None, now=THEN)

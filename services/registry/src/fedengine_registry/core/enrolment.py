@@ -6,7 +6,8 @@ A device's identity cannot be taken over by anyone who can write to fed.devices:
 - a device that enrols itself also needs an operator's enrolment token for its fleet (signed by
   the token's key, fedcommon.enrolment_tokens): unknown, revoked, expired or full tokens, and
   tokens of another fleet, are refused, so that nobody floods the registry with self-made
-  devices;
+  devices; expiry and revocation are judged at the registry's time of handling, not at the
+  ``sent_at`` the message claims;
 - its key changes only with a signature by the old key, or by an operator (an enrolment the
   gateway vouches for as a service);
 - a removed device stays removed until an operator restores it;
@@ -87,7 +88,12 @@ def check_token(
     signing.verify(public_key=token.public_key, signature=message.token_signature, payload=payload)
     if not now - FRESH_FOR <= message.sent_at <= now + trust.CLOCK_SKEW:
         raise ProtocolViolation(f"enrolment of {device}: sent_at is not within a day of now")
-    if message.sent_at > token.expires_at:
+    # Judged at the registry's time, never the message's: its sent_at is the sender's word, and
+    # the freshness window above lets a holder backdate it by up to a day, so a token that
+    # had expired would otherwise still enrol devices "sent" just before its expiry. An
+    # enrolment that waited out a registry outage past the expiry is refused too: the device
+    # needs a token in force when it is admitted.
+    if now >= token.expires_at:
         raise ProtocolViolation(f"enrolment of {device}: the enrolment token has expired")
     if token.enrolled >= token.max_devices:
         raise ProtocolViolation(
