@@ -174,3 +174,20 @@ def possession_payload(*, device_id: str, public_key: bytes) -> bytes:
     """
     device = device_id.encode()
     return b"fedengine-key-possession-v1" + struct.pack("<H", len(device)) + device + public_key
+
+
+def model_fetch_payload(*, device_id: str, task_id: UUID, version: int, sent_at_us: int) -> bytes:
+    """Return the bytes a device signs to fetch a model version from the gateway as itself.
+
+    The gateway serves a version only to a device that was asked to train on it, so the
+    request must prove which device asks; the send time bounds how long a captured request
+    can be replayed (the gateway accepts a few minutes either side of its own clock).
+    """
+    device = device_id.encode()
+    return (
+        b"fedengine-model-fetch-v1"
+        + struct.pack("<H", len(device))
+        + device
+        + task_id.bytes
+        + struct.pack("<Iq", version, sent_at_us)
+    )
