@@ -17,9 +17,10 @@ RUN pip install torch==2.13.0 ${TORCH_PIP_ARGS}
 COPY constraints.txt ./
 COPY libs/fedcommon libs/fedcommon
 COPY libs/fedprivacy libs/fedprivacy
+COPY libs/feddevice libs/feddevice
 COPY services services
 COPY cli cli
-RUN pip install -c constraints.txt "./libs/fedcommon[torch,data]" "./libs/fedprivacy[accounting]" \
+RUN pip install -c constraints.txt "./libs/fedcommon[service,torch,data]" "./libs/fedprivacy[accounting]" ./libs/feddevice \
       ./services/registry \
       ./services/coordinator ./services/aggregator ./services/simulator ./services/gateway \
       ./services/privacy ./cli

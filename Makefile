@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := $(VENV)/share/fashion-mnist
 FASHION_MNIST_STAMP := $(FASHION_MNIST)/.installed
 FASHION_MNIST_TMP := $(VENV)/share/.fashion-mnist-download
-PYPROJECTS := libs/fedcommon/pyproject.toml libs/fedprivacy/pyproject.toml $(wildcard services/*/pyproject.toml) cli/pyproject.toml
+PYPROJECTS := libs/fedcommon/pyproject.toml libs/fedprivacy/pyproject.toml libs/feddevice/pyproject.toml $(wildcard services/*/pyproject.toml) cli/pyproject.toml
 
 .PHONY: install demo test check lint typecheck clean
 
@@ -23,7 +23,7 @@ $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	# torch first and pinned: any other version would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -r requirements-dev.txt \
-		-e "libs/fedcommon[torch,data]" -e "libs/fedprivacy[accounting]" \
+		-e "libs/fedcommon[service,torch,data]" -e "libs/fedprivacy[accounting]" -e "libs/feddevice[torch]" \
 		-e services/registry -e services/coordinator -e services/aggregator \
 		-e services/simulator -e services/gateway -e services/privacy -e cli
 	touch $(STAMP)

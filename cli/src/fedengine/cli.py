@@ -573,6 +573,35 @@ def bench_secagg(
         raise typer.Exit(1)
 
 
+device_app = typer.Typer(help="Run a device with your own client code (the feddevice runtime).")
+app.add_typer(device_app, name="device")
+
+
+@device_app.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def device_run(context: typer.Context) -> None:
+    """Run one device against a stack: ``fedengine device run --help`` lists the options
+    (those of ``feddevice run``; docs/bring-your-own-model.md explains them)."""
+    from feddevice.command import main as feddevice_main
+
+    raise typer.Exit(feddevice_main(["run", *context.args]))
+
+
+@device_app.command(
+    "identity",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def device_identity(context: typer.Context) -> None:
+    """Print the device's id, public key and proof of possession (for operator enrolment)."""
+    from feddevice.command import main as feddevice_main
+
+    raise typer.Exit(feddevice_main(["identity", *context.args]))
+
+
 @app.command("create-topics")
 def create_topics() -> None:
     """Create every topic with its partitions and max.message.bytes (a deployment's init step,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
+from fedcommon.backoff import Backoff as Backoff
 from fedcommon.failures import Failure, classify, describe
 
 logger = logging.getLogger(__name__)
@@ -23,25 +24,6 @@ JOB_ERRORS = Counter(
 )
 
 Step = Callable[[], Awaitable[object]]
-
-
-class Backoff:
-    """Capped exponential backoff: ``first``, doubling, at most ``cap`` seconds."""
-
-    def __init__(self, *, first: float = 0.2, cap: float = 10.0) -> None:
-        if first <= 0 or cap < first:
-            raise ValueError("Backoff: need 0 < first <= cap")
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay: float = min(self.first * 2.0**self.failures, self.cap)
-        self.failures = min(self.failures + 1, 32)
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 async def run_step(job: str, step: Step) -> bool:

@@ -14,6 +14,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from fedcommon import tensor_order
 from fedcommon.arrays import NDArrays
 from fedcommon.messages.v1 import ModelArchitecture
 
@@ -88,9 +89,10 @@ def set_arrays(model: nn.Module, arrays: NDArrays) -> None:
 
 
 def to_safetensors(model: nn.Module) -> bytes:
-    """Serialise the model's state_dict as safetensors bytes."""
+    """Serialise the model's state_dict as safetensors bytes, naming the state_dict order in
+    which updates list the tensors (fedcommon.tensor_order)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    data: bytes = save_safetensors(state)
+    data: bytes = save_safetensors(state, metadata=tensor_order.metadata(list(state)))
     return data
 
 

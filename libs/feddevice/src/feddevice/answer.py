@@ -1,0 +1,149 @@
+"""From a train request to the signed update a device sends: pure, no I/O.
+
+The runtime fetches the model and runs the user's ``fit``; what comes back is checked here as
+the aggregator will check it (every tensor of the model, by name, with its shape, finite), so
+that a mistake in user code is reported on the device, naming the tensor, rather than as a
+bare refusal at the aggregator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+
+from fedcommon import arrays, signing, tensor_order
+from fedcommon.constraints import MAX_SETTING, MAX_TIMEOUT_S
+from fedcommon.messages.v1 import TrainRequested, UpdateMetrics, UpdateSubmitted
+from feddevice.client import FitResult
+from feddevice.state import Identity
+
+PRODUCER = "feddevice"
+
+
+class FitRefused(ValueError):
+    """What the user's fit returned cannot be sent (the reason names the tensor or field)."""
+
+
+class GlobalModel:
+    """A global model version as a device sees it: named tensors and the wire order."""
+
+    def __init__(self, data: bytes) -> None:
+        self.order = tensor_order.order_of(data)
+        loaded = load_safetensors(data)
+        self.parameters: dict[str, np.ndarray] = {name: loaded[name] for name in self.order}
+
+
+def device_seed(task_seed: int, round_number: int, device_id: str) -> int:
+    """This device's seed for a round: reproducible, and different for every device."""
+    digest = hashlib.sha256(f"{task_seed}/{round_number}/{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+def config_for(request: TrainRequested) -> dict[str, bool | int | float | str]:
+    """The config a client's fit receives for ``request``."""
+    return {
+        "task_id": str(request.task_id),
+        "round_number": request.round_number,
+        "model_version": request.model_version,
+        "learning_rate": request.learning_rate,
+        "local_epochs": request.local_epochs,
+        "batch_size": request.batch_size,
+        "seed": device_seed(request.seed, request.round_number, request.device_id),
+        "proximal_mu": request.proximal_mu,
+        "dataset": request.dataset,
+        "model_architecture": request.model_architecture.value,
+    }
+
+
+def delta_of(model: GlobalModel, result: FitResult) -> list[np.ndarray]:
+    """The update (new minus global, float32, in the wire order); FitRefused if ``result``
+    does not hold exactly the model's tensors, with their shapes, all finite."""
+    given, wanted = set(result.parameters), set(model.order)
+    if given != wanted:
+        missing, extra = sorted(wanted - given), sorted(given - wanted)
+        raise FitRefused(
+            "fit returned other tensors than the model's: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(missing[:5])}" if missing else "",
+                    f"unexpected {', '.join(extra[:5])}" if extra else "",
+                )
+                if part
+            )
+        )
+    delta = []
+    for name in model.order:
+        before = model.parameters[name]
+        after = np.asarray(result.parameters[name])
+        if after.shape != before.shape:
+            raise FitRefused(
+                f"fit returned {name} with shape {list(after.shape)}, "
+                f"the model's is {list(before.shape)}"
+            )
+        if not np.issubdtype(after.dtype, np.number):
+            raise FitRefused(f"fit returned {name} as {after.dtype}, not numbers")
+        change = after.astype(np.float32) - before.astype(np.float32)
+        if not np.isfinite(change).all():
+            raise FitRefused(f"fit returned {name} with values that are not finite")
+        delta.append(change)
+    if isinstance(result.num_examples, bool) or not isinstance(result.num_examples, int):
+        raise FitRefused("fit returned num_examples that is not an integer")
+    if not 1 <= result.num_examples <= 2**31 - 1:
+        raise FitRefused(f"fit returned num_examples {result.num_examples}, not 1..2^31-1")
+    return delta
+
+
+def _metric(metrics: Mapping[str, float], name: str) -> float | None:
+    value = metrics.get(name)
+    if isinstance(value, int | float) and math.isfinite(value) and abs(value) <= MAX_SETTING:
+        return float(value)
+    return None
+
+
+def signed_update(
+    request: TrainRequested,
+    identity: Identity,
+    delta: list[np.ndarray],
+    result: FitResult,
+    *,
+    duration_s: float,
+) -> UpdateSubmitted:
+    """The update.submitted answering ``request``, signed with the device's key."""
+    if request.round_id is None:
+        raise FitRefused("train request without round_id")
+    update = arrays.to_bytes(delta)
+    payload = signing.update_payload(
+        task_id=request.task_id,
+        round_id=request.round_id,
+        device_id=identity.device_id,
+        round_number=request.round_number,
+        model_version=request.model_version,
+        num_examples=result.num_examples,
+        update=update,
+    )
+    loss = _metric(result.metrics, "train_loss")
+    accuracy = _metric(result.metrics, "train_accuracy")
+    return UpdateSubmitted(
+        producer=PRODUCER,
+        sent_at=datetime.now(UTC),
+        round_id=request.round_id,
+        correlation_id=request.message_id,
+        task_id=request.task_id,
+        device_id=identity.device_id,
+        round_number=request.round_number,
+        model_version=request.model_version,
+        num_examples=result.num_examples,
+        update=update,
+        metrics=UpdateMetrics(
+            train_loss=loss if loss is not None else 0.0,
+            train_accuracy=min(max(accuracy, 0.0), 1.0) if accuracy is not None else 0.0,
+            duration_s=min(max(duration_s, 0.0), MAX_TIMEOUT_S),
+        ),
+        signature=identity.key.sign(payload),
+    )

@@ -1,0 +1,54 @@
+"""The interface user code implements: ``fit`` and ``evaluate`` over named tensors.
+
+In the spirit of Flower's NumPyClient, but over a mapping from tensor name to array rather than
+a list, so that a client never has to know the order in which the platform lists tensors on
+the wire (the runtime puts them in that order, fedcommon.tensor_order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Parameters = Mapping[str, npt.NDArray[np.generic]]
+Scalar = bool | int | float | str
+Config = Mapping[str, Scalar]
+Metrics = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What local training returns: the new parameters (every tensor of the model, by name),
+    the number of examples trained on (the update's weight in the average), and metrics
+    (``train_loss`` and ``train_accuracy`` are reported with the update when present)."""
+
+    parameters: Parameters
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What evaluating the global model on the device's own held-out data returns."""
+
+    loss: float
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+class Client(Protocol):
+    """What a device runs. Both methods are called in a worker thread, one call at a time.
+
+    ``config`` carries the task's settings for this round: ``learning_rate``, ``local_epochs``,
+    ``batch_size``, ``seed`` (this device's seed for the round), ``proximal_mu``,
+    ``round_number``, ``model_version``, ``task_id``, ``dataset`` and ``model_architecture``
+    (the task's names; a client may ignore them).
+    """
+
+    def fit(self, parameters: Parameters, config: Config) -> FitResult: ...
+
+    def evaluate(self, parameters: Parameters, config: Config) -> EvaluateResult: ...

@@ -1,0 +1,379 @@
+"""The device runtime's shell: identity, enrolment, heartbeats, train requests, updates.
+
+One device per process. It reads only its own partition of fed.device.commands (commands are
+keyed by device id, so a device's all land in one partition: no consumer-group join, and a
+device reads a fraction of the topic), checks that each command is signed by the service that
+may send it (the coordinator's and aggregator's keys come with the enrolment token), and
+answers a train request with the update its user code trained, signed with its own key.
+
+Restart safety: the update is kept on disk (feddevice.state.SentResults) before it is sent,
+and the request's offset is committed after; a request redelivered after a crash is answered
+with the same record (same message id), which the aggregator counts once. Outages: the broker
+and the gateway are retried with backoff; a heartbeat lost in an outage is simply the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from fedcommon import codec, enrolment_tokens, signing, topics, trust
+from fedcommon.backoff import Backoff
+from fedcommon.errors import InvalidMessage
+from fedcommon.kafka_client import client_options
+from fedcommon.messages.v1 import (
+    DeviceCapabilities,
+    DeviceEnrolled,
+    DeviceType,
+    HeartbeatSent,
+    PrivacyLevel,
+    SecAggDelivered,
+    TrainRequested,
+)
+from fedcommon.settings import KafkaSettings
+from feddevice import answer
+from feddevice.client import Client
+from feddevice.model_fetch import FetchRefused, ModelFetcher
+from feddevice.state import Identity, SentResults, load_or_create_identity
+
+logger = logging.getLogger("feddevice")
+# A command signed longer ago than this is refused as a replay (its deadline is long past).
+COMMAND_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Where the device keeps its state, what it connects to, and how it presents itself."""
+
+    state_dir: Path
+    gateway_url: str
+    kafka: KafkaSettings
+    # Enrols the device itself (fedcommon.enrolment_tokens); None: an operator enrolled it
+    # through the gateway, and ``coordinator_key`` must then be given.
+    token: enrolment_tokens.EnrolmentToken | None = None
+    coordinator_key: bytes | None = None
+    aggregator_key: bytes | None = None
+    device_id: str | None = None
+    device_name: str | None = None
+    device_type: DeviceType = DeviceType.DESKTOP
+    privacy_level: PrivacyLevel = PrivacyLevel.NONE
+    capabilities: DeviceCapabilities | None = None
+    heartbeat_s: float = 5.0
+    gateway_verify: bool | str = True
+
+    def service_keys(self) -> dict[str, bytes]:
+        coordinator = self.coordinator_key or (self.token and self.token.coordinator_key)
+        if not coordinator:
+            raise ValueError("the coordinator's public key is needed: give a token or the key")
+        keys = {"coordinator": coordinator}
+        aggregator = self.aggregator_key or (self.token and self.token.aggregator_key)
+        if aggregator:
+            keys["aggregator"] = aggregator
+        return keys
+
+
+def battery_pct() -> float | None:
+    """The battery level where the platform tells (psutil, when installed), else None."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+    return None if battery is None else float(min(max(battery.percent, 0.0), 100.0))
+
+
+class DeviceRuntime:
+    def __init__(self, config: DeviceConfig, client: Client) -> None:
+        self.config = config
+        self.client = client
+        self.identity: Identity = load_or_create_identity(config.state_dir, config.device_id)
+        self.sent = SentResults(config.state_dir)
+        self.verifier = trust.Verifier(
+            public_keys=config.service_keys(),
+            prefix=config.kafka.topic_prefix,
+            window=COMMAND_WINDOW,
+        )
+        self.producer = AIOKafkaProducer(
+            **client_options(config.kafka),
+            client_id=f"feddevice-{self.identity.device_id}",
+            acks="all",
+            max_request_size=config.kafka.max_message_bytes,
+        )
+        self.fetcher = ModelFetcher(config.gateway_url, self.identity, verify=config.gateway_verify)
+        self._sequence = 0
+        self.commands = topics.topic_name(config.kafka.topic_prefix, topics.DEVICE_COMMANDS)
+        # For tests and operators: what happened to each train request, by round id.
+        self.outcomes: dict[str, str] = {}
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def _send(self, base: str, key: str, value: bytes, *, until: datetime | None) -> bool:
+        """Send one record, retrying through broker outages until ``until`` (None: forever).
+        Returns False when ``until`` passed first."""
+        backoff = Backoff(first=0.2, cap=5.0)
+        topic = topics.topic_name(self.config.kafka.topic_prefix, base)
+        while True:
+            try:
+                await self.producer.send_and_wait(topic, value, key=key.encode())
+                return True
+            except KafkaError as exc:
+                if until is not None and datetime.now(UTC) >= until:
+                    logger.error("could not send to %s before %s: %s", base, until, exc)
+                    return False
+                delay = backoff.next_delay()
+                logger.warning("broker unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def enrol(self) -> None:
+        """Enrol with the token (at every start: the registry keeps the device as it is when
+        the key is the one it knows)."""
+        token = self.config.token
+        if token is None:
+            logger.info("device %s: no enrolment token, an operator enrols it", self.device_id)
+            return
+        battery = battery_pct()
+        capabilities = self.config.capabilities or DeviceCapabilities(
+            has_battery=battery is not None, battery_pct=battery if battery is not None else 100.0
+        )
+        message = enrolment_tokens.sign_enrolment(
+            DeviceEnrolled(
+                producer=answer.PRODUCER,
+                device_id=self.device_id,
+                device_name=self.config.device_name or f"{self.config.device_type.value} device",
+                device_type=self.config.device_type,
+                privacy_level=self.config.privacy_level,
+                capabilities=capabilities,
+                public_key=self.identity.public_key,
+            ),
+            device_key=self.identity.key,
+            token=token,
+        )
+        await self._send(topics.DEVICES, self.device_id, codec.encode(message), until=None)
+        logger.info("device %s: enrolment sent (fleet %s)", self.device_id, token.fleet)
+
+    async def heartbeat(self) -> None:
+        sequence = max(self._sequence + 1, time.time_ns() // 1_000_000)
+        self._sequence = sequence
+        sent_at = datetime.now(UTC)
+        payload = signing.heartbeat_payload(
+            device_id=self.device_id,
+            sequence=sequence,
+            sent_at_us=int(sent_at.timestamp() * 1_000_000),
+        )
+        message = HeartbeatSent(
+            producer=answer.PRODUCER,
+            device_id=self.device_id,
+            sequence=sequence,
+            sent_at=sent_at,
+            battery_pct=battery_pct(),
+            signature=self.identity.key.sign(payload),
+        )
+        # A heartbeat is worth sending only now: in an outage, the next one replaces it.
+        await self._send(
+            topics.DEVICES,
+            self.device_id,
+            codec.encode(message),
+            until=sent_at + timedelta(seconds=self.config.heartbeat_s),
+        )
+
+    async def heartbeats(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+            except Exception:
+                logger.exception("heartbeat failed; the next one follows")
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    @property
+    def device_id(self) -> str:
+        return self.identity.device_id
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def refusal(self, record: ConsumerRecord) -> str | None:
+        """Why a record addressed to this device must not be acted on, or None."""
+        try:
+            message = codec.decode(record.value)
+        except InvalidMessage as exc:
+            return str(exc)
+        return self.verifier.refusal(
+            topic=record.topic,
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers or ()),
+            message_type=message.type,
+            sent_at=message.sent_at,
+            now=datetime.now(UTC),
+        )
+
+    async def handle(self, record: ConsumerRecord) -> None:
+        if record.key != self.device_id.encode():
+            return  # another device's command, in the same partition
+        why = self.refusal(record)
+        if why is not None:
+            logger.warning("device %s: command refused: %s", self.device_id, why)
+            return
+        message = codec.decode(record.value)
+        if isinstance(message, SecAggDelivered):
+            return  # secure rounds are not answered by this runtime yet (see train())
+        if isinstance(message, TrainRequested) and message.device_id == self.device_id:
+            outcome = await self.train(message)
+            self.outcomes[str(message.round_id)] = outcome
+            logger.info(
+                "device %s: round %d of task %s: %s",
+                self.device_id,
+                message.round_number,
+                message.task_id,
+                outcome,
+            )
+
+    async def train(self, request: TrainRequested) -> str:
+        """Answer one train request; return what happened, in words."""
+        if request.round_id is None:
+            return "refused: no round id"
+        kept = self.sent.get(request.round_id)
+        if kept is not None:
+            # Answered before a restart: the same record again, never a second update.
+            sent = await self._send(topics.UPDATES, str(request.task_id), kept, until=None)
+            return "resent the update kept on disk" if sent else "resend failed"
+        if datetime.now(UTC) >= request.deadline:
+            return "skipped: past its deadline"
+        if request.secure_aggregation is not None:
+            return "skipped: secure-aggregation rounds are not supported by this runtime yet"
+        if request.local_dp is not None:
+            return "skipped: local DP-SGD requested, which this runtime does not run yet"
+        try:
+            data = await self.fetcher.fetch(
+                request.task_id, request.model_version, request.model_sha256, until=request.deadline
+            )
+            model = answer.GlobalModel(data)
+        except (FetchRefused, TimeoutError, ValueError) as exc:
+            logger.error("device %s: no model: %s", self.device_id, exc)
+            return f"failed: {exc}"
+        began = time.perf_counter()
+        left = (request.deadline - datetime.now(UTC)).total_seconds()
+        fit = asyncio.ensure_future(
+            asyncio.to_thread(self.client.fit, dict(model.parameters), answer.config_for(request))
+        )
+        try:
+            result = await asyncio.wait_for(asyncio.shield(fit), timeout=max(left, 0.0))
+        except TimeoutError:
+            # The thread cannot be stopped; its result is dropped when it comes.
+            fit.add_done_callback(_ignore_result)
+            logger.error("device %s: fit did not return before the deadline", self.device_id)
+            return "failed: fit did not return before the round's deadline"
+        except Exception as exc:
+            logger.exception("device %s: fit raised", self.device_id)
+            return f"failed: fit raised {type(exc).__name__}: {exc}"
+        duration = time.perf_counter() - began
+        try:
+            delta = answer.delta_of(model, result)
+        except answer.FitRefused as exc:
+            logger.error("device %s: %s", self.device_id, exc)
+            return f"failed: {exc}"
+        update = answer.signed_update(request, self.identity, delta, result, duration_s=duration)
+        value = codec.encode(update)
+        self.sent.put(request.round_id, value)
+        if not await self._send(
+            topics.UPDATES, str(request.task_id), value, until=request.deadline
+        ):
+            return "failed: the broker was unreachable until the deadline"
+        return f"sent an update of {result.num_examples} examples"
+
+    async def consume(self, ready: asyncio.Event | None = None) -> None:
+        consumer = AIOKafkaConsumer(
+            **client_options(self.config.kafka),
+            group_id=f"{self.config.kafka.topic_prefix}device.{self.device_id}",
+            client_id=f"feddevice-{self.device_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=200,
+            max_partition_fetch_bytes=self.config.kafka.max_message_bytes,
+        )
+        await _retry("connect to the broker", consumer.start)
+        try:
+            partition = await self._my_partition(consumer)
+            consumer.assign([partition])
+            # Resolve the start (the committed offset, else the end) before enrolling, so that
+            # no request sent after enrolment can fall before it.
+            await _retry("find the command offset", lambda: consumer.position(partition))
+            if ready is not None:
+                ready.set()
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=10)
+                for records in batches.values():
+                    for record in records:
+                        await self.handle(record)
+                        await _retry(
+                            "commit the command offset",
+                            functools.partial(consumer.commit, {partition: record.offset + 1}),
+                        )
+        finally:
+            await consumer.stop()
+
+    async def _my_partition(self, consumer: AIOKafkaConsumer) -> TopicPartition:
+        """The partition the services' producers put this device's commands in (murmur2 of
+        the key, as every Kafka client's default partitioner)."""
+        while True:
+            partitions = consumer.partitions_for_topic(self.commands)
+            if partitions:
+                break
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.5)
+        ordered = sorted(partitions)
+        chosen = DefaultPartitioner()(self.device_id.encode(), ordered, ordered)
+        return TopicPartition(self.commands, chosen)
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Run until cancelled."""
+        removed = self.sent.prune()
+        if removed:
+            logger.info("removed %d results of long-closed rounds", removed)
+        await _retry("connect to the broker", self.producer.start)
+        try:
+            listening = asyncio.Event()
+            consumer = asyncio.create_task(self.consume(listening))
+            await listening.wait()
+            await self.enrol()
+            beats = asyncio.create_task(self.heartbeats())
+            if ready is not None:
+                ready.set()
+            try:
+                await asyncio.gather(consumer, beats)
+            finally:
+                for task in (consumer, beats):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        finally:
+            await self.fetcher.close()
+            await self.producer.stop()
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _retry(what: str, step: Callable[[], Awaitable[object]]) -> None:
+    backoff = Backoff(first=0.2, cap=5.0)
+    while True:
+        try:
+            await step()
+            return
+        except (KafkaError, OSError) as exc:
+            delay = backoff.next_delay()
+            logger.warning("could not %s (%s); retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
