@@ -30,7 +30,7 @@ from fedcommon.messages.v1 import (
     TaskStartRequested,
     TaskState,
 )
-from fedengine_gateway import devices, errors, health, privacy_budget, queries
+from fedengine_gateway import device_models, devices, errors, health, privacy_budget, queries
 from fedengine_gateway.body_limit import BodyLimit
 from fedengine_gateway.deps import (
     PREFIX,
@@ -254,15 +254,7 @@ async def get_model(
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model version for task {task_id}")
     model_version, digest, data = found
-    return Response(
-        content=data,
-        media_type="application/octet-stream",
-        headers={
-            "X-Model-SHA256": digest,
-            "X-Model-Version": str(model_version),
-            "Content-Disposition": f'attachment; filename="{task_id}-v{model_version}.safetensors"',
-        },
-    )
+    return device_models.model_response(task_id, model_version, digest, data)
 
 
 @router.get("/status", response_model=StatusPublic, responses=errors.responses(401, 413, 503))
@@ -445,6 +437,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.issued_tasks = IssuedIds()
     app.include_router(router)
     app.include_router(devices.router)
+    app.include_router(device_models.router)
     app.include_router(privacy_budget.router)
     errors.install(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)

@@ -204,6 +204,30 @@ async def get_model(
     return None if row is None else (row[0], row[1], bytes(row[2]))
 
 
+async def get_device_key(conn: psycopg.AsyncConnection, device_id: str) -> bytes | None:
+    """The enrolled public key of ``device_id``; None for an unknown or removed device."""
+    cursor = await conn.execute(
+        "SELECT public_key FROM registry.devices_public "
+        "WHERE device_id = %s AND status <> 'removed'",
+        (device_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])
+
+
+async def was_asked(
+    conn: psycopg.AsyncConnection, *, device_id: str, task_id: UUID, version: int
+) -> bool:
+    """Whether ``device_id`` was asked to train on model ``version`` of ``task_id``."""
+    cursor = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM coordinator.model_requests_public "
+        "WHERE task_id = %s AND model_version = %s AND device_id = %s)",
+        (task_id, version, device_id),
+    )
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
 async def round_durations(conn: psycopg.AsyncConnection) -> tuple[int, float]:
     """Return the count and the summed duration of completed rounds."""
     cursor = await conn.execute(

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # The bound on each dependency check of /health, /ready and the check before a command;
     # /ready must answer within 2 s while a server is down, and the two checks run at once.
     health_timeout_s: float = Field(default=1.0, gt=0, le=10)
+    # How far a device's signed request (X-Device-Sent-At) may be from this gateway's clock,
+    # either way: it bounds how long a captured request can be replayed.
+    device_request_window_s: float = Field(default=300.0, gt=0, le=3600)
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
 
