@@ -24,6 +24,7 @@ from fedcommon import enrolment_tokens, signing
 from fedcommon.messages.v1 import DeviceType, PrivacyLevel
 from fedcommon.settings import KafkaSettings
 from feddevice.app import AppError, DeviceContext, load
+from feddevice.client import Client
 from feddevice.runtime import DeviceConfig, DeviceRuntime
 from feddevice.state import StateError, load_or_create_identity
 
@@ -95,7 +96,9 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
     )
 
 
-async def _run(runtime: DeviceRuntime) -> None:
+async def _run(config: DeviceConfig, client: Client) -> None:
+    # Built inside the loop: aiokafka's clients bind to the running loop when created.
+    runtime = DeviceRuntime(config, client)
     task = asyncio.create_task(runtime.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = load(
             args.app, DeviceContext(device.device_id, _settings(args.set)), search=args.app_path
         )
-        asyncio.run(_run(DeviceRuntime(config, client)))
+        asyncio.run(_run(config, client))
         return 0
     except (AppError, StateError, enrolment_tokens.InvalidToken, ValueError, OSError) as exc:
         print(f"feddevice: {exc}", file=sys.stderr)
