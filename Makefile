@@ -23,7 +23,7 @@ $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	# torch first and pinned: any other version would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -r requirements-dev.txt \
-		-e "libs/fedcommon[service,torch,data]" -e "libs/fedprivacy[accounting]" -e "libs/feddevice[torch]" \
+		-e "libs/fedcommon[service,torch,data]" -e "libs/fedprivacy[accounting]" -e "libs/feddevice[torch,keras]" \
 		-e services/registry -e services/coordinator -e services/aggregator \
 		-e services/simulator -e services/gateway -e services/privacy -e cli
 	touch $(STAMP)

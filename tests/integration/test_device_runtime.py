@@ -237,3 +237,47 @@ async def test_user_code_that_raises_hangs_or_returns_wrong_tensors_is_dropped_w
     assert "missing net.3.bias" in wrong and "unexpected extra.weight" in wrong
     # Every device process is still running, ready for the next round.
     assert all(p.poll() is None for p in devices.processes.values())
+
+
+KERAS_EXAMPLE = ROOT / "examples" / "keras-digits"
+
+
+async def test_a_mixed_pytorch_and_keras_fleet_trains_as_an_all_pytorch_one(
+    stack: Stack, devices: Devices
+) -> None:
+    """Same task, same seed, same shares: four PyTorch devices, and two PyTorch with two Keras
+    (torch backend) devices. Both run at once; their final accuracies differ by < 2 points."""
+    run = uuid.uuid4().hex[:6]
+    fleets = {
+        "pytorch": [f"pt-{run}-{share}" for share in range(4)],
+        "mixed": [f"mx-{run}-{share}" for share in range(4)],
+    }
+    for kind, ids in fleets.items():
+        for share, device_id in enumerate(ids):
+            settings = (f"share={share}", "shares=4")
+            if kind == "mixed" and share >= 2:
+                devices.start(
+                    device_id, "keras_digits_client:make_client", *settings, app_path=KERAS_EXAMPLE
+                )
+            else:
+                devices.start(device_id, "digits_client:make_client", *settings, app_path=EXAMPLE)
+    everyone = [device_id for ids in fleets.values() for device_id in ids]
+    await eventually(lambda: _online(stack, everyone), timeout_s=180)
+    spec: dict[str, Any] = {"rounds": 8, "min_devices": 4, "round_timeout_s": 60, "seed": 11}
+    tasks = {kind: await _task(stack, ids, **spec) for kind, ids in fleets.items()}
+    accuracy = {}
+    async with stack.client() as client:
+        for kind, task_id in tasks.items():
+            task = await client.wait_for_task(
+                task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=300
+            )
+            assert task["state"] == "completed", task
+            rounds = [r for r in await client.get_rounds(task_id) if r["status"] == "completed"]
+            assert len(rounds) == 8
+            assert all(sorted(r["aggregated"]) == sorted(fleets[kind]) for r in rounds), rounds
+            accuracy[kind] = rounds[-1]["accuracy"]
+    print(f"final accuracy after 8 rounds: {accuracy}")
+    assert accuracy["pytorch"] > 0.85
+    assert abs(accuracy["mixed"] - accuracy["pytorch"]) < 0.02, accuracy
+    keras_log = devices.log(fleets["mixed"][3])
+    assert "sent an update of" in keras_log and "Traceback" not in keras_log
