@@ -281,3 +281,35 @@ async def test_a_mixed_pytorch_and_keras_fleet_trains_as_an_all_pytorch_one(
     assert abs(accuracy["mixed"] - accuracy["pytorch"]) < 0.02, accuracy
     keras_log = devices.log(fleets["mixed"][3])
     assert "sent an update of" in keras_log and "Traceback" not in keras_log
+
+
+async def test_runtime_devices_take_part_in_secure_rounds(stack: Stack, devices: Devices) -> None:
+    """The SecAgg+ device side the simulator runs is the runtime's too: three example devices
+    complete a secure task, every stage with all three."""
+    ids = [f"sa-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
+    for share, device_id in enumerate(ids):
+        devices.start(
+            device_id, "digits_client:make_client", f"share={share}", "shares=3", app_path=EXAMPLE
+        )
+    await eventually(lambda: _online(stack, ids), timeout_s=120)
+    task_id = await _task(
+        stack, ids, rounds=2, min_devices=3, round_timeout_s=30, secure_aggregation={}
+    )
+    async with stack.client() as client:
+        task = await client.wait_for_task(
+            task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=180
+        )
+    assert task["state"] == "completed", task
+    completed = [r for r in await _rounds(stack, task_id) if r["status"] == "completed"]
+    assert len(completed) == 2
+    for round_ in completed:
+        assert sorted(round_["aggregated"]) == sorted(ids), round_
+        stages = round_["secure_stages"]
+        assert [s["stage_name"] for s in stages] == [
+            "advertise_keys",
+            "share_keys",
+            "masked_input",
+            "unmasking",
+        ]
+    for device_id in ids:
+        assert "secure round started with" in devices.log(device_id)

@@ -37,6 +37,7 @@ from fedcommon.messages.v1 import (
     DeviceCapabilities,
     DeviceEnrolled,
     DeviceType,
+    Envelope,
     HeartbeatSent,
     PrivacyLevel,
     SecAggDelivered,
@@ -46,11 +47,16 @@ from fedcommon.settings import KafkaSettings
 from feddevice import answer
 from feddevice.client import Client
 from feddevice.model_fetch import FetchRefused, ModelFetcher
+from feddevice.secure_rounds import SecureRounds
 from feddevice.state import Identity, SentResults, load_or_create_identity
 
 logger = logging.getLogger("feddevice")
 # A command signed longer ago than this is refused as a replay (its deadline is long past).
 COMMAND_WINDOW = timedelta(hours=1)
+# Kept in place of an update for a secure round the device started: its SecAgg+ keys live in
+# memory only, so after a restart the device has left that round (the protocol tolerates it)
+# and must not start it again with new keys.
+SECURE_ROUND_STARTED = b"secure-round-started"
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,11 @@ class DeviceRuntime:
             max_request_size=config.kafka.max_message_bytes,
         )
         self.fetcher = ModelFetcher(config.gateway_url, self.identity, verify=config.gateway_verify)
+        self.secure = SecureRounds(
+            self._send_message,
+            keys={self.identity.device_id: self.identity.key},
+            producer=answer.PRODUCER,
+        )
         self._sequence = 0
         self.commands = topics.topic_name(config.kafka.topic_prefix, topics.DEVICE_COMMANDS)
         # For tests and operators: what happened to each train request, by round id.
@@ -135,6 +146,9 @@ class DeviceRuntime:
                 delay = backoff.next_delay()
                 logger.warning("broker unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
+
+    async def _send_message(self, base: str, key: str, message: Envelope) -> None:
+        await self._send(base, key, codec.encode(message), until=None)
 
     async def enrol(self) -> None:
         """Enrol with the token (at every start: the registry keeps the device as it is when
@@ -226,8 +240,10 @@ class DeviceRuntime:
             logger.warning("device %s: command refused: %s", self.device_id, why)
             return
         message = codec.decode(record.value)
-        if isinstance(message, SecAggDelivered):
-            return  # secure rounds are not answered by this runtime yet (see train())
+        if isinstance(message, SecAggDelivered) and message.device_id == self.device_id:
+            # Signed by the aggregator (checked above against the key in the token).
+            await self.secure.handle(message)
+            return
         if isinstance(message, TrainRequested) and message.device_id == self.device_id:
             outcome = await self.train(message)
             self.outcomes[str(message.round_id)] = outcome
@@ -244,14 +260,16 @@ class DeviceRuntime:
         if request.round_id is None:
             return "refused: no round id"
         kept = self.sent.get(request.round_id)
+        if kept == SECURE_ROUND_STARTED:
+            return "left the secure round: its keys did not survive the restart"
         if kept is not None:
             # Answered before a restart: the same record again, never a second update.
             sent = await self._send(topics.UPDATES, str(request.task_id), kept, until=None)
             return "resent the update kept on disk" if sent else "resend failed"
         if datetime.now(UTC) >= request.deadline:
             return "skipped: past its deadline"
-        if request.secure_aggregation is not None:
-            return "skipped: secure-aggregation rounds are not supported by this runtime yet"
+        if request.secure_aggregation is not None and "aggregator" not in self.verifier.public_keys:
+            return "skipped: a secure round, and no aggregator key to check its deliveries"
         if request.local_dp is not None:
             return "skipped: local DP-SGD requested, which this runtime does not run yet"
         try:
@@ -283,6 +301,17 @@ class DeviceRuntime:
         except answer.FitRefused as exc:
             logger.error("device %s: %s", self.device_id, exc)
             return f"failed: {exc}"
+        if request.secure_aggregation is not None:
+            self.sent.put(request.round_id, SECURE_ROUND_STARTED)
+            await self.secure.start(
+                request,
+                round_id=request.round_id,
+                assignment=request.secure_aggregation,
+                device_id=self.device_id,
+                num_examples=result.num_examples,
+                delta=delta,
+            )
+            return f"secure round started with {result.num_examples} examples"
         update = answer.signed_update(request, self.identity, delta, result, duration_s=duration)
         value = codec.encode(update)
         self.sent.put(request.round_id, value)

@@ -2,7 +2,8 @@
 
 In a round with secure aggregation a device sends no update.submitted: it keeps its flat
 update in memory and runs SecAgg+ over fed.secagg, one stage per delivery the aggregator sends
-it on fed.device.commands (secure_rounds, around core/secagg_device).
+it on fed.device.commands (feddevice.secure_rounds, around feddevice.secagg_device, the same
+code the device runtime runs).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     AnyMessage,
     DeviceEnrolled,
+    Envelope,
     HeartbeatSent,
     ModelArchitecture,
     SecAggDelivered,
@@ -44,10 +46,10 @@ from fedcommon.messages.v1 import (
     UpdateSubmitted,
 )
 from fedcommon.service import ServiceContext, ServiceParts
+from feddevice.secure_rounds import SecureRounds
 from fedengine_simulator import identities
 from fedengine_simulator.core import attacks, fleet
 from fedengine_simulator.core.training import LocalResult, train_local
-from fedengine_simulator.secure_rounds import SecureRounds
 from fedengine_simulator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,30 @@ SKIPPED = Counter("fedengine_simulator_requests_skipped_total", "Train requests 
 POISONED = Counter(
     "fedengine_simulator_poisoned_updates_total", "Updates sent by malicious devices", ["attack"]
 )
+SECAGG_SENT = Counter(
+    "fedengine_simulator_secagg_messages_total", "SecAgg+ stage messages sent", ["stage"]
+)
+SECAGG_DROPPED = Counter(
+    "fedengine_simulator_secagg_dropouts_total",
+    "Devices that left a secure round, by stage and cause",
+    ["stage", "cause"],
+)
+SECAGG_IGNORED = Counter(
+    "fedengine_simulator_secagg_ignored_total", "SecAgg+ deliveries that changed nothing", ["why"]
+)
+
+
+class SecAggMetrics:
+    """The fleet's secure rounds, counted as Prometheus metrics (feddevice.secure_rounds)."""
+
+    def sent(self, stage: int) -> None:
+        SECAGG_SENT.labels(str(stage)).inc()
+
+    def dropped(self, stage: int, cause: str) -> None:
+        SECAGG_DROPPED.labels(str(stage), cause).inc()
+
+    def ignored(self, why: str) -> None:
+        SECAGG_IGNORED.labels(why).inc()
 
 
 class Fleet:
@@ -75,7 +101,13 @@ class Fleet:
         self._models: dict[tuple[object, int], bytes] = {}
         self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
-        self.secure = SecureRounds(context, keys=self.keys, drop_policy=settings.secagg_drop_policy)
+        self.secure = SecureRounds(
+            self._publish,
+            keys=self.keys,
+            producer=PRODUCER,
+            drop_policy=settings.secagg_drop_policy,
+            counts=SecAggMetrics(),
+        )
         self._warned_no_aggregator_key = False
         self.attack = settings.attack_spec
         self.attackers = attacks.choose_attackers(
@@ -90,6 +122,11 @@ class Fleet:
                 self.attack.scale,
                 ", ".join(f"{settings.fleet}-{i:04d}" for i in sorted(self.attackers)),
             )
+
+    async def _publish(self, base: str, key: str, message: Envelope) -> None:
+        await kafka.publish(
+            self.context.producer, self.context.kafka, base, key=key, message=message
+        )
 
     def partition_of(self, dataset: str, index: int) -> np.ndarray:
         if dataset not in self._partitions:

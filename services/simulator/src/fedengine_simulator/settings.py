@@ -13,8 +13,8 @@ from fedcommon import enrolment_tokens
 from fedcommon.constraints import FLEET_PATTERN, MAX_SETTING
 from fedcommon.messages.v1 import DatasetName, Partitioning, PrivacyLevel
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings, default_home
+from feddevice.secagg_device import DropPolicy
 from fedengine_simulator.core.attacks import Attack, AttackKind
-from fedengine_simulator.core.secagg_device import DropPolicy
 
 
 class Settings(BaseSettings):

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedcommon import signing
 from fedcommon.messages.v1 import RoundSecAgg, SecAggAssignment, SecAggPeer
 from fedcommon.secagg_round import config_fields
-from fedengine_simulator.core.secagg_device import (
+from feddevice.secagg_device import (
     Action,
     DeviceRound,
     DeviceRounds,

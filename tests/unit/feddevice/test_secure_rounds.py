@@ -1,4 +1,4 @@
-"""The secure-round shell with a fake producer: what goes on fed.secagg, signed, and only once."""
+"""The secure-round shell with a recording sender: what goes on fed.secagg, signed, once."""
 
 from __future__ import annotations
 
@@ -12,17 +12,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcommon import codec, signing, topics
 from fedcommon.messages.v1 import (
+    Envelope,
     ModelArchitecture,
     SecAggDelivered,
     SecAggSubmitted,
     TrainRequested,
 )
-from fedcommon.service import ServiceContext
-from fedcommon.settings import KafkaSettings
-from fedengine_simulator.core.secagg_device import DropPolicy, submission_id
-from fedengine_simulator.secure_rounds import SecureRounds
+from feddevice.secagg_device import DropPolicy, submission_id
+from feddevice.secure_rounds import SecureRounds
 from fedprivacy.secagg import KeyAdvertisement
-from tests.unit.simulator.test_secagg_device import TASK_ID, Fleet
+from tests.unit.feddevice.test_secagg_device import TASK_ID, Fleet
 
 
 class BrokerDown(Exception):
@@ -46,14 +45,12 @@ class FakeProducer:
 def _shell(
     producer: FakeProducer, key: Ed25519PrivateKey, policy: DropPolicy | None = None
 ) -> SecureRounds:
-    context = ServiceContext(
-        name="simulator-test",
-        kafka=KafkaSettings(topic_prefix="t."),
-        pool=None,  # type: ignore[arg-type]  # the secure rounds never touch the database
-        producer=producer,
-        relay=None,  # type: ignore[arg-type]
-    )
-    return SecureRounds(context, keys={"d-0": key}, drop_policy=policy or DropPolicy())
+    async def send(base: str, record_key: str, message: Envelope) -> None:
+        await producer.send_and_wait(
+            topics.topic_name("t.", base), codec.encode(message), key=record_key.encode()
+        )
+
+    return SecureRounds(send, keys={"d-0": key}, producer="simulator", drop_policy=policy)
 
 
 def _request(fleet: Fleet) -> TrainRequested:

@@ -1,4 +1,8 @@
-"""The simulator's shell of secure rounds: one SecAgg+ state per (round, device), in memory.
+"""The device side of secure rounds: one SecAgg+ state per (round, device), in memory.
+
+Shared by the device runtime (one device per process) and the simulator (many devices in one),
+so that the SecAgg+ client side exists once; each passes how it sends a record and, where it
+exports metrics, what to count.
 
 A device of a round with secure aggregation sends no update.submitted: after training it keeps
 its flat update in a ``core.secagg_device.DeviceRound`` and answers the aggregator's
@@ -13,26 +17,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Protocol, cast
 from uuid import UUID
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client import Counter
 
-from fedcommon import kafka, topics
+from fedcommon import topics
 from fedcommon.arrays import NDArrays
 from fedcommon.messages.v1 import (
+    Envelope,
     SecAggAssignment,
     SecAggDelivered,
     SecAggStage,
     SecAggSubmitted,
     TrainRequested,
 )
-from fedcommon.service import ServiceContext
-from fedengine_simulator.core.secagg_device import (
+from feddevice.secagg_device import (
     Action,
     DeviceRound,
     DeviceRounds,
@@ -45,18 +48,31 @@ from fedengine_simulator.core.secagg_device import (
 
 logger = logging.getLogger(__name__)
 
-PRODUCER = "simulator"
-SECAGG_SENT = Counter(
-    "fedengine_simulator_secagg_messages_total", "SecAgg+ stage messages sent", ["stage"]
-)
-SECAGG_DROPPED = Counter(
-    "fedengine_simulator_secagg_dropouts_total",
-    "Devices that left a secure round, by stage and cause",
-    ["stage", "cause"],
-)
-SECAGG_IGNORED = Counter(
-    "fedengine_simulator_secagg_ignored_total", "SecAgg+ deliveries that changed nothing", ["why"]
-)
+# Sends one record: (topic base, record key, message), waiting for the broker.
+Send = Callable[[str, str, Envelope], Awaitable[None]]
+
+
+class Counts(Protocol):
+    """What a shell counts of its secure rounds (the simulator exports these as metrics)."""
+
+    def sent(self, stage: int) -> None: ...
+
+    def dropped(self, stage: int, cause: str) -> None: ...
+
+    def ignored(self, why: str) -> None: ...
+
+
+class NoCounts:
+    def sent(self, stage: int) -> None:
+        pass
+
+    def dropped(self, stage: int, cause: str) -> None:
+        pass
+
+    def ignored(self, why: str) -> None:
+        pass
+
+
 # How long a device keeps a secure round's state past the train request's deadline, in
 # stage timeouts: one per stage after training.
 SECAGG_STAGES_AFTER_DEADLINE = 4
@@ -67,14 +83,18 @@ class SecureRounds:
 
     def __init__(
         self,
-        context: ServiceContext,
+        send: Send,
         *,
         keys: Mapping[str, Ed25519PrivateKey],
-        drop_policy: DropPolicy,
+        producer: str,
+        drop_policy: DropPolicy | None = None,
+        counts: Counts | None = None,
     ) -> None:
-        self.context = context
+        self.send = send
         self.keys = keys
-        self.drop_policy = drop_policy
+        self.producer = producer
+        self.drop_policy = drop_policy or DropPolicy()
+        self.counts: Counts = counts or NoCounts()
         self.rounds = DeviceRounds()
 
     def pending(self, round_id: UUID, device_id: str) -> DeviceRound | None:
@@ -113,7 +133,7 @@ class SecureRounds:
                 drop_policy=self.drop_policy,
             )
         except ValueError as exc:
-            SECAGG_DROPPED.labels("1", "assignment").inc()
+            self.counts.dropped(1, "assignment")
             logger.warning(
                 "device %s cannot take part in secure round %s of task %s: %s",
                 device_id,
@@ -133,7 +153,7 @@ class SecureRounds:
         state = self.rounds.get(message.round_id, message.device_id)
         if state is None:
             # Finished, dropped out, expired, or lost with a restart: nothing to answer.
-            SECAGG_IGNORED.labels("unknown_round").inc()
+            self.counts.ignored("unknown_round")
             logger.debug(
                 "device %s holds no secure round %s: stage %d delivery ignored",
                 message.device_id,
@@ -163,19 +183,17 @@ class SecureRounds:
             signature = self.keys[identity.device_id].sign(
                 state.signing_payload(stage=step.stage, payload=step.payload)
             )
-            await kafka.publish(
-                self.context.producer,
-                self.context.kafka,
+            await self.send(
                 topics.SECAGG,
-                key=str(identity.task_id),
-                message=SecAggSubmitted(
+                str(identity.task_id),
+                SecAggSubmitted(
                     # The same id on a re-send of the same answer, so the aggregator sees one.
                     message_id=submission_id(
                         round_id=identity.round_id,
                         device_id=identity.device_id,
                         stage=step.stage,
                     ),
-                    producer=PRODUCER,
+                    producer=self.producer,
                     round_id=identity.round_id,
                     correlation_id=identity.request_id,
                     task_id=identity.task_id,
@@ -187,7 +205,7 @@ class SecureRounds:
                 ),
             )
             state.mark_sent(step.stage)
-            SECAGG_SENT.labels(str(step.stage)).inc()
+            self.counts.sent(step.stage)
             logger.debug(
                 "device %s sent secure stage %d (%d bytes)",
                 identity.device_id,
@@ -197,7 +215,7 @@ class SecureRounds:
             )
         elif step.action is Action.DROP:
             cause = step.cause.value if step.cause is not None else "unknown"
-            SECAGG_DROPPED.labels(str(step.stage), cause).inc()
+            self.counts.dropped(step.stage, cause)
             logger.warning(
                 "device %s leaves secure round %s of task %s at stage %d (%s): %s",
                 identity.device_id,
@@ -209,7 +227,7 @@ class SecureRounds:
                 extra=extra,
             )
         else:
-            SECAGG_IGNORED.labels("repeat").inc()
+            self.counts.ignored("repeat")
             logger.debug(
                 "device %s: stage %d delivery changed nothing (%s)",
                 identity.device_id,
@@ -224,7 +242,7 @@ class SecureRounds:
         """Forget secure rounds past their deadline plus four stage timeouts (bounded memory)."""
         for state in self.rounds.forget_expired(datetime.now(UTC)):
             if not state.finished:
-                SECAGG_DROPPED.labels("0", "expired").inc()
+                self.counts.dropped(0, "expired")
                 logger.info(
                     "device %s: secure round %s of task %s expired before it finished",
                     state.identity.device_id,
