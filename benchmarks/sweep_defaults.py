@@ -17,7 +17,7 @@ from fedcommon import datasets, models
 from fedcommon.messages.v1 import ModelArchitecture, Partitioning
 from fedengine_aggregator.core.fedavg import WeightedUpdate, aggregate
 from fedengine_coordinator.core.evaluation import apply_delta, evaluate
-from fedengine_simulator.core.training import train_local
+from feddevice.torch_training import train_local
 
 GRID = [
     (0.1, 2, 16),

@@ -12,7 +12,7 @@ from fedcommon import datasets, enrolment_tokens, models, signing
 from fedcommon.messages.v1 import ModelArchitecture
 from fedengine_simulator.core import attacks
 from fedengine_simulator.core.attacks import Attack, AttackKind
-from fedengine_simulator.core.training import train_local
+from feddevice.torch_training import train_local
 from fedengine_simulator.settings import Settings
 
 

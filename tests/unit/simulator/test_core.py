@@ -6,7 +6,7 @@ import pytest
 from fedcommon import datasets, models
 from fedcommon.messages.v1 import DeviceType, ModelArchitecture
 from fedengine_simulator.core import fleet
-from fedengine_simulator.core.training import train_local
+from feddevice.torch_training import train_local
 
 
 @pytest.mark.parametrize("architecture", list(ModelArchitecture))

@@ -57,6 +57,16 @@ def config_for(request: TrainRequested) -> dict[str, bool | int | float | str]:
         "proximal_mu": request.proximal_mu,
         "dataset": request.dataset,
         "model_architecture": request.model_architecture.value,
+        **(
+            {}
+            if request.local_dp is None
+            else {
+                "local_dp.noise_multiplier": request.local_dp.noise_multiplier,
+                "local_dp.sample_rate": request.local_dp.sample_rate,
+                "local_dp.steps": request.local_dp.steps,
+                "local_dp.max_grad_norm": request.local_dp.max_grad_norm,
+            }
+        ),
     }
 
 
@@ -113,6 +123,7 @@ def signed_update(
     result: FitResult,
     *,
     duration_s: float,
+    producer: str = PRODUCER,
 ) -> UpdateSubmitted:
     """The update.submitted answering ``request``, signed with the device's key."""
     if request.round_id is None:
@@ -130,7 +141,7 @@ def signed_update(
     loss = _metric(result.metrics, "train_loss")
     accuracy = _metric(result.metrics, "train_accuracy")
     return UpdateSubmitted(
-        producer=PRODUCER,
+        producer=producer,
         sent_at=datetime.now(UTC),
         round_id=request.round_id,
         correlation_id=request.message_id,

@@ -46,7 +46,10 @@ class Client(Protocol):
     ``config`` carries the task's settings for this round: ``learning_rate``, ``local_epochs``,
     ``batch_size``, ``seed`` (this device's seed for the round), ``proximal_mu``,
     ``round_number``, ``model_version``, ``task_id``, ``dataset`` and ``model_architecture``
-    (the task's names; a client may ignore them).
+    (the task's names; a client may ignore them); for a device whose privacy level asks for
+    local DP, ``local_dp.noise_multiplier``, ``local_dp.sample_rate``, ``local_dp.steps`` and
+    ``local_dp.max_grad_norm``, which only a client with ``supports_local_dp = True`` is given
+    (feddevice.array_client runs DP-SGD at exactly those settings).
     """
 
     def fit(self, parameters: Parameters, config: Config) -> FitResult: ...

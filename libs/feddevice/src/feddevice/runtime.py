@@ -270,8 +270,10 @@ class DeviceRuntime:
             return "skipped: past its deadline"
         if request.secure_aggregation is not None and "aggregator" not in self.verifier.public_keys:
             return "skipped: a secure round, and no aggregator key to check its deliveries"
-        if request.local_dp is not None:
-            return "skipped: local DP-SGD requested, which this runtime does not run yet"
+        if request.local_dp is not None and not getattr(self.client, "supports_local_dp", False):
+            # The privacy service charges the device for DP-SGD at these settings: a client
+            # that cannot train so must not answer at all.
+            return "skipped: local DP-SGD requested, and this client does not run it"
         try:
             data = await self.fetcher.fetch(
                 request.task_id, request.model_version, request.model_sha256, until=request.deadline

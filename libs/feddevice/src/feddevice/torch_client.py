@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from feddevice import proximal
 from feddevice.client import Config, EvaluateResult, FitResult, Parameters
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -65,7 +66,7 @@ class TorchClient:
         if "seed" in config:
             torch.manual_seed(int(config["seed"]))
         mu = float(config.get("proximal_mu", 0.0))
-        anchor = [p.detach().clone() for p in self.module.parameters()] if mu > 0 else None
+        anchor = proximal.snapshot(self.module.parameters()) if mu > 0 else None
         optimizer = self.optimizer(self.module.parameters(), config)
         self.module.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -77,11 +78,7 @@ class TorchClient:
                 loss = self.loss(outputs, labels)
                 objective = loss
                 if anchor is not None:
-                    drift = sum(
-                        ((p - a) ** 2).sum()
-                        for p, a in zip(self.module.parameters(), anchor, strict=True)
-                    )
-                    objective = loss + mu / 2 * drift
+                    objective = loss + proximal.proximal_term(self.module.parameters(), anchor, mu)
                 objective.backward()
                 optimizer.step()
                 loss_sum += float(loss.item()) * len(labels)

@@ -9,9 +9,9 @@ code the device runtime runs).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
-import secrets
 import time
 from datetime import UTC, datetime
 from uuid import UUID
@@ -22,7 +22,6 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
 from fedcommon import (
-    arrays,
     background,
     datasets,
     db,
@@ -42,14 +41,16 @@ from fedcommon.messages.v1 import (
     ModelArchitecture,
     SecAggDelivered,
     TrainRequested,
-    UpdateMetrics,
-    UpdateSubmitted,
 )
 from fedcommon.service import ServiceContext, ServiceParts
+from feddevice import answer
+from feddevice.array_client import ArrayTorchClient
+from feddevice.client import FitResult
 from feddevice.secure_rounds import SecureRounds
+from feddevice.state import Identity
+from feddevice.torch_training import train_local
 from fedengine_simulator import identities
 from fedengine_simulator.core import attacks, fleet
-from fedengine_simulator.core.training import LocalResult, train_local
 from fedengine_simulator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class Fleet:
             settings.home / "simulator" / settings.fleet, list(self.devices)
         )
         self._models: dict[tuple[object, int], bytes] = {}
+        self._global_model: tuple[tuple[UUID, int], answer.GlobalModel] | None = None
+        self._clients: dict[tuple[int, str, ModelArchitecture], ArrayTorchClient] = {}
         self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
         self.secure = SecureRounds(
@@ -295,7 +298,6 @@ class Fleet:
         if message.secure_aggregation is None:
             await self.submit_update(
                 message,
-                round_id=message.round_id,
                 device=device,
                 result=result,
                 duration=duration,
@@ -325,73 +327,81 @@ class Fleet:
                     message.task_id,
                     message.round_number,
                     result.num_examples,
-                    result.train_loss,
+                    result.metrics.get("train_loss", 0.0),
                     duration,
                 ),
             )
 
-    async def train(
-        self, message: TrainRequested, device: fleet.SimulatedDevice
-    ) -> tuple[LocalResult, float, list[np.ndarray]] | None:
-        """Train locally; return the result, its duration and the (maybe poisoned) delta, or
-        None when training diverged (there is nothing worth sending)."""
-        data = await self.model_bytes(message)
-        dataset = datasets.load_dataset(message.dataset)
-        indices = self.partition_of(message.dataset, device.index)
-        malicious = device.index in self.attackers
-        labels = dataset.y_train[indices]
-        if malicious:
-            labels = attacks.flip_labels(labels, dataset.num_classes, self.attack)
-
-        def train() -> tuple[LocalResult, float]:
-            began = time.perf_counter()
-            torch.set_num_threads(1)
-            model = models.build_model(
-                message.model_architecture,
-                input_shape=dataset.input_shape,
-                num_classes=dataset.num_classes,
-                seed=0,
-            )
-            models.load_into(model, data)
-            if message.local_dp is not None:
-                # Imported on first use: Opacus adds almost two seconds to every simulator
-                # start, and only local-DP tasks need it.
-                from fedengine_simulator.core.dp_training import train_local_dp
-
-                # DP-SGD at the coordinator's settings; its sampling and noise come from the
-                # OS's entropy (a seeded generator would let the seed's holder remove them).
-                return train_local_dp(
-                    model,
-                    dataset.x_train[indices],
-                    labels,
-                    settings=message.local_dp,
-                    learning_rate=message.learning_rate,
-                    sampling_generator=torch.Generator().manual_seed(secrets.randbits(63)),
-                    noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
-                ), time.perf_counter() - began
-            result = train_local(
-                model,
+    def client_for(
+        self, device: fleet.SimulatedDevice, dataset_name: str, architecture: ModelArchitecture
+    ) -> ArrayTorchClient:
+        """The device's client: the built-in model's, on its partition (labels flipped for a
+        label-flipping attacker). Kept per device, data set and architecture."""
+        key = (device.index, dataset_name, architecture)
+        client = self._clients.get(key)
+        if client is None:
+            dataset = datasets.load_dataset(dataset_name)
+            indices = self.partition_of(dataset_name, device.index)
+            labels = dataset.y_train[indices]
+            if device.index in self.attackers:
+                labels = attacks.flip_labels(labels, dataset.num_classes, self.attack)
+            client = ArrayTorchClient(
+                functools.partial(
+                    models.build_model,
+                    architecture,
+                    input_shape=dataset.input_shape,
+                    num_classes=dataset.num_classes,
+                    seed=0,
+                ),
                 dataset.x_train[indices],
                 labels,
-                epochs=message.local_epochs,
-                batch_size=message.batch_size,
-                learning_rate=message.learning_rate,
-                seed=message.seed * 1_000_003 + message.round_number * 7919 + device.index,
-                proximal_mu=message.proximal_mu,
             )
+            self._clients[key] = client
+        return client
+
+    def global_model(self, message: TrainRequested, data: bytes) -> answer.GlobalModel:
+        key = (message.task_id, message.model_version)
+        if self._global_model is None or self._global_model[0] != key:
+            self._global_model = (key, answer.GlobalModel(data))
+        return self._global_model[1]
+
+    async def train(
+        self, message: TrainRequested, device: fleet.SimulatedDevice
+    ) -> tuple[FitResult, float, list[np.ndarray]] | None:
+        """Run the device's client, as a real device's runtime would; return its result, the
+        duration and the (maybe poisoned) update, or None when training diverged (there is
+        nothing worth sending)."""
+        model = self.global_model(message, await self.model_bytes(message))
+        client = self.client_for(device, message.dataset, message.model_architecture)
+        config = {
+            **answer.config_for(message),
+            # The simulator's seeds, from the fleet's device index (runs repeat as before).
+            "seed": message.seed * 1_000_003 + message.round_number * 7919 + device.index,
+        }
+
+        def fit() -> tuple[FitResult, float]:
+            began = time.perf_counter()
+            result = client.fit(dict(model.parameters), config)
             return result, time.perf_counter() - began
 
-        result, duration = await asyncio.to_thread(train)
-        if not (math.isfinite(result.train_loss) and abs(result.train_loss) <= MAX_SETTING):
+        result, duration = await asyncio.to_thread(fit)
+        loss = result.metrics.get("train_loss", 0.0)
+        try:
+            if not (math.isfinite(loss) and abs(loss) <= MAX_SETTING):
+                raise answer.FitRefused(f"train loss {loss}")
+            delta = answer.delta_of(model, result)
+        except answer.FitRefused as exc:
             # Training diverged: there is no update worth sending (it would be refused as
             # non-finite), and the request must not come back to train again.
             SKIPPED.labels("diverged").inc()
             logger.warning(
-                "device %s diverged in round %s; no update", device.device_id, message.round_number
+                "device %s diverged in round %s (%s); no update",
+                device.device_id,
+                message.round_number,
+                exc,
             )
             return None
-        delta = list(result.delta)
-        if malicious:
+        if device.index in self.attackers:
             rng = attacks.update_rng(
                 fleet_seed=self.settings.seed,
                 task_seed=message.seed,
@@ -406,48 +416,21 @@ class Fleet:
         self,
         message: TrainRequested,
         *,
-        round_id: UUID,
         device: fleet.SimulatedDevice,
-        result: LocalResult,
+        result: FitResult,
         duration: float,
         delta: list[np.ndarray],
     ) -> None:
         """Send the update in the clear (a round without secure aggregation)."""
-        update = arrays.to_bytes(delta)
-        signature = self.keys[device.device_id].sign(
-            signing.update_payload(
-                task_id=message.task_id,
-                round_id=round_id,
-                device_id=device.device_id,
-                round_number=message.round_number,
-                model_version=message.model_version,
-                num_examples=result.num_examples,
-                update=update,
-            )
+        update = answer.signed_update(
+            message,
+            Identity(device.device_id, self.keys[device.device_id]),
+            delta,
+            result,
+            duration_s=duration,
+            producer=PRODUCER,
         )
-        await kafka.publish(
-            self.context.producer,
-            self.context.kafka,
-            topics.UPDATES,
-            key=str(message.task_id),
-            message=UpdateSubmitted(
-                producer=PRODUCER,
-                round_id=round_id,
-                correlation_id=message.message_id,
-                task_id=message.task_id,
-                device_id=device.device_id,
-                round_number=message.round_number,
-                model_version=message.model_version,
-                num_examples=result.num_examples,
-                update=update,
-                metrics=UpdateMetrics(
-                    train_loss=result.train_loss,
-                    train_accuracy=result.train_accuracy,
-                    duration_s=duration,
-                ),
-                signature=signature,
-            ),
-        )
+        await self._publish(topics.UPDATES, str(message.task_id), update)
         TRAINED.inc()
 
 

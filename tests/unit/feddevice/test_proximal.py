@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedengine_simulator.core.proximal import proximal_term, snapshot
+from feddevice.proximal import proximal_term, snapshot
 
 
 def test_golden_value_and_gradient() -> None:
@@ -71,7 +71,7 @@ def test_bad_arguments_are_refused() -> None:
 def _local_delta_norm(mu: float) -> float:
     from fedcommon import datasets, models
     from fedcommon.messages.v1 import ModelArchitecture
-    from fedengine_simulator.core.training import train_local
+    from feddevice.torch_training import train_local
 
     data = datasets.load_dataset("digits")
     model = models.build_model(

@@ -12,7 +12,7 @@ from torch import nn
 
 from fedcommon import models
 from fedcommon.arrays import NDArrays
-from fedengine_simulator.core import proximal
+from feddevice import proximal
 
 
 @dataclass(frozen=True)

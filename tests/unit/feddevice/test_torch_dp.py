@@ -12,7 +12,7 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 from fedcommon.messages.v1 import LocalDp, PrivacyLevel
-from fedengine_simulator.core.dp_training import private_loader, train_local_dp
+from feddevice.torch_dp import private_loader, train_local_dp
 from fedprivacy.accountants import Accountant
 from fedprivacy.accounting import epsilon_subsampled_gaussian
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,10 +34,25 @@ from torch.utils.data import TensorDataset
 
 from fedcommon import models
 from fedcommon.arrays import NDArrays
-from fedcommon.messages.v1 import LocalDp
-from fedengine_simulator.core.training import LocalResult
+from feddevice.torch_training import LocalResult
 
 logger = logging.getLogger(__name__)
+
+
+class DpSgdSettings(Protocol):
+    """What DP-SGD needs of the coordinator's settings (LocalDp has these, among others)."""
+
+    @property
+    def noise_multiplier(self) -> float: ...
+
+    @property
+    def sample_rate(self) -> float: ...
+
+    @property
+    def steps(self) -> int: ...
+
+    @property
+    def max_grad_norm(self) -> float: ...
 
 
 def private_loader(
@@ -56,7 +72,7 @@ def train_local_dp(
     x: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
     *,
-    settings: LocalDp,
+    settings: DpSgdSettings,
     learning_rate: float,
     sampling_generator: torch.Generator,
     noise_generator: torch.Generator,
