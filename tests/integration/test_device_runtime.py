@@ -313,3 +313,42 @@ async def test_runtime_devices_take_part_in_secure_rounds(stack: Stack, devices:
         ]
     for device_id in ids:
         assert "secure round started with" in devices.log(device_id)
+
+
+async def test_a_device_written_against_the_wire_contract_alone_takes_part(
+    stack: Stack, devices: Devices
+) -> None:
+    """examples/wire-only imports neither fedcommon nor feddevice: msgpack, Ed25519, a Kafka
+    client, HTTP and hand-written numpy SGD. Two such devices train a task to completion."""
+    script = ROOT / "examples" / "wire-only" / "wire_client.py"
+    imports = [
+        line for line in script.read_text().splitlines() if line.startswith(("import ", "from "))
+    ]
+    assert not [line for line in imports if "fedcommon" in line or "feddevice" in line]
+    ids = [f"wire-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    for share, device_id in enumerate(ids):
+        command = [
+            sys.executable, str(script),
+            "--token-file", str(devices.token_file),
+            "--state-dir", str(devices.folder / device_id),
+            "--device-id", device_id,
+            "--gateway", stack.stack.gateway_url,
+            "--bootstrap-servers", stack.kafka.bootstrap_servers,
+            "--topic-prefix", stack.kafka.topic_prefix,
+            "--share", str(share), "--shares", "2",
+        ]  # fmt: skip
+        with (devices.folder / f"{device_id}.log").open("ab") as log:
+            devices.processes[device_id] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+    await eventually(lambda: _online(stack, ids), timeout_s=120)
+    task_id = await _task(stack, ids, rounds=3, min_devices=2, round_timeout_s=30)
+    async with stack.client() as client:
+        task = await client.wait_for_task(
+            task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=180
+        )
+    assert task["state"] == "completed", task
+    completed = [r for r in await _rounds(stack, task_id) if r["status"] == "completed"]
+    assert len(completed) == 3
+    assert all(sorted(r["aggregated"]) == sorted(ids) for r in completed), completed
+    assert completed[-1]["accuracy"] > 0.5, completed[-1]
