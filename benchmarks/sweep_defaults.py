@@ -15,9 +15,9 @@ import torch
 
 from fedcommon import datasets, models
 from fedcommon.messages.v1 import ModelArchitecture, Partitioning
+from feddevice.torch_training import train_local
 from fedengine_aggregator.core.fedavg import WeightedUpdate, aggregate
 from fedengine_coordinator.core.evaluation import apply_delta, evaluate
-from feddevice.torch_training import train_local
 
 GRID = [
     (0.1, 2, 16),

@@ -10,9 +10,9 @@ from pydantic import SecretStr, ValidationError
 
 from fedcommon import datasets, enrolment_tokens, models, signing
 from fedcommon.messages.v1 import ModelArchitecture
+from feddevice.torch_training import train_local
 from fedengine_simulator.core import attacks
 from fedengine_simulator.core.attacks import Attack, AttackKind
-from feddevice.torch_training import train_local
 from fedengine_simulator.settings import Settings
 
 

@@ -5,8 +5,8 @@ import pytest
 
 from fedcommon import datasets, models
 from fedcommon.messages.v1 import DeviceType, ModelArchitecture
-from fedengine_simulator.core import fleet
 from feddevice.torch_training import train_local
+from fedengine_simulator.core import fleet
 
 
 @pytest.mark.parametrize("architecture", list(ModelArchitecture))
