@@ -195,7 +195,7 @@ async def test_a_device_restarted_before_committing_resends_the_same_update(
         await consumer.stop()
     devices.start(victim, "digits_client:make_client", "share=0", "shares=2", app_path=EXAMPLE)
     await eventually(
-        lambda: asyncio.sleep(0, "resent the update kept on disk" in devices.log(victim)),
+        lambda: asyncio.sleep(0, "resent the answer kept on disk" in devices.log(victim)),
         timeout_s=120,
     )
     async with stack.client() as client:
@@ -229,10 +229,16 @@ async def test_user_code_that_raises_hangs_or_returns_wrong_tensors_is_dropped_w
     assert task["state"] == "completed", task
     for round_ in [r for r in await _rounds(stack, task_id) if r["status"] == "completed"]:
         assert round_["aggregated"] == [good], round_
-        assert set(bad.values()) <= set(round_["dropped"] or []), round_
+        # Each bad device answered with a signed decline and its reason: counted, and the
+        # round did not wait for its deadline (8 s) for them.
+        assert round_["rejected"].get("declined") == 3, round_
+        assert round_["duration_s"] < 8.0, round_
     assert "fit raised ValueError: the user's data loader is broken" in devices.log(bad["raising"])
+    assert "(declined: fit_failed)" in devices.log(bad["raising"])
     assert "fit did not return before the round's deadline" in devices.log(bad["hanging"])
+    assert "(declined: fit_timeout)" in devices.log(bad["hanging"])
     wrong = devices.log(bad["wrong_tensors"])
+    assert "(declined: wrong_tensors)" in wrong
     assert "fit returned other tensors than the model's" in wrong
     assert "missing net.3.bias" in wrong and "unexpected extra.weight" in wrong
     # Every device process is still running, ready for the next round.

@@ -48,15 +48,16 @@ class Group:
 
 
 # Each principal's consumer groups (fedcommon.kafka.make_consumer puts the topic prefix first).
-GROUPS: Mapping[str, Group] = {
-    "registry": Group("registry"),
-    "coordinator": Group("coordinator"),
-    "aggregator": Group("aggregator"),
-    "privacy": Group("privacy"),
+GROUPS: Mapping[str, tuple[Group, ...]] = {
+    "registry": (Group("registry"),),
+    "coordinator": (Group("coordinator"),),
+    "aggregator": (Group("aggregator"),),
+    "privacy": (Group("privacy"),),
     # fedengine_gateway.app.watch_dead_letters: a group per gateway process, gateway-dlq-<hex>.
-    "gateway": Group("gateway-dlq-", prefixed=True),
-    # fedengine_simulator: one group per fleet, simulator-<fleet>.
-    DEVICES: Group("simulator-", prefixed=True),
+    "gateway": (Group("gateway-dlq-", prefixed=True),),
+    # fedengine_simulator: one group per fleet, simulator-<fleet>; the device runtime
+    # (feddevice.runtime): one per device, device.<device id>, for its committed offset.
+    DEVICES: (Group("simulator-", prefixed=True), Group("device.", prefixed=True)),
 }
 
 Operation = Literal["Read", "Write", "Describe"]
@@ -102,8 +103,10 @@ def acls(prefix: str = "") -> list[Acl]:
         for (principal, name), operations in grants.items()
     ]
     for principal in sorted(consumers):
-        group = GROUPS[principal]
-        found.append(Acl(principal, "group", f"{prefix}{group.name}", group.prefixed, ("Read",)))
+        for group in GROUPS[principal]:
+            found.append(
+                Acl(principal, "group", f"{prefix}{group.name}", group.prefixed, ("Read",))
+            )
     return sorted(found)
 
 

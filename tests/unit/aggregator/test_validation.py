@@ -7,10 +7,19 @@ import numpy as np
 import pytest
 
 from fedcommon import arrays, signing
-from fedcommon.messages.v1 import Participant, RoundOpened, UpdateMetrics, UpdateSubmitted
+from fedcommon.messages.v1 import (
+    DeclineReason,
+    Participant,
+    RoundOpened,
+    UpdateDeclined,
+    UpdateMetrics,
+    UpdateSubmitted,
+)
 from fedengine_aggregator.core.validation import (
+    ANSWERED_BADLY,
     Rejected,
     RejectReason,
+    judge_decline,
     max_update_bytes,
     validate_update,
 )
@@ -129,3 +138,65 @@ def test_the_size_limit_admits_float32_and_float64_encodings_of_the_round_shapes
     as64 = arrays.to_bytes([np.zeros((2, 2), np.float64), np.zeros(2, np.float64)])
 
     assert len(as32) < len(as64) <= limit
+
+
+def decline(
+    device: str = "a",
+    *,
+    signer: str | None = None,
+    round_number: int = 3,
+    round_id: uuid.UUID = ROUND,
+    reason: DeclineReason = DeclineReason.FIT_FAILED,
+) -> UpdateDeclined:
+    payload = signing.decline_payload(
+        task_id=TASK,
+        round_id=round_id,
+        device_id=device,
+        round_number=round_number,
+        model_version=2,
+        reason=reason.value,
+    )
+    return UpdateDeclined(
+        producer="t",
+        round_id=round_id,
+        task_id=TASK,
+        device_id=device,
+        round_number=round_number,
+        model_version=2,
+        reason=reason,
+        signature=KEYS[signer or device].sign(payload),
+    )
+
+
+@pytest.mark.parametrize("reason", list(DeclineReason))
+def test_a_selected_devices_own_decline_answers_for_it_with_its_reason(
+    reason: DeclineReason,
+) -> None:
+    verdict = judge_decline(
+        OPENED, decline(reason=reason), participant=EXPECTED["a"], already_accepted=False
+    )
+    assert verdict.reason == RejectReason.DECLINED and verdict.detail == reason.value
+    assert verdict.reason in ANSWERED_BADLY
+
+
+@pytest.mark.parametrize(
+    ("message", "participant", "accepted", "reason"),
+    [
+        (decline(signer="b"), "a", False, RejectReason.BAD_SIGNATURE),
+        (decline(round_number=4), "a", False, RejectReason.STALE_MODEL),
+        (decline(round_id=uuid.UUID(int=9)), "a", False, RejectReason.UNKNOWN_ROUND),
+        (decline(), None, False, RejectReason.NOT_SELECTED),
+        (decline(), "a", True, RejectReason.DUPLICATE),
+    ],
+)
+def test_a_decline_that_is_not_the_devices_own_for_this_try_never_speaks_for_it(
+    message: UpdateDeclined, participant: str | None, accepted: bool, reason: RejectReason
+) -> None:
+    verdict = judge_decline(
+        OPENED,
+        message,
+        participant=EXPECTED.get(participant or ""),
+        already_accepted=accepted,
+    )
+    assert verdict.reason == reason
+    assert verdict.reason not in ANSWERED_BADLY

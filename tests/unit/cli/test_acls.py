@@ -52,7 +52,7 @@ def test_the_principals_are_the_services_and_the_device_fleet() -> None:
 def test_devices_write_only_device_topics_and_read_only_commands_and_models() -> None:
     assert writes("devices") == {topics.DEVICES, topics.UPDATES, topics.SECAGG, topics.DLQ}
     assert reads("devices") == {topics.DEVICE_COMMANDS, topics.MODELS}
-    assert granted("devices", "group") == {"simulator-": {"Read"}}
+    assert granted("devices", "group") == {"simulator-": {"Read"}, "device.": {"Read"}}
 
 
 @pytest.mark.parametrize(
@@ -130,13 +130,11 @@ def test_the_topic_prefix_goes_before_every_topic_and_group() -> None:
 def assert_consumer(principal: str, group_id: str, topic_bases: tuple[str, ...] | Any) -> None:
     """``principal`` may read what the service subscribes to, in the group it uses."""
     assert set(topic_bases) <= reads(principal), principal
-    (group,) = [
-        acl for acl in acls.acls() if acl.principal == principal and acl.resource == "group"
-    ]
-    if group.prefixed:
-        assert group_id.startswith(group.name), (group_id, group.name)
-    else:
-        assert group_id == group.name
+    groups = [acl for acl in acls.acls() if acl.principal == principal and acl.resource == "group"]
+    assert any(
+        group_id.startswith(group.name) if group.prefixed else group_id == group.name
+        for group in groups
+    ), (group_id, groups)
 
 
 @pytest.mark.parametrize("spec", [REGISTRY, COORDINATOR, AGGREGATOR, PRIVACY], ids=lambda s: s.name)
@@ -164,6 +162,12 @@ def test_the_simulator_reads_as_devices_in_its_fleet_group(
     (spec,) = captured
     assert spec.group_id == "simulator-north"
     assert_consumer(acls.DEVICES, spec.group_id, spec.topic_bases)
+
+
+def test_a_device_runtime_reads_its_commands_as_devices_in_its_own_group() -> None:
+    from feddevice import runtime
+
+    assert_consumer(acls.DEVICES, runtime.command_group("hospital-a"), (topics.DEVICE_COMMANDS,))
 
 
 async def test_the_gateway_reads_dead_letters_in_a_gateway_group(

@@ -170,6 +170,16 @@ EXAMPLES: list[v1.Envelope] = [
         metrics=v1.UpdateMetrics(train_loss=0.5, train_accuracy=0.9, duration_s=0.1),
         signature=SIG,
     ),
+    v1.UpdateDeclined(
+        **base,
+        round_id=R,
+        task_id=T,
+        device_id="dev-1",
+        round_number=1,
+        model_version=0,
+        reason=v1.DeclineReason.FIT_FAILED,
+        signature=SIG,
+    ),
     v1.SecAggSubmitted(
         **base,
         round_id=R,

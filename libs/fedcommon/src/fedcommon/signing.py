@@ -86,6 +86,36 @@ def update_payload(
     )
 
 
+def decline_payload(
+    *,
+    task_id: UUID,
+    round_id: UUID,
+    device_id: str,
+    round_number: int,
+    model_version: int,
+    reason: str,
+) -> bytes:
+    """Return the bytes a device signs to decline a round (it has no update, for ``reason``).
+
+    Bound like an update to task, round, device and model version, so that a decline cannot be
+    replayed into another round or forged for another device.
+    """
+    device = device_id.encode("utf-8")
+    why = reason.encode("ascii")
+    return b"".join(
+        (
+            b"fedengine-decline-v1",
+            task_id.bytes,
+            round_id.bytes,
+            struct.pack("<H", len(device)),
+            device,
+            struct.pack("<II", round_number, model_version),
+            struct.pack("<B", len(why)),
+            why,
+        )
+    )
+
+
 def secagg_payload(
     *,
     task_id: UUID,

@@ -75,7 +75,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         "task_id",
         ("simulator", "coordinator"),
         ("aggregator",),
-        ("round.opened", "update.submitted"),
+        ("round.opened", "update.submitted", "update.declined"),
     ),
     # Devices' SecAgg+ stage messages; round.opened comes on fed.updates, so a stage record
     # may be read before its round opens (the aggregator parks it).

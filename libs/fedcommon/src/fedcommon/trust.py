@@ -53,6 +53,7 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     (topics.MODELS, "model.published"): _COORDINATOR,
     (topics.UPDATES, "round.opened"): _COORDINATOR,
     (topics.UPDATES, "update.submitted"): frozenset({DEVICE}),
+    (topics.UPDATES, "update.declined"): frozenset({DEVICE}),
     (topics.ROUNDS, "round.aggregated"): frozenset({"aggregator"}),
     (topics.ROUNDS, "round.failed"): frozenset({"aggregator"}),
     (topics.EVENTS, "task.state_changed"): _COORDINATOR,

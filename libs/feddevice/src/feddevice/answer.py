@@ -18,7 +18,13 @@ from safetensors.numpy import load as load_safetensors
 
 from fedcommon import arrays, signing, tensor_order
 from fedcommon.constraints import MAX_SETTING, MAX_TIMEOUT_S
-from fedcommon.messages.v1 import TrainRequested, UpdateMetrics, UpdateSubmitted
+from fedcommon.messages.v1 import (
+    DeclineReason,
+    TrainRequested,
+    UpdateDeclined,
+    UpdateMetrics,
+    UpdateSubmitted,
+)
 from feddevice.client import FitResult
 from feddevice.state import Identity
 
@@ -27,6 +33,10 @@ PRODUCER = "feddevice"
 
 class FitRefused(ValueError):
     """What the user's fit returned cannot be sent (the reason names the tensor or field)."""
+
+    def __init__(self, detail: str, reason: DeclineReason = DeclineReason.WRONG_TENSORS) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class GlobalModel:
@@ -103,9 +113,14 @@ def delta_of(model: GlobalModel, result: FitResult) -> list[np.ndarray]:
             raise FitRefused(f"fit returned {name} with values that are not finite")
         delta.append(change)
     if isinstance(result.num_examples, bool) or not isinstance(result.num_examples, int):
-        raise FitRefused("fit returned num_examples that is not an integer")
+        raise FitRefused(
+            "fit returned num_examples that is not an integer", DeclineReason.FIT_FAILED
+        )
     if not 1 <= result.num_examples <= 2**31 - 1:
-        raise FitRefused(f"fit returned num_examples {result.num_examples}, not 1..2^31-1")
+        raise FitRefused(
+            f"fit returned num_examples {result.num_examples}, not 1..2^31-1",
+            DeclineReason.FIT_FAILED,
+        )
     return delta
 
 
@@ -157,4 +172,34 @@ def signed_update(
             duration_s=min(max(duration_s, 0.0), MAX_TIMEOUT_S),
         ),
         signature=identity.key.sign(payload),
+    )
+
+
+def signed_decline(
+    request: TrainRequested, identity: Identity, reason: DeclineReason
+) -> UpdateDeclined:
+    """The update.declined answering ``request``: this device has no update, for ``reason``
+    (the round need not wait for it; the reason is counted)."""
+    if request.round_id is None:
+        raise FitRefused("train request without round_id")
+    return UpdateDeclined(
+        producer=PRODUCER,
+        sent_at=datetime.now(UTC),
+        round_id=request.round_id,
+        correlation_id=request.message_id,
+        task_id=request.task_id,
+        device_id=identity.device_id,
+        round_number=request.round_number,
+        model_version=request.model_version,
+        reason=reason,
+        signature=identity.key.sign(
+            signing.decline_payload(
+                task_id=request.task_id,
+                round_id=request.round_id,
+                device_id=identity.device_id,
+                round_number=request.round_number,
+                model_version=request.model_version,
+                reason=reason.value,
+            )
+        ),
     )

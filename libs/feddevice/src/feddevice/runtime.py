@@ -34,6 +34,7 @@ from fedcommon.backoff import Backoff
 from fedcommon.errors import InvalidMessage
 from fedcommon.kafka_client import client_options
 from fedcommon.messages.v1 import (
+    DeclineReason,
     DeviceCapabilities,
     DeviceEnrolled,
     DeviceType,
@@ -57,6 +58,9 @@ COMMAND_WINDOW = timedelta(hours=1)
 # memory only, so after a restart the device has left that round (the protocol tolerates it)
 # and must not start it again with new keys.
 SECURE_ROUND_STARTED = b"secure-round-started"
+# How long before a round's deadline a device gives up on a fit that has not returned, so that
+# its decline still arrives in time (at most a fifth of the time it had).
+DECLINE_MARGIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,12 @@ class DeviceConfig:
         if aggregator:
             keys["aggregator"] = aggregator
         return keys
+
+
+def command_group(device_id: str) -> str:
+    """The consumer group (before the topic prefix) whose committed offset is this device's
+    place in the command topic; deployments with ACLs grant the devices' user ``device.*``."""
+    return f"device.{device_id}"
 
 
 def battery_pct() -> float | None:
@@ -263,9 +273,9 @@ class DeviceRuntime:
         if kept == SECURE_ROUND_STARTED:
             return "left the secure round: its keys did not survive the restart"
         if kept is not None:
-            # Answered before a restart: the same record again, never a second update.
+            # Answered before a restart: the same record again, never a second answer.
             sent = await self._send(topics.UPDATES, str(request.task_id), kept, until=None)
-            return "resent the update kept on disk" if sent else "resend failed"
+            return "resent the answer kept on disk" if sent else "resend failed"
         if datetime.now(UTC) >= request.deadline:
             return "skipped: past its deadline"
         if request.secure_aggregation is not None and "aggregator" not in self.verifier.public_keys:
@@ -281,9 +291,11 @@ class DeviceRuntime:
             model = answer.GlobalModel(data)
         except (FetchRefused, TimeoutError, ValueError) as exc:
             logger.error("device %s: no model: %s", self.device_id, exc)
-            return f"failed: {exc}"
+            return await self.decline(request, DeclineReason.NO_MODEL, f"failed: {exc}")
         began = time.perf_counter()
+        # Give up on fit a little before the deadline, so that the decline still counts.
         left = (request.deadline - datetime.now(UTC)).total_seconds()
+        left -= min(DECLINE_MARGIN_S, 0.2 * max(left, 0.0))
         fit = asyncio.ensure_future(
             asyncio.to_thread(self.client.fit, dict(model.parameters), answer.config_for(request))
         )
@@ -293,16 +305,24 @@ class DeviceRuntime:
             # The thread cannot be stopped; its result is dropped when it comes.
             fit.add_done_callback(_ignore_result)
             logger.error("device %s: fit did not return before the deadline", self.device_id)
-            return "failed: fit did not return before the round's deadline"
+            return await self.decline(
+                request,
+                DeclineReason.FIT_TIMEOUT,
+                "failed: fit did not return before the round's deadline",
+            )
         except Exception as exc:
             logger.exception("device %s: fit raised", self.device_id)
-            return f"failed: fit raised {type(exc).__name__}: {exc}"
+            return await self.decline(
+                request,
+                DeclineReason.FIT_FAILED,
+                f"failed: fit raised {type(exc).__name__}: {exc}",
+            )
         duration = time.perf_counter() - began
         try:
             delta = answer.delta_of(model, result)
         except answer.FitRefused as exc:
             logger.error("device %s: %s", self.device_id, exc)
-            return f"failed: {exc}"
+            return await self.decline(request, exc.reason, f"failed: {exc}")
         if request.secure_aggregation is not None:
             self.sent.put(request.round_id, SECURE_ROUND_STARTED)
             await self.secure.start(
@@ -323,10 +343,21 @@ class DeviceRuntime:
             return "failed: the broker was unreachable until the deadline"
         return f"sent an update of {result.num_examples} examples"
 
+    async def decline(self, request: TrainRequested, reason: DeclineReason, outcome: str) -> str:
+        """Tell the round this device has no update, and why (kept on disk first, like an
+        update, so that a restart answers with the same record); return ``outcome``. A secure
+        round takes no decline: the device simply does not start it."""
+        if request.round_id is None or request.secure_aggregation is not None:
+            return outcome
+        value = codec.encode(answer.signed_decline(request, self.identity, reason))
+        self.sent.put(request.round_id, value)
+        sent = await self._send(topics.UPDATES, str(request.task_id), value, until=request.deadline)
+        return f"{outcome} (declined: {reason.value})" if sent else outcome
+
     async def consume(self, ready: asyncio.Event | None = None) -> None:
         consumer = AIOKafkaConsumer(
             **client_options(self.config.kafka),
-            group_id=f"{self.config.kafka.topic_prefix}device.{self.device_id}",
+            group_id=self.config.kafka.topic_prefix + command_group(self.device_id),
             client_id=f"feddevice-{self.device_id}",
             enable_auto_commit=False,
             auto_offset_reset="latest",

@@ -9,7 +9,7 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fedcommon.messages.v1 import SecAggSubmitted, UpdateSubmitted
+from fedcommon.messages.v1 import SecAggSubmitted, UpdateDeclined, UpdateSubmitted
 from fedengine_aggregator.core.protocol import StageLog
 
 SCHEMA = "aggregator"
@@ -107,7 +107,7 @@ async def close_round(
 
 async def record_verdict(
     conn: psycopg.AsyncConnection,
-    message: UpdateSubmitted | SecAggSubmitted,
+    message: UpdateSubmitted | UpdateDeclined | SecAggSubmitted,
     *,
     partition: int,
     offset: int,
@@ -116,9 +116,20 @@ async def record_verdict(
     detail: str | None = None,
     private: bool = False,
 ) -> None:
-    """Record a stage record's verdict (``record_result`` for an update; a SecAgg+ message
-    has only its rejections recorded: an accepted key or share says nothing to audit)."""
-    if isinstance(message, UpdateSubmitted):
+    """Record a stage record's verdict (``record_result`` for an update or a decline; a
+    SecAgg+ message has only its rejections recorded: an accepted key or share says nothing
+    to audit)."""
+    if isinstance(message, UpdateDeclined):
+        await record_decline(
+            conn,
+            message,
+            partition=partition,
+            offset=offset,
+            reason=reason or "",
+            detail=detail or "",
+            private=private,
+        )
+    elif isinstance(message, UpdateSubmitted):
         await record_result(
             conn,
             message,
@@ -139,6 +150,42 @@ async def record_verdict(
             detail=detail or "",
             private=private,
         )
+
+
+async def record_decline(
+    conn: psycopg.AsyncConnection,
+    message: UpdateDeclined,
+    *,
+    partition: int,
+    offset: int,
+    reason: str,
+    detail: str,
+    private: bool = False,
+) -> None:
+    """Record a device's decline (always a rejection: ``declined`` with the device's reason,
+    or why it does not count); it carries no update, so no examples, metrics or bytes."""
+    await conn.execute(
+        """
+        INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
+            round_number, device_id, message_id, status, reason, detail, size_bytes, private)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, 'rejected', %s, %s, 0,
+            %s OR EXISTS (SELECT 1 FROM aggregator.rounds WHERE round_id = %s AND private))
+        ON CONFLICT DO NOTHING
+        """,
+        (
+            partition,
+            offset,
+            message.task_id,
+            message.round_id,
+            message.round_number,
+            message.device_id,
+            message.message_id,
+            reason,
+            detail[:500],
+            private,
+            message.round_id,
+        ),
+    )
 
 
 async def record_secagg_rejection(

@@ -812,6 +812,29 @@ class UpdateSubmitted(Envelope):
     signature: Signature
 
 
+class DeclineReason(StrEnum):
+    """Why a device answers a train request without an update (its own code's verdict)."""
+
+    FIT_FAILED = "fit_failed"  # the user's training code raised
+    FIT_TIMEOUT = "fit_timeout"  # it did not return in time
+    WRONG_TENSORS = "wrong_tensors"  # it returned other tensors than the model's
+    NO_MODEL = "no_model"  # the model could not be fetched or did not match its sha256
+
+
+class UpdateDeclined(Envelope):
+    """A selected device's signed answer that it has no update for this round, and why: the
+    round need not wait for it until the deadline, and its reason is counted (as
+    ``declined``). Signed over ``signing.decline_payload``."""
+
+    type: Literal["update.declined"] = "update.declined"
+    task_id: UUID
+    device_id: DeviceId
+    round_number: PositiveInt32
+    model_version: Int32
+    reason: DeclineReason
+    signature: Signature
+
+
 class SecAggSubmitted(Envelope):
     """A device's message of one SecAgg+ stage: the protocol's canonical bytes, signed with
     the device's identity key over ``signing.secagg_payload`` (which binds task, round_id,
@@ -1006,6 +1029,7 @@ AnyMessage = Annotated[
     | ModelPublished
     | RoundOpened
     | UpdateSubmitted
+    | UpdateDeclined
     | SecAggSubmitted
     | SecAggDelivered
     | RoundAggregated
@@ -1039,6 +1063,7 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     ModelPublished,
     RoundOpened,
     UpdateSubmitted,
+    UpdateDeclined,
     SecAggSubmitted,
     SecAggDelivered,
     RoundAggregated,

@@ -25,6 +25,7 @@ from fedcommon.messages.v1 import (
     AnyMessage,
     RoundAggregated,
     RoundOpened,
+    UpdateDeclined,
     UpdateMetrics,
     UpdateSubmitted,
 )
@@ -35,7 +36,12 @@ from fedengine_aggregator.core.dp_fedavg import ClippedSum
 from fedengine_aggregator.core.protocol import RoundProtocol
 from fedengine_aggregator.core.stages import UPDATES_STAGE, Stage, StageSpec
 from fedengine_aggregator.core.strategies import Accumulator, Prepared
-from fedengine_aggregator.core.validation import Rejected, RejectReason, validate_update
+from fedengine_aggregator.core.validation import (
+    Rejected,
+    RejectReason,
+    judge_decline,
+    validate_update,
+)
 
 if TYPE_CHECKING:
     from fedengine_aggregator.core.stages import RoundStages
@@ -123,7 +129,7 @@ class UpdateExchange(RoundProtocol):
         return plain_plan(self.opened, received_at=received_at)
 
     def stage_of(self, message: AnyMessage) -> str | None:
-        return UPDATES_STAGE if isinstance(message, UpdateSubmitted) else None
+        return UPDATES_STAGE if isinstance(message, UpdateSubmitted | UpdateDeclined) else None
 
     def is_redelivery(self, stage: str, message: AnyMessage) -> bool:
         return isinstance(message, UpdateSubmitted) and self.redelivered(
@@ -131,7 +137,15 @@ class UpdateExchange(RoundProtocol):
         )
 
     def check(self, stage: Stage, message: AnyMessage) -> Prepared:
-        """Every check of :func:`.validation.validate_update`, then the accumulator's."""
+        """Every check of :func:`.validation.validate_update`, then the accumulator's; a
+        device's decline is always refused, as ``declined`` when it is the device's own."""
+        if isinstance(message, UpdateDeclined):
+            raise judge_decline(
+                self.opened,
+                message,
+                participant=stage.expects(message.device_id),
+                already_accepted=stage.delivered(message.device_id),
+            )
         if not isinstance(message, UpdateSubmitted):
             raise Rejected(RejectReason.UNKNOWN_ROUND, f"{message.type} is no update")
         decoded = validate_update(

@@ -11,13 +11,13 @@ same close as any other round.
 from __future__ import annotations
 
 from fedcommon.failures import describe
-from fedcommon.messages.v1 import RoundOpened, SecAggSubmitted, UpdateSubmitted
+from fedcommon.messages.v1 import RoundOpened, SecAggSubmitted, UpdateDeclined, UpdateSubmitted
 from fedengine_aggregator.core import dp_fedavg, secure_exchange
 from fedengine_aggregator.core.exchange import PrivateExchange, UpdateExchange, round_accumulator
 from fedengine_aggregator.core.protocol import RoundProtocol
 
 # Every message type some protocol takes as a stage record (the shell routes these).
-RECORD_TYPES = (UpdateSubmitted, SecAggSubmitted)
+RECORD_TYPES = (UpdateSubmitted, UpdateDeclined, SecAggSubmitted)
 
 
 def protocol_for(opened: RoundOpened) -> tuple[RoundProtocol, str | None]:

@@ -9,7 +9,7 @@ import numpy as np
 from fedcommon import arrays, signing
 from fedcommon.arrays import NDArrays
 from fedcommon.errors import InvalidMessage, ProtocolViolation
-from fedcommon.messages.v1 import Participant, RoundOpened, UpdateSubmitted
+from fedcommon.messages.v1 import Participant, RoundOpened, UpdateDeclined, UpdateSubmitted
 
 
 class RejectReason(StrEnum):
@@ -24,6 +24,9 @@ class RejectReason(StrEnum):
     WRONG_SHAPE = "wrong_shape"
     NON_FINITE = "non_finite"
     NORM_EXCEEDED = "norm_exceeded"
+    # The device signed that it has no update this round (its own code failed: the reason it
+    # gave is the detail).
+    DECLINED = "declined"
 
 
 # Refusals of a record its sender signed (found after the signature check): the sender
@@ -35,6 +38,7 @@ ANSWERED_BADLY = frozenset(
         RejectReason.WRONG_SHAPE,
         RejectReason.NON_FINITE,
         RejectReason.NORM_EXCEEDED,
+        RejectReason.DECLINED,
     }
 )
 
@@ -112,3 +116,43 @@ def validate_update(
             RejectReason.NORM_EXCEEDED, f"norm {norm:.3g} > bound {opened.max_update_norm:.3g}"
         )
     return decoded
+
+
+def judge_decline(
+    opened: RoundOpened,
+    message: UpdateDeclined,
+    *,
+    participant: Participant | None,
+    already_accepted: bool,
+) -> Rejected:
+    """The verdict on a device's signed decline: ``DECLINED`` (it answered, with no update)
+    when it is the selected device's own, for this try; else the first check it fails, as an
+    update's would (a decline that is not the device's own never speaks for it)."""
+    if message.round_number != opened.round_number or message.model_version != opened.model_version:
+        return Rejected(
+            RejectReason.STALE_MODEL,
+            f"round {message.round_number} v{message.model_version}, "
+            f"open is round {opened.round_number} v{opened.model_version}",
+        )
+    if participant is None or participant.device_id != message.device_id:
+        return Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
+    if opened.round_id is None or message.round_id != opened.round_id:
+        return Rejected(RejectReason.UNKNOWN_ROUND, "round_id does not match")
+    try:
+        signing.verify(
+            public_key=participant.public_key,
+            signature=message.signature,
+            payload=signing.decline_payload(
+                task_id=message.task_id,
+                round_id=opened.round_id,
+                device_id=message.device_id,
+                round_number=message.round_number,
+                model_version=message.model_version,
+                reason=message.reason.value,
+            ),
+        )
+    except ProtocolViolation as exc:
+        return Rejected(RejectReason.BAD_SIGNATURE, str(exc))
+    if already_accepted:
+        return Rejected(RejectReason.DUPLICATE, f"{message.device_id} already submitted")
+    return Rejected(RejectReason.DECLINED, message.reason.value)
