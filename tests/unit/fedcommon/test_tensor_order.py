@@ -45,3 +45,9 @@ def test_a_file_without_a_usable_order_is_refused_with_its_reason(data: bytes, r
 
 def test_an_order_that_lists_every_tensor_once_is_taken() -> None:
     assert tensor_order.order_of(_file(["b", "a"])) == ["b", "a"]
+
+
+def test_a_header_nested_past_what_json_can_walk_is_a_bad_model_file() -> None:
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(tensor_order.BadModelFile, match="nested too deeply"):
+        tensor_order.order_of(struct.pack("<Q", len(deep)) + deep)

@@ -116,3 +116,36 @@ def test_a_signature_with_s_past_l_is_refused() -> None:
     assert refusal([(name, signer), (trust.SIGNATURE_HEADER, malleated)]) == (
         "bad signature for 'gateway'"
     )
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ([(trust.SIGNER_HEADER, None)], "must be signed by gateway"),
+        ([(trust.SIGNER_HEADER, b"gateway"), (trust.SIGNATURE_HEADER, None)], "bad signature"),
+        ([(trust.SIGNER_HEADER, None), (trust.SIGNATURE_HEADER, None)], "must be signed"),
+    ],
+    ids=["null-signer", "null-signature", "both-null"],
+)
+def test_a_header_with_no_value_is_no_signature_never_a_crash(
+    headers: list[tuple[str, bytes | None]], reason: str
+) -> None:
+    """Kafka allows a header without a value, and aiokafka delivers it as None: found by a
+    review, it crashed every consumer before its handler (and the record came back forever)."""
+    found = refusal(headers)  # type: ignore[arg-type]
+    assert found is not None and reason in found
+
+
+def test_a_null_signer_on_a_device_message_leaves_the_check_to_its_handler() -> None:
+    assert (
+        VERIFIER.refusal(
+            topic="p.fed.updates",
+            key=b"k",
+            value=b"v",
+            headers=[(trust.SIGNER_HEADER, None)],  # type: ignore[list-item]
+            message_type="update.submitted",
+            sent_at=NOW,
+            now=NOW,
+        )
+        is None
+    )

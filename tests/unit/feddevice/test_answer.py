@@ -77,7 +77,7 @@ def test_the_update_is_the_change_in_the_wire_order_signed_by_the_device(
         (lambda p: {**p, "extra": p["net.1.bias"]}, "unexpected extra"),
         (lambda p: {**p, "net.1.bias": np.zeros(3, np.float32)}, "net.1.bias with shape \\[3\\]"),
         (lambda p: {**p, "net.1.bias": np.full(64, np.nan, np.float32)}, "not finite"),
-        (lambda p: {**p, "net.1.bias": np.array(["x"] * 64)}, "not numbers"),
+        (lambda p: {**p, "net.1.bias": np.array(["x"] * 64)}, "not real numbers"),
     ],
 )
 def test_what_the_model_does_not_hold_is_refused_naming_the_tensor(
@@ -111,3 +111,21 @@ def test_the_config_gives_each_device_its_own_reproducible_seed() -> None:
     first, again, other = (answer.config_for(_request(d)) for d in ("a", "a", "b"))
     assert first["seed"] == again["seed"] != other["seed"]
     assert first["learning_rate"] == 0.1 and first["round_number"] == 3
+
+
+def test_the_global_models_arrays_are_read_only(model: answer.GlobalModel) -> None:
+    with pytest.raises(ValueError, match="read-only"):
+        model.parameters["net.1.bias"] += 1
+
+
+def test_a_model_file_whose_offsets_lie_is_a_bad_model_file() -> None:
+    built = models.build_model(ModelArchitecture.MLP, input_shape=(1, 8, 8), num_classes=10, seed=0)
+    data = models.to_safetensors(built)
+    with pytest.raises(ValueError, match="does not load"):
+        answer.GlobalModel(data[:-100])
+
+
+def test_complex_tensors_are_refused(model: answer.GlobalModel) -> None:
+    parameters = {**model.parameters, "net.1.bias": np.zeros(64, np.complex64)}
+    with pytest.raises(answer.FitRefused, match="not real numbers"):
+        answer.delta_of(model, FitResult(parameters, 5))

@@ -353,15 +353,18 @@ class RecordProcessor:
         if base is not None and not topics.carries(base, message.type):
             return Verdict("wrong_topic", f"{base} does not carry {message.type} messages")
         if self.verifier is not None:
-            refusal = self.verifier.refusal(
-                topic=record.topic,
-                key=record.key,
-                value=record.value,
-                headers=record.headers,
-                message_type=message.type,
-                sent_at=message.sent_at,
-                now=datetime.now(UTC),
-            )
+            try:
+                refusal = self.verifier.refusal(
+                    topic=record.topic,
+                    key=record.key,
+                    value=record.value,
+                    headers=record.headers,
+                    message_type=message.type,
+                    sent_at=message.sent_at,
+                    now=datetime.now(UTC),
+                )
+            except Exception as exc:  # a record no check foresaw: refused, never a crash
+                refusal = f"headers could not be checked ({type(exc).__name__})"
             if refusal is not None:
                 REFUSED.labels(record.topic, message.type).inc()
                 return Verdict("untrusted", refusal)

@@ -41,6 +41,8 @@ def header(data: bytes) -> dict[str, Any]:
         parsed = json.loads(data[8 : 8 + length])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadModelFile("model header is not JSON") from exc
+    except RecursionError as exc:
+        raise BadModelFile("model header nested too deeply") from exc
     if not isinstance(parsed, dict):
         raise BadModelFile("model header is not a JSON object")
     return parsed
@@ -57,6 +59,8 @@ def order_of(data: bytes) -> list[str]:
         order = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise BadModelFile(f"{ORDER_KEY} is not JSON") from exc
+    except RecursionError as exc:
+        raise BadModelFile(f"{ORDER_KEY} nested too deeply") from exc
     tensors = {name for name in parsed if name != "__metadata__"}
     if (
         not isinstance(order, list)

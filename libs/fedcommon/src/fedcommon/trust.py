@@ -121,7 +121,13 @@ class Verifier:
         allowed = MATRIX.get((base or "", message_type))
         if allowed is None:
             return f"nobody may send {message_type} on {base}"
-        found = {name: raw for name, raw in headers if name in (SIGNER_HEADER, SIGNATURE_HEADER)}
+        # A header may carry no value at all (Kafka allows null): that is no signer and no
+        # signature, never something to decode.
+        found = {
+            name: raw
+            for name, raw in headers
+            if name in (SIGNER_HEADER, SIGNATURE_HEADER) and isinstance(raw, bytes)
+        }
         if SIGNER_HEADER not in found:
             if DEVICE in allowed:
                 return None  # the handler checks the device's own signature

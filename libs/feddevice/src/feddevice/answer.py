@@ -44,8 +44,17 @@ class GlobalModel:
 
     def __init__(self, data: bytes) -> None:
         self.order = tensor_order.order_of(data)
-        loaded = load_safetensors(data)
-        self.parameters: dict[str, np.ndarray] = {name: loaded[name] for name in self.order}
+        try:
+            loaded = load_safetensors(data)
+        except Exception as exc:  # safetensors raises its own error type for a bad file
+            raise tensor_order.BadModelFile(f"model file does not load: {exc}") from exc
+        self.parameters: dict[str, np.ndarray] = {}
+        for name in self.order:
+            array = loaded[name]
+            # Read-only: a fit that changed the global model in place would compute a zero
+            # update from it, silently; it raises instead, and the device declines.
+            array.setflags(write=False)
+            self.parameters[name] = array
 
 
 def device_seed(task_seed: int, round_number: int, device_id: str) -> int:
@@ -106,8 +115,10 @@ def delta_of(model: GlobalModel, result: FitResult) -> list[np.ndarray]:
                 f"fit returned {name} with shape {list(after.shape)}, "
                 f"the model's is {list(before.shape)}"
             )
-        if not np.issubdtype(after.dtype, np.number):
-            raise FitRefused(f"fit returned {name} as {after.dtype}, not numbers")
+        if not np.issubdtype(after.dtype, np.number) or np.issubdtype(
+            after.dtype, np.complexfloating
+        ):
+            raise FitRefused(f"fit returned {name} as {after.dtype}, not real numbers")
         change = after.astype(np.float32) - before.astype(np.float32)
         if not np.isfinite(change).all():
             raise FitRefused(f"fit returned {name} with values that are not finite")

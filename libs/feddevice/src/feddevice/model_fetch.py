@@ -77,14 +77,17 @@ class ModelFetcher:
         backoff = Backoff(first=0.2, cap=5.0)
         while True:
             try:
-                data = await self._fetch_once(task_id, version)
+                # The deadline bounds each try as a whole (httpx's timeouts are per read: a
+                # gateway sending a byte a second would never time out).
+                remaining = max((until - datetime.now(UTC)).total_seconds(), 0.001)
+                data = await asyncio.wait_for(self._fetch_once(task_id, version), remaining)
                 break
-            except (httpx.TransportError, _Retry) as exc:
+            except (httpx.TransportError, _Retry, TimeoutError) as exc:
                 left = (until - datetime.now(UTC)).total_seconds()
                 if left <= 0:
                     raise TimeoutError(
                         f"model v{version} of task {task_id} not fetched before the deadline "
-                        f"({exc})"
+                        f"({type(exc).__name__}: {exc})"
                     ) from exc
                 delay = min(backoff.next_delay(), left)
                 logger.warning("model fetch failed (%s); retrying in %.1f s", exc, delay)
@@ -103,7 +106,12 @@ class ModelFetcher:
             if response.status_code in _RETRIED:
                 raise _Retry(f"gateway answered {response.status_code}")
             if response.status_code != 200:
-                body = (await response.aread())[:500].decode(errors="replace")
+                head = b""
+                async for chunk in response.aiter_bytes():  # at most 500 bytes of a refusal
+                    head += chunk
+                    if len(head) >= 500:
+                        break
+                body = head[:500].decode(errors="replace")
                 raise FetchRefused(
                     f"gateway refused model v{version} of task {task_id}: "
                     f"{response.status_code} {body}"

@@ -15,8 +15,8 @@ and the gateway are retried with backoff; a heartbeat lost in an outage is simpl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from fedcommon import codec, enrolment_tokens, signing, topics, trust
@@ -46,7 +46,7 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.settings import KafkaSettings
 from feddevice import answer
-from feddevice.client import Client
+from feddevice.client import Client, FitResult
 from feddevice.model_fetch import FetchRefused, ModelFetcher
 from feddevice.secure_rounds import SecureRounds
 from feddevice.state import Identity, SentResults, load_or_create_identity
@@ -137,6 +137,12 @@ class DeviceRuntime:
         self.commands = topics.topic_name(config.kafka.topic_prefix, topics.DEVICE_COMMANDS)
         # For tests and operators: what happened to each train request, by round id.
         self.outcomes: dict[str, str] = {}
+        # User code runs on a thread of its own, one call at a time (a hung fit holds it, and
+        # later requests are declined rather than piling up threads).
+        self._fit_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="feddevice-fit"
+        )
+        self._fitting: asyncio.Future[Any] | None = None
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -289,16 +295,25 @@ class DeviceRuntime:
                 request.task_id, request.model_version, request.model_sha256, until=request.deadline
             )
             model = answer.GlobalModel(data)
-        except (FetchRefused, TimeoutError, ValueError) as exc:
+        except (FetchRefused, TimeoutError, ValueError, OSError) as exc:
             logger.error("device %s: no model: %s", self.device_id, exc)
             return await self.decline(request, DeclineReason.NO_MODEL, f"failed: {exc}")
+        if self._fitting is not None and not self._fitting.done():
+            # The last fit never returned (its thread cannot be stopped): one at a time.
+            return await self.decline(
+                request,
+                DeclineReason.FIT_TIMEOUT,
+                "failed: the previous fit has still not returned",
+            )
         began = time.perf_counter()
         # Give up on fit a little before the deadline, so that the decline still counts.
         left = (request.deadline - datetime.now(UTC)).total_seconds()
         left -= min(DECLINE_MARGIN_S, 0.2 * max(left, 0.0))
-        fit = asyncio.ensure_future(
-            asyncio.to_thread(self.client.fit, dict(model.parameters), answer.config_for(request))
+        loop = asyncio.get_running_loop()
+        fit = loop.run_in_executor(
+            self._fit_thread, self.client.fit, dict(model.parameters), answer.config_for(request)
         )
+        self._fitting = fit
         try:
             result = await asyncio.wait_for(asyncio.shield(fit), timeout=max(left, 0.0))
         except TimeoutError:
@@ -319,10 +334,29 @@ class DeviceRuntime:
             )
         duration = time.perf_counter() - began
         try:
+            if not isinstance(result, FitResult):
+                raise answer.FitRefused(
+                    f"fit returned a {type(result).__name__}, not a FitResult",
+                    DeclineReason.FIT_FAILED,
+                )
             delta = answer.delta_of(model, result)
+            update = (
+                None
+                if request.secure_aggregation is not None
+                else answer.signed_update(
+                    request, self.identity, delta, result, duration_s=duration
+                )
+            )
         except answer.FitRefused as exc:
             logger.error("device %s: %s", self.device_id, exc)
             return await self.decline(request, exc.reason, f"failed: {exc}")
+        except Exception as exc:  # whatever else user code handed back: its fault, declined
+            logger.exception("device %s: fit's result cannot be sent", self.device_id)
+            return await self.decline(
+                request,
+                DeclineReason.FIT_FAILED,
+                f"failed: fit's result cannot be sent ({type(exc).__name__}: {exc})",
+            )
         if request.secure_aggregation is not None:
             self.sent.put(request.round_id, SECURE_ROUND_STARTED)
             await self.secure.start(
@@ -334,7 +368,8 @@ class DeviceRuntime:
                 delta=delta,
             )
             return f"secure round started with {result.num_examples} examples"
-        update = answer.signed_update(request, self.identity, delta, result, duration_s=duration)
+        if update is None:
+            raise RuntimeError("a round without secure aggregation has its update")
         value = codec.encode(update)
         self.sent.put(request.round_id, value)
         if not await self._send(
@@ -378,10 +413,7 @@ class DeviceRuntime:
                 for records in batches.values():
                     for record in records:
                         await self.handle(record)
-                        await _retry(
-                            "commit the command offset",
-                            functools.partial(consumer.commit, {partition: record.offset + 1}),
-                        )
+                        await _commit(consumer, partition, record.offset + 1)
         finally:
             await consumer.stop()
 
@@ -422,11 +454,22 @@ class DeviceRuntime:
         finally:
             await self.fetcher.close()
             await self.producer.stop()
+            self._fit_thread.shutdown(wait=False, cancel_futures=True)
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+async def _commit(consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> None:
+    """Commit the device's place; an outage is waited out, but a commit the group refuses
+    (another member joined the device's group) is logged and skipped: a lost commit only
+    means a request read again, which the kept answers make harmless."""
+    try:
+        await _retry("commit the command offset", lambda: consumer.commit({partition: offset}))
+    except CommitFailedError as exc:
+        logger.error("command offset %d not committed (%s); going on", offset, exc)
 
 
 async def _retry(what: str, step: Callable[[], Awaitable[object]]) -> None:
@@ -435,6 +478,8 @@ async def _retry(what: str, step: Callable[[], Awaitable[object]]) -> None:
         try:
             await step()
             return
+        except CommitFailedError:
+            raise
         except (KafkaError, OSError) as exc:
             delay = backoff.next_delay()
             logger.warning("could not %s (%s); retrying in %.1f s", what, exc, delay)
