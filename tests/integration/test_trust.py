@@ -34,7 +34,9 @@ SERVICE_ONLY = sorted(
     for (base, kind), allowed in trust.MATRIX.items()
     if base in CONSUMED and trust.DEVICE not in allowed
 )
-FORGERIES = ("unsigned", "device_key", "wrong_service", "replayed")
+# "null_headers": the signer and signature headers present with no value (Kafka allows it;
+# found by a review to crash every consumer before the check refused it).
+FORGERIES = ("unsigned", "device_key", "wrong_service", "replayed", "null_headers")
 
 
 def _example(kind: str) -> Envelope:
@@ -55,6 +57,8 @@ def _forge(
     topic = topics.topic_name(stack.kafka.topic_prefix, base)
     if how == "unsigned":
         return value, []
+    if how == "null_headers":
+        return value, [(trust.SIGNER_HEADER, None), (trust.SIGNATURE_HEADER, None)]  # type: ignore[list-item]
     if how == "device_key":  # claims to be the right service, signed with a device's key
         signer = trust.Signer(allowed[0], signing.generate_private_key())
     elif how == "wrong_service":
@@ -93,7 +97,7 @@ async def test_forged_service_messages_of_every_type_are_refused_and_counted(
         assert headers["error_type"] == "untrusted", (base, kind, how, headers)
         assert headers["original_topic"] == topics.topic_name(stack.kafka.topic_prefix, base)
         reason = headers["error"]
-        if how == "unsigned":
+        if how in ("unsigned", "null_headers"):
             assert "must be signed" in reason
         elif how == "device_key":
             assert "bad signature" in reason

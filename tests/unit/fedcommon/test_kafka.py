@@ -309,6 +309,18 @@ def test_dead_letter_record_copies_what_fits_with_provenance() -> None:
     assert headers["original_offset"] == b"7" and len(headers["error"]) == 2000
 
 
+def test_a_header_without_a_value_is_dead_lettered_as_an_empty_one() -> None:
+    """Kafka allows a header with no value (aiokafka gives None): found by a review to crash
+    the dead-lettering itself, so the record came back forever."""
+    source = record(3, b"abc")
+    source.headers = [("fe-signer", None), ("x", b"1")]  # type: ignore[misc, list-item]
+
+    letter = dead_letter_record(source, error_type="untrusted", error="e", max_bytes=1 << 20)
+
+    headers = dict(letter.headers)
+    assert headers["original_header.fe-signer"] == b"" and headers["original_header.x"] == b"1"
+
+
 async def test_unhandled_errors_are_dead_lettered_until_the_consecutive_limit() -> None:
     async def handle(message: AnyMessage, rec: ConsumerRecord) -> None:
         raise KeyError("bug")

@@ -208,7 +208,8 @@ def dead_letter_record(
     when they are small.
     """
     value = record.value
-    original_headers = [(f"original_header.{k}", v) for k, v in (record.headers or ())]
+    # A header may have no value (Kafka allows null): kept as an empty one.
+    original_headers = [(f"original_header.{k}", v or b"") for k, v in (record.headers or ())]
     headers_size = sum(len(k) + len(v) for k, v in original_headers)
     provenance = [
         ("original_topic", record.topic.encode()),
