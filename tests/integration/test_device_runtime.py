@@ -358,3 +358,50 @@ async def test_a_device_written_against_the_wire_contract_alone_takes_part(
     assert len(completed) == 3
     assert all(sorted(r["aggregated"]) == sorted(ids) for r in completed), completed
     assert completed[-1]["accuracy"] > 0.5, completed[-1]
+
+
+async def test_runtime_devices_ride_through_a_frozen_gateway_and_a_frozen_broker(
+    stack: Stack, devices: Devices
+) -> None:
+    """The gateway frozen (SIGSTOP) as a round opens: the devices' model fetches get no answer
+    and are tried again; then the broker frozen for less than a group session: their sends
+    wait. No round is lost, no device dropped or counted twice, every process keeps running."""
+    ids = [f"out-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    for share, device_id in enumerate(ids):
+        devices.start(
+            device_id, "digits_client:make_client", f"share={share}", "shares=2", app_path=EXAMPLE
+        )
+    await eventually(lambda: _online(stack, ids), timeout_s=120)
+    gateway = next(p for p in stack.stack.processes if p.name == "gateway")
+    broker = stack.stack.broker
+    assert broker is not None
+    task_id = await _task(stack, ids, rounds=4, min_devices=2, round_timeout_s=40)
+
+    async def rounds_done(count: int) -> bool:
+        rounds = await _rounds(stack, task_id)
+        return sum(r["status"] == "completed" for r in rounds) >= count
+
+    await eventually(lambda: rounds_done(1), timeout_s=120)
+    os.kill(gateway.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(6)  # round 2's fetches meet a gateway that answers nothing
+    finally:
+        os.kill(gateway.pid, signal.SIGCONT)
+    await eventually(lambda: rounds_done(2), timeout_s=120)
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(4)
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    async with stack.client() as client:
+        task = await client.wait_for_task(
+            task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=240
+        )
+    assert task["state"] == "completed", task
+    rounds = await _rounds(stack, task_id)
+    completed = [r for r in rounds if r["status"] == "completed"]
+    assert [r["round_number"] for r in completed] == [1, 2, 3, 4], rounds
+    assert all(sorted(r["aggregated"]) == sorted(ids) for r in completed), completed
+    assert all(p.poll() is None for p in devices.processes.values())
+    logs = "".join(devices.log(device_id) for device_id in ids)
+    assert "model fetch failed" in logs  # the frozen gateway was met, and waited out

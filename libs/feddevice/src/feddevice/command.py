@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         "--privacy-level", choices=[p.value for p in PrivacyLevel], default=PrivacyLevel.NONE.value
     )
     run.add_argument("--heartbeat-s", type=float, default=5.0)
+    run.add_argument(
+        "--fetch-try-s", type=float, default=15.0, help="longest one model download may take"
+    )
     run.add_argument("--gateway-ca", help="a CA file to verify the gateway's certificate")
     run.add_argument("--app-path", type=Path, default=Path.cwd(), help="where --app is found")
     run.add_argument(
@@ -92,6 +95,7 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
         device_type=DeviceType(args.device_type),
         privacy_level=PrivacyLevel(args.privacy_level),
         heartbeat_s=args.heartbeat_s,
+        fetch_try_s=args.fetch_try_s,
         gateway_verify=args.gateway_ca or True,
     )
 

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 # Far above any model this platform trains; a bigger answer is not read into memory.
 DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 _RETRIED = {408, 425, 429, 500, 502, 503, 504}
+# The longest one try may take by default (`feddevice run --fetch-try-s`): the built-in
+# models come in well under a second; a large model over a slow link needs more.
+DEFAULT_TRY_S = 15.0
 
 
 class FetchRefused(RuntimeError):
@@ -57,9 +60,11 @@ class ModelFetcher:
         *,
         verify: bool | str = True,
         max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        try_s: float = DEFAULT_TRY_S,
     ) -> None:
         self.identity = identity
         self.max_bytes = max_bytes
+        self.try_s = try_s
         self._client = httpx.AsyncClient(
             base_url=gateway_url.rstrip("/"), verify=verify, timeout=httpx.Timeout(30.0)
         )
@@ -77,10 +82,13 @@ class ModelFetcher:
         backoff = Backoff(first=0.2, cap=5.0)
         while True:
             try:
-                # The deadline bounds each try as a whole (httpx's timeouts are per read: a
-                # gateway sending a byte a second would never time out).
+                # Each try is bounded as a whole (httpx's timeouts are per read: a gateway
+                # sending a byte a second would never time out), by the deadline and by
+                # ``try_s``, so that a gateway that stopped answering is tried again.
                 remaining = max((until - datetime.now(UTC)).total_seconds(), 0.001)
-                data = await asyncio.wait_for(self._fetch_once(task_id, version), remaining)
+                data = await asyncio.wait_for(
+                    self._fetch_once(task_id, version), min(remaining, self.try_s)
+                )
                 break
             except (httpx.TransportError, _Retry, TimeoutError) as exc:
                 left = (until - datetime.now(UTC)).total_seconds()

@@ -82,6 +82,8 @@ class DeviceConfig:
     capabilities: DeviceCapabilities | None = None
     heartbeat_s: float = 5.0
     gateway_verify: bool | str = True
+    # The longest one model download may take before it is tried again.
+    fetch_try_s: float = 15.0
 
     def service_keys(self) -> dict[str, bytes]:
         coordinator = self.coordinator_key or (self.token and self.token.coordinator_key)
