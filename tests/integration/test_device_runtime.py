@@ -50,6 +50,7 @@ class Devices:
             "--bootstrap-servers", self.stack.kafka.bootstrap_servers,
             "--topic-prefix", self.stack.kafka.topic_prefix,
             "--heartbeat-s", "1",
+            "--network", "ethernet",
         ]  # fmt: skip
         for setting in settings:
             command += ["--set", setting]
@@ -142,6 +143,7 @@ async def test_example_devices_train_a_task_and_a_killed_device_rejoins_as_itsel
     assert (devices.folder / victim / "identity.key").read_bytes() == key_before
     public = signing.public_key_bytes(signing.private_key_from_bytes(key_before))
     assert device["public_key"] == public.hex()
+    assert device["network"] == "ethernet"  # what its heartbeats said
     rounds = await _rounds(stack, task_id)
     completed = [r for r in rounds if r["status"] == "completed"]
     assert len(completed) == 5

@@ -51,7 +51,15 @@ EXAMPLES: list[v1.Envelope] = [
         token_signature=SIG,
         signature=SIG,
     ),
-    v1.HeartbeatSent(**base, device_id="dev-1", sequence=7, battery_pct=55.5, signature=SIG),
+    v1.HeartbeatSent(
+        **base,
+        device_id="dev-1",
+        sequence=7,
+        battery_pct=55.5,
+        charging=True,
+        network=v1.NetworkKind.WIFI,
+        signature=SIG,
+    ),
     v1.DeviceRemoved(**base, device_id="dev-1", issued_by="admin"),
     v1.DeviceRestored(**base, device_id="dev-1", issued_by="admin"),
     v1.EnrolmentTokenIssued(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedcommon import enrolment_tokens, signing
-from fedcommon.messages.v1 import DeviceType, PrivacyLevel
+from fedcommon.messages.v1 import DeviceType, NetworkKind, PrivacyLevel
 from fedcommon.settings import KafkaSettings
 from feddevice.app import AppError, DeviceContext, load
 from feddevice.client import Client
@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         "--privacy-level", choices=[p.value for p in PrivacyLevel], default=PrivacyLevel.NONE.value
     )
     run.add_argument("--heartbeat-s", type=float, default=5.0)
+    run.add_argument(
+        "--network",
+        choices=[n.value for n in NetworkKind],
+        help="the link the device is on, reported with its heartbeats",
+    )
     run.add_argument(
         "--fetch-try-s", type=float, default=15.0, help="longest one model download may take"
     )
@@ -96,6 +101,7 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
         privacy_level=PrivacyLevel(args.privacy_level),
         heartbeat_s=args.heartbeat_s,
         fetch_try_s=args.fetch_try_s,
+        network=None if args.network is None else NetworkKind(args.network),
         gateway_verify=args.gateway_ca or True,
     )
 

@@ -40,6 +40,7 @@ from fedcommon.messages.v1 import (
     DeviceType,
     Envelope,
     HeartbeatSent,
+    NetworkKind,
     PrivacyLevel,
     SecAggDelivered,
     TrainRequested,
@@ -84,6 +85,9 @@ class DeviceConfig:
     gateway_verify: bool | str = True
     # The longest one model download may take before it is tried again.
     fetch_try_s: float = 15.0
+    # The link the device is on, where whoever runs it knows (a phone app does; a Python
+    # process cannot tell Wi-Fi from cellular by itself). Sent with every heartbeat.
+    network: NetworkKind | None = None
 
     def service_keys(self) -> dict[str, bytes]:
         coordinator = self.coordinator_key or (self.token and self.token.coordinator_key)
@@ -102,14 +106,22 @@ def command_group(device_id: str) -> str:
     return f"device.{device_id}"
 
 
-def battery_pct() -> float | None:
-    """The battery level where the platform tells (psutil, when installed), else None."""
+def power() -> tuple[float | None, bool | None]:
+    """Battery level and whether it charges, where the platform tells (psutil, when installed
+    and the machine has a battery), else (None, None)."""
     try:
         import psutil
     except ImportError:
-        return None
+        return None, None
     battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
-    return None if battery is None else float(min(max(battery.percent, 0.0), 100.0))
+    if battery is None:
+        return None, None
+    plugged = battery.power_plugged
+    return float(min(max(battery.percent, 0.0), 100.0)), None if plugged is None else bool(plugged)
+
+
+def battery_pct() -> float | None:
+    return power()[0]
 
 
 class DeviceRuntime:
@@ -204,12 +216,15 @@ class DeviceRuntime:
             sequence=sequence,
             sent_at_us=int(sent_at.timestamp() * 1_000_000),
         )
+        battery, charging = power()
         message = HeartbeatSent(
             producer=answer.PRODUCER,
             device_id=self.device_id,
             sequence=sequence,
             sent_at=sent_at,
-            battery_pct=battery_pct(),
+            battery_pct=battery,
+            charging=charging,
+            network=self.config.network,
             signature=self.identity.key.sign(payload),
         )
         # A heartbeat is worth sending only now: in an outage, the next one replaces it.

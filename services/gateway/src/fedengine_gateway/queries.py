@@ -15,7 +15,8 @@ from psycopg.rows import dict_row
 
 _DEVICE_COLUMNS = (
     "device_id, device_name, device_type, privacy_level, status, capabilities, "
-    "encode(public_key, 'hex') AS public_key, fleet, battery_pct, enrolled_at, last_heartbeat_at"
+    "encode(public_key, 'hex') AS public_key, fleet, battery_pct, charging, network, "
+    "enrolled_at, last_heartbeat_at"
 )
 _TOKEN_COLUMNS = (
     "t.token_id, t.fleet, t.expires_at, t.max_devices, t.issued_by, t.issued_at, t.revoked_at, "

@@ -292,6 +292,9 @@ class DevicePublic(BaseModel):
     public_key: str | None
     fleet: str | None
     battery_pct: float | None
+    # From the device's heartbeats, where its platform tells (None: never told).
+    charging: bool | None = None
+    network: str | None = None
     enrolled_at: datetime
     last_heartbeat_at: datetime | None
 

@@ -148,6 +148,8 @@ class Registry:
                     device_id=message.device_id,
                     sequence=message.sequence,
                     battery_pct=message.battery_pct,
+                    charging=message.charging,
+                    network=None if message.network is None else message.network.value,
                 )
                 HEARTBEATS.inc()
                 if device.status == DeviceStatus.OFFLINE:

@@ -77,13 +77,21 @@ async def upsert_enrolled(conn: psycopg.AsyncConnection, message: DeviceEnrolled
 
 
 async def record_heartbeat(
-    conn: psycopg.AsyncConnection, *, device_id: str, sequence: int, battery_pct: float | None
+    conn: psycopg.AsyncConnection,
+    *,
+    device_id: str,
+    sequence: int,
+    battery_pct: float | None,
+    charging: bool | None = None,
+    network: str | None = None,
 ) -> None:
+    """Mark the device online; what the heartbeat does not tell keeps its last value."""
     await conn.execute(
         "UPDATE registry.devices SET status = 'online', last_heartbeat_at = now(), "
-        "heartbeat_sequence = %s, battery_pct = COALESCE(%s, battery_pct), updated_at = now() "
+        "heartbeat_sequence = %s, battery_pct = COALESCE(%s, battery_pct), "
+        "charging = COALESCE(%s, charging), network = COALESCE(%s, network), updated_at = now() "
         "WHERE device_id = %s",
-        (sequence, battery_pct, device_id),
+        (sequence, battery_pct, charging, network, device_id),
     )
 
 

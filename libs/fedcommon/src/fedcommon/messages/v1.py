@@ -654,11 +654,24 @@ class DeviceEnrolled(Envelope):
     signature: Signature | None = None
 
 
+class NetworkKind(StrEnum):
+    """The kind of link a device reports it is on (where its platform tells)."""
+
+    WIFI = "wifi"
+    CELLULAR = "cellular"
+    ETHERNET = "ethernet"
+    OTHER = "other"
+
+
 class HeartbeatSent(Envelope):
     type: Literal["device.heartbeat_sent"] = "device.heartbeat_sent"
     device_id: DeviceId
     sequence: Int64
+    # What the device's platform tells, where it does (None: not told). Not covered by the
+    # signature (signing.heartbeat_payload): hints for selection, never trusted for security.
     battery_pct: float | None = Field(default=None, ge=0, le=100)
+    charging: bool | None = None
+    network: NetworkKind | None = None
     signature: Signature
 
 
