@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("FEDDEVICE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: one line per model fetch says nothing the runtime's
+    # own lines do not.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.command == "identity":
             identity = load_or_create_identity(args.state_dir, args.device_id)
