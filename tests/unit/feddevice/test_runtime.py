@@ -182,3 +182,19 @@ async def test_a_hung_fit_is_declined_and_holds_its_thread_so_the_next_is_declin
         assert [declined([value]).reason for value in sent] == [DeclineReason.FIT_TIMEOUT] * 2
     finally:
         release.set()
+
+
+async def test_the_fetch_settings_reach_the_fetcher(tmp_path: Path) -> None:
+    """--fetch-try-s once went nowhere (found by the frozen-gateway test)."""
+    device = DeviceRuntime(
+        DeviceConfig(
+            state_dir=tmp_path,
+            gateway_url="http://127.0.0.1:1",
+            kafka=KafkaSettings(),
+            coordinator_key=signing.public_key_bytes(signing.generate_private_key()),
+            fetch_try_s=2.5,
+        ),
+        Client(lambda p, c: None),
+    )
+    CREATED.append(device)
+    assert device.fetcher.try_s == 2.5

@@ -13,7 +13,9 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 from uuid import UUID
 
@@ -86,9 +88,7 @@ class ModelFetcher:
                 # sending a byte a second would never time out), by the deadline and by
                 # ``try_s``, so that a gateway that stopped answering is tried again.
                 remaining = max((until - datetime.now(UTC)).total_seconds(), 0.001)
-                data = await asyncio.wait_for(
-                    self._fetch_once(task_id, version), min(remaining, self.try_s)
-                )
+                data = await _within(self._fetch_once(task_id, version), min(remaining, self.try_s))
                 break
             except (httpx.TransportError, _Retry, TimeoutError) as exc:
                 left = (until - datetime.now(UTC)).total_seconds()
@@ -131,6 +131,25 @@ class ModelFetcher:
                     raise FetchRefused(f"model larger than {self.max_bytes} bytes: not read")
                 chunks.append(chunk)
             return b"".join(chunks)
+
+
+async def _within(work: Coroutine[Any, Any, bytes], seconds: float) -> bytes:
+    """``work``'s result, or TimeoutError after ``seconds`` without waiting for it to wind
+    down: ``asyncio.wait_for`` waits for the cancelled request to finish, and httpx closing a
+    connection to a gateway that stopped answering (SIGSTOP, in a test) waited for as long
+    as the gateway did."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError(f"no answer within {seconds:.1f} s")
+    return task.result()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Retry(Exception):

@@ -141,7 +141,12 @@ class DeviceRuntime:
             acks="all",
             max_request_size=config.kafka.max_message_bytes,
         )
-        self.fetcher = ModelFetcher(config.gateway_url, self.identity, verify=config.gateway_verify)
+        self.fetcher = ModelFetcher(
+            config.gateway_url,
+            self.identity,
+            verify=config.gateway_verify,
+            try_s=config.fetch_try_s,
+        )
         self.secure = SecureRounds(
             self._send_message,
             keys={self.identity.device_id: self.identity.key},
@@ -278,6 +283,13 @@ class DeviceRuntime:
             await self.secure.handle(message)
             return
         if isinstance(message, TrainRequested) and message.device_id == self.device_id:
+            logger.info(
+                "device %s: asked to train round %d of task %s on model v%d",
+                self.device_id,
+                message.round_number,
+                message.task_id,
+                message.model_version,
+            )
             outcome = await self.train(message)
             self.outcomes[str(message.round_id)] = outcome
             logger.info(
