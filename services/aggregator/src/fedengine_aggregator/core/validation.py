@@ -52,6 +52,24 @@ class Rejected(Exception):
         self.detail = detail
 
 
+def _selected_for_this_try(
+    opened: RoundOpened,
+    message: UpdateSubmitted | UpdateDeclined,
+    participant: Participant | None,
+) -> Participant:
+    """The sender as the round selected it, for the round and model version it names; raise
+    ``Rejected`` (stale model, not selected) otherwise. The first checks of every answer."""
+    if message.round_number != opened.round_number or message.model_version != opened.model_version:
+        raise Rejected(
+            RejectReason.STALE_MODEL,
+            f"round {message.round_number} v{message.model_version}, "
+            f"open is round {opened.round_number} v{opened.model_version}",
+        )
+    if participant is None or participant.device_id != message.device_id:
+        raise Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
+    return participant
+
+
 def max_update_bytes(param_shapes: list[list[int]]) -> int:
     """Return the largest encoding an update for ``param_shapes`` can have (float64 at most)."""
     header = 8 + sum(1 + 8 + 1 + 4 * len(shape) for shape in param_shapes)
@@ -70,14 +88,7 @@ def validate_update(
     ``participant`` is the sender as the round expects it (None: not selected), found by the
     caller in its stage's expected senders: one look-up, not a scan of the participants.
     """
-    if message.round_number != opened.round_number or message.model_version != opened.model_version:
-        raise Rejected(
-            RejectReason.STALE_MODEL,
-            f"round {message.round_number} v{message.model_version}, "
-            f"open is round {opened.round_number} v{opened.model_version}",
-        )
-    if participant is None or participant.device_id != message.device_id:
-        raise Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
+    participant = _selected_for_this_try(opened, message, participant)
     limit = max_update_bytes(opened.param_shapes)
     if len(message.update) > limit:
         # Checked before hashing or decoding: an oversize update costs nothing more.
@@ -128,14 +139,10 @@ def judge_decline(
     """The verdict on a device's signed decline: ``DECLINED`` (it answered, with no update)
     when it is the selected device's own, for this try; else the first check it fails, as an
     update's would (a decline that is not the device's own never speaks for it)."""
-    if message.round_number != opened.round_number or message.model_version != opened.model_version:
-        return Rejected(
-            RejectReason.STALE_MODEL,
-            f"round {message.round_number} v{message.model_version}, "
-            f"open is round {opened.round_number} v{opened.model_version}",
-        )
-    if participant is None or participant.device_id != message.device_id:
-        return Rejected(RejectReason.NOT_SELECTED, f"{message.device_id} was not selected")
+    try:
+        participant = _selected_for_this_try(opened, message, participant)
+    except Rejected as rejected:
+        return rejected
     if opened.round_id is None or message.round_id != opened.round_id:
         return Rejected(RejectReason.UNKNOWN_ROUND, "round_id does not match")
     try:
