@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
@@ -142,6 +142,21 @@ def _metric(metrics: Mapping[str, float], name: str) -> float | None:
     return None
 
 
+def _answering(request: TrainRequested, identity: Identity, producer: str) -> dict[str, Any]:
+    """The fields every answer to ``request`` carries: whose, for which try of which round."""
+    if request.round_id is None:
+        raise FitRefused("train request without round_id")
+    return {
+        "producer": producer,
+        "round_id": request.round_id,
+        "correlation_id": request.message_id,
+        "task_id": request.task_id,
+        "device_id": identity.device_id,
+        "round_number": request.round_number,
+        "model_version": request.model_version,
+    }
+
+
 def signed_update(
     request: TrainRequested,
     identity: Identity,
@@ -152,12 +167,11 @@ def signed_update(
     producer: str = PRODUCER,
 ) -> UpdateSubmitted:
     """The update.submitted answering ``request``, signed with the device's key."""
-    if request.round_id is None:
-        raise FitRefused("train request without round_id")
+    fields = _answering(request, identity, producer)
     update = arrays.to_bytes(delta)
     payload = signing.update_payload(
         task_id=request.task_id,
-        round_id=request.round_id,
+        round_id=fields["round_id"],
         device_id=identity.device_id,
         round_number=request.round_number,
         model_version=request.model_version,
@@ -167,14 +181,7 @@ def signed_update(
     loss = _metric(result.metrics, "train_loss")
     accuracy = _metric(result.metrics, "train_accuracy")
     return UpdateSubmitted(
-        producer=producer,
-        sent_at=datetime.now(UTC),
-        round_id=request.round_id,
-        correlation_id=request.message_id,
-        task_id=request.task_id,
-        device_id=identity.device_id,
-        round_number=request.round_number,
-        model_version=request.model_version,
+        **fields,
         num_examples=result.num_examples,
         update=update,
         metrics=UpdateMetrics(
@@ -191,22 +198,14 @@ def signed_decline(
 ) -> UpdateDeclined:
     """The update.declined answering ``request``: this device has no update, for ``reason``
     (the round need not wait for it; the reason is counted)."""
-    if request.round_id is None:
-        raise FitRefused("train request without round_id")
+    fields = _answering(request, identity, PRODUCER)
     return UpdateDeclined(
-        producer=PRODUCER,
-        sent_at=datetime.now(UTC),
-        round_id=request.round_id,
-        correlation_id=request.message_id,
-        task_id=request.task_id,
-        device_id=identity.device_id,
-        round_number=request.round_number,
-        model_version=request.model_version,
+        **fields,
         reason=reason,
         signature=identity.key.sign(
             signing.decline_payload(
                 task_id=request.task_id,
-                round_id=request.round_id,
+                round_id=fields["round_id"],
                 device_id=identity.device_id,
                 round_number=request.round_number,
                 model_version=request.model_version,

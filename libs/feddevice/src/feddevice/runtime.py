@@ -34,6 +34,7 @@ from fedcommon.backoff import Backoff
 from fedcommon.errors import InvalidMessage
 from fedcommon.kafka_client import client_options
 from fedcommon.messages.v1 import (
+    AnyMessage,
     DeclineReason,
     DeviceCapabilities,
     DeviceEnrolled,
@@ -120,10 +121,6 @@ def power() -> tuple[float | None, bool | None]:
     return float(min(max(battery.percent, 0.0), 100.0)), None if plugged is None else bool(plugged)
 
 
-def battery_pct() -> float | None:
-    return power()[0]
-
-
 class DeviceRuntime:
     def __init__(self, config: DeviceConfig, client: Client) -> None:
         self.config = config
@@ -154,8 +151,6 @@ class DeviceRuntime:
         )
         self._sequence = 0
         self.commands = topics.topic_name(config.kafka.topic_prefix, topics.DEVICE_COMMANDS)
-        # For tests and operators: what happened to each train request, by round id.
-        self.outcomes: dict[str, str] = {}
         # User code runs on a thread of its own, one call at a time (a hung fit holds it, and
         # later requests are declined rather than piling up threads).
         self._fit_thread = concurrent.futures.ThreadPoolExecutor(
@@ -192,7 +187,7 @@ class DeviceRuntime:
         if token is None:
             logger.info("device %s: no enrolment token, an operator enrols it", self.device_id)
             return
-        battery = battery_pct()
+        battery, _ = power()
         capabilities = self.config.capabilities or DeviceCapabilities(
             has_battery=battery is not None, battery_pct=battery if battery is not None else 100.0
         )
@@ -254,12 +249,8 @@ class DeviceRuntime:
 
     # --- receiving -------------------------------------------------------------------------
 
-    def refusal(self, record: ConsumerRecord) -> str | None:
-        """Why a record addressed to this device must not be acted on, or None."""
-        try:
-            message = codec.decode(record.value)
-        except InvalidMessage as exc:
-            return str(exc)
+    def refusal(self, record: ConsumerRecord, message: AnyMessage) -> str | None:
+        """Why a decoded record addressed to this device must not be acted on, or None."""
         return self.verifier.refusal(
             topic=record.topic,
             key=record.key,
@@ -273,11 +264,14 @@ class DeviceRuntime:
     async def handle(self, record: ConsumerRecord) -> None:
         if record.key != self.device_id.encode():
             return  # another device's command, in the same partition
-        why = self.refusal(record)
+        try:
+            message = codec.decode(record.value)
+            why = self.refusal(record, message)
+        except InvalidMessage as exc:
+            why = str(exc)
         if why is not None:
             logger.warning("device %s: command refused: %s", self.device_id, why)
             return
-        message = codec.decode(record.value)
         if isinstance(message, SecAggDelivered) and message.device_id == self.device_id:
             # Signed by the aggregator (checked above against the key in the token).
             await self.secure.handle(message)
@@ -291,7 +285,6 @@ class DeviceRuntime:
                 message.model_version,
             )
             outcome = await self.train(message)
-            self.outcomes[str(message.round_id)] = outcome
             logger.info(
                 "device %s: round %d of task %s: %s",
                 self.device_id,

@@ -116,20 +116,10 @@ async def record_verdict(
     detail: str | None = None,
     private: bool = False,
 ) -> None:
-    """Record a stage record's verdict (``record_result`` for an update or a decline; a
-    SecAgg+ message has only its rejections recorded: an accepted key or share says nothing
-    to audit)."""
-    if isinstance(message, UpdateDeclined):
-        await record_decline(
-            conn,
-            message,
-            partition=partition,
-            offset=offset,
-            reason=reason or "",
-            detail=detail or "",
-            private=private,
-        )
-    elif isinstance(message, UpdateSubmitted):
+    """Record a stage record's verdict (``record_result`` for an update; a decline or a SecAgg+
+    message has only its rejections recorded, ``record_rejection``: a decline is always one,
+    and an accepted key or share says nothing to audit)."""
+    if isinstance(message, UpdateSubmitted):
         await record_result(
             conn,
             message,
@@ -140,8 +130,9 @@ async def record_verdict(
             detail=detail,
             private=private,
         )
-    elif status == "rejected":
-        await record_secagg_rejection(
+    elif isinstance(message, UpdateDeclined) or status == "rejected":
+        # A decline is always refused (``declined``, or why it does not count).
+        await record_rejection(
             conn,
             message,
             partition=partition,
@@ -152,45 +143,9 @@ async def record_verdict(
         )
 
 
-async def record_decline(
+async def record_rejection(
     conn: psycopg.AsyncConnection,
-    message: UpdateDeclined,
-    *,
-    partition: int,
-    offset: int,
-    reason: str,
-    detail: str,
-    private: bool = False,
-) -> None:
-    """Record a device's decline (always a rejection: ``declined`` with the device's reason,
-    or why it does not count); it carries no update, so no examples, metrics or bytes."""
-    await conn.execute(
-        """
-        INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
-            round_number, device_id, message_id, status, reason, detail, size_bytes, private)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, 'rejected', %s, %s, 0,
-            %s OR EXISTS (SELECT 1 FROM aggregator.rounds WHERE round_id = %s AND private))
-        ON CONFLICT DO NOTHING
-        """,
-        (
-            partition,
-            offset,
-            message.task_id,
-            message.round_id,
-            message.round_number,
-            message.device_id,
-            message.message_id,
-            reason,
-            detail[:500],
-            private,
-            message.round_id,
-        ),
-    )
-
-
-async def record_secagg_rejection(
-    conn: psycopg.AsyncConnection,
-    message: SecAggSubmitted,
+    message: SecAggSubmitted | UpdateDeclined,
     *,
     partition: int,
     offset: int,
@@ -198,7 +153,8 @@ async def record_secagg_rejection(
     detail: str,
     private: bool,
 ) -> None:
-    """Record a refused SecAgg+ message once per message id (as an update's rejection)."""
+    """Record a refused SecAgg+ message or decline once per message id (as an update's
+    rejection); a decline carries no update, so no examples, metrics or bytes."""
     await conn.execute(
         """
         INSERT INTO aggregator.device_results (kafka_partition, kafka_offset, task_id, round_id,
@@ -217,7 +173,7 @@ async def record_secagg_rejection(
             message.message_id,
             reason,
             detail[:500],
-            len(message.payload),
+            len(message.payload) if isinstance(message, SecAggSubmitted) else 0,
             private,
             message.round_id,
         ),

@@ -99,8 +99,8 @@ class Fleet:
         self.keys = identities.load_or_create(
             settings.home / "simulator" / settings.fleet, list(self.devices)
         )
-        self._models: dict[tuple[object, int], bytes] = {}
-        self._global_model: tuple[tuple[UUID, int], answer.GlobalModel] | None = None
+        # The latest version of each task's model asked for, parsed once for all devices.
+        self._models: dict[tuple[UUID, int], answer.GlobalModel] = {}
         self._clients: dict[tuple[int, str, ModelArchitecture], ArrayTorchClient] = {}
         self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
@@ -220,7 +220,7 @@ class Fleet:
                 ),
             )
 
-    async def model_bytes(self, request: TrainRequested) -> bytes:
+    async def global_model(self, request: TrainRequested) -> answer.GlobalModel:
         cache_key = (request.task_id, request.model_version)
         if cache_key not in self._models:
             async with self.context.pool.connection() as conn:
@@ -238,7 +238,7 @@ class Fleet:
             if models.sha256_hex(data) != request.model_sha256:
                 raise ProtocolViolation("model bytes do not match the announced sha256")
             self._models = {k: v for k, v in self._models.items() if k[0] != request.task_id}
-            self._models[cache_key] = data
+            self._models[cache_key] = answer.GlobalModel(data)
         return self._models[cache_key]
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
@@ -359,19 +359,13 @@ class Fleet:
             self._clients[key] = client
         return client
 
-    def global_model(self, message: TrainRequested, data: bytes) -> answer.GlobalModel:
-        key = (message.task_id, message.model_version)
-        if self._global_model is None or self._global_model[0] != key:
-            self._global_model = (key, answer.GlobalModel(data))
-        return self._global_model[1]
-
     async def train(
         self, message: TrainRequested, device: fleet.SimulatedDevice
     ) -> tuple[FitResult, float, list[np.ndarray]] | None:
         """Run the device's client, as a real device's runtime would; return its result, the
         duration and the (maybe poisoned) update, or None when training diverged (there is
         nothing worth sending)."""
-        model = self.global_model(message, await self.model_bytes(message))
+        model = await self.global_model(message)
         client = self.client_for(device, message.dataset, message.model_architecture)
         config = {
             **answer.config_for(message),
