@@ -41,6 +41,9 @@ MAX_SETTING = 1e9
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 # A fleet names a group of devices enrolled with one operator's tokens (and a simulator process).
 FLEET_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# A metric a device reports with its evaluation ("accuracy", "auc", "f1.macro").
+METRIC_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_METRICS = 16
 # How many devices one enrolment token may enrol.
 MAX_TOKEN_DEVICES = 1_000_000
 
@@ -60,6 +63,7 @@ def _no_nul(value: str) -> str:
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 FleetName = Annotated[str, Field(pattern=FLEET_PATTERN)]
+MetricName = Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]
 # Text types refuse NUL themselves too, so that they hold outside a Constrained model.
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_no_nul)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), AfterValidator(_no_nul)]

@@ -116,6 +116,39 @@ def decline_payload(
     )
 
 
+def evaluation_payload(
+    *,
+    task_id: UUID,
+    evaluation_id: UUID,
+    device_id: str,
+    round_number: int,
+    model_version: int,
+    num_examples: int,
+    loss: float,
+    metrics: Mapping[str, float],
+) -> bytes:
+    """Return the bytes a device signs for its evaluation of a model version.
+
+    Bound to task, evaluation, device and version, and covering every number it reports
+    (metrics in name order, as IEEE doubles), so that neither a replay into another
+    evaluation nor an altered metric verifies.
+    """
+    device = device_id.encode("utf-8")
+    parts = [
+        b"fedengine-evaluation-v1",
+        task_id.bytes,
+        evaluation_id.bytes,
+        struct.pack("<H", len(device)),
+        device,
+        struct.pack("<IIQd", round_number, model_version, num_examples, loss),
+        struct.pack("<B", len(metrics)),
+    ]
+    for name in sorted(metrics):
+        encoded = name.encode("utf-8")
+        parts += [struct.pack("<B", len(encoded)), encoded, struct.pack("<d", metrics[name])]
+    return b"".join(parts)
+
+
 def secagg_payload(
     *,
     task_id: UUID,

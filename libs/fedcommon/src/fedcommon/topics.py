@@ -14,6 +14,7 @@ DEVICE_COMMANDS = "fed.device.commands"
 MODELS = "fed.models"
 UPDATES = "fed.updates"
 SECAGG = "fed.secagg"
+EVALUATIONS = "fed.evaluations"
 ROUNDS = "fed.rounds"
 PRIVACY = "fed.privacy"
 EVENTS = "fed.events"
@@ -56,15 +57,17 @@ TOPICS: tuple[TopicSpec, ...] = (
             "task.resume_requested",
             "task.cancel_requested",
             "tasks.cleanup_requested",
+            "model.uploaded",
         ),
     ),
-    # Train requests, and the aggregator's SecAgg+ deliveries addressed to one device.
+    # Train and evaluate requests, and the aggregator's SecAgg+ deliveries, each addressed to
+    # one device.
     TopicSpec(
         DEVICE_COMMANDS,
         "device_id",
         ("coordinator", "aggregator"),
-        ("simulator",),
-        ("train.requested", "secagg.delivered"),
+        ("simulator", "devices"),
+        ("train.requested", "evaluate.requested", "secagg.delivered"),
     ),
     # Announces versions; devices may prefetch from it (the simulator reads the model store).
     TopicSpec(MODELS, "task_id", ("coordinator",), ("devices",), ("model.published",)),
@@ -80,6 +83,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     # Devices' SecAgg+ stage messages; round.opened comes on fed.updates, so a stage record
     # may be read before its round opens (the aggregator parks it).
     TopicSpec(SECAGG, "task_id", ("simulator",), ("aggregator",), ("secagg.submitted",)),
+    # Devices' federated evaluations of a global model version, for the coordinator.
+    TopicSpec(
+        EVALUATIONS,
+        "task_id",
+        ("simulator", "devices"),
+        ("coordinator",),
+        ("evaluation.submitted",),
+    ),
     TopicSpec(
         ROUNDS, "task_id", ("aggregator",), ("coordinator",), ("round.aggregated", "round.failed")
     ),
@@ -106,6 +117,7 @@ TOPICS: tuple[TopicSpec, ...] = (
             "task.state_changed",
             "round.started",
             "round.completed",
+            "round.evaluated",
             "device.status_changed",
             "privacy.budget_exhausted",
         ),

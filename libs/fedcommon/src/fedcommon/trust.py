@@ -48,8 +48,10 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     # Every task command, and cleanup: what people ask for through the gateway.
     **{(topics.TASKS, kind): _GATEWAY for kind in topics.carried(topics.TASKS)},
     (topics.DEVICE_COMMANDS, "train.requested"): _COORDINATOR,
+    (topics.DEVICE_COMMANDS, "evaluate.requested"): _COORDINATOR,
     (topics.DEVICE_COMMANDS, "secagg.delivered"): frozenset({"aggregator"}),
     (topics.SECAGG, "secagg.submitted"): frozenset({DEVICE}),
+    (topics.EVALUATIONS, "evaluation.submitted"): frozenset({DEVICE}),
     (topics.MODELS, "model.published"): _COORDINATOR,
     (topics.UPDATES, "round.opened"): _COORDINATOR,
     (topics.UPDATES, "update.submitted"): frozenset({DEVICE}),
@@ -59,6 +61,7 @@ MATRIX: Mapping[tuple[str, str], frozenset[str]] = {
     (topics.EVENTS, "task.state_changed"): _COORDINATOR,
     (topics.EVENTS, "round.started"): _COORDINATOR,
     (topics.EVENTS, "round.completed"): _COORDINATOR,
+    (topics.EVENTS, "round.evaluated"): _COORDINATOR,
     (topics.EVENTS, "device.status_changed"): frozenset({"registry"}),
     (topics.PRIVACY, "privacy.spend_requested"): _COORDINATOR,
     (topics.PRIVACY, "privacy.spend_approved"): _PRIVACY,

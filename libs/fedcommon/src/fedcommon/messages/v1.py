@@ -21,6 +21,7 @@ from fedcommon.constraints import (
     MAX_LEARNING_RATE,
     MAX_LOCAL_EPOCHS,
     MAX_MEMORY_MB,
+    MAX_METRICS,
     MAX_PARTICIPATING_DEVICES,
     MAX_ROUND_RETRIES,
     MAX_ROUNDS,
@@ -33,6 +34,7 @@ from fedcommon.constraints import (
     FleetName,
     Int32,
     Int64,
+    MetricName,
     Name,
     PositiveInt32,
     PublicKey,
@@ -501,12 +503,47 @@ class DeviceCapabilities(_Frozen):
     battery_pct: float = Field(default=100.0, ge=0, le=100)
 
 
+class InitialModel(_Frozen):
+    """A model uploaded through the gateway (POST /api/federated/models) that a task starts
+    from: its id and the sha256 of its safetensors bytes, so that a task names exactly the
+    file its creator saw."""
+
+    model_id: UUID
+    sha256: Sha256Hex
+
+
+class FederatedEvaluationSpec(_StrategyModel):
+    """Devices evaluate the global model on their own held-out data.
+
+    After every ``every_rounds``-th round (and after the last), the coordinator asks a
+    ``fraction`` of the online devices (at least ``min_devices`` of them, else the evaluation
+    is skipped) to evaluate the new version; the example-weighted mean of their loss and
+    metrics becomes the round's federated metrics, and the task's stopping rules use them. The
+    answers of ``timeout_s`` count; the rest are late.
+    """
+
+    every_rounds: int = Field(default=1, ge=1, le=MAX_ROUNDS)
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
+    timeout_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
+
+
 class TaskSpec(_Frozen):
-    """What a federated task trains, on what, and when it stops."""
+    """What a federated task trains, on what, and when it stops.
+
+    The model is a built-in (``model_architecture``, whose shapes follow from ``dataset``) or
+    an uploaded ``initial_model`` (then neither is set: the services never run a user's model,
+    so a task on one has no central data and is judged by federated evaluation alone).
+    """
 
     task_name: Name
-    model_architecture: ModelArchitecture = ModelArchitecture.MLP
-    dataset: DatasetName = "digits"
+    model_architecture: ModelArchitecture | None = ModelArchitecture.MLP
+    # The built-in data set: the simulator's devices train on its partitions and the
+    # coordinator evaluates centrally on its test split. None: devices bring their own data.
+    dataset: DatasetName | None = "digits"
+    initial_model: InitialModel | None = None
+    # None: no federated evaluation (older specs have none); central evaluation only.
+    federated_evaluation: FederatedEvaluationSpec | None = None
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
     devices_per_round: int = Field(default=10, ge=1, le=MAX_DEVICES_PER_ROUND)
     min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
@@ -530,6 +567,42 @@ class TaskSpec(_Frozen):
     privacy: PrivacySpec | None = None
     # None: updates travel in the clear to the aggregator (older specs have none).
     secure_aggregation: SecureAggregationSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _uploaded_model_defaults(cls, data: object) -> object:
+        """A spec naming an uploaded model has no built-in model or data set unless it says
+        so (and then it is refused below), rather than the built-ins' defaults."""
+        if isinstance(data, dict) and data.get("initial_model") is not None:
+            data = {"model_architecture": None, "dataset": None, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_model(self) -> TaskSpec:
+        if self.initial_model is not None:
+            if self.model_architecture is not None or self.dataset is not None:
+                raise ValueError(
+                    "a task on an uploaded initial_model names no model_architecture and no "
+                    "dataset: the services never run a user's model, so it has no central data "
+                    "(judge it with federated_evaluation)"
+                )
+        elif self.model_architecture is None or self.dataset is None:
+            raise ValueError(
+                "a task needs a model: a built-in model_architecture with its dataset, or an "
+                "uploaded initial_model"
+            )
+        if self.dataset is None and self.federated_evaluation is None:
+            if self.target_accuracy is not None or self.patience is not None:
+                raise ValueError(
+                    "target_accuracy and patience need an accuracy: this task has no central "
+                    "data, so give it federated_evaluation"
+                )
+        return self
+
+    @property
+    def evaluated_by_devices(self) -> bool:
+        """Whether the task's metrics (and its stopping rules) are federated evaluation's."""
+        return self.federated_evaluation is not None
 
     @model_validator(mode="after")
     def _check_devices(self) -> TaskSpec:
@@ -719,6 +792,18 @@ class TaskCreateRequested(Envelope):
     issued_by: Name
 
 
+class ModelUploaded(Envelope):
+    """An initial model uploaded through the gateway (already checked there: a safetensors
+    file of finite F32 tensors, ``fedcommon.model_files``), for the coordinator to keep."""
+
+    type: Literal["model.uploaded"] = "model.uploaded"
+    model_id: UUID
+    sha256: Sha256Hex
+    data: bytes
+    name: Name
+    uploaded_by: Name
+
+
 class TaskStartRequested(Envelope):
     type: Literal["task.start_requested"] = "task.start_requested"
     task_id: UUID
@@ -760,8 +845,10 @@ class TrainRequested(Envelope):
     model_version: Int32
     model_sha256: Sha256Hex
     deadline: AwareDatetime
-    model_architecture: ModelArchitecture
-    dataset: DatasetName
+    # The task's built-in model and data set; None for a task on an uploaded model (a device
+    # running its own code may ignore both).
+    model_architecture: ModelArchitecture | None
+    dataset: DatasetName | None
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
     local_epochs: int = Field(ge=1, le=MAX_LOCAL_EPOCHS)
     batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
@@ -774,6 +861,24 @@ class TrainRequested(Envelope):
     # Set for a round with secure aggregation: the device masks its update (SecAgg+) and
     # sends it over fed.secagg, in four stages, instead of update.submitted.
     secure_aggregation: SecAggAssignment | None = None
+
+
+class EvaluateRequested(Envelope):
+    """Evaluate global model version ``model_version`` on the device's own held-out data and
+    answer with ``evaluation.submitted`` (fed.evaluations) by ``deadline``."""
+
+    type: Literal["evaluate.requested"] = "evaluate.requested"
+    task_id: UUID
+    evaluation_id: UUID
+    device_id: DeviceId
+    round_number: PositiveInt32
+    model_version: Int32
+    model_sha256: Sha256Hex
+    deadline: AwareDatetime
+    model_architecture: ModelArchitecture | None
+    dataset: DatasetName | None
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
+    seed: Seed
 
 
 class ModelPublished(Envelope):
@@ -846,6 +951,35 @@ class UpdateDeclined(Envelope):
     model_version: Int32
     reason: DeclineReason
     signature: Signature
+
+
+# A metric's value: bounded, so that an example-weighted mean over a fleet stays finite.
+MetricValue = Annotated[float, Field(ge=-MAX_SETTING, le=MAX_SETTING)]
+
+
+class EvaluationSubmitted(Envelope):
+    """A device's evaluation of a global model version on its own held-out data, signed over
+    ``signing.evaluation_payload``. ``metrics`` are the user's (``accuracy`` drives the
+    task's stopping rules); each is weighted by ``num_examples`` across the devices."""
+
+    type: Literal["evaluation.submitted"] = "evaluation.submitted"
+    task_id: UUID
+    evaluation_id: UUID
+    device_id: DeviceId
+    round_number: PositiveInt32
+    model_version: Int32
+    num_examples: ExampleCount
+    loss: MetricValue
+    metrics: dict[MetricName, MetricValue] = Field(default_factory=dict, max_length=MAX_METRICS)
+    signature: Signature
+
+    @field_validator("metrics")
+    @classmethod
+    def _accuracy_is_a_share(cls, metrics: dict[str, float]) -> dict[str, float]:
+        accuracy = metrics.get("accuracy")
+        if accuracy is not None and not 0 <= accuracy <= 1:
+            raise ValueError("metrics.accuracy must lie in [0, 1]")
+        return metrics
 
 
 class SecAggSubmitted(Envelope):
@@ -1001,12 +1135,30 @@ class RoundStarted(Envelope):
 
 
 class RoundCompleted(Envelope):
+    """A round's result applied as a new version; its central accuracy and loss, None for a
+    task with no central data (its federated evaluation follows as round.evaluated)."""
+
     type: Literal["round.completed"] = "round.completed"
     task_id: UUID
     round_number: PositiveInt32
     model_version: Int32
-    accuracy: float
-    loss: float
+    accuracy: float | None
+    loss: float | None
+
+
+class RoundEvaluated(Envelope):
+    """A version's federated evaluation is over: the example-weighted means of what the
+    devices answered in time (none answered: ``devices`` is 0 and the metrics are None)."""
+
+    type: Literal["round.evaluated"] = "round.evaluated"
+    task_id: UUID
+    evaluation_id: UUID
+    round_number: PositiveInt32
+    model_version: Int32
+    devices: int = Field(ge=0, le=MAX_DEVICES_PER_ROUND)
+    num_examples: int = Field(ge=0)
+    loss: float | None
+    accuracy: float | None
 
 
 class PrivacyBudgetExhausted(Envelope):
@@ -1033,16 +1185,19 @@ AnyMessage = Annotated[
     | EnrolmentTokenIssued
     | EnrolmentTokenRevoked
     | TaskCreateRequested
+    | ModelUploaded
     | TaskStartRequested
     | TaskPauseRequested
     | TaskResumeRequested
     | TaskCancelRequested
     | CleanupRequested
     | TrainRequested
+    | EvaluateRequested
     | ModelPublished
     | RoundOpened
     | UpdateSubmitted
     | UpdateDeclined
+    | EvaluationSubmitted
     | SecAggSubmitted
     | SecAggDelivered
     | RoundAggregated
@@ -1055,6 +1210,7 @@ AnyMessage = Annotated[
     | TaskStateChanged
     | RoundStarted
     | RoundCompleted
+    | RoundEvaluated
     | DeviceStatusChanged,
     Field(discriminator="type"),
 ]
@@ -1067,16 +1223,19 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     EnrolmentTokenIssued,
     EnrolmentTokenRevoked,
     TaskCreateRequested,
+    ModelUploaded,
     TaskStartRequested,
     TaskPauseRequested,
     TaskResumeRequested,
     TaskCancelRequested,
     CleanupRequested,
     TrainRequested,
+    EvaluateRequested,
     ModelPublished,
     RoundOpened,
     UpdateSubmitted,
     UpdateDeclined,
+    EvaluationSubmitted,
     SecAggSubmitted,
     SecAggDelivered,
     RoundAggregated,
@@ -1089,5 +1248,6 @@ ALL_MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     TaskStateChanged,
     RoundStarted,
     RoundCompleted,
+    RoundEvaluated,
     DeviceStatusChanged,
 )
