@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 
 from fedcommon import arrays, codec, models, signing
-from fedcommon.messages.v1 import ModelArchitecture, TrainRequested, UpdateSubmitted
+from fedcommon.errors import ProtocolViolation
+from fedcommon.messages.v1 import (
+    EvaluateRequested,
+    EvaluationSubmitted,
+    ModelArchitecture,
+    TrainRequested,
+    UpdateSubmitted,
+)
 from feddevice import answer
-from feddevice.client import FitResult
+from feddevice.client import EvaluateResult, FitResult
 from feddevice.state import load_or_create_identity
 
 
@@ -129,3 +136,149 @@ def test_complex_tensors_are_refused(model: answer.GlobalModel) -> None:
     parameters = {**model.parameters, "net.1.bias": np.zeros(64, np.complex64)}
     with pytest.raises(answer.FitRefused, match="not real numbers"):
         answer.delta_of(model, FitResult(parameters, 5))
+
+
+def _evaluate_request(
+    device_id: str, *, architecture: ModelArchitecture | None = ModelArchitecture.MLP
+) -> EvaluateRequested:
+    return EvaluateRequested(
+        producer="coordinator",
+        task_id=uuid4(),
+        evaluation_id=uuid4(),
+        device_id=device_id,
+        round_number=4,
+        model_version=4,
+        model_sha256="0" * 64,
+        deadline=datetime.now(UTC) + timedelta(seconds=30),
+        model_architecture=architecture,
+        dataset="digits" if architecture is not None else None,
+        batch_size=16,
+        seed=7,
+    )
+
+
+def test_a_good_evaluation_is_signed_by_the_device_over_every_number_it_reports(
+    tmp_path: Path,
+) -> None:
+    identity = load_or_create_identity(tmp_path, "dev-1")
+    request = _evaluate_request("dev-1")
+    result = EvaluateResult(np.float32(0.25), 40, {"accuracy": 0.75, "f1.macro": np.float64(0.5)})
+
+    evaluation = answer.signed_evaluation(request, identity, result)
+
+    decoded = codec.decode(codec.encode(evaluation))
+    assert isinstance(decoded, EvaluationSubmitted)
+    assert decoded.correlation_id == request.message_id
+    assert decoded.evaluation_id == request.evaluation_id and decoded.device_id == "dev-1"
+    assert (decoded.round_number, decoded.model_version) == (4, 4)
+    assert decoded.num_examples == 40 and decoded.loss == 0.25
+    assert decoded.metrics == {"accuracy": 0.75, "f1.macro": 0.5}
+
+    def payload(accuracy: float) -> bytes:
+        return signing.evaluation_payload(
+            task_id=request.task_id,
+            evaluation_id=request.evaluation_id,
+            device_id="dev-1",
+            round_number=4,
+            model_version=4,
+            num_examples=40,
+            loss=0.25,
+            metrics={"f1.macro": 0.5, "accuracy": accuracy},
+        )
+
+    signing.verify(
+        public_key=identity.public_key, signature=decoded.signature, payload=payload(0.75)
+    )
+    with pytest.raises(ProtocolViolation):  # another number: the signature no longer holds
+        signing.verify(
+            public_key=identity.public_key, signature=decoded.signature, payload=payload(0.8)
+        )
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        (EvaluateResult(float("nan"), 10), "loss nan, not finite"),
+        (EvaluateResult(float("inf"), 10), "loss inf, not finite"),
+        (EvaluateResult(2e9, 10), "beyond"),
+        (EvaluateResult("0.1", 10), "loss as str"),  # type: ignore[arg-type]
+        (EvaluateResult(0.1, 10, {"bad name": 0.5}), "a metric named 'bad name'"),
+        (EvaluateResult(0.1, 10, {"": 0.5}), "a metric named ''"),
+        (EvaluateResult(0.1, 10, {"x" * 65: 0.5}), "a metric named"),
+        (EvaluateResult(0.1, 10, {"accuracy": 1.5}), "accuracy 1.5, not in \\[0, 1\\]"),
+        (EvaluateResult(0.1, 10, {"accuracy": -0.1}), "accuracy -0.1"),
+        (EvaluateResult(0.1, 10, {f"m{i}": 0.0 for i in range(17)}), "17 metrics"),
+        (EvaluateResult(0.1, 10, {"auc": float("nan")}), "metric auc nan"),
+        (EvaluateResult(0.1, 10, {"auc": True}), "metric auc as bool"),  # type: ignore[dict-item]
+        (EvaluateResult(0.1, 10, None), "metrics as NoneType"),  # type: ignore[arg-type]
+        (EvaluateResult(0.1, 0), "num_examples 0"),
+        (EvaluateResult(0.1, -3), "num_examples -3"),
+        (EvaluateResult(0.1, 10**9), "num_examples 1000000000"),
+        (EvaluateResult(0.1, 2.0), "not an integer"),  # type: ignore[arg-type]
+        (EvaluateResult(0.1, True), "not an integer"),
+        ((0.1, 10, {}), "a tuple, not an EvaluateResult"),  # Flower's shape
+    ],
+    ids=[
+        "nan-loss",
+        "inf-loss",
+        "huge-loss",
+        "text-loss",
+        "space-in-name",
+        "empty-name",
+        "long-name",
+        "accuracy-1.5",
+        "accuracy-negative",
+        "17-metrics",
+        "nan-metric",
+        "bool-metric",
+        "metrics-none",
+        "no-examples",
+        "negative-examples",
+        "too-many-examples",
+        "float-examples",
+        "bool-examples",
+        "tuple",
+    ],
+)
+def test_an_evaluation_the_wire_cannot_carry_is_refused_saying_why(
+    tmp_path: Path, result: object, reason: str
+) -> None:
+    identity = load_or_create_identity(tmp_path, "dev-1")
+    with pytest.raises(answer.EvaluationRefused, match=reason):
+        answer.signed_evaluation(_evaluate_request("dev-1"), identity, result)
+
+
+def test_sixteen_metrics_and_the_bounds_themselves_are_sent(tmp_path: Path) -> None:
+    identity = load_or_create_identity(tmp_path, "dev-1")
+    metrics = {f"m{i}": -1e9 for i in range(15)} | {"accuracy": 1.0}
+    result = EvaluateResult(1e9, 100_000_000, metrics)
+    evaluation = answer.signed_evaluation(_evaluate_request("dev-1"), identity, result)
+    assert len(evaluation.metrics) == 16 and evaluation.num_examples == 100_000_000
+
+
+def test_the_evaluation_config_names_the_version_and_the_built_ins_where_the_task_has_them() -> (
+    None
+):
+    built_in = answer.config_for_evaluation(_evaluate_request("a"))
+    uploaded = answer.config_for_evaluation(_evaluate_request("a", architecture=None))
+    assert set(built_in) == {
+        "task_id",
+        "round_number",
+        "model_version",
+        "batch_size",
+        "seed",
+        "dataset",
+        "model_architecture",
+    }
+    assert built_in["dataset"] == "digits" and built_in["model_architecture"] == "mlp"
+    assert built_in["batch_size"] == 16 and built_in["model_version"] == 4
+    assert set(uploaded) == set(built_in) - {"dataset", "model_architecture"}
+    other = answer.config_for_evaluation(_evaluate_request("b"))
+    assert built_in["seed"] == uploaded["seed"] != other["seed"]
+
+
+def test_a_train_request_on_an_uploaded_model_gives_fit_no_built_in_names() -> None:
+    request = _request("a").model_copy(update={"model_architecture": None, "dataset": None})
+    config = answer.config_for(request)
+    assert "dataset" not in config and "model_architecture" not in config
+    assert config["learning_rate"] == 0.1

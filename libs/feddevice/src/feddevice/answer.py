@@ -1,15 +1,18 @@
-"""From a train request to the signed update a device sends: pure, no I/O.
+"""From a train or evaluate request to the signed answer a device sends: pure, no I/O.
 
-The runtime fetches the model and runs the user's ``fit``; what comes back is checked here as
-the aggregator will check it (every tensor of the model, by name, with its shape, finite), so
-that a mistake in user code is reported on the device, naming the tensor, rather than as a
-bare refusal at the aggregator.
+The runtime fetches the model and runs the user's ``fit`` or ``evaluate``; what comes back is
+checked here as its receiver will check it (every tensor of the model, by name, with its
+shape, finite; an evaluation's loss, example count and metrics within the wire's bounds), so
+that a mistake in user code is reported on the device, naming the tensor or metric, rather
+than as a bare refusal at the aggregator or the coordinator.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import numbers
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,18 +20,27 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from fedcommon import arrays, signing, tensor_order
-from fedcommon.constraints import MAX_SETTING, MAX_TIMEOUT_S
+from fedcommon.constraints import (
+    MAX_EXAMPLES_PER_UPDATE,
+    MAX_METRICS,
+    MAX_SETTING,
+    MAX_TIMEOUT_S,
+    METRIC_NAME_PATTERN,
+)
 from fedcommon.messages.v1 import (
     DeclineReason,
+    EvaluateRequested,
+    EvaluationSubmitted,
     TrainRequested,
     UpdateDeclined,
     UpdateMetrics,
     UpdateSubmitted,
 )
-from feddevice.client import FitResult
+from feddevice.client import EvaluateResult, FitResult
 from feddevice.state import Identity
 
 PRODUCER = "feddevice"
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 
 
 class FitRefused(ValueError):
@@ -37,6 +49,12 @@ class FitRefused(ValueError):
     def __init__(self, detail: str, reason: DeclineReason = DeclineReason.WRONG_TENSORS) -> None:
         super().__init__(detail)
         self.reason = reason
+
+
+class EvaluationRefused(ValueError):
+    """What the user's evaluate returned cannot be sent (the message names the field or
+    metric). No decline exists for an evaluation: the device sends nothing, and the
+    coordinator's deadline counts it out."""
 
 
 class GlobalModel:
@@ -63,6 +81,17 @@ def device_seed(task_seed: int, round_number: int, device_id: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 2
 
 
+def _built_in(request: TrainRequested | EvaluateRequested) -> dict[str, str]:
+    """The task's built-in data set and model names, where it has them (a task on an
+    uploaded model has neither, and its config then carries neither key)."""
+    names: dict[str, str] = {}
+    if request.dataset is not None:
+        names["dataset"] = request.dataset
+    if request.model_architecture is not None:
+        names["model_architecture"] = request.model_architecture.value
+    return names
+
+
 def config_for(request: TrainRequested) -> dict[str, bool | int | float | str]:
     """The config a client's fit receives for ``request``."""
     return {
@@ -74,8 +103,7 @@ def config_for(request: TrainRequested) -> dict[str, bool | int | float | str]:
         "batch_size": request.batch_size,
         "seed": device_seed(request.seed, request.round_number, request.device_id),
         "proximal_mu": request.proximal_mu,
-        "dataset": request.dataset,
-        "model_architecture": request.model_architecture.value,
+        **_built_in(request),
         **(
             {}
             if request.local_dp is None
@@ -86,6 +114,21 @@ def config_for(request: TrainRequested) -> dict[str, bool | int | float | str]:
                 "local_dp.max_grad_norm": request.local_dp.max_grad_norm,
             }
         ),
+    }
+
+
+def config_for_evaluation(request: EvaluateRequested) -> dict[str, bool | int | float | str]:
+    """The config a client's evaluate receives for ``request``: ``task_id``,
+    ``round_number`` and ``model_version`` (which version of which task it scores),
+    ``batch_size``, ``seed`` (this device's, as for training in that round) and, where the
+    task has them, ``dataset`` and ``model_architecture``."""
+    return {
+        "task_id": str(request.task_id),
+        "round_number": request.round_number,
+        "model_version": request.model_version,
+        "batch_size": request.batch_size,
+        "seed": device_seed(request.seed, request.round_number, request.device_id),
+        **_built_in(request),
     }
 
 
@@ -212,4 +255,94 @@ def signed_decline(
                 reason=reason.value,
             )
         ),
+    )
+
+
+def _bounded_number(value: object, what: str) -> float:
+    """``value`` as a float, if it is a real number (not a bool), finite and within the wire's
+    bound; EvaluationRefused naming ``what`` otherwise."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise EvaluationRefused(f"evaluate returned {what} as {type(value).__name__}, not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise EvaluationRefused(f"evaluate returned {what} {number}, not finite")
+    if abs(number) > MAX_SETTING:
+        raise EvaluationRefused(f"evaluate returned {what} {number:g}, beyond ±{MAX_SETTING:g}")
+    return number
+
+
+def evaluation_of(result: object) -> EvaluateResult:
+    """``result`` as the wire can carry it (plain float loss and metrics, int count), or
+    EvaluationRefused naming what the coordinator would refuse: a loss or metric that is not
+    a finite number within ±1e9, an example count outside 1..1e8, more than 16 metrics, a
+    metric name outside ``[A-Za-z0-9_.-]{1,64}``, an ``accuracy`` outside [0, 1]."""
+    if not isinstance(result, EvaluateResult):
+        raise EvaluationRefused(
+            f"evaluate returned a {type(result).__name__}, not an EvaluateResult"
+        )
+    loss = _bounded_number(result.loss, "loss")
+    examples = result.num_examples
+    if isinstance(examples, bool | np.bool_) or not isinstance(examples, numbers.Integral):
+        raise EvaluationRefused("evaluate returned num_examples that is not an integer")
+    if not 1 <= int(examples) <= MAX_EXAMPLES_PER_UPDATE:
+        raise EvaluationRefused(
+            f"evaluate returned num_examples {examples}, not 1..{MAX_EXAMPLES_PER_UPDATE}"
+        )
+    if not isinstance(result.metrics, Mapping):
+        raise EvaluationRefused(
+            f"evaluate returned metrics as {type(result.metrics).__name__}, not a mapping"
+        )
+    if len(result.metrics) > MAX_METRICS:
+        raise EvaluationRefused(
+            f"evaluate returned {len(result.metrics)} metrics, at most {MAX_METRICS} are sent"
+        )
+    metrics: dict[str, float] = {}
+    for name, value in result.metrics.items():
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+            raise EvaluationRefused(
+                f"evaluate returned a metric named {str(name)[:70]!r}: names are 1 to 64 of "
+                "A-Z a-z 0-9 _ . -"
+            )
+        metrics[name] = _bounded_number(value, f"metric {name}")
+    accuracy = metrics.get("accuracy")
+    if accuracy is not None and not 0.0 <= accuracy <= 1.0:
+        raise EvaluationRefused(f"evaluate returned accuracy {accuracy:g}, not in [0, 1]")
+    return EvaluateResult(loss=loss, num_examples=int(examples), metrics=metrics)
+
+
+def signed_evaluation(
+    request: EvaluateRequested,
+    identity: Identity,
+    result: object,
+    *,
+    producer: str = PRODUCER,
+) -> EvaluationSubmitted:
+    """The evaluation.submitted answering ``request``, signed with the device's key over
+    ``signing.evaluation_payload``; EvaluationRefused when ``result`` (what the user's
+    evaluate returned) cannot be sent (:func:`evaluation_of`)."""
+    checked = evaluation_of(result)
+    metrics = dict(checked.metrics)
+    payload = signing.evaluation_payload(
+        task_id=request.task_id,
+        evaluation_id=request.evaluation_id,
+        device_id=identity.device_id,
+        round_number=request.round_number,
+        model_version=request.model_version,
+        num_examples=checked.num_examples,
+        loss=checked.loss,
+        metrics=metrics,
+    )
+    return EvaluationSubmitted(
+        producer=producer,
+        round_id=request.round_id,
+        correlation_id=request.message_id,
+        task_id=request.task_id,
+        evaluation_id=request.evaluation_id,
+        device_id=identity.device_id,
+        round_number=request.round_number,
+        model_version=request.model_version,
+        num_examples=checked.num_examples,
+        loss=checked.loss,
+        metrics=metrics,
+        signature=identity.key.sign(payload),
     )

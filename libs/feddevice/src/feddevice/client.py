@@ -33,7 +33,11 @@ class FitResult:
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """What evaluating the global model on the device's own held-out data returns."""
+    """What evaluating the global model on the device's own held-out data returns: the mean
+    loss, the number of examples scored (each device's weight in the fleet's mean), and at
+    most 16 metrics named by ``[A-Za-z0-9_.-]{1,64}`` (``accuracy``, a share in [0, 1], is
+    the one a task's stopping rules read). Every number must be finite and within ±1e9; a
+    result that is not is logged on the device and not sent."""
 
     loss: float
     num_examples: int
@@ -43,13 +47,19 @@ class EvaluateResult:
 class Client(Protocol):
     """What a device runs. Both methods are called in a worker thread, one call at a time.
 
-    ``config`` carries the task's settings for this round: ``learning_rate``, ``local_epochs``,
-    ``batch_size``, ``seed`` (this device's seed for the round), ``proximal_mu``,
-    ``round_number``, ``model_version``, ``task_id``, ``dataset`` and ``model_architecture``
-    (the task's names; a client may ignore them); for a device whose privacy level asks for
-    local DP, ``local_dp.noise_multiplier``, ``local_dp.sample_rate``, ``local_dp.steps`` and
-    ``local_dp.max_grad_norm``, which only a client with ``supports_local_dp = True`` is given
-    (feddevice.array_client runs DP-SGD at exactly those settings).
+    ``fit``'s ``config`` carries the task's settings for this round: ``learning_rate``,
+    ``local_epochs``, ``batch_size``, ``seed`` (this device's seed for the round),
+    ``proximal_mu``, ``round_number``, ``model_version``, ``task_id``, ``dataset`` and
+    ``model_architecture`` (the task's names, where it has built-in ones; a client may ignore
+    them); for a device whose privacy level asks for local DP, ``local_dp.noise_multiplier``,
+    ``local_dp.sample_rate``, ``local_dp.steps`` and ``local_dp.max_grad_norm``, which only a
+    client with ``supports_local_dp = True`` is given (feddevice.array_client runs DP-SGD at
+    exactly those settings).
+
+    ``evaluate``'s ``config`` carries ``task_id``, ``round_number``, ``model_version``,
+    ``batch_size``, ``seed``, and ``dataset`` and ``model_architecture`` where the task has
+    built-in ones (a task on an uploaded model has neither). A client without held-out data
+    raises ``ValueError``: the device then sends no evaluation.
     """
 
     def fit(self, parameters: Parameters, config: Config) -> FitResult: ...

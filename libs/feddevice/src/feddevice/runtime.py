@@ -1,15 +1,17 @@
-"""The device runtime's shell: identity, enrolment, heartbeats, train requests, updates.
+"""The device runtime's shell: identity, enrolment, heartbeats, train and evaluate requests.
 
 One device per process. It reads only its own partition of fed.device.commands (commands are
 keyed by device id, so a device's all land in one partition: no consumer-group join, and a
 device reads a fraction of the topic), checks that each command is signed by the service that
 may send it (the coordinator's and aggregator's keys come with the enrolment token), and
-answers a train request with the update its user code trained, signed with its own key.
+answers a train request with the update its user code trained, and an evaluate request with
+the evaluation its user code made, each signed with its own key.
 
-Restart safety: the update is kept on disk (feddevice.state.SentResults) before it is sent,
+Restart safety: the answer is kept on disk (feddevice.state.SentResults) before it is sent,
 and the request's offset is committed after; a request redelivered after a crash is answered
-with the same record (same message id), which the aggregator counts once. Outages: the broker
-and the gateway are retried with backoff; a heartbeat lost in an outage is simply the next one.
+with the same record (same message id), which the aggregator (or the coordinator) counts once.
+Outages: the broker and the gateway are retried with backoff; a heartbeat lost in an outage is
+simply the next one.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from fedcommon.messages.v1 import (
     DeviceEnrolled,
     DeviceType,
     Envelope,
+    EvaluateRequested,
     HeartbeatSent,
     NetworkKind,
     PrivacyLevel,
@@ -151,8 +154,8 @@ class DeviceRuntime:
         )
         self._sequence = 0
         self.commands = topics.topic_name(config.kafka.topic_prefix, topics.DEVICE_COMMANDS)
-        # User code runs on a thread of its own, one call at a time (a hung fit holds it, and
-        # later requests are declined rather than piling up threads).
+        # User code runs on a thread of its own, one call (fit or evaluate) at a time (a hung
+        # call holds it, and later requests are declined rather than piling up threads).
         self._fit_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="feddevice-fit"
         )
@@ -292,6 +295,25 @@ class DeviceRuntime:
                 message.task_id,
                 outcome,
             )
+            return
+        if isinstance(message, EvaluateRequested) and message.device_id == self.device_id:
+            # Signed by the coordinator, like a train request (the trust matrix says only it
+            # may send either; checked above).
+            logger.info(
+                "device %s: asked to evaluate model v%d of task %s (evaluation %s)",
+                self.device_id,
+                message.model_version,
+                message.task_id,
+                message.evaluation_id,
+            )
+            outcome = await self.evaluate(message)
+            logger.info(
+                "device %s: evaluation %s of task %s: %s",
+                self.device_id,
+                message.evaluation_id,
+                message.task_id,
+                outcome,
+            )
 
     async def train(self, request: TrainRequested) -> str:
         """Answer one train request; return what happened, in words."""
@@ -321,11 +343,12 @@ class DeviceRuntime:
             logger.error("device %s: no model: %s", self.device_id, exc)
             return await self.decline(request, DeclineReason.NO_MODEL, f"failed: {exc}")
         if self._fitting is not None and not self._fitting.done():
-            # The last fit never returned (its thread cannot be stopped): one at a time.
+            # The last fit (or evaluate) never returned (its thread cannot be stopped): one
+            # at a time.
             return await self.decline(
                 request,
                 DeclineReason.FIT_TIMEOUT,
-                "failed: the previous fit has still not returned",
+                "failed: the previous fit or evaluate has still not returned",
             )
         began = time.perf_counter()
         # Give up on fit a little before the deadline, so that the decline still counts.
@@ -399,6 +422,75 @@ class DeviceRuntime:
         ):
             return "failed: the broker was unreachable until the deadline"
         return f"sent an update of {result.num_examples} examples"
+
+    async def evaluate(self, request: EvaluateRequested) -> str:
+        """Answer one evaluate request; return what happened, in words.
+
+        Whatever goes wrong (no model, evaluate raising, hanging past the deadline, or
+        returning what the wire cannot carry) sends nothing: there is no decline for an
+        evaluation, and the coordinator counts only the answers that came in time.
+        """
+        kept = self.sent.get(request.evaluation_id)
+        if kept is not None:
+            # Answered before a restart: the same record again (the coordinator keeps one
+            # answer per evaluation and device).
+            sent = await self._send(topics.EVALUATIONS, str(request.task_id), kept, until=None)
+            return "resent the evaluation kept on disk" if sent else "resend failed"
+        if datetime.now(UTC) >= request.deadline:
+            return "skipped: past its deadline"
+        try:
+            data = await self.fetcher.fetch(
+                request.task_id, request.model_version, request.model_sha256, until=request.deadline
+            )
+            model = answer.GlobalModel(data)
+        except (FetchRefused, TimeoutError, ValueError, OSError) as exc:
+            logger.error("device %s: no model to evaluate: %s", self.device_id, exc)
+            return f"failed: no model ({exc}); nothing sent"
+        if self._fitting is not None and not self._fitting.done():
+            # A fit or evaluate that never returned holds the one thread user code runs on.
+            return "failed: the previous fit or evaluate has still not returned; nothing sent"
+        # Give up a little before the deadline, so that the answer can still arrive in time.
+        left = (request.deadline - datetime.now(UTC)).total_seconds()
+        left -= min(DECLINE_MARGIN_S, 0.2 * max(left, 0.0))
+        loop = asyncio.get_running_loop()
+        scoring = loop.run_in_executor(
+            self._fit_thread,
+            self.client.evaluate,
+            dict(model.parameters),
+            answer.config_for_evaluation(request),
+        )
+        self._fitting = scoring
+        try:
+            result = await asyncio.wait_for(asyncio.shield(scoring), timeout=max(left, 0.0))
+        except TimeoutError:
+            scoring.add_done_callback(_ignore_result)
+            logger.error("device %s: evaluate did not return before the deadline", self.device_id)
+            return "failed: evaluate did not return before the deadline; nothing sent"
+        except ValueError as exc:
+            # What the ready-made clients raise without test data: a device may have none.
+            logger.warning("device %s: evaluate raised ValueError: %s", self.device_id, exc)
+            return f"failed: evaluate raised ValueError: {exc}; nothing sent"
+        except Exception as exc:
+            logger.exception("device %s: evaluate raised", self.device_id)
+            return f"failed: evaluate raised {type(exc).__name__}: {exc}; nothing sent"
+        try:
+            evaluation = answer.signed_evaluation(request, self.identity, result)
+        except answer.EvaluationRefused as exc:
+            logger.error("device %s: %s; nothing sent", self.device_id, exc)
+            return f"failed: {exc}; nothing sent"
+        except Exception as exc:  # whatever else user code handed back: not sent
+            logger.exception("device %s: evaluate's result cannot be sent", self.device_id)
+            return (
+                f"failed: evaluate's result cannot be sent ({type(exc).__name__}: {exc}); "
+                "nothing sent"
+            )
+        value = codec.encode(evaluation)
+        self.sent.put(request.evaluation_id, value)
+        if not await self._send(
+            topics.EVALUATIONS, str(request.task_id), value, until=request.deadline
+        ):
+            return "failed: the broker was unreachable until the deadline"
+        return f"sent an evaluation of {evaluation.num_examples} examples"
 
     async def decline(self, request: TrainRequested, reason: DeclineReason, outcome: str) -> str:
         """Tell the round this device has no update, and why (kept on disk first, like an

@@ -87,7 +87,9 @@ def load_or_create_identity(folder: Path, device_id: str | None = None) -> Ident
 
 
 class SentResults:
-    """The update records this device has sent (or is about to), one file per round try."""
+    """The answers this device has sent (or is about to), one file per round try (by
+    round_id) or evaluation (by evaluation_id: ids of one kind never collide with the other's,
+    both being random UUIDs)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder / "sent"
