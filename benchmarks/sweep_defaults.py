@@ -69,7 +69,9 @@ def run(
                 seed=int(round_number * 100 + client),
             )
             updates.append(WeightedUpdate(result.num_examples, result.delta))
-        apply_delta(global_model, aggregate(updates))
+        models.set_arrays(
+            global_model, apply_delta(models.get_arrays(global_model), aggregate(updates))
+        )
     return evaluate(global_model, "digits").accuracy
 
 

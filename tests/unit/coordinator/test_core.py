@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+from uuid import uuid4
+
 import numpy as np
 import pytest
 
 from fedcommon import lifecycle, models
 from fedcommon.lifecycle import Command
-from fedcommon.messages.v1 import ModelArchitecture, StopReason, TaskSpec, TaskState
+from fedcommon.messages.v1 import (
+    InitialModel,
+    ModelArchitecture,
+    StopReason,
+    TaskSpec,
+    TaskState,
+)
 from fedengine_coordinator.core import evaluation, selection, stopping
 
 
@@ -117,15 +125,15 @@ def test_a_task_ending_names_its_stop_reason_first() -> None:
 
 
 def test_apply_delta_adds_and_rejects_wrong_shapes() -> None:
-    model = evaluation.new_model(ModelArchitecture.MLP, "digits", seed=0)
-    before = models.get_arrays(model)
+    before = models.get_arrays(evaluation.new_model(ModelArchitecture.MLP, "digits", seed=0))
 
-    evaluation.apply_delta(model, [np.ones_like(b) for b in before])
+    after = evaluation.apply_delta(before, [np.ones_like(b) for b in before])
 
-    for after, old in zip(models.get_arrays(model), before, strict=True):
-        np.testing.assert_allclose(after, old + 1)
+    for new, old in zip(after, before, strict=True):
+        np.testing.assert_allclose(new, old + 1)
+        assert new.dtype == np.float32
     with pytest.raises(ValueError, match="shapes"):
-        evaluation.apply_delta(model, [np.ones(3, np.float32)] * len(before))
+        evaluation.apply_delta(before, [np.ones(3, np.float32)] * len(before))
 
 
 def test_evaluation_of_an_untrained_model_is_near_chance() -> None:
@@ -137,9 +145,9 @@ def test_evaluation_of_an_untrained_model_is_near_chance() -> None:
     assert result.loss == pytest.approx(np.log(10), rel=0.2)
 
 
-def test_param_shapes_match_a_built_model() -> None:
-    model = evaluation.new_model(ModelArchitecture.CNN, "digits", seed=3)
+def test_a_task_on_an_uploaded_model_has_no_central_evaluation() -> None:
+    spec = TaskSpec(task_name="t", initial_model=InitialModel(model_id=uuid4(), sha256="ab" * 32))
 
-    shapes = evaluation.param_shapes(ModelArchitecture.CNN, "digits")
-
-    assert shapes == [list(a.shape) for a in models.get_arrays(model)]
+    assert evaluation.evaluate_central(spec, [np.zeros(3, np.float32)]) is None
+    with pytest.raises(ValueError, match="no built-in model"):
+        evaluation.built_in(spec, seed=0)

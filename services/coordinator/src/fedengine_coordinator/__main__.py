@@ -11,7 +11,7 @@ SPEC = service.ServiceSpec(
     schema=store.SCHEMA,
     migrations_package="fedengine_coordinator",
     group_id="coordinator",
-    topic_bases=(topics.TASKS, topics.ROUNDS, topics.PRIVACY),
+    topic_bases=(topics.TASKS, topics.ROUNDS, topics.PRIVACY, topics.EVALUATIONS),
 )
 
 

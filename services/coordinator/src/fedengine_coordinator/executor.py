@@ -17,7 +17,7 @@ import numpy as np
 import psycopg
 from prometheus_client import Counter, Histogram
 
-from fedcommon import arrays, models, outbox
+from fedcommon import arrays, model_files, models, outbox
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import TaskSpec
 from fedcommon.settings import KafkaSettings
@@ -28,20 +28,32 @@ from fedengine_coordinator.core.effects import (
     ApplyResult,
     ApproveRound,
     BuildInitialModel,
+    CloseEvaluation,
     CloseRound,
     CompleteRound,
     Effect,
     Emit,
     Ignored,
+    InsertEvaluation,
     InsertRound,
     InsertTask,
     LogEvent,
+    OpenEvaluation,
     OpenRound,
+    RecordEvaluationResult,
     SetTaskState,
     SetWaiting,
     StepServerOptimizer,
+    TallyEvaluation,
 )
-from fedengine_coordinator.core.events import DevicesOffered, Event, ModelApplied, ModelBuilt
+from fedengine_coordinator.core.events import (
+    DevicesOffered,
+    EvaluationOffered,
+    EvaluationTallied,
+    Event,
+    ModelApplied,
+    ModelBuilt,
+)
 from fedengine_coordinator.core.state import State
 
 logger = logging.getLogger(__name__)
@@ -143,6 +155,51 @@ class Executor:
                 return await _apply(conn, effect)
             case OpenRound():
                 return await _offer(conn, effect)
+            case InsertEvaluation(evaluation=evaluation):
+                await store.insert_evaluation(conn, evaluation)
+                logger.info(
+                    "task %s: %d devices asked to evaluate version %d",
+                    evaluation.task_id,
+                    len(evaluation.devices),
+                    evaluation.model_version,
+                )
+            case RecordEvaluationResult():
+                await store.record_evaluation_result(
+                    conn,
+                    evaluation_id=effect.evaluation_id,
+                    device_id=effect.device_id,
+                    num_examples=effect.num_examples,
+                    loss=effect.loss,
+                    metrics=effect.metrics,
+                )
+            case CloseEvaluation():
+                await store.close_evaluation(
+                    conn,
+                    evaluation_id=effect.evaluation_id,
+                    task_id=effect.task_id,
+                    round_number=effect.round_number,
+                    status=effect.status,
+                    answered=effect.answered,
+                    num_examples=effect.num_examples,
+                    loss=effect.loss,
+                    accuracy=effect.accuracy,
+                    metrics=effect.metrics,
+                )
+                logger.info(
+                    "evaluation %s %s: %d answered, accuracy %s",
+                    effect.evaluation_id,
+                    effect.status,
+                    effect.answered,
+                    "none" if effect.accuracy is None else f"{effect.accuracy:.4f}",
+                )
+            case OpenEvaluation():
+                return await _offer_evaluation(conn, effect)
+            case TallyEvaluation(evaluation=evaluation, final=final):
+                return EvaluationTallied(
+                    results=await store.evaluation_results(conn, evaluation.evaluation_id),
+                    history=tuple(await store.accuracies(conn, evaluation.task_id, federated=True)),
+                    final=final,
+                )
             case Ignored(why=why):
                 logger.info("ignored: %s", why)
         return None
@@ -168,18 +225,35 @@ async def _complete(conn: psycopg.AsyncConnection, effect: CompleteRound) -> Non
     BYTES_DOWN.inc(effect.bytes_down)
     ROUND_LATENCY.observe(max(0.0, effect.duration_s))
     logger.info(
-        "round %s applied as version %d: accuracy %.4f loss %.4f",
+        "round %s applied as version %d: central accuracy %s",
         effect.round_id,
         effect.model_version_out,
-        effect.accuracy,
-        effect.loss,
+        "none (no central data)" if effect.accuracy is None else f"{effect.accuracy:.4f}",
     )
 
 
 async def _build(conn: psycopg.AsyncConnection, effect: BuildInitialModel) -> ModelBuilt:
+    """Store version 0: the built-in model built from the task's seed, or a copy of the
+    uploaded model the task names (its tensor order written into the file).
+
+    Raises
+    ------
+    LookupError
+        The uploaded model was never stored.
+    ValueError
+        Its sha256 is not the one the task names, or the file is not a model.
+    """
     spec = effect.spec
-    model = evaluation.new_model(spec.model_architecture, spec.dataset, seed=spec.seed)
-    data = models.to_safetensors(model)
+    if spec.initial_model is not None:
+        uploaded_sha, uploaded = await store.get_uploaded_model(conn, spec.initial_model.model_id)
+        if uploaded_sha != spec.initial_model.sha256:
+            raise ValueError(
+                f"initial model {spec.initial_model.model_id} has sha256 {uploaded_sha}, not "
+                f"the {spec.initial_model.sha256} the task names"
+            )
+        data = model_files.write(*model_files.read(uploaded))
+    else:
+        data = models.to_safetensors(evaluation.built_in(spec, seed=spec.seed))
     digest = models.sha256_hex(data)
     await store.insert_model(
         conn, task_id=effect.task_id, version=0, sha256=digest, data=data, round_number=None
@@ -205,9 +279,9 @@ async def _apply(
     spec = task.spec
     _, data = await store.get_model(conn, task.task_id, round_.model_version_in)
     delta = arrays.from_bytes(result.delta)  # InvalidMessage when malformed
-    if arrays.shapes_of(delta) != evaluation.param_shapes(
-        spec.model_architecture, spec.dataset
-    ) or not all(np.isfinite(a).all() for a in delta):
+    if arrays.shapes_of(delta) != model_files.shapes(data) or not all(
+        np.isfinite(a).all() for a in delta
+    ):
         raise ProtocolViolation("round result's delta does not fit the model or is not finite")
     optimizer = None
     state_in: bytes | None = None
@@ -224,20 +298,20 @@ async def _apply(
                 f"{spec.strategy.name} state"
             )
 
-    def apply_and_evaluate() -> tuple[bytes, bytes | None, evaluation.Evaluation]:
-        model = models.load_into(
-            evaluation.new_model(spec.model_architecture, spec.dataset, seed=spec.seed), data
-        )
+    def apply_and_evaluate() -> tuple[bytes, bytes | None, evaluation.Evaluation | None]:
+        # Named tensors only: the model's code is needed just for central evaluation, which a
+        # task on an uploaded model (no central data) does not have.
+        names, current = model_files.read(data)
         state_out = None
         if optimizer is not None:
-            step = strategy.server_step(optimizer, models.get_arrays(model), delta, state_in)
-            models.set_arrays(model, step.model)
-            state_out = step.state
+            step = strategy.server_step(optimizer, current, delta, state_in)
+            updated, state_out = step.model, step.state
         else:
-            model = evaluation.apply_delta(model, delta)
-        return models.to_safetensors(model), state_out, evaluation.evaluate(model, spec.dataset)
+            updated = evaluation.apply_delta(current, delta)
+        scores = evaluation.evaluate_central(spec, updated)
+        return model_files.write(names, updated), state_out, scores
 
-    history = await store.accuracies(conn, task.task_id)
+    history = await store.accuracies(conn, task.task_id, federated=spec.evaluated_by_devices)
     new_data, state_out, scores = await asyncio.to_thread(apply_and_evaluate)
     version = round_.model_version_in + 1
     digest = models.sha256_hex(new_data)
@@ -256,8 +330,8 @@ async def _apply(
         sha256=digest,
         size_bytes=len(new_data),
         model_in_size=len(data),
-        accuracy=scores.accuracy,
-        loss=scores.loss,
+        accuracy=None if scores is None else scores.accuracy,
+        loss=None if scores is None else scores.loss,
         history=tuple(history),
         now=datetime.now(UTC),
     )
@@ -267,6 +341,7 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
     task = effect.task
     spec = task.spec
     candidates = await store.online_candidates(conn)
+    digest, data = await store.get_model(conn, task.task_id, task.model_version)
     return DevicesOffered(
         round_number=effect.round_number,
         candidates=candidates,
@@ -275,8 +350,8 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
         asks=await store.asks(conn, task.task_id),
         local_dp=await local_privacy.settings_for(spec, (c.privacy_level for c in candidates)),
         attempt=await store.next_attempt(conn, task.task_id, effect.round_number),
-        model_sha256=await store.get_model_digest(conn, task.task_id, task.model_version),
-        param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),
+        model_sha256=digest,
+        param_shapes=model_files.shapes(data),
         round_id=uuid4(),
         now=datetime.now(UTC),
         # Only a DP task's draw uses it; from the OS's entropy, never stored (core/spend.py).
@@ -284,6 +359,22 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
         # Only a secure task's try uses it: its SecAgg+ graph, never predictable from anything
         # public (core/secure_aggregation.py). A DP try draws its own when approved.
         graph_seed=draw_graph_seed(spec) if spec.privacy is None else None,
+    )
+
+
+async def _offer_evaluation(
+    conn: psycopg.AsyncConnection, effect: OpenEvaluation
+) -> EvaluationOffered:
+    task = effect.task
+    return EvaluationOffered(
+        round_number=effect.round_number,
+        model_version=effect.model_version,
+        candidates=await store.online_candidates(conn),
+        busy=frozenset(await store.busy_devices(conn)),
+        model_sha256=await store.get_model_digest(conn, task.task_id, effect.model_version),
+        evaluation_id=uuid4(),
+        now=datetime.now(UTC),
+        history=tuple(await store.accuracies(conn, task.task_id, federated=True)),
     )
 
 

@@ -8,6 +8,7 @@ the executor store it and write its follow-up messages to the outbox.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,14 +18,16 @@ import psycopg
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
-from fedcommon import background, db, lifecycle
-from fedcommon.errors import ProtocolViolation
+from fedcommon import background, db, lifecycle, model_files
+from fedcommon.errors import InvalidMessage, ProtocolViolation
 from fedcommon.failures import Failure, classify, describe
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     AnyMessage,
     CleanupRequested,
+    EvaluationSubmitted,
     LocalDpAssigned,
+    ModelUploaded,
     PrivacySpendApproved,
     PrivacySpendRefused,
     PrivacySpendRequested,
@@ -39,11 +42,12 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_coordinator import local_privacy, store
-from fedengine_coordinator.core import evaluation
 from fedengine_coordinator.core.events import (
     CommandReceived,
     CreateReceived,
     ErrorRaised,
+    EvaluationDue,
+    EvaluationReceived,
     Event,
     FailureReceived,
     FailureSource,
@@ -72,11 +76,15 @@ _COMMANDS: dict[type, Command] = {
 
 
 async def _task_state(conn: psycopg.AsyncConnection, task_id: UUID) -> State:
-    """Lock the task; the round in play is its open round."""
+    """Lock the task, then its open evaluation; the round in play is its open round."""
     task = await store.lock_task(conn, task_id)
     if task is None:
         return State(None)
-    return State(task, await store.open_round_of(conn, task_id))
+    return State(
+        task,
+        await store.open_round_of(conn, task_id),
+        await store.lock_open_evaluation(conn, task_id),
+    )
 
 
 async def _round_state(conn: psycopg.AsyncConnection, round_id: UUID) -> State:
@@ -105,15 +113,50 @@ async def _approved(
         return SpendApproved(approval, {}, "", [], datetime.now(UTC))
     spec = task.spec
     levels = await store.privacy_levels(conn, list(round_.participants))
+    digest, data = await store.get_model(conn, task.task_id, round_.model_version_in)
     return SpendApproved(
         approval,
         public_keys=await store.public_keys(conn, list(round_.participants)),
-        model_sha256=await store.get_model_digest(conn, task.task_id, round_.model_version_in),
-        param_shapes=evaluation.param_shapes(spec.model_architecture, spec.dataset),
+        model_sha256=digest,
+        param_shapes=model_files.shapes(data),
         now=datetime.now(UTC),
         privacy_levels=levels,
         local_dp=await local_privacy.settings_for(spec, levels.values()),
         graph_seed=draw_graph_seed(spec),
+    )
+
+
+async def _keep_upload(conn: psycopg.AsyncConnection, message: ModelUploaded) -> None:
+    """Keep an uploaded model, checked again here: whoever can write to fed.tasks as the
+    gateway could send anything.
+
+    Raises
+    ------
+    InvalidMessage
+        The bytes are not a model (BadModelFile) or not their stated sha256.
+    """
+    try:
+        tensors = model_files.inspect(message.data)
+    except model_files.BadModelFile as exc:
+        raise InvalidMessage(f"model.uploaded {message.model_id}: {exc}") from exc
+    if hashlib.sha256(message.data).hexdigest() != message.sha256:
+        raise InvalidMessage(f"model.uploaded {message.model_id}: sha256 does not match")
+    stored = await store.insert_uploaded_model(
+        conn,
+        model_id=message.model_id,
+        sha256=message.sha256,
+        data=message.data,
+        tensors=[t.as_json() for t in tensors],
+        name=message.name,
+        uploaded_by=message.uploaded_by,
+    )
+    logger.info(
+        "uploaded model %s (%d tensors, %d bytes) by %s%s",
+        message.model_id,
+        len(tensors),
+        len(message.data),
+        message.uploaded_by,
+        "" if stored else ": already kept",
     )
 
 
@@ -176,6 +219,19 @@ class Coordinator:
             case PrivacySpendRefused(round_id=round_id) if round_id is not None:
                 state = await _awaiting_state(conn, round_id)
                 event = SpendRefused(message)
+            case EvaluationSubmitted():
+                task_id = await store.task_of_evaluation(conn, message.evaluation_id)
+                if task_id is None:
+                    logger.info("evaluation for unknown evaluation %s", message.evaluation_id)
+                    return
+                state = await _task_state(conn, task_id)
+                keys = await store.public_keys(conn, [message.device_id])
+                event = EvaluationReceived(
+                    message, keys.get(message.device_id), now=datetime.now(UTC)
+                )
+            case ModelUploaded():
+                await _keep_upload(conn, message)
+                return
             case PrivacySpendRequested() | LocalDpAssigned():
                 return  # our own messages, on the topic we share with the privacy service
             case CleanupRequested():
@@ -201,7 +257,11 @@ class Coordinator:
                 return False
             if message_id is not None:
                 await db.mark_processed(conn, schema=store.SCHEMA, message_id=message_id)
-            state = State(task, await store.open_round_of(conn, task_id))
+            state = State(
+                task,
+                await store.open_round_of(conn, task_id),
+                await store.lock_open_evaluation(conn, task_id),
+            )
             await self.executor.run(conn, state, ErrorRaised(describe(exc)))
         if task.state not in lifecycle.FINISHED:
             TASKS_FAILED_BY_ERROR.inc()
@@ -222,6 +282,9 @@ class Coordinator:
             running = await store.tasks_in_state(conn, TaskState.RUNNING)
             overdue = await store.overdue_rounds(conn, grace_s=self.settings.lost_round_grace_s)
             unanswered = await store.overdue_spends(conn, timeout_s=self.settings.spend_timeout_s)
+            evaluated = await store.overdue_evaluations(conn)
+        for task_id in evaluated:
+            await self._isolated(task_id, functools.partial(self._evaluation_due, task_id))
         for task_id, round_id in overdue:
             await self._isolated(task_id, functools.partial(self._lost_round, round_id))
         for task_id, round_id in unanswered:
@@ -247,6 +310,10 @@ class Coordinator:
         timed_out = SpendTimedOut(self.settings.spend_timeout_s)
         async with self.context.pool.connection() as conn, conn.transaction():
             await self.executor.run(conn, await _awaiting_state(conn, round_id), timed_out)
+
+    async def _evaluation_due(self, task_id: UUID) -> None:
+        async with self.context.pool.connection() as conn, conn.transaction():
+            await self.executor.run(conn, await _task_state(conn, task_id), EvaluationDue())
 
     async def _continue_task(self, task_id: UUID) -> None:
         async with self.context.pool.connection() as conn, conn.transaction():

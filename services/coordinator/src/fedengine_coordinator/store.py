@@ -11,8 +11,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from fedcommon.messages.v1 import PrivacyLevel, StopReason, TaskSpec, TaskState
+from fedengine_coordinator.core.events import DeviceEvaluation
 from fedengine_coordinator.core.selection import Candidate
-from fedengine_coordinator.core.state import Round, RoundStatus, Task
+from fedengine_coordinator.core.state import Evaluation, Round, RoundStatus, Task
 
 SCHEMA = "coordinator"
 
@@ -309,8 +310,8 @@ async def complete_round(
     *,
     round_id: UUID,
     model_version_out: int,
-    accuracy: float,
-    loss: float,
+    accuracy: float | None,
+    loss: float | None,
     train_loss: float,
     num_examples: int,
     aggregated: list[str],
@@ -375,11 +376,151 @@ async def advance_task(
     )
 
 
-async def accuracies(conn: psycopg.AsyncConnection, task_id: UUID) -> list[float]:
+async def accuracies(
+    conn: psycopg.AsyncConnection, task_id: UUID, *, federated: bool = False
+) -> list[float]:
+    """The accuracies of the task's completed rounds, oldest first: central evaluation's, or
+    (``federated``) its devices'; rounds with none are left out."""
+    column = "fed_accuracy" if federated else "accuracy"
     cursor = await conn.execute(
-        "SELECT accuracy FROM coordinator.rounds WHERE task_id = %s AND status = 'completed' "
-        "ORDER BY round_number",
+        f"SELECT {column} FROM coordinator.rounds WHERE task_id = %s AND status = 'completed' "
+        f"AND {column} IS NOT NULL ORDER BY round_number",
         (task_id,),
+    )
+    return [r[0] for r in await cursor.fetchall()]
+
+
+async def insert_uploaded_model(
+    conn: psycopg.AsyncConnection,
+    *,
+    model_id: UUID,
+    sha256: str,
+    data: bytes,
+    tensors: list[dict[str, object]],
+    name: str,
+    uploaded_by: str,
+) -> bool:
+    """Keep an uploaded model; False if its id is taken (a redelivery: nothing changes)."""
+    cursor = await conn.execute(
+        "INSERT INTO coordinator.uploaded_models "
+        "(model_id, sha256, data, tensors, name, uploaded_by) VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (model_id, sha256, data, Jsonb(tensors), name, uploaded_by),
+    )
+    return cursor.rowcount == 1
+
+
+async def get_uploaded_model(conn: psycopg.AsyncConnection, model_id: UUID) -> tuple[str, bytes]:
+    cursor = await conn.execute(
+        "SELECT sha256, data FROM coordinator.uploaded_models WHERE model_id = %s", (model_id,)
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise LookupError(f"initial model {model_id} was never uploaded")
+    return row[0], bytes(row[1])
+
+
+_EVALUATION_COLUMNS = "evaluation_id, task_id, round_number, model_version, devices, deadline"
+
+
+def _evaluation(row: tuple[Any, ...]) -> Evaluation:
+    return Evaluation(row[0], row[1], row[2], row[3], tuple(row[4]), row[5])
+
+
+async def insert_evaluation(conn: psycopg.AsyncConnection, evaluation: Evaluation) -> None:
+    await conn.execute(
+        f"INSERT INTO coordinator.evaluations ({_EVALUATION_COLUMNS}) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (
+            evaluation.evaluation_id,
+            evaluation.task_id,
+            evaluation.round_number,
+            evaluation.model_version,
+            list(evaluation.devices),
+            evaluation.deadline,
+        ),
+    )
+
+
+async def lock_open_evaluation(conn: psycopg.AsyncConnection, task_id: UUID) -> Evaluation | None:
+    """The task's open evaluation, locked (take the task's lock first: the order every
+    handler keeps)."""
+    cursor = await conn.execute(
+        f"SELECT {_EVALUATION_COLUMNS} FROM coordinator.evaluations "
+        "WHERE task_id = %s AND status = 'open' FOR UPDATE",
+        (task_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _evaluation(row)
+
+
+async def task_of_evaluation(conn: psycopg.AsyncConnection, evaluation_id: UUID) -> UUID | None:
+    cursor = await conn.execute(
+        "SELECT task_id FROM coordinator.evaluations WHERE evaluation_id = %s", (evaluation_id,)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+async def record_evaluation_result(
+    conn: psycopg.AsyncConnection,
+    *,
+    evaluation_id: UUID,
+    device_id: str,
+    num_examples: int,
+    loss: float,
+    metrics: dict[str, float],
+) -> None:
+    await conn.execute(
+        "INSERT INTO coordinator.evaluation_results "
+        "(evaluation_id, device_id, num_examples, loss, metrics) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (evaluation_id, device_id, num_examples, loss, Jsonb(metrics)),
+    )
+
+
+async def evaluation_results(
+    conn: psycopg.AsyncConnection, evaluation_id: UUID
+) -> list[DeviceEvaluation]:
+    cursor = await conn.execute(
+        "SELECT device_id, num_examples, loss, metrics FROM coordinator.evaluation_results "
+        "WHERE evaluation_id = %s ORDER BY device_id",
+        (evaluation_id,),
+    )
+    return [DeviceEvaluation(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall()]
+
+
+async def close_evaluation(
+    conn: psycopg.AsyncConnection,
+    *,
+    evaluation_id: UUID,
+    task_id: UUID,
+    round_number: int,
+    status: str,
+    answered: int,
+    num_examples: int,
+    loss: float | None,
+    accuracy: float | None,
+    metrics: dict[str, float],
+) -> None:
+    """Close the evaluation; a completed one's means become its round's federated metrics."""
+    await conn.execute(
+        "UPDATE coordinator.evaluations SET status = %s, answered = %s, num_examples = %s, "
+        "loss = %s, accuracy = %s, metrics = %s, closed_at = now() WHERE evaluation_id = %s",
+        (status, answered, num_examples, loss, accuracy, Jsonb(metrics), evaluation_id),
+    )
+    if status == "completed":
+        await conn.execute(
+            "UPDATE coordinator.rounds SET fed_accuracy = %s, fed_loss = %s, fed_examples = %s, "
+            "fed_devices = %s WHERE task_id = %s AND round_number = %s AND status = 'completed'",
+            (accuracy, loss, num_examples, answered, task_id, round_number),
+        )
+
+
+async def overdue_evaluations(conn: psycopg.AsyncConnection) -> list[UUID]:
+    """The tasks whose open evaluation is past its deadline."""
+    cursor = await conn.execute(
+        "SELECT task_id FROM coordinator.evaluations WHERE status = 'open' AND deadline < now()"
     )
     return [r[0] for r in await cursor.fetchall()]
 

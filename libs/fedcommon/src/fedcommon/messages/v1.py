@@ -591,12 +591,12 @@ class TaskSpec(_Frozen):
                 "a task needs a model: a built-in model_architecture with its dataset, or an "
                 "uploaded initial_model"
             )
-        if self.dataset is None and self.federated_evaluation is None:
-            if self.target_accuracy is not None or self.patience is not None:
-                raise ValueError(
-                    "target_accuracy and patience need an accuracy: this task has no central "
-                    "data, so give it federated_evaluation"
-                )
+        unjudged = self.dataset is None and self.federated_evaluation is None
+        if unjudged and (self.target_accuracy is not None or self.patience is not None):
+            raise ValueError(
+                "target_accuracy and patience need an accuracy: this task has no central "
+                "data, so give it federated_evaluation"
+            )
         return self
 
     @property

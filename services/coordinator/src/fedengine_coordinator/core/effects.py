@@ -23,7 +23,7 @@ from uuid import UUID
 
 from fedcommon.messages.v1 import Envelope, RoundAggregated, StopReason, TaskSpec, TaskState
 from fedengine_coordinator.core.events import FailureSource
-from fedengine_coordinator.core.state import Round, RoundStatus, Task
+from fedengine_coordinator.core.state import Evaluation, Round, RoundStatus, Task
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,9 @@ class CompleteRound:
 
     round_id: UUID
     model_version_out: int
-    accuracy: float
-    loss: float
+    # Central evaluation's (None: the task has no central data).
+    accuracy: float | None
+    loss: float | None
     train_loss: float
     num_examples: int
     aggregated: list[str]
@@ -165,6 +166,58 @@ class OpenRound:
 
 
 @dataclass(frozen=True)
+class InsertEvaluation:
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class RecordEvaluationResult:
+    """Keep one device's answer (a second answer of the same device is dropped)."""
+
+    evaluation_id: UUID
+    device_id: str
+    num_examples: int
+    loss: float
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CloseEvaluation:
+    """End an evaluation: ``completed`` with its example-weighted means (None when nobody
+    answered), or ``abandoned`` (its task ended under it); the round that produced the version
+    gets the federated metrics."""
+
+    evaluation_id: UUID
+    task_id: UUID
+    round_number: int
+    status: str
+    answered: int = 0
+    num_examples: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpenEvaluation:
+    """Request: gather what asking devices to evaluate ``model_version`` needs
+    (-> ``EvaluationOffered``)."""
+
+    task: Task
+    round_number: int
+    model_version: int
+
+
+@dataclass(frozen=True)
+class TallyEvaluation:
+    """Request: read back every answer of the evaluation (-> ``EvaluationTallied``); ``final``:
+    its deadline passed, so the tally closes it."""
+
+    evaluation: Evaluation
+    final: bool
+
+
+@dataclass(frozen=True)
 class Ignored:
     why: str
 
@@ -180,6 +233,16 @@ Write = (
     | CompleteRound
     | ApproveRound
     | Emit
+    | InsertEvaluation
+    | RecordEvaluationResult
+    | CloseEvaluation
 )
-Request = BuildInitialModel | ApplyResult | StepServerOptimizer | OpenRound
+Request = (
+    BuildInitialModel
+    | ApplyResult
+    | StepServerOptimizer
+    | OpenRound
+    | OpenEvaluation
+    | TallyEvaluation
+)
 Effect = Write | Request | Ignored

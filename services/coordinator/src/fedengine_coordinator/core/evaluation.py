@@ -1,9 +1,14 @@
-"""Central evaluation of a global model on the held-out split, and applying a round's delta."""
+"""Central evaluation of a built-in model on its data set's held-out split, and applying a
+round's delta to named tensors.
+
+Only a task on a built-in model with its built-in data set is evaluated here: the services
+never run a user's model, so a task on an uploaded one is judged by federated evaluation
+(core/federated_evaluation.py) alone.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 import torch
@@ -11,7 +16,7 @@ from torch import nn
 
 from fedcommon import datasets, models
 from fedcommon.arrays import NDArrays
-from fedcommon.messages.v1 import ModelArchitecture
+from fedcommon.messages.v1 import ModelArchitecture, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -27,21 +32,42 @@ def new_model(architecture: ModelArchitecture, dataset: str, *, seed: int) -> nn
     )
 
 
-@cache
-def param_shapes(architecture: ModelArchitecture, dataset: str) -> list[list[int]]:
-    """Return the parameter shapes (state_dict order) every version of such a model has."""
-    return [list(a.shape) for a in models.get_arrays(new_model(architecture, dataset, seed=0))]
+def built_in(spec: TaskSpec, *, seed: int) -> nn.Module:
+    """The task's built-in model, initialised from ``seed``.
+
+    Raises
+    ------
+    ValueError
+        The task has no built-in model (it names an uploaded one).
+    """
+    if spec.model_architecture is None or spec.dataset is None:
+        raise ValueError(f"task {spec.task_name!r} has no built-in model")
+    return new_model(spec.model_architecture, spec.dataset, seed=seed)
 
 
-def apply_delta(model: nn.Module, delta: NDArrays) -> nn.Module:
-    """Add ``delta`` (state_dict order) to ``model``'s weights and return it."""
-    current = models.get_arrays(model)
+def apply_delta(current: NDArrays, delta: NDArrays) -> NDArrays:
+    """Return ``current + delta`` (update order), as float32.
+
+    Raises
+    ------
+    ValueError
+        The shapes differ.
+    """
     if [a.shape for a in current] != [d.shape for d in delta]:
         raise ValueError("apply_delta: delta shapes do not match the model")
-    models.set_arrays(
-        model, [c + d.astype(np.float32) for c, d in zip(current, delta, strict=True)]
-    )
-    return model
+    return [
+        (c + d.astype(np.float32)).astype(np.float32) for c, d in zip(current, delta, strict=True)
+    ]
+
+
+def evaluate_central(spec: TaskSpec, parameters: NDArrays) -> Evaluation | None:
+    """Evaluate ``parameters`` (update order) as the task's built-in model on its data set's
+    test split; None for a task with no central data."""
+    if spec.model_architecture is None or spec.dataset is None:
+        return None
+    model = new_model(spec.model_architecture, spec.dataset, seed=spec.seed)
+    models.set_arrays(model, parameters)
+    return evaluate(model, spec.dataset)
 
 
 def evaluate(model: nn.Module, dataset: str) -> Evaluation:

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
+    EvaluationSubmitted,
     LocalDp,
     PrivacyLevel,
     PrivacySpendApproved,
@@ -91,7 +92,8 @@ class ModelApplied:
     """Answer to ``ApplyResult`` and ``StepServerOptimizer``: the new version is stored and
     was evaluated.
 
-    ``history`` holds the accuracies of the task's rounds completed before this one, oldest
+    ``history`` holds the accuracies the task's stopping rules read (central, or federated
+    for a task evaluated by its devices) of the rounds completed before this one, oldest
     first; ``model_in_size`` is the size of the version the round trained from.
     """
 
@@ -100,8 +102,9 @@ class ModelApplied:
     sha256: str
     size_bytes: int
     model_in_size: int
-    accuracy: float
-    loss: float
+    # Central evaluation's; None for a task with no central data.
+    accuracy: float | None
+    loss: float | None
     history: tuple[float, ...]
     now: datetime
 
@@ -137,6 +140,55 @@ class DevicesOffered:
     # A task with secure aggregation: the try's SecAgg+ graph seed, 32 bytes of the operating
     # system's entropy (core/secure_aggregation.py); None for any other task.
     graph_seed: bytes | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationOffered:
+    """Answer to ``OpenEvaluation``: who could evaluate, and what the request needs."""
+
+    round_number: int
+    model_version: int
+    candidates: Sequence[Candidate]
+    busy: frozenset[str]
+    model_sha256: str
+    evaluation_id: UUID
+    now: datetime
+    # The accuracies of the task's earlier federated evaluations (oldest first), for the
+    # stopping rules when the evaluation cannot be held.
+    history: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvaluationReceived:
+    """A device's evaluation for ``State.evaluation`` (if still open), with the device's
+    enrolled key (None: no such device) and the time it was read."""
+
+    submitted: EvaluationSubmitted
+    public_key: bytes | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class EvaluationDue:
+    """The tick found ``State.evaluation`` past its deadline: what came in is all it gets."""
+
+
+@dataclass(frozen=True)
+class DeviceEvaluation:
+    device_id: str
+    num_examples: int
+    loss: float
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class EvaluationTallied:
+    """Answer to ``TallyEvaluation``: every answer recorded for the evaluation so far, and the
+    accuracies of the task's earlier federated evaluations (oldest first)."""
+
+    results: Sequence[DeviceEvaluation]
+    history: tuple[float, ...]
+    final: bool
 
 
 @dataclass(frozen=True)
@@ -188,4 +240,8 @@ Event = (
     | SpendApproved
     | SpendRefused
     | SpendTimedOut
+    | EvaluationOffered
+    | EvaluationReceived
+    | EvaluationDue
+    | EvaluationTallied
 )

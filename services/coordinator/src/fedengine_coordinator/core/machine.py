@@ -43,7 +43,7 @@ from dataclasses import replace
 from fedcommon import lifecycle, topics
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import ModelPublished, StopReason, TaskState, TaskStateChanged
-from fedengine_coordinator.core import rounds, spend
+from fedengine_coordinator.core import federated_evaluation, rounds, spend
 from fedengine_coordinator.core.effects import (
     BuildInitialModel,
     CloseRound,
@@ -59,6 +59,10 @@ from fedengine_coordinator.core.events import (
     CreateReceived,
     DevicesOffered,
     ErrorRaised,
+    EvaluationDue,
+    EvaluationOffered,
+    EvaluationReceived,
+    EvaluationTallied,
     Event,
     FailureReceived,
     ModelApplied,
@@ -126,6 +130,14 @@ def decide(state: State, event: Event) -> Decision:
             return spend.on_refused(state, event)
         case SpendTimedOut():
             return spend.on_timed_out(state, event)
+        case EvaluationOffered():
+            return federated_evaluation.on_offered(state, event)
+        case EvaluationReceived():
+            return federated_evaluation.on_received(state, event)
+        case EvaluationDue():
+            return federated_evaluation.on_due(state, event)
+        case EvaluationTallied():
+            return federated_evaluation.on_tallied(state, event)
 
 
 def _create(state: State, event: CreateReceived) -> Decision:
@@ -176,6 +188,7 @@ def _command(state: State, event: CommandReceived) -> Decision:
     open_round = open_round_of(state)
     if event.command == Command.CANCEL:
         round_ = state.round
+        effects += federated_evaluation.abandon(task, state.evaluation)
         if open_round is not None:
             effects.append(CloseRound(open_round.round_id, RoundStatus.ABANDONED, "task cancelled"))
             round_ = replace(open_round, status=RoundStatus.ABANDONED)
@@ -189,16 +202,21 @@ def _command(state: State, event: CommandReceived) -> Decision:
         return Decision(State(task, round_), effects + moved)
     task, moved = move(task, target)
     effects += moved
-    # A resumed task whose round is still open waits for that round; one that lost its round
-    # while paused opens the next try now.
-    if lifecycle.opens_round(task.state) and open_round is None:
+    # A resumed task whose round (or evaluation) is still open waits for it; one that lost its
+    # round while paused opens the next try now.
+    if lifecycle.opens_round(task.state) and not _busy(state):
         effects.append(OpenRound(task, task.current_round + 1))
-    return Decision(State(task, state.round), effects)
+    return Decision(replace(state, task=task), effects)
+
+
+def _busy(state: State) -> bool:
+    """The task has a round in play or an evaluation open: no round opens beside it."""
+    return open_round_of(state) is not None or state.evaluation is not None
 
 
 def _ticked(state: State) -> Decision:
     task = state.task
-    if task is None or task.state != TaskState.RUNNING or open_round_of(state) is not None:
+    if task is None or task.state != TaskState.RUNNING or _busy(state):
         return Decision(state, [])
     return Decision(state, [OpenRound(task, task.current_round + 1)])
 
@@ -209,11 +227,11 @@ def _error(state: State, event: ErrorRaised) -> Decision:
         return Decision(state, [Ignored("error in a task that does not exist")])
     if task.state in lifecycle.FINISHED:
         return Decision(state, [])
-    effects: list[Effect] = []
+    effects: list[Effect] = federated_evaluation.abandon(task, state.evaluation)
     round_ = state.round
     open_round = open_round_of(state)
     if open_round is not None:
         effects.append(CloseRound(open_round.round_id, RoundStatus.ABANDONED, "task failed"))
         round_ = replace(open_round, status=RoundStatus.ABANDONED)
     task, moved = move(task, TaskState.FAILED, StopReason.ERROR, detail=event.detail)
-    return Decision(State(task, round_), effects + moved)
+    return Decision(State(task, round_, None), effects + moved)

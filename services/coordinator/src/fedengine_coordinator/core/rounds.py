@@ -15,11 +15,11 @@ from fedcommon.messages.v1 import (
     TaskState,
 )
 from fedengine_coordinator.core import (
+    federated_evaluation,
     local_privacy,
     secure_aggregation,
     selection,
     spend,
-    stopping,
     strategy,
 )
 from fedengine_coordinator.core.effects import (
@@ -32,6 +32,7 @@ from fedengine_coordinator.core.effects import (
     Ignored,
     InsertRound,
     LogEvent,
+    OpenEvaluation,
     OpenRound,
     SetWaiting,
     StepServerOptimizer,
@@ -44,7 +45,7 @@ from fedengine_coordinator.core.events import (
 )
 from fedengine_coordinator.core.opening import new_try, open_messages
 from fedengine_coordinator.core.state import Round, RoundStatus, State
-from fedengine_coordinator.core.transition import PRODUCER, Decision, move, required
+from fedengine_coordinator.core.transition import PRODUCER, Decision, judge, move, required
 
 
 def on_result(state: State, event: ResultReceived) -> Decision:
@@ -121,16 +122,18 @@ def on_applied(state: State, event: ModelApplied) -> Decision:
     if clip is not None:
         task = replace(task, dp_clip_norm=clip)
     round_ = replace(round_, status=RoundStatus.COMPLETED)
-    accuracies = [*event.history, event.accuracy]
     done = round_.round_number
-    reason = stopping.stop_reason(task.spec, rounds_done=done, accuracies=accuracies)
-    if reason is not None:
-        detail = stopping.explain(task.spec, reason, rounds_done=done, accuracies=accuracies)
-        task, moved = move(task, TaskState.COMPLETED, reason, detail=detail)
-        effects += moved
-    elif lifecycle.opens_round(task.state):
-        effects.append(OpenRound(task, done + 1))
-    return Decision(State(task, round_), effects)
+    if task.spec.evaluated_by_devices:
+        # The devices judge the new version first when it is due (the stopping rules read
+        # their verdict); between evaluations there is nothing new to judge.
+        if federated_evaluation.due(task.spec, done):
+            effects.append(OpenEvaluation(task, done, event.version))
+        elif lifecycle.opens_round(task.state):
+            effects.append(OpenRound(task, done + 1))
+        return Decision(State(task, round_), effects)
+    accuracies = [*event.history] + ([] if event.accuracy is None else [event.accuracy])
+    task, judged = judge(task, rounds_done=done, accuracies=accuracies)
+    return Decision(State(task, round_), effects + judged)
 
 
 def on_failure(state: State, event: FailureReceived) -> Decision:

@@ -74,12 +74,28 @@ class Round:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """A federated evaluation of ``model_version`` (produced by ``round_number``) while it is
+    open: the devices asked and until when their answers count (core/federated_evaluation)."""
+
+    evaluation_id: UUID
+    task_id: UUID
+    round_number: int
+    model_version: int
+    devices: tuple[str, ...]
+    deadline: datetime
+
+
+@dataclass(frozen=True)
 class State:
     """What ``decide`` sees of one task.
 
     ``task`` is None for a task that does not exist (yet). ``round`` is the round the event
     concerns: the round a result or failure names, else the task's open round (None if none).
+    ``evaluation`` is the task's open federated evaluation (None if none).
     """
 
     task: Task | None
     round: Round | None = None
+    # The task's open federated evaluation: the task waits for it before its next round.
+    evaluation: Evaluation | None = None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import NamedTuple, TypeVar
 
 from fedcommon import lifecycle, topics
 from fedcommon.messages.v1 import StopReason, TaskState, TaskStateChanged
 from fedengine_coordinator.core import stopping
-from fedengine_coordinator.core.effects import Effect, Emit, LogEvent, SetTaskState
+from fedengine_coordinator.core.effects import Effect, Emit, LogEvent, OpenRound, SetTaskState
 from fedengine_coordinator.core.events import Event
 from fedengine_coordinator.core.state import Round, State, Task
 
@@ -60,6 +61,21 @@ def move(
         )
     )
     return replace(task, state=target), effects
+
+
+def judge(
+    task: Task, *, rounds_done: int, accuracies: Sequence[float]
+) -> tuple[Task, list[Effect]]:
+    """After ``rounds_done`` rounds and their accuracies (the ones the task's stopping rules
+    read): complete the task if a rule says so, else open the next round (only while it runs;
+    a paused task opens it on resume)."""
+    reason = stopping.stop_reason(task.spec, rounds_done=rounds_done, accuracies=accuracies)
+    if reason is not None:
+        detail = stopping.explain(task.spec, reason, rounds_done=rounds_done, accuracies=accuracies)
+        return move(task, TaskState.COMPLETED, reason, detail=detail)
+    if lifecycle.opens_round(task.state):
+        return task, [OpenRound(task, rounds_done + 1)]
+    return task, []
 
 
 def required(value: _T | None, event: Event) -> _T:
