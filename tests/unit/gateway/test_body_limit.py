@@ -6,7 +6,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from fedengine_gateway.body_limit import BodyLimit
+from fedengine_gateway.body_limit import BodyLimit, RouteLimit
 
 
 class EchoSize:
@@ -70,3 +70,40 @@ async def test_a_streamed_body_is_counted_chunk_by_chunk() -> None:
 def test_a_negative_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="max_body_bytes"):
         BodyLimit(EchoSize(), max_body_bytes=-1)
+
+
+def _routed(app: EchoSize) -> httpx.AsyncClient:
+    limits = {("POST", "/big"): RouteLimit(5000, what="model file", why=": one record")}
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=BodyLimit(app, max_body_bytes=1000, routes=limits)),
+        base_url="http://t",
+    )
+
+
+async def test_a_route_with_a_bound_of_its_own_takes_bodies_up_to_it_and_says_why_past_it() -> None:
+    # Prepare
+    app = EchoSize()
+
+    # Execute
+    async with _routed(app) as client:
+        within = await client.post("/big", content=b"x" * 5000)
+        streamed = await client.post("/big", content=_chunks(5000, 700))
+        past = await client.post("/big", content=b"x" * 5001)
+        past_streamed = await client.post("/big", content=_chunks(5001, 700))
+        other_route = await client.post("/small", content=b"x" * 1001)
+        other_method = await client.put("/big", content=b"x" * 1001)
+
+    # Assert
+    assert (within.status_code, within.text) == (200, "5000")
+    assert (streamed.status_code, streamed.text) == (200, "5000")
+    for refused in (past, past_streamed):
+        assert refused.status_code == 413
+        assert refused.json() == {"detail": "model file larger than 5000 bytes: one record"}
+    for refused in (other_route, other_method):
+        assert refused.json() == {"detail": "request body larger than 1000 bytes"}
+    assert app.calls == 2
+
+
+def test_a_negative_route_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        RouteLimit(-1)

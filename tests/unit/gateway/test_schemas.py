@@ -15,6 +15,7 @@ from fedcommon.messages.v1 import (
     DatasetName,
     DeviceCapabilities,
     DeviceEnrolled,
+    InitialModel,
     ModelArchitecture,
     SecureAggregationSpec,
     TaskSpec,
@@ -24,6 +25,7 @@ from fedengine_gateway.schemas import (
     CleanupRequest,
     DeviceCreate,
     EnrolmentTokenCreate,
+    InitialModelCreate,
     TaskCreate,
     TaskPublic,
 )
@@ -87,7 +89,14 @@ def test_task_fields_carry_the_bus_specs_bounds_and_defaults() -> None:
     for name, spec_field in TaskSpec.model_fields.items():
         field = TaskCreate.model_fields[name]
         assert field.metadata == spec_field.metadata, name
-        if name != "devices_per_round":  # optional here: it defaults from the participants
+        if name == "initial_model":  # the bus model refusing unknown fields, as input does
+            assert field.annotation == InitialModelCreate | None
+            assert issubclass(InitialModelCreate, InitialModel)
+            ours, bus = InitialModelCreate.model_fields, InitialModel.model_fields
+            assert {k: (f.annotation, f.metadata) for k, f in ours.items()} == {
+                k: (f.annotation, f.metadata) for k, f in bus.items()
+            }
+        elif name != "devices_per_round":  # optional here: it defaults from the participants
             assert field.annotation == spec_field.annotation, name
             assert field.get_default(call_default_factory=True) == spec_field.get_default(
                 call_default_factory=True
@@ -264,10 +273,19 @@ _NAMES = st.text(
     alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=200
 )
 _IDS = st.from_regex(DEVICE_ID_PATTERN, fullmatch=True)
+_UPLOADED = {"model_id": "6f1c2a3e-0000-4000-8000-00000000f00d", "sha256": "ab" * 32}
 _VALID: dict[str, st.SearchStrategy[Any]] = {
     "task_name": _NAMES,
-    "model_architecture": st.sampled_from(ModelArchitecture),
-    "dataset": st.sampled_from(get_args(DatasetName)),
+    "model_architecture": st.sampled_from([*ModelArchitecture, None]),
+    "dataset": st.sampled_from([*get_args(DatasetName), None]),
+    "initial_model": st.sampled_from([None, _UPLOADED]),
+    "federated_evaluation": st.sampled_from(
+        [
+            None,
+            {},
+            {"every_rounds": 2, "fraction": 0.5, "min_devices": 2, "timeout_s": 5.0},
+        ]
+    ),
     "participating_devices": st.none() | st.lists(_IDS, min_size=1, max_size=6),
     "strategy": st.sampled_from(
         [
@@ -293,6 +311,26 @@ _WRONG: dict[str, st.SearchStrategy[Any]] = {
     "task_name": st.sampled_from(["", "a\x00b", "x" * 201, 7]),
     "model_architecture": st.just("transformer"),
     "dataset": st.just("cifar10"),
+    "initial_model": st.sampled_from(
+        [
+            {"model_id": "not-a-uuid", "sha256": "ab" * 32},
+            {"model_id": _UPLOADED["model_id"], "sha256": "AB" * 32},
+            {"model_id": _UPLOADED["model_id"]},
+            "a model",
+        ]
+    ),
+    "federated_evaluation": st.sampled_from(
+        [
+            {"every_rounds": 0},
+            {"fraction": 0},
+            {"fraction": 1.5},
+            {"min_devices": 0},
+            {"timeout_s": math.inf},
+            {"every_rounds": "2"},
+            {"evry_rounds": 2},
+            True,
+        ]
+    ),
     "participating_devices": st.sampled_from([[], ["a\x00"], ["x" * 201], ["ok", ""]]),
     "strategy": st.sampled_from(
         [

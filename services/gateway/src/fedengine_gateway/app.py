@@ -30,7 +30,16 @@ from fedcommon.messages.v1 import (
     TaskStartRequested,
     TaskState,
 )
-from fedengine_gateway import device_models, devices, errors, health, privacy_budget, queries
+from fedengine_gateway import (
+    device_models,
+    devices,
+    errors,
+    evaluations,
+    health,
+    privacy_budget,
+    queries,
+    uploaded_models,
+)
 from fedengine_gateway.body_limit import BodyLimit
 from fedengine_gateway.deps import (
     PREFIX,
@@ -101,6 +110,8 @@ async def create_task(
                 for error in exc.errors(include_url=False, include_input=False)
             ]
         ) from exc
+    if spec.initial_model is not None:
+        await uploaded_models.check_initial_model(request, spec.initial_model)
     task_id = uuid4()
     location = f"{PREFIX}/tasks/{task_id}"
     await publish(
@@ -435,10 +446,21 @@ def create_app(settings: Settings) -> FastAPI:
     )
     # Outlives a lifespan restart in tests; holds only what may be lost (issued.py).
     app.state.issued_tasks = IssuedIds()
+    app.state.issued_models = IssuedIds()
     app.include_router(router)
     app.include_router(devices.router)
     app.include_router(device_models.router)
+    app.include_router(uploaded_models.router)
+    app.include_router(evaluations.router)
     app.include_router(privacy_budget.router)
     errors.install(app)
-    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        routes={
+            ("POST", uploaded_models.MODELS_PATH): uploaded_models.upload_limit(
+                settings.max_model_bytes
+            )
+        },
+    )
     return app

@@ -23,11 +23,21 @@ _TOKEN_COLUMNS = (
     "t.revoked_by, (SELECT count(*) FROM registry.devices_public d "
     "WHERE d.enrolment_token_id = t.token_id) AS enrolled"
 )
+# A task's latest accuracy: its devices' (the latest round they evaluated) when its spec has
+# federated_evaluation, whose metrics then drive its stopping rules; else the central one.
 _TASK_COLUMNS = (
     "t.task_id, t.task_name, t.state, t.stop_reason, t.current_round, t.model_version, t.spec, "
     "t.created_by, t.created_at, t.started_at, t.finished_at, "
-    "(SELECT r.accuracy FROM coordinator.rounds_public r WHERE r.task_id = t.task_id "
-    " AND r.status = 'completed' ORDER BY r.round_number DESC LIMIT 1) AS latest_accuracy"
+    "CASE WHEN jsonb_typeof(t.spec -> 'federated_evaluation') = 'object' THEN "
+    "(SELECT r.fed_accuracy FROM coordinator.rounds_public r WHERE r.task_id = t.task_id "
+    " AND r.fed_accuracy IS NOT NULL ORDER BY r.round_number DESC, r.attempt DESC LIMIT 1) "
+    "ELSE (SELECT r.accuracy FROM coordinator.rounds_public r WHERE r.task_id = t.task_id "
+    " AND r.status = 'completed' ORDER BY r.round_number DESC LIMIT 1) END AS latest_accuracy"
+)
+_UPLOADED_MODEL_COLUMNS = "model_id, sha256, size_bytes, tensors, name, uploaded_by, uploaded_at"
+_EVALUATION_COLUMNS = (
+    "evaluation_id, round_number, model_version, asked, deadline, status, answered, "
+    "num_examples, loss, accuracy, metrics, opened_at, closed_at"
 )
 
 
@@ -147,7 +157,8 @@ async def list_rounds(
         conn,
         columns="round_number, attempt, status, participants, aggregated, dropped, rejected, "
         "accuracy, loss, train_loss, num_examples, bytes_up, bytes_down, duration_s, opened_at, "
-        "closed_at, failure, epsilon_spent, noise_multiplier, sample_rate, clip_norm",
+        "closed_at, failure, epsilon_spent, noise_multiplier, sample_rate, clip_norm, "
+        "fed_accuracy, fed_loss, fed_examples, fed_devices",
         source="coordinator.rounds_public",
         where="WHERE task_id = %s",
         params=(task_id,),
@@ -186,6 +197,51 @@ async def list_events(
     )
 
 
+async def list_evaluations(
+    conn: psycopg.AsyncConnection, task_id: UUID, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the task's federated evaluations, oldest first."""
+    return await _page(
+        conn,
+        columns=_EVALUATION_COLUMNS,
+        source="coordinator.evaluations_public",
+        where="WHERE task_id = %s",
+        params=(task_id,),
+        order="round_number, opened_at, evaluation_id",
+        limit=limit,
+        offset=offset,
+    )
+
+
+async def list_uploaded_models(
+    conn: psycopg.AsyncConnection, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the uploaded initial models, newest first (never their bytes)."""
+    return await _page(
+        conn,
+        columns=_UPLOADED_MODEL_COLUMNS,
+        source="coordinator.uploaded_models_public",
+        where="",
+        params=(),
+        order="uploaded_at DESC, model_id",
+        limit=limit,
+        offset=offset,
+    )
+
+
+async def get_uploaded_model(
+    conn: psycopg.AsyncConnection, model_id: UUID
+) -> dict[str, Any] | None:
+    """An uploaded model as the coordinator stored it (never its bytes); None: not (yet)."""
+    rows = await _all(
+        conn,
+        f"SELECT {_UPLOADED_MODEL_COLUMNS} FROM coordinator.uploaded_models_public "
+        "WHERE model_id = %s",
+        (model_id,),
+    )
+    return rows[0] if rows else None
+
+
 async def get_model(
     conn: psycopg.AsyncConnection, task_id: UUID, version: int | None
 ) -> tuple[int, str, bytes] | None:
@@ -219,7 +275,8 @@ async def get_device_key(conn: psycopg.AsyncConnection, device_id: str) -> bytes
 async def was_asked(
     conn: psycopg.AsyncConnection, *, device_id: str, task_id: UUID, version: int
 ) -> bool:
-    """Whether ``device_id`` was asked to train on model ``version`` of ``task_id``."""
+    """Whether ``device_id`` was asked to train on, or to evaluate, model ``version`` of
+    ``task_id`` (``model_requests_public`` lists both)."""
     cursor = await conn.execute(
         "SELECT EXISTS (SELECT 1 FROM coordinator.model_requests_public "
         "WHERE task_id = %s AND model_version = %s AND device_id = %s)",

@@ -37,6 +37,8 @@ from fedcommon.messages.v1 import (
     DeviceCapabilities,
     DeviceType,
     FedAvgStrategy,
+    FederatedEvaluationSpec,
+    InitialModel,
     ModelArchitecture,
     PrivacyLevel,
     PrivacySpec,
@@ -65,6 +67,12 @@ def _hex(value: str | None, *, name: str, length: int) -> str | None:
     ):
         raise ValueError(f"{name} must be {length} hex characters")
     return value
+
+
+class InitialModelCreate(InitialModel):
+    """The bus ``InitialModel`` (an uploaded model's id and sha256), refusing unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class DeviceCreate(Constrained):
@@ -189,6 +197,11 @@ def _spec_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Left to TaskSpec unless the body names them: a task on an uploaded initial_model has neither
+# built-in model nor data set by default, a built-in task has mlp on digits.
+_MODEL_FIELDS = ("model_architecture", "dataset")
+
+
 class TaskCreate(Constrained):
     """A task as the original design's examples post it; everything but the name has a default.
 
@@ -200,8 +213,26 @@ class TaskCreate(Constrained):
     model_config = ConfigDict(extra="forbid")
 
     task_name: Name
-    model_architecture: ModelArchitecture = ModelArchitecture.MLP
-    dataset: DatasetName = "digits"
+    model_architecture: ModelArchitecture | None = Field(
+        default=ModelArchitecture.MLP,
+        description="A built-in model (mlp when absent); none with initial_model",
+    )
+    dataset: DatasetName | None = Field(
+        default="digits",
+        description="The built-in model's data set (digits when absent); none with initial_model",
+    )
+    initial_model: InitialModelCreate | None = Field(
+        default=None,
+        description='An uploaded model to train, {"model_id": ..., "sha256": ...} as POST '
+        "/models answered: the task then names no model_architecture and no dataset, and has "
+        "no central evaluation (give it federated_evaluation)",
+    )
+    federated_evaluation: FederatedEvaluationSpec | None = Field(
+        default=None,
+        description="Devices evaluate each new version on their own held-out data, e.g. "
+        '{"every_rounds": 1, "fraction": 1.0, "min_devices": 1, "timeout_s": 30}; their '
+        "example-weighted accuracy is the task's and drives target_accuracy and patience",
+    )
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
     devices_per_round: int | None = Field(
         default=None,
@@ -264,7 +295,11 @@ class TaskCreate(Constrained):
 
     def to_spec(self) -> TaskSpec:
         """Return the bus form; raises ``ValueError`` on cross-field problems."""
-        return TaskSpec.model_validate(self.model_dump())
+        body = self.model_dump()
+        for name in _MODEL_FIELDS:
+            if name not in self.model_fields_set:
+                del body[name]
+        return TaskSpec.model_validate(body)
 
 
 class Accepted(BaseModel):
@@ -311,6 +346,11 @@ class TaskPublic(BaseModel):
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
     # The spec's secure aggregation on its own (None: updates travel in the clear).
     secure_aggregation: SecureAggregationSpec | None = None
+    # The uploaded model the task started from (None: a built-in model).
+    initial_model: InitialModel | None = None
+    # The spec's federated evaluation (None: central evaluation only); with it,
+    # latest_accuracy is the devices' accuracy.
+    federated_evaluation: FederatedEvaluationSpec | None = None
     created_by: str
     created_at: datetime
     started_at: datetime | None
@@ -324,7 +364,7 @@ class TaskPublic(BaseModel):
             return data
         sections = {
             name: spec[name]
-            for name in ("strategy", "secure_aggregation")
+            for name in ("strategy", "secure_aggregation", "initial_model", "federated_evaluation")
             if name not in data and spec.get(name) is not None
         }
         return {**data, **sections} if sections else data
@@ -372,6 +412,58 @@ class RoundPublic(BaseModel):
     # A secure round's SecAgg+ stages, in order (None: no secure aggregation, or a DP round,
     # whose counts would show how many devices it drew).
     secure_stages: list[SecureStagePublic] | None = None
+    # The round's federated evaluation: the example-weighted accuracy and loss the devices
+    # reported on the version it made, over how many examples and devices (None: not
+    # evaluated by devices, not yet, or nobody answered in time).
+    fed_accuracy: float | None = None
+    fed_loss: float | None = None
+    fed_examples: int | None = None
+    fed_devices: int | None = None
+
+
+class EvaluationPublic(BaseModel):
+    """One federated evaluation of a model version: how many devices were asked, until when,
+    and (once closed) the example-weighted means of what they answered in time."""
+
+    evaluation_id: UUID
+    round_number: int
+    model_version: int
+    asked: int
+    deadline: datetime
+    status: str
+    answered: int
+    num_examples: int
+    loss: float | None
+    accuracy: float | None
+    metrics: dict[str, float]
+    opened_at: datetime
+    closed_at: datetime | None
+
+
+class TensorPublic(BaseModel):
+    """One tensor of a model file: its name, shape and dtype (always F32)."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class UploadedModelAccepted(BaseModel):
+    """A model file checked and sent to the coordinator; GET /models/{model_id} shows it
+    once stored, and a task names it as ``initial_model: {model_id, sha256}``."""
+
+    model_id: UUID
+    sha256: str
+    size_bytes: int
+    name: str
+    tensors: list[TensorPublic]
+
+
+class UploadedModelPublic(UploadedModelAccepted):
+    """An uploaded model as the coordinator keeps it (its bytes are not listed)."""
+
+    uploaded_by: str
+    uploaded_at: datetime
 
 
 class PrivacyReleasePublic(BaseModel):

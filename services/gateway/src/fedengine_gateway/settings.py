@@ -12,6 +12,10 @@ from fedcommon.constraints import MAX_SETTING
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings
 
 PLACEHOLDER_SECRETS = frozenset({"changeme", "secret", "change-me-please-change-me-please"})
+# What a model.uploaded record carries besides the file (its envelope, the name, the uploader),
+# plus the record's own overhead, key and signature headers: a file up to the broker's record
+# limit less this always fits one record.
+MODEL_UPLOAD_HEADROOM_BYTES = 64 * 1024
 
 
 class Settings(BaseSettings):
@@ -47,6 +51,11 @@ class Settings(BaseSettings):
     device_request_window_s: float = Field(default=300.0, gt=0, le=3600)
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
     log_json: bool = False
+
+    @property
+    def max_model_bytes(self) -> int:
+        """The largest model file POST /models takes: it travels in one Kafka record."""
+        return max(self.kafka.max_message_bytes - MODEL_UPLOAD_HEADROOM_BYTES, 0)
 
     @model_validator(mode="after")
     def _reject_weak_secret(self) -> Settings:
