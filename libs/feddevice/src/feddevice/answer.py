@@ -237,11 +237,15 @@ def signed_update(
 
 
 def signed_decline(
-    request: TrainRequested, identity: Identity, reason: DeclineReason
+    request: TrainRequested,
+    identity: Identity,
+    reason: DeclineReason,
+    *,
+    producer: str = PRODUCER,
 ) -> UpdateDeclined:
     """The update.declined answering ``request``: this device has no update, for ``reason``
     (the round need not wait for it; the reason is counted)."""
-    fields = _answering(request, identity, PRODUCER)
+    fields = _answering(request, identity, producer)
     return UpdateDeclined(
         **fields,
         reason=reason,

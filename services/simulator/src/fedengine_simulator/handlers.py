@@ -1,9 +1,16 @@
-"""The simulator's shell: enrol the fleet, heartbeat, and answer train requests with updates.
+"""The simulator's shell: enrol the fleet, heartbeat, answer train requests with updates and
+evaluate requests with evaluations.
 
 In a round with secure aggregation a device sends no update.submitted: it keeps its flat
 update in memory and runs SecAgg+ over fed.secagg, one stage per delivery the aggregator sends
 it on fed.device.commands (feddevice.secure_rounds, around feddevice.secagg_device, the same
 code the device runtime runs).
+
+An evaluate request is scored by the device's client on its held-out share of the data set's
+test split (core/held_out.py) and answered, signed with the device's key, on fed.evaluations
+(feddevice.answer, as a real device answers). The simulator runs built-in models only: a task
+on a user's uploaded model (no model_architecture, no dataset) is declined (NO_MODEL) when it
+asks for training, and its evaluate requests get no answer.
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ from fedcommon.constraints import MAX_SETTING
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import (
     AnyMessage,
+    DatasetName,
+    DeclineReason,
     DeviceEnrolled,
     Envelope,
+    EvaluateRequested,
     HeartbeatSent,
     ModelArchitecture,
     SecAggDelivered,
@@ -50,7 +60,7 @@ from feddevice.secure_rounds import SecureRounds
 from feddevice.state import Identity
 from feddevice.torch_training import train_local
 from fedengine_simulator import identities
-from fedengine_simulator.core import attacks, fleet
+from fedengine_simulator.core import attacks, fleet, held_out
 from fedengine_simulator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +69,13 @@ SCHEMA = "simulator"
 PRODUCER = "simulator"
 TRAINED = Counter("fedengine_simulator_updates_sent_total", "Updates sent by simulated devices")
 SKIPPED = Counter("fedengine_simulator_requests_skipped_total", "Train requests skipped", ["why"])
+EVALUATED = Counter(
+    "fedengine_simulator_evaluations_sent_total", "Evaluations sent by simulated devices"
+)
+EVALUATIONS_SKIPPED = Counter(
+    "fedengine_simulator_evaluations_skipped_total", "Evaluate requests not answered", ["why"]
+)
+DECLINED = Counter("fedengine_simulator_declines_sent_total", "Train requests declined", ["reason"])
 POISONED = Counter(
     "fedengine_simulator_poisoned_updates_total", "Updates sent by malicious devices", ["attack"]
 )
@@ -104,6 +121,9 @@ class Fleet:
         self._clients: dict[tuple[int, str, ModelArchitecture], ArrayTorchClient] = {}
         self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
+        self._held_out: dict[str, list[np.ndarray]] = {}
+        # Tasks on an uploaded model already logged (their requests are refused each time).
+        self._uploaded_model_tasks: set[UUID] = set()
         self.secure = SecureRounds(
             self._publish,
             keys=self.keys,
@@ -143,8 +163,23 @@ class Fleet:
             )
         return self._partitions[dataset][index]
 
+    def held_out_of(self, dataset: str, index: int) -> np.ndarray:
+        """The device's held-out indices into ``dataset``'s test split (core/held_out.py: a
+        share of the test split mirroring its training partition class by class)."""
+        if dataset not in self._held_out:
+            data = datasets.load_dataset(dataset)
+            self.partition_of(dataset, 0)  # the training shares it mirrors, cached
+            self._held_out[dataset] = held_out.held_out_shares(
+                data.y_train,
+                self._partitions[dataset],
+                data.y_test,
+                rng=held_out.held_out_rng(self.settings.seed),
+            )
+        return self._held_out[dataset][index]
+
     def warm_up(self) -> None:
-        """Load the data set, partition it and run one training step, before enrolling.
+        """Load the data set, partition it (training and held-out shares) and run one training
+        step, before enrolling.
 
         The first train request would otherwise pay for imports, data loading and torch's first
         backward pass (about 2 s here), and a device that answers late may miss its deadline.
@@ -152,6 +187,7 @@ class Fleet:
         torch.set_num_threads(1)
         dataset = datasets.load_dataset(self.settings.dataset)
         indices = self.partition_of(self.settings.dataset, 0)
+        self.held_out_of(self.settings.dataset, 0)
         model = models.build_model(
             ModelArchitecture.MLP,
             input_shape=dataset.input_shape,
@@ -220,7 +256,7 @@ class Fleet:
                 ),
             )
 
-    async def global_model(self, request: TrainRequested) -> answer.GlobalModel:
+    async def global_model(self, request: TrainRequested | EvaluateRequested) -> answer.GlobalModel:
         cache_key = (request.task_id, request.model_version)
         if cache_key not in self._models:
             async with self.context.pool.connection() as conn:
@@ -241,15 +277,39 @@ class Fleet:
             self._models[cache_key] = answer.GlobalModel(data)
         return self._models[cache_key]
 
+    def _on_uploaded_model(self, request: TrainRequested | EvaluateRequested) -> bool:
+        """Whether ``request`` is of a task on a user's uploaded model, which the simulator
+        cannot run (it runs built-in models on built-in data only); logged once per task."""
+        if request.model_architecture is not None and request.dataset is not None:
+            return False
+        if request.task_id not in self._uploaded_model_tasks:
+            self._uploaded_model_tasks.add(request.task_id)
+            logger.warning(
+                "fleet %s: task %s trains a user's uploaded model, which simulated devices "
+                "cannot run: its train requests are declined and its evaluate requests not "
+                "answered",
+                self.settings.fleet,
+                request.task_id,
+            )
+        return True
+
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
         if isinstance(message, SecAggDelivered):
             if message.device_id in self.devices:
                 await self.secure.handle(message)
             return
+        if isinstance(message, EvaluateRequested):
+            if message.device_id in self.devices:
+                await self.evaluate(message, self.devices[message.device_id])
+            return
         if not isinstance(message, TrainRequested) or message.device_id not in self.devices:
             return
         if datetime.now(UTC) >= message.deadline:
             SKIPPED.labels("past_deadline").inc()
+            return
+        if self._on_uploaded_model(message):
+            SKIPPED.labels("uploaded_model").inc()
+            await self.decline(message, self.devices[message.device_id], DeclineReason.NO_MODEL)
             return
         if message.dataset != self.settings.dataset:
             # A device holds its fleet's data set only (SIMULATOR_DATASET); to a task on another
@@ -332,11 +392,97 @@ class Fleet:
                 ),
             )
 
+    async def decline(
+        self, message: TrainRequested, device: fleet.SimulatedDevice, reason: DeclineReason
+    ) -> None:
+        """Send the device's signed update.declined for ``reason``, once per request (a
+        secure round takes no decline: the device simply does not start it)."""
+        if message.round_id is None:
+            raise ProtocolViolation("train request without round_id")
+        async with self.context.pool.connection() as conn:
+            if await db.is_processed(conn, schema=SCHEMA, message_id=message.message_id):
+                SKIPPED.labels("duplicate").inc()
+                return
+        if message.secure_aggregation is None:
+            decline = answer.signed_decline(
+                message,
+                Identity(device.device_id, self.keys[device.device_id]),
+                reason,
+                producer=PRODUCER,
+            )
+            await self._publish(topics.UPDATES, str(message.task_id), decline)
+            DECLINED.labels(reason.value).inc()
+        async with self.context.pool.connection() as conn:
+            await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+
+    async def evaluate(self, message: EvaluateRequested, device: fleet.SimulatedDevice) -> None:
+        """Score the global model version on the device's held-out data and send the signed
+        evaluation, as a real device's runtime would. Whatever keeps it from answering (past
+        the deadline, an uploaded model, another data set, no held-out data, a result that
+        cannot be sent) sends nothing: there is no decline for an evaluation, the
+        coordinator's deadline counts the device out."""
+        if datetime.now(UTC) >= message.deadline:
+            EVALUATIONS_SKIPPED.labels("past_deadline").inc()
+            return
+        if self._on_uploaded_model(message):
+            EVALUATIONS_SKIPPED.labels("uploaded_model").inc()
+            return
+        if message.dataset != self.settings.dataset or message.model_architecture is None:
+            EVALUATIONS_SKIPPED.labels("other_dataset").inc()
+            logger.warning(
+                "device %s holds %s, not %s: evaluate request of task %s skipped",
+                device.device_id,
+                self.settings.dataset,
+                message.dataset,
+                message.task_id,
+            )
+            return
+        async with self.context.pool.connection() as conn:
+            if await db.is_processed(conn, schema=SCHEMA, message_id=message.message_id):
+                EVALUATIONS_SKIPPED.labels("duplicate").inc()
+                return
+        model = await self.global_model(message)
+        client = self.client_for(device, message.dataset, message.model_architecture)
+        config = answer.config_for_evaluation(message)
+        try:
+            result = await asyncio.to_thread(client.evaluate, dict(model.parameters), config)
+            evaluation = answer.signed_evaluation(
+                message,
+                Identity(device.device_id, self.keys[device.device_id]),
+                result,
+                producer=PRODUCER,
+            )
+        except Exception as exc:  # no held-out data, a diverged model: nothing to send
+            EVALUATIONS_SKIPPED.labels("not_sent").inc()
+            logger.warning(
+                "device %s: evaluation %s of task %s not sent (%s: %s)",
+                device.device_id,
+                message.evaluation_id,
+                message.task_id,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            if datetime.now(UTC) < message.deadline:
+                await self._publish(topics.EVALUATIONS, str(message.task_id), evaluation)
+                EVALUATED.inc()
+            else:
+                EVALUATIONS_SKIPPED.labels("late").inc()
+        # Marked processed once the evaluation is on the log (or will never be): a crash
+        # before this line evaluates again, and the coordinator keeps one answer per device.
+        async with self.context.pool.connection() as conn:
+            await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+
     def client_for(
-        self, device: fleet.SimulatedDevice, dataset_name: str, architecture: ModelArchitecture
+        self,
+        device: fleet.SimulatedDevice,
+        dataset_name: DatasetName,
+        architecture: ModelArchitecture,
     ) -> ArrayTorchClient:
         """The device's client: the built-in model's, on its partition (labels flipped for a
-        label-flipping attacker). Kept per device, data set and architecture."""
+        label-flipping attacker), evaluating on its held-out share of the test split (with
+        honest labels; none when its share is empty). Kept per device, data set and
+        architecture."""
         key = (device.index, dataset_name, architecture)
         client = self._clients.get(key)
         if client is None:
@@ -345,6 +491,7 @@ class Fleet:
             labels = dataset.y_train[indices]
             if device.index in self.attackers:
                 labels = attacks.flip_labels(labels, dataset.num_classes, self.attack)
+            test = self.held_out_of(dataset_name, device.index)
             client = ArrayTorchClient(
                 functools.partial(
                     models.build_model,
@@ -355,6 +502,8 @@ class Fleet:
                 ),
                 dataset.x_train[indices],
                 labels,
+                dataset.x_test[test] if len(test) else None,
+                dataset.y_test[test] if len(test) else None,
             )
             self._clients[key] = client
         return client
@@ -365,6 +514,8 @@ class Fleet:
         """Run the device's client, as a real device's runtime would; return its result, the
         duration and the (maybe poisoned) update, or None when training diverged (there is
         nothing worth sending)."""
+        if message.dataset is None or message.model_architecture is None:
+            raise ProtocolViolation("train request of a task on an uploaded model")
         model = await self.global_model(message)
         client = self.client_for(device, message.dataset, message.model_architecture)
         config = {

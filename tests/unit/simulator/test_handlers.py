@@ -1,0 +1,274 @@
+"""The simulator's answers to evaluate requests, and to requests of a task on an uploaded model,
+with its database and broker replaced by fakes; records go through the consume loop's own
+processor, so that what it would dead-letter shows."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from aiokafka import ConsumerRecord
+from pydantic import SecretStr
+
+from fedcommon import codec, enrolment_tokens, kafka, models, signing, topics, trust
+from fedcommon.messages.v1 import (
+    DeclineReason,
+    Envelope,
+    EvaluateRequested,
+    EvaluationSubmitted,
+    ModelArchitecture,
+    TrainRequested,
+    UpdateDeclined,
+)
+from fedcommon.service import ServiceContext
+from fedcommon.settings import KafkaSettings
+from fedengine_simulator import handlers
+from fedengine_simulator.settings import Settings
+
+PREFIX = "t."
+COORDINATOR_KEY = signing.generate_private_key()
+MODEL = models.to_safetensors(
+    models.build_model(ModelArchitecture.MLP, input_shape=(1, 8, 8), num_classes=10, seed=0)
+)
+
+
+@dataclass
+class FakeCursor:
+    rows: list[tuple[Any, ...]]
+    rowcount: int = 0
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        return self.rows[0] if self.rows else None
+
+
+@dataclass
+class FakeDatabase:
+    """The queries the simulator runs: the coordinator's model store, its own processed
+    messages and trained rows."""
+
+    models: dict[tuple[UUID, int], bytes] = field(default_factory=dict)
+    processed: set[UUID] = field(default_factory=set)
+
+    async def execute(self, query: Any, params: tuple[Any, ...] = ()) -> FakeCursor:
+        text = query if isinstance(query, str) else query.as_string()
+        if "models_public" in text:
+            data = self.models.get((params[0], params[1]))
+            return FakeCursor([] if data is None else [(data,)])
+        if "processed_messages" in text and text.startswith("SELECT"):
+            return FakeCursor([(1,)] if params[0] in self.processed else [])
+        if "processed_messages" in text and text.startswith("INSERT"):
+            new = params[0] not in self.processed
+            self.processed.add(params[0])
+            return FakeCursor([], rowcount=int(new))
+        return FakeCursor([])
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[FakeDatabase]:
+        yield self
+
+
+@dataclass
+class FakeProducer:
+    sent: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
+
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> None:
+        self.sent.append((topic, value, key))
+
+    def on(self, base: str) -> list[tuple[Envelope, bytes | None]]:
+        """What was sent to topic ``base``, decoded, with its key."""
+        name = topics.topic_name(PREFIX, base)
+        return [(codec.decode(value), key) for topic, value, key in self.sent if topic == name]
+
+
+@dataclass
+class Simulator:
+    fleet: handlers.Fleet
+    database: FakeDatabase
+    producer: FakeProducer
+    processor: kafka.RecordProcessor
+
+    async def deliver(self, message: TrainRequested | EvaluateRequested) -> None:
+        """Deliver ``message`` as the coordinator signs it, through the consume loop's
+        processor (decode, topic check, trust check, handler, dead-lettering)."""
+        topic = topics.topic_name(PREFIX, topics.DEVICE_COMMANDS)
+        key, value = message.device_id.encode(), codec.encode(message)
+        headers = trust.Signer("coordinator", COORDINATOR_KEY).headers(topic, key, value)
+        await self.processor.process(
+            ConsumerRecord(topic, 0, 0, 0, 0, key, value, None, len(key), len(value), headers)
+        )
+
+
+def simulator(tmp_path: Path, devices: int = 4) -> Simulator:
+    token = enrolment_tokens.issue("f", coordinator_key=signing.public_key_bytes(COORDINATOR_KEY))
+    settings = Settings(
+        postgres={"DATABASE_URL": "postgresql://unused"},  # type: ignore[arg-type]
+        kafka=KafkaSettings(topic_prefix=PREFIX),
+        fleet="f",
+        devices=devices,
+        enrolment_token=SecretStr(token.encode()),
+        FEDENGINE_HOME=tmp_path,  # type: ignore[call-arg]
+    )
+    database, producer = FakeDatabase(), FakeProducer()
+    context = ServiceContext(
+        name="simulator-f",
+        kafka=settings.kafka,
+        pool=database,  # type: ignore[arg-type]
+        producer=producer,  # type: ignore[arg-type]
+        relay=None,  # type: ignore[arg-type]
+    )
+    fleet = handlers.Fleet(context, settings)
+    processor = kafka.RecordProcessor(
+        producer=producer,  # type: ignore[arg-type]
+        settings=settings.kafka,
+        handle=fleet.handle,
+        verifier=settings.trust.verifier(prefix=PREFIX, window_s=3600),
+    )
+    return Simulator(fleet, database, producer, processor)
+
+
+def evaluate_request(
+    device_id: str, task_id: UUID, *, uploaded: bool = False, seconds: float = 30
+) -> EvaluateRequested:
+    return EvaluateRequested(
+        producer="coordinator",
+        task_id=task_id,
+        evaluation_id=uuid4(),
+        device_id=device_id,
+        round_number=1,
+        model_version=1,
+        model_sha256=models.sha256_hex(MODEL),
+        deadline=datetime.now(UTC) + timedelta(seconds=seconds),
+        model_architecture=None if uploaded else ModelArchitecture.MLP,
+        dataset=None if uploaded else "digits",
+        batch_size=16,
+        seed=3,
+    )
+
+
+def train_request(device_id: str, task_id: UUID) -> TrainRequested:
+    return TrainRequested(
+        producer="coordinator",
+        round_id=uuid4(),
+        task_id=task_id,
+        device_id=device_id,
+        round_number=1,
+        model_version=1,
+        model_sha256=models.sha256_hex(MODEL),
+        deadline=datetime.now(UTC) + timedelta(seconds=30),
+        model_architecture=None,
+        dataset=None,
+        learning_rate=0.1,
+        local_epochs=1,
+        batch_size=8,
+        seed=0,
+    )
+
+
+async def test_a_device_evaluates_on_its_held_out_share_and_signs_its_answer(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    sim = simulator(tmp_path)
+    task_id = uuid4()
+    sim.database.models[(task_id, 1)] = MODEL
+    asked = evaluate_request("f-0002", task_id)
+
+    # Execute: delivered twice (at-least-once), answered once.
+    await sim.deliver(asked)
+    await sim.deliver(asked)
+
+    # Assert
+    assert sim.producer.on(topics.DLQ) == []
+    ((message, key),) = sim.producer.on(topics.EVALUATIONS)
+    assert isinstance(message, EvaluationSubmitted) and key == str(task_id).encode()
+    assert message.producer == "simulator" and message.device_id == "f-0002"
+    assert message.evaluation_id == asked.evaluation_id
+    assert message.num_examples == len(sim.fleet.held_out_of("digits", 2)) > 0
+    assert 0 <= message.metrics["accuracy"] <= 1 and message.loss > 0
+    signing.verify(
+        public_key=signing.public_key_bytes(sim.fleet.keys["f-0002"]),
+        signature=message.signature,
+        payload=signing.evaluation_payload(
+            task_id=task_id,
+            evaluation_id=asked.evaluation_id,
+            device_id="f-0002",
+            round_number=1,
+            model_version=1,
+            num_examples=message.num_examples,
+            loss=message.loss,
+            metrics=message.metrics,
+        ),
+    )
+
+
+async def test_evaluating_does_not_change_what_a_device_trains_on(tmp_path: Path) -> None:
+    sim = simulator(tmp_path)
+    before = sim.fleet.partition_of("digits", 1).copy()
+    client = sim.fleet.client_for(sim.fleet.devices["f-0001"], "digits", ModelArchitecture.MLP)
+    assert len(client.y) == len(before)
+    assert client.x_test is not None and len(client.x_test) == len(
+        sim.fleet.held_out_of("digits", 1)
+    )
+    assert (sim.fleet.partition_of("digits", 1) == before).all()
+
+
+async def test_a_task_on_an_uploaded_model_is_declined_for_training_and_not_evaluated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = simulator(tmp_path)
+    task_id = uuid4()
+    with caplog.at_level(logging.WARNING, logger=handlers.__name__):
+        for device_id in ("f-0000", "f-0001"):
+            await sim.deliver(train_request(device_id, task_id))
+            await sim.deliver(evaluate_request(device_id, task_id, uploaded=True))
+
+    assert sim.producer.on(topics.DLQ) == []
+    assert sim.producer.on(topics.EVALUATIONS) == []
+    declines = sim.producer.on(topics.UPDATES)
+    assert [type(m) for m, _ in declines] == [UpdateDeclined, UpdateDeclined]
+    for message, key in declines:
+        assert isinstance(message, UpdateDeclined) and key == str(task_id).encode()
+        assert message.reason == DeclineReason.NO_MODEL and message.producer == "simulator"
+        signing.verify(
+            public_key=signing.public_key_bytes(sim.fleet.keys[message.device_id]),
+            signature=message.signature,
+            payload=signing.decline_payload(
+                task_id=task_id,
+                round_id=message.round_id,  # type: ignore[arg-type]
+                device_id=message.device_id,
+                round_number=1,
+                model_version=1,
+                reason=DeclineReason.NO_MODEL.value,
+            ),
+        )
+    logged = [r for r in caplog.records if "uploaded model" in r.getMessage()]
+    assert len(logged) == 1  # once per task
+
+
+async def test_late_and_data_less_evaluate_requests_send_nothing(tmp_path: Path) -> None:
+    # Prepare: a fleet larger than the digits test split leaves some devices no held-out data.
+    sim = simulator(tmp_path, devices=500)
+    task_id = uuid4()
+    sim.database.models[(task_id, 1)] = MODEL
+    empty = next(i for i in range(500) if len(sim.fleet.held_out_of("digits", i)) == 0)
+
+    # Execute
+    await sim.deliver(evaluate_request(f"f-{empty:04d}", task_id))
+    await sim.deliver(evaluate_request(f"f-{(empty + 1) % 500:04d}", task_id, seconds=-1))
+    await sim.deliver(evaluate_request("someone-else", task_id))
+
+    # Assert: nothing sent, nothing dead-lettered.
+    assert sim.producer.sent == []
