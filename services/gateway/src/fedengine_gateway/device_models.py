@@ -1,13 +1,13 @@
 """GET /devices/{device_id}/tasks/{task_id}/models/{version}: a device fetches, as itself, a
-model version it was asked to train on.
+model version it was asked to train on or to evaluate.
 
 No JWT: the device signs the request with its enrolled Ed25519 key, over
 ``fedcommon.signing.model_fetch_payload`` (headers ``X-Device-Sent-At`` and
 ``X-Device-Signature``). The checks, in order: the headers and the send time (401, pure:
 ``device_requests``); the signature against the device's enrolled key (401, one answer for an
 unknown, removed or wrongly signed device, so that nobody learns which devices exist); a try
-that asked this device to train on this version (403, ``coordinator.model_requests_public``);
-the version in the store (404).
+that asked this device to train on this version, or an evaluation that asked it to evaluate
+it (403, ``coordinator.model_requests_public`` lists both); the version in the store (404).
 """
 
 from __future__ import annotations
@@ -143,12 +143,13 @@ def _refuse(
         },
         403: {
             "model": ErrorBody,
-            "description": "The device was not asked to train on this version of this task",
+            "description": "The device was not asked to train on (or evaluate) this version "
+            "of this task",
         },
         404: {"model": ErrorBody, "description": "The model version is not in the store"},
         **errors.responses(413, 422, 503),
     },
-    summary="Fetch, as a device, a model version it was asked to train on",
+    summary="Fetch, as a device, a model version it was asked to train on or evaluate",
 )
 async def get_device_model(
     device_id: DevicePath,
