@@ -50,7 +50,13 @@ def test_the_principals_are_the_services_and_the_device_fleet() -> None:
 
 
 def test_devices_write_only_device_topics_and_read_only_commands_and_models() -> None:
-    assert writes("devices") == {topics.DEVICES, topics.UPDATES, topics.SECAGG, topics.DLQ}
+    assert writes("devices") == {
+        topics.DEVICES,
+        topics.UPDATES,
+        topics.SECAGG,
+        topics.EVALUATIONS,
+        topics.DLQ,
+    }
     assert reads("devices") == {topics.DEVICE_COMMANDS, topics.MODELS}
     assert granted("devices", "group") == {"simulator-": {"Read"}, "device.": {"Read"}}
 
