@@ -30,6 +30,7 @@ from fedengine.demo import (
     secure_aggregation_summary,
 )
 from fedengine.demo import strategy_param as strategy_param_of
+from fedengine.models_cli import models_app
 from fedengine.privacy_cli import privacy_app
 from fedengine.settings import LauncherSettings
 
@@ -66,6 +67,7 @@ AttackScale = Annotated[
 
 app = typer.Typer(help="FedEngine: federated learning over Kafka.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(models_app, name="models")
 console = Console()
 
 

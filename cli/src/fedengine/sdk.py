@@ -7,7 +7,9 @@ the effect is visible.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -25,11 +27,19 @@ class FedEngineError(Exception):
 class FedEngineClient:
     """``async with FedEngineClient(url, token) as client: ...``"""
 
-    def __init__(self, base_url: str, token: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout_s: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + API,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
+            transport=transport,
         )
 
     async def __aenter__(self) -> FedEngineClient:
@@ -113,7 +123,22 @@ class FedEngineClient:
         ``secure_aggregation={}`` turns on SecAgg+ with every default (or names ``bits``,
         ``clip_norm``, ``weight_cap``, ``neighbours``, ``threshold``, ``stage_timeout_s``); it
         needs ``min_devices`` >= 3 and a strategy that sums updates, else 422.
+
+        ``initial_model`` trains an uploaded model instead of a built-in one: what
+        ``upload_model`` returned (its ``model_id`` and ``sha256`` are taken), with no
+        ``model_architecture`` and no ``dataset``. ``federated_evaluation={}`` (or
+        ``every_rounds``, ``fraction``, ``min_devices``, ``timeout_s``) has devices evaluate
+        each new version on their own data; a task on an uploaded model needs it for
+        ``target_accuracy`` or ``patience``.
         """
+        initial = task.get("initial_model")
+        if isinstance(initial, Mapping):
+            task = {
+                **task,
+                "initial_model": {
+                    key: str(initial[key]) for key in ("model_id", "sha256") if key in initial
+                },
+            }
         accepted = (await self._request("POST", "/tasks", json=task)).json()
         await self.wait_for_task(accepted["id"], lambda t: True)
         return str(accepted["id"])
@@ -163,6 +188,11 @@ class FedEngineClient:
                 return None
             raise
 
+    async def task_evaluations(self, task_id: str) -> list[dict[str, Any]]:
+        """Every federated evaluation of the task (all pages), oldest first: devices asked and
+        answered, and the example-weighted ``loss``, ``accuracy`` and ``metrics``."""
+        return await self._all_pages(f"/tasks/{task_id}/evaluations")
+
     async def get_task_events(self, task_id: str) -> list[dict[str, Any]]:
         page = await self._request("GET", f"/tasks/{task_id}/events", params={"limit": 500})
         items: list[dict[str, Any]] = page.json()["items"]
@@ -179,6 +209,75 @@ class FedEngineClient:
             response.headers["X-Model-SHA256"],
             int(response.headers["X-Model-Version"]),
         )
+
+    # --- uploaded models ---------------------------------------------------------------------
+    async def upload_model(
+        self,
+        data: bytes,
+        *,
+        name: str = "model",
+        timeout_s: float = 60.0,
+        poll_s: float = 0.1,
+    ) -> dict[str, Any]:
+        """Upload a safetensors file as an initial model (operator) and return it once the
+        coordinator has stored it: ``{"model_id", "sha256", "size_bytes", "name", "tensors",
+        "uploaded_by", "uploaded_at"}``. Pass it as a task's ``initial_model``.
+
+        The gateway checks the file first (finite F32 tensors, a sound header: 422 says what is
+        wrong; larger than one Kafka record: 413).
+
+        Raises
+        ------
+        FedEngineError
+            The gateway refused the file (its status and detail).
+        TimeoutError
+            The gateway accepted it but the coordinator had not stored it within ``timeout_s``.
+        """
+        response = await self._request(
+            "POST",
+            "/models",
+            params={"name": name},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        accepted: dict[str, Any] = response.json()
+        model_id = str(accepted["model_id"])
+        if accepted["sha256"] != hashlib.sha256(data).hexdigest():
+            raise FedEngineError(
+                response.status_code, f"model {model_id}: the gateway's sha256 is not the file's"
+            )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return await self.get_model(model_id)
+            except httpx.TransportError:
+                pass
+            except FedEngineError as exc:
+                if exc.status_code not in (404, 503):
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"model {model_id} was accepted but not stored by the coordinator within "
+                    f"{timeout_s:g} s (is it running?); GET {API}/models/{model_id} shows it "
+                    "once it is"
+                )
+            await asyncio.sleep(poll_s)
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """Every uploaded model (all pages), newest first; never their bytes."""
+        return await self._all_pages("/models")
+
+    async def get_model(self, model_id: str) -> dict[str, Any]:
+        """One uploaded model; ``FedEngineError`` 404 until the coordinator has stored it."""
+        return await self._json("GET", f"/models/{model_id}")
+
+    async def _all_pages(self, path: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self._json("GET", path, params={"limit": 500, "offset": len(items)})
+            items.extend(page["items"])
+            if len(items) >= page["total"] or not page["items"]:
+                return items
 
     async def get_status(self) -> dict[str, Any]:
         return await self._json("GET", "/status")
