@@ -1,0 +1,79 @@
+"""Federated evaluation on a running stack: simulated devices score the global model on their
+own held-out shares, the round's federated metrics are their example-weighted means, and the
+stopping rules read them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from fedengine.sdk import FedEngineClient
+from tests.integration.helpers import run_fleet_task
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def _finished(client: FedEngineClient, task_id: str) -> dict[str, Any]:
+    return await client.wait_for_task(
+        task_id, lambda t: t["state"] in ("completed", "failed", "cancelled"), timeout_s=120
+    )
+
+
+async def test_every_second_version_is_evaluated_by_the_fleet(
+    client: FedEngineClient, fleet: str, db: psycopg.AsyncConnection
+) -> None:
+    task_id = await run_fleet_task(
+        client,
+        fleet,
+        wait=False,
+        rounds=4,
+        federated_evaluation={"every_rounds": 2, "fraction": 1.0, "min_devices": 2},
+    )
+
+    task = await _finished(client, task_id)
+
+    assert task["state"] == "completed", task
+    rounds = {r["round_number"]: r for r in await client.get_rounds(task_id)}
+    assert [rounds[n]["fed_accuracy"] is None for n in (1, 2, 3, 4)] == [True, False, True, False]
+    for n in (2, 4):
+        round_ = rounds[n]
+        assert 0.3 < round_["fed_accuracy"] <= 1
+        assert round_["fed_loss"] > 0
+        assert round_["fed_devices"] >= 2 and round_["fed_examples"] > 0
+        if round_["fed_devices"] == 8:
+            # Every test example lies in exactly one device's share: the whole fleet's mean is
+            # the central evaluation on the same split.
+            assert round_["fed_accuracy"] == pytest.approx(round_["accuracy"], abs=1e-6)
+    cursor = await db.execute(
+        "SELECT round_number, status, cardinality(devices), answered FROM "
+        "coordinator.evaluations WHERE task_id = %s ORDER BY round_number",
+        (task_id,),
+    )
+    evaluations = await cursor.fetchall()
+    assert [(r[0], r[1]) for r in evaluations] == [(2, "completed"), (4, "completed")]
+    assert all(r[3] == r[2] for r in evaluations), evaluations  # everyone asked answered
+
+
+async def test_the_target_accuracy_is_judged_on_the_devices_verdict(
+    client: FedEngineClient, fleet: str
+) -> None:
+    task_id = await run_fleet_task(
+        client,
+        fleet,
+        wait=False,
+        rounds=10,
+        target_accuracy=0.3,
+        federated_evaluation={"every_rounds": 1, "fraction": 0.5, "min_devices": 2},
+    )
+
+    task = await _finished(client, task_id)
+
+    assert task["state"] == "completed", task
+    assert task["stop_reason"] == "target_accuracy"
+    completed = [r for r in await client.get_rounds(task_id) if r["status"] == "completed"]
+    assert completed[-1]["fed_accuracy"] >= 0.3
+    assert all(r["fed_accuracy"] < 0.3 for r in completed[:-1])
+    events = await client.get_task_events(task_id)
+    assert "reached the target" in events[-1]["detail"]
