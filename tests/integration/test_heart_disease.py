@@ -6,6 +6,7 @@ example's in-process FedAvg computes."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,7 @@ async def test_four_hospitals_match_centralised_training_within_three_points(
         seed=CHOSEN.seed,
     )
     federated = outcome["accuracy"]
+    print(json.dumps({"rounds": rounds, "centralised": pooled, "federated": federated}))
     assert isinstance(federated, float)
     assert abs(federated - pooled["accuracy"]) <= 0.03, (federated, pooled)
     # The platform's rounds are the example's plain FedAvg loop, to float32 rounding: the
