@@ -17,6 +17,9 @@ A task's life::
     open round: ResultReceived -> ApplyResult (x + delta) or StepServerOptimizer (FedAvgM,
                 FedAdam, FedYogi, FedAdagrad) -> ModelApplied -> completed (max_rounds,
                 target_accuracy, converged) | next round (only while running)
+    applied, with federated_evaluation due: OpenEvaluation -> ... -> evaluation closed -> the
+                same stopping rules on the devices' accuracy (core/federated_evaluation.py);
+                no round opens while an evaluation is open
     open round: FailureReceived (aggregator, or lost at the deadline) -> the same round again
                 (only while running; a paused task re-tries on resume) | failed (round_failed)
     any unfinished state: ErrorRaised -> failed (error)
