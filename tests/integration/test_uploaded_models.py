@@ -140,3 +140,42 @@ async def test_an_uploaded_model_the_devices_cannot_train_fails_with_their_reaso
     # The stack and the devices are still up: the same devices train the right model next.
     good = await _run(stack, _model_file(hidden=64), ids, rounds=1, round_timeout_s=30)
     assert good["task"]["state"] == "completed", good["task"]
+
+
+async def test_secure_aggregation_and_central_dp_run_on_an_uploaded_model(
+    stack: Stack, devices: Devices
+) -> None:
+    """The protocols sum arrays of whatever shapes the stored version has, read from the
+    uploaded file: a secure task and a DP task on a user's model both complete."""
+    ids = await _start(stack, devices, "sp", 3)
+    model = _model_file(hidden=64)
+
+    secure = await _run(
+        stack,
+        model,
+        ids,
+        rounds=2,
+        round_timeout_s=30,
+        secure_aggregation={},
+        federated_evaluation={"min_devices": 3, "timeout_s": 30},
+    )
+    private = await _run(
+        stack,
+        model,
+        ids,
+        rounds=2,
+        round_timeout_s=30,
+        privacy={"epsilon": 50.0, "delta": 1e-5, "clip_norm": 1.0, "noise_multiplier": 0.5},
+        federated_evaluation={"min_devices": 3, "timeout_s": 30},
+    )
+
+    assert secure["task"]["state"] == "completed", secure["task"]
+    for round_ in (r for r in secure["rounds"] if r["status"] == "completed"):
+        assert sorted(round_["aggregated"]) == sorted(ids), round_
+        assert [s["stage_name"] for s in round_["secure_stages"]][-1] == "unmasking"
+        assert round_["fed_devices"] == 3
+    assert private["task"]["state"] == "completed", private["task"]
+    completed = [r for r in private["rounds"] if r["status"] == "completed"]
+    assert len(completed) == 2
+    assert all(r["epsilon_spent"] is not None for r in completed)
+    assert all(r["fed_devices"] == 3 for r in completed)
