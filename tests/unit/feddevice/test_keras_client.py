@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcommon import datasets, models
+from fedcommon import datasets, model_files, models
 from fedcommon.messages.v1 import ModelArchitecture
 from feddevice import answer
 from feddevice.array_client import ArrayTorchClient
@@ -101,3 +101,28 @@ def test_a_map_naming_a_weight_the_model_lacks_is_refused() -> None:
             DIGITS.y_train[:10],
             tensors={"net.1.weight": keras_client.KerasTensor("nowhere/kernel", transpose=True)},
         )
+
+
+def test_a_scalar_weight_comes_back_as_a_scalar() -> None:
+    # Prepare: an uploaded model whose weights include a 0-d one (a learned scale).
+    class Scale(keras.layers.Layer):  # type: ignore[misc,name-defined]
+        def build(self, input_shape: object) -> None:
+            self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+        def call(self, inputs: object) -> object:
+            return inputs * self.scale
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), Scale()])
+    names = [weight.path for weight in model.weights]
+    arrays = [np.asarray(keras.ops.convert_to_numpy(w), np.float32) for w in model.weights]
+    global_model = answer.GlobalModel(model_files.write(names, arrays))
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    client = keras_client.KerasClient(model, x, np.zeros(8, np.int64))
+
+    # Execute
+    result = client.fit(global_model.parameters, {"learning_rate": 0.1, "batch_size": 4})
+
+    # Assert: the update fits the model, the scalar included.
+    delta = answer.delta_of(global_model, result)
+    assert [d.shape for d in delta] == [a.shape for a in arrays]
+    assert () in [d.shape for d in delta]

@@ -24,6 +24,7 @@ from safetensors.numpy import save as save_safetensors
 
 from fedcommon import tensor_order
 from fedcommon.arrays import NDArrays
+from fedcommon.constraints import INT32_MAX
 from fedcommon.tensor_order import BadModelFile
 
 __all__ = [
@@ -41,6 +42,9 @@ __all__ = [
 MAX_TENSORS = 4096
 MAX_NAME_LENGTH = 200
 MAX_NDIM = 8
+# Each dimension fits what round.opened carries for it (param_shapes: Int32). A dimension
+# beside a 0 holds no bytes, so the file's size does not bound it.
+MAX_DIM = INT32_MAX
 DTYPE = "F32"
 
 
@@ -60,11 +64,14 @@ def inspect(data: bytes) -> list[TensorSpec]:
 
     Checked: the header (JSON object, length within the file), at most MAX_TENSORS tensors,
     names of printable characters up to MAX_NAME_LENGTH, float32 only, at most MAX_NDIM
-    dimensions, offsets that tile the data exactly, a tensor order (when named) that lists
-    each tensor once, and every value finite.
+    dimensions of at most MAX_DIM each, offsets that tile the data exactly, a tensor order
+    (when named) that lists each tensor once, at least one value (an update of none has
+    nothing to train, and secure aggregation needs a vector of one), and every value finite.
     """
     names = _order(data)
     arrays = _load(data, names)
+    if not any(array.size for array in arrays):
+        raise BadModelFile("model file holds no values: every tensor has a dimension of 0")
     specs = []
     for name, array in zip(names, arrays, strict=True):
         if not np.isfinite(array).all():
@@ -80,9 +87,13 @@ def read(data: bytes) -> tuple[list[str], NDArrays]:
 
 
 def write(names: Sequence[str], arrays: NDArrays) -> bytes:
-    """Return a model file of ``arrays`` under ``names``, naming that order in its metadata."""
+    """Return a model file of ``arrays`` under ``names``, naming that order in its metadata.
+
+    A 0-d tensor (a scalar parameter) stays 0-d: ``np.ascontiguousarray`` would make it
+    shape (1,), and a device's update of the scalar would then no longer fit the model.
+    """
     tensors = {
-        name: np.ascontiguousarray(a, dtype=np.float32)
+        name: np.asarray(a, dtype=np.float32, order="C")
         for name, a in zip(names, arrays, strict=True)
     }
     data: bytes = save_safetensors(tensors, metadata=tensor_order.metadata(list(names)))
@@ -133,9 +144,13 @@ def _order(data: bytes, header: dict[str, object] | None = None) -> list[str]:
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_NDIM
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+            )
         ):
-            raise BadModelFile(f"tensor {name!r} has no valid shape (at most {MAX_NDIM} dims)")
+            raise BadModelFile(
+                f"tensor {name!r} has no valid shape (at most {MAX_NDIM} dims of at most {MAX_DIM})"
+            )
         start, stop = _offsets(header, name)
         if start != end or stop - start != 4 * math.prod(shape):
             raise BadModelFile(f"tensor {name!r}: its offsets do not tile the data")

@@ -100,7 +100,9 @@ class KerasClient:
         named = {}
         for name, target in self.tensors.items():
             value = np.asarray(keras.ops.convert_to_numpy(by_path[target.path]), np.float32)
-            named[name] = np.ascontiguousarray(value.T if target.transpose else value)
+            # np.asarray keeps a scalar weight 0-d (np.ascontiguousarray makes it shape (1,),
+            # which no longer fits the model's tensor).
+            named[name] = np.asarray(value.T if target.transpose else value, order="C")
         return named
 
     def fit(self, parameters: Parameters, config: Config) -> FitResult:
