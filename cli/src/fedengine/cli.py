@@ -374,6 +374,15 @@ def demo(
             "devices that dropped (30)"
         ),
     ] = None,
+    federated_evaluation: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="every this many rounds (and after the last) the fleet's devices evaluate the "
+            "new version on their own held-out shares; the task's stopping rules then read "
+            "their accuracy (0: off)",
+        ),
+    ] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -418,6 +427,7 @@ def demo(
         secagg_bits=secagg_bits,
         secagg_dropout=secagg_dropout,
         secagg_stage_timeout=secagg_stage_timeout,
+        federated_evaluation=federated_evaluation,
     )
     try:
         privacy_section(options)
@@ -436,6 +446,7 @@ def demo(
         "rejected",
         "seconds",
         "epsilon",
+        "fed accuracy",
         caption=f"updates above the norm bound {result['config']['max_update_norm']} are "
         "rejected before aggregation",
     )
@@ -449,6 +460,7 @@ def demo(
             str(row["rejected"]),
             f"{row['duration_s']:.2f}",
             "" if row["epsilon_spent"] is None else f"{row['epsilon_spent']:.4f}",
+            "" if row["fed_accuracy"] is None else f"{row['fed_accuracy']:.4f}",
         )
     console.print(table)
     console.print(

@@ -117,6 +117,9 @@ class DemoOptions:
     secagg_dropout: float | None = None
     # Seconds each stage after training waits (None: the schema's 30).
     secagg_stage_timeout: float | None = None
+    # Federated evaluation every this many rounds (and after the last), by every eligible
+    # device of the fleet on its held-out share (0: off; central evaluation only).
+    federated_evaluation: int = 0
 
 
 async def _device_ledgers(
@@ -322,6 +325,13 @@ def task_body(
         body["privacy"] = privacy
     if secure is not None:
         body["secure_aggregation"] = secure
+    if options.federated_evaluation:
+        body["federated_evaluation"] = {
+            "every_rounds": options.federated_evaluation,
+            "fraction": 1.0,
+            "min_devices": 1,
+            "timeout_s": options.round_timeout_s,
+        }
     return body
 
 
@@ -362,6 +372,10 @@ def round_summary(row: dict[str, Any]) -> dict[str, Any]:
         "attempt": row["attempt"],
         "accuracy": row["accuracy"],
         "loss": row["loss"],
+        # The devices' example-weighted verdict (None: not evaluated by devices this round).
+        "fed_accuracy": row.get("fed_accuracy"),
+        "fed_loss": row.get("fed_loss"),
+        "fed_devices": row.get("fed_devices"),
         "participants": len(row["aggregated"] or []),
         "dropped": len(row["dropped"] or []),
         "rejected": sum((row["rejected"] or {}).values()),
@@ -493,6 +507,7 @@ async def run_demo(
             },
             "rounds": rounds,
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+            "final_fed_accuracy": rounds[-1]["fed_accuracy"] if rounds else None,
             "privacy": None
             if budget is None
             else {
