@@ -4,13 +4,16 @@ stopping rules read them."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
 from fedengine.sdk import FedEngineClient
-from tests.integration.helpers import run_fleet_task
+from tests.integration.conftest import Stack
+from tests.integration.helpers import eventually, run_fleet_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -77,3 +80,44 @@ async def test_the_target_accuracy_is_judged_on_the_devices_verdict(
     assert all(r["fed_accuracy"] < 0.3 for r in completed[:-1])
     events = await client.get_task_events(task_id)
     assert "reached the target" in events[-1]["detail"]
+
+
+async def test_answers_that_reached_the_log_in_time_count_when_read_after_the_deadline(
+    client: FedEngineClient, fleet: str, stack: Stack, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: the coordinator cannot store an answer until we let it (as in a database outage
+    # or a restart: it reads the answers after the deadline, though they came in time).
+    async with await psycopg.AsyncConnection.connect(stack.database_url) as holder:
+        await holder.execute("LOCK TABLE coordinator.evaluation_results IN ACCESS EXCLUSIVE MODE")
+        task_id = await run_fleet_task(
+            client,
+            fleet,
+            wait=False,
+            rounds=1,
+            federated_evaluation={"fraction": 1.0, "min_devices": 2, "timeout_s": 2},
+        )
+
+        async def deadline() -> datetime | None:
+            cursor = await db.execute(
+                "SELECT deadline FROM coordinator.evaluations WHERE task_id = %s", (task_id,)
+            )
+            row = await cursor.fetchone()
+            return None if row is None else row[0]
+
+        due = await eventually(deadline, timeout_s=60)
+        # Execute: the answers wait until well past the deadline.
+        await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 3)
+        await holder.commit()
+
+    task = await _finished(client, task_id)
+
+    # Assert: every device asked answered in time, and every answer counted.
+    assert task["state"] == "completed", task
+    cursor = await db.execute(
+        "SELECT status, cardinality(devices), answered FROM coordinator.evaluations "
+        "WHERE task_id = %s",
+        (task_id,),
+    )
+    status, asked, answered = await cursor.fetchone() or (None, 0, 0)
+    assert status == "completed"
+    assert answered == asked >= 2

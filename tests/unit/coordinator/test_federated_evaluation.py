@@ -260,7 +260,9 @@ def test_a_partial_tally_waits_and_the_deadline_closes_with_what_came() -> None:
     one = [DeviceEvaluation("d0", 10, 1.0, {"accuracy": 0.5})]
 
     assert decide(state, EvaluationTallied(one, (), final=False)).effects == []
-    assert decide(state, EvaluationDue()).effects == [TallyEvaluation(evaluation(), final=True)]
+    assert decide(state, EvaluationDue(EVALUATION_ID)).effects == [
+        TallyEvaluation(evaluation(), final=True)
+    ]
     _, effects = decide(state, EvaluationTallied(one, (), final=True))
     assert isinstance(effects[0], CloseEvaluation) and effects[0].accuracy == 0.5
 
@@ -326,3 +328,61 @@ def test_cancelling_abandons_the_open_evaluation() -> None:
     )
 
     assert CloseEvaluation(EVALUATION_ID, TASK_ID, 2, "abandoned") in effects
+
+
+def test_the_tick_closes_only_the_evaluation_it_found_overdue() -> None:
+    # The task's open evaluation is a newer one by the time the tick's close comes.
+    state = State(task(), evaluation=evaluation())
+
+    assert decide(state, EvaluationDue(UUID(int=99))).effects == []
+
+
+def test_an_answer_read_after_an_outage_counts_by_when_it_reached_the_log() -> None:
+    # Prepare: the answer reached the log 5 s before the deadline; the coordinator (restarted,
+    # or waiting out a database outage) reads it a minute after.
+    deadline = evaluation().deadline
+    logged = deadline - timedelta(seconds=5)
+    read = deadline + timedelta(minutes=1)
+
+    # Execute
+    at = federated_evaluation.received_at(processed=read, logged_ms=int(logged.timestamp() * 1000))
+    _, effects = decide(State(task(), evaluation=evaluation()), received(submitted(), at=at))
+
+    # Assert
+    assert at == logged
+    assert isinstance(effects[0], RecordEvaluationResult)
+
+
+@pytest.mark.parametrize(
+    ("logged_ms", "expected"),
+    [
+        (None, NOW),  # no timestamp: the time it is read
+        (-1, NOW),
+        (int((NOW + timedelta(hours=1)).timestamp() * 1000), NOW),  # a clock ahead changes nothing
+        (int((NOW - timedelta(seconds=3)).timestamp() * 1000), NOW - timedelta(seconds=3)),
+    ],
+)
+def test_an_answer_is_received_when_logged_or_read_whichever_came_first(
+    logged_ms: int | None, expected: datetime
+) -> None:
+    assert federated_evaluation.received_at(processed=NOW, logged_ms=logged_ms) == expected
+
+
+def test_an_overdue_evaluation_closes_a_grace_after_it_was_first_seen_overdue() -> None:
+    first, second = UUID(int=1), UUID(int=2)
+
+    # First seen at 100 (the first tick with the database back): nothing closes yet.
+    due, seen = federated_evaluation.closable([first], {}, now=100.0, grace_s=10.0)
+    assert (due, seen) == ([], {first: 100.0})
+    # Still within the grace; a second one is seen.
+    due, seen = federated_evaluation.closable([first, second], seen, now=109.0, grace_s=10.0)
+    assert (due, seen) == ([], {first: 100.0, second: 109.0})
+    # The first's grace is over; one no longer overdue (closed meanwhile) is forgotten.
+    due, seen = federated_evaluation.closable([first], seen, now=110.0, grace_s=10.0)
+    assert (due, seen) == ([first], {})
+
+
+def test_no_grace_closes_at_once() -> None:
+    due, seen = federated_evaluation.closable([EVALUATION_ID], {}, now=0.0, grace_s=0.0)
+
+    assert (due, seen) == ([EVALUATION_ID], {})

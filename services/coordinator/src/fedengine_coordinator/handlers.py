@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from uuid import UUID
@@ -42,6 +43,7 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_coordinator import local_privacy, store
+from fedengine_coordinator.core import federated_evaluation
 from fedengine_coordinator.core.events import (
     CommandReceived,
     CreateReceived,
@@ -165,6 +167,9 @@ class Coordinator:
         self.context = context
         self.settings = settings
         self.executor = Executor(context.kafka)
+        # When this process first found each open evaluation past its deadline (monotonic
+        # seconds): it closes evaluation_grace_s later (federated_evaluation.closable).
+        self._overdue_since: dict[UUID, float] = {}
 
     async def handle(self, message: AnyMessage, record: ConsumerRecord) -> None:
         try:
@@ -174,7 +179,7 @@ class Coordinator:
                 ):
                     logger.info("duplicate %s %s skipped", message.type, message.message_id)
                     return
-                await self._dispatch(conn, message)
+                await self._dispatch(conn, message, record)
         except Exception as exc:
             task_id = getattr(message, "task_id", None)
             if classify(exc) != Failure.UNEXPECTED or task_id is None:
@@ -185,7 +190,9 @@ class Coordinator:
                 raise
         self.context.relay.wake()
 
-    async def _dispatch(self, conn: psycopg.AsyncConnection, message: AnyMessage) -> None:
+    async def _dispatch(
+        self, conn: psycopg.AsyncConnection, message: AnyMessage, record: ConsumerRecord
+    ) -> None:
         state: State
         event: Event
         match message:
@@ -226,9 +233,12 @@ class Coordinator:
                     return
                 state = await _task_state(conn, task_id)
                 keys = await store.public_keys(conn, [message.device_id])
-                event = EvaluationReceived(
-                    message, keys.get(message.device_id), now=datetime.now(UTC)
+                # Late or not by when it reached the log: an answer read after a restart or an
+                # outage came in time all the same.
+                received = federated_evaluation.received_at(
+                    processed=datetime.now(UTC), logged_ms=record.timestamp
                 )
+                event = EvaluationReceived(message, keys.get(message.device_id), now=received)
             case ModelUploaded():
                 await _keep_upload(conn, message)
                 return
@@ -269,10 +279,12 @@ class Coordinator:
         return True
 
     async def tick(self) -> None:
-        """Open rounds for waiting tasks, re-issue lost rounds, fail unanswered spends.
+        """Close overdue evaluations, open rounds for waiting tasks, re-issue lost rounds, fail
+        unanswered spends.
 
-        A round whose result never came is re-issued; a task whose privacy spend got no
-        answer within ``spend_timeout_s`` fails with that reason.
+        An evaluation past its deadline closes ``evaluation_grace_s`` after this process
+        first found it so; a round whose result never came is re-issued; a task whose
+        privacy spend got no answer within ``spend_timeout_s`` fails with that reason.
 
         Each task is handled on its own: an error in one fails that task (its reason in the
         event log) and never keeps the others from their turn. An outage ends the tick; the
@@ -283,8 +295,17 @@ class Coordinator:
             overdue = await store.overdue_rounds(conn, grace_s=self.settings.lost_round_grace_s)
             unanswered = await store.overdue_spends(conn, timeout_s=self.settings.spend_timeout_s)
             evaluated = await store.overdue_evaluations(conn)
-        for task_id in evaluated:
-            await self._isolated(task_id, functools.partial(self._evaluation_due, task_id))
+        closing, self._overdue_since = federated_evaluation.closable(
+            [evaluation_id for _, evaluation_id in evaluated],
+            self._overdue_since,
+            now=time.monotonic(),
+            grace_s=self.settings.evaluation_grace_s,
+        )
+        for task_id, evaluation_id in evaluated:
+            if evaluation_id in closing:
+                await self._isolated(
+                    task_id, functools.partial(self._evaluation_due, task_id, evaluation_id)
+                )
         for task_id, round_id in overdue:
             await self._isolated(task_id, functools.partial(self._lost_round, round_id))
         for task_id, round_id in unanswered:
@@ -311,9 +332,10 @@ class Coordinator:
         async with self.context.pool.connection() as conn, conn.transaction():
             await self.executor.run(conn, await _awaiting_state(conn, round_id), timed_out)
 
-    async def _evaluation_due(self, task_id: UUID) -> None:
+    async def _evaluation_due(self, task_id: UUID, evaluation_id: UUID) -> None:
         async with self.context.pool.connection() as conn, conn.transaction():
-            await self.executor.run(conn, await _task_state(conn, task_id), EvaluationDue())
+            state = await _task_state(conn, task_id)
+            await self.executor.run(conn, state, EvaluationDue(evaluation_id))
 
     async def _continue_task(self, task_id: UUID) -> None:
         async with self.context.pool.connection() as conn, conn.transaction():

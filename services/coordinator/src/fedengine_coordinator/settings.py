@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     tick_s: float = Field(default=0.5, gt=0)
     # A round with no result this long after its deadline is taken as lost and re-issued.
     lost_round_grace_s: float = Field(default=10.0, ge=0)
+    # An evaluation past its deadline closes this long after this process first found it so:
+    # answers that reached the log in time but wait behind a restart or a database outage
+    # (the consumer rejoining its group, up to the session timeout; retrying the database,
+    # up to its backoff cap) are read first.
+    evaluation_grace_s: float = Field(default=10.0, ge=0)
     # A DP try whose privacy spend has no answer this long after it was asked fails its task
     # (the privacy service answers even what it cannot account; silence means it is gone).
     spend_timeout_s: float = Field(default=600.0, gt=0)

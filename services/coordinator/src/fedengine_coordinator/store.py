@@ -517,12 +517,13 @@ async def close_evaluation(
         )
 
 
-async def overdue_evaluations(conn: psycopg.AsyncConnection) -> list[UUID]:
-    """The tasks whose open evaluation is past its deadline."""
+async def overdue_evaluations(conn: psycopg.AsyncConnection) -> list[tuple[UUID, UUID]]:
+    """``(task_id, evaluation_id)`` of the open evaluations past their deadline."""
     cursor = await conn.execute(
-        "SELECT task_id FROM coordinator.evaluations WHERE status = 'open' AND deadline < now()"
+        "SELECT task_id, evaluation_id FROM coordinator.evaluations "
+        "WHERE status = 'open' AND deadline < now()"
     )
-    return [r[0] for r in await cursor.fetchall()]
+    return [(r[0], r[1]) for r in await cursor.fetchall()]
 
 
 async def tasks_in_state(conn: psycopg.AsyncConnection, state: TaskState) -> list[UUID]:

@@ -161,7 +161,8 @@ class EvaluationOffered:
 @dataclass(frozen=True)
 class EvaluationReceived:
     """A device's evaluation for ``State.evaluation`` (if still open), with the device's
-    enrolled key (None: no such device) and the time it was read."""
+    enrolled key (None: no such device) and when it counts as received
+    (``federated_evaluation.received_at``: when it reached the log, not when it was read)."""
 
     submitted: EvaluationSubmitted
     public_key: bytes | None
@@ -170,7 +171,10 @@ class EvaluationReceived:
 
 @dataclass(frozen=True)
 class EvaluationDue:
-    """The tick found ``State.evaluation`` past its deadline: what came in is all it gets."""
+    """The tick found evaluation ``evaluation_id`` past its deadline (and its grace): what
+    came in is all it gets. Ignored if the task's open evaluation is another one by now."""
+
+    evaluation_id: UUID
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ evaluation before its next round, because the stopping rules read its verdict::
         to a fraction of the eligible devices) | skipped (too few devices: no verdict)
     open: EvaluationReceived (checked: the device was asked, in time, signed) ->
           RecordEvaluationResult + TallyEvaluation -> EvaluationTallied -> all answered?
-    open: EvaluationDue (the tick, past the deadline) -> TallyEvaluation(final)
+    open: EvaluationDue (the tick, past the deadline and a grace) -> TallyEvaluation(final)
     closed: the example-weighted means become the round's federated metrics -> stop or next
 
 The services never run a user's model, so this is the only verdict a task on an uploaded
@@ -18,9 +18,10 @@ model can have. Pure: the shell loads, verifies nothing, stores and sends.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
 
@@ -172,9 +173,41 @@ def on_received(state: State, event: EvaluationReceived) -> Decision:
 
 
 def on_due(state: State, event: EvaluationDue) -> Decision:
-    if state.evaluation is None:
+    if state.evaluation is None or state.evaluation.evaluation_id != event.evaluation_id:
         return Decision(state, [])
     return Decision(state, [TallyEvaluation(state.evaluation, final=True)])
+
+
+def received_at(*, processed: datetime, logged_ms: int | None) -> datetime:
+    """When an answer counts as received: when it reached the log, if that was before it was
+    processed.
+
+    A coordinator that was down, or waited out a database outage, processes answers after the
+    fact; judged by that time, answers that came in time would be refused as late, and the
+    outage would become lost work. The log time is the record's timestamp, which its producer
+    sets: a device that backdates it can at most have its own late answer counted while the
+    evaluation is still open (as answering in time would have); it reopens nothing and
+    speaks for no other device. A missing or negative timestamp leaves the processing time.
+    """
+    if logged_ms is None or logged_ms < 0:
+        return processed
+    return min(processed, datetime.fromtimestamp(logged_ms / 1000, UTC))
+
+
+def closable(
+    overdue: Sequence[UUID], seen: Mapping[UUID, float], *, now: float, grace_s: float
+) -> tuple[list[UUID], dict[UUID, float]]:
+    """Which overdue evaluations close now, and when each still open was first seen overdue.
+
+    ``overdue`` are the evaluations past their deadline, ``seen`` when (``now``'s clock, in
+    seconds) this process first found each of them so. One closes ``grace_s`` after that, not
+    at once: after a restart or an outage the consumer may still hold answers that reached the
+    log in time (:func:`received_at`), and the tick, which runs from the first moment the
+    database answers, must not close the evaluation before they are read.
+    """
+    first_seen = {evaluation_id: seen.get(evaluation_id, now) for evaluation_id in overdue}
+    due = [e for e in overdue if now - first_seen[e] >= grace_s]
+    return due, {e: t for e, t in first_seen.items() if e not in due}
 
 
 def on_tallied(state: State, event: EvaluationTallied) -> Decision:
