@@ -10,6 +10,7 @@ from uuid import UUID
 import pytest
 
 from fedcommon import signing, topics
+from fedcommon.constraints import MAX_DEVICES_PER_ROUND
 from fedcommon.lifecycle import Command
 from fedcommon.messages.v1 import (
     EvaluateRequested,
@@ -386,3 +387,21 @@ def test_no_grace_closes_at_once() -> None:
     due, seen = federated_evaluation.closable([EVALUATION_ID], {}, now=0.0, grace_s=0.0)
 
     assert (due, seen) == ([EVALUATION_ID], {})
+
+
+def test_no_more_devices_are_asked_than_a_round_may_have() -> None:
+    # Prepare: a fleet larger than a round's bound, all eligible, at the default fraction 1.0.
+    pool = [Candidate(f"x{i:06d}", bytes(32), None) for i in range(MAX_DEVICES_PER_ROUND + 5)]
+    the_task = task(federated_evaluation=FederatedEvaluationSpec())
+    offered = EvaluationOffered(2, 2, pool, frozenset(), SHA, EVALUATION_ID, NOW)
+
+    # Execute
+    after, effects = decide(State(the_task), offered)
+
+    # Assert: the tally of so many answers still fits round.evaluated.
+    assert after.evaluation is not None
+    assert len(after.evaluation.devices) == MAX_DEVICES_PER_ROUND
+    assert sum(isinstance(e, Emit) for e in effects) == MAX_DEVICES_PER_ROUND
+    assert federated_evaluation.how_many(10**5, fraction=1.0, min_devices=1) == (
+        MAX_DEVICES_PER_ROUND
+    )

@@ -26,6 +26,7 @@ from uuid import UUID
 from cryptography.exceptions import InvalidSignature
 
 from fedcommon import lifecycle, signing, topics
+from fedcommon.constraints import MAX_DEVICES_PER_ROUND
 from fedcommon.errors import ProtocolViolation
 from fedcommon.messages.v1 import EvaluateRequested, RoundEvaluated, TaskSpec
 from fedengine_coordinator.core import selection
@@ -63,8 +64,12 @@ def due(spec: TaskSpec, round_number: int) -> bool:
 
 
 def how_many(pool_size: int, *, fraction: float, min_devices: int) -> int:
-    """The number of devices asked: the fraction of the pool, at least ``min_devices``."""
-    return min(pool_size, max(min_devices, math.ceil(fraction * pool_size)))
+    """The number of devices asked: the fraction of the pool, at least ``min_devices``, at
+    most MAX_DEVICES_PER_ROUND (a round's own bound, and what round.evaluated can report: a
+    fleet of 100 000 simulated devices at the default fraction 1.0 would otherwise be asked
+    whole, and its tally could not be sent)."""
+    wanted = max(min_devices, math.ceil(fraction * pool_size))
+    return min(pool_size, MAX_DEVICES_PER_ROUND, wanted)
 
 
 def on_offered(state: State, event: EvaluationOffered) -> Decision:
