@@ -189,15 +189,16 @@ def test_too_few_devices_skip_the_evaluation_and_the_task_goes_on() -> None:
     assert isinstance(effects[-1], OpenRound) and effects[-1].round_number == 3
 
 
-def test_an_answer_is_recorded_and_tallied() -> None:
-    state = State(task(), evaluation=evaluation())
+def test_an_answer_is_recorded_and_tallied_once_it_may_be_the_last() -> None:
+    record = RecordEvaluationResult(EVALUATION_ID, "d1", 10, 0.5, {"accuracy": 0.8})
+    # Two of three devices still to answer: nothing to tally (no read-back of every answer).
+    _, first = decide(State(task(), evaluation=evaluation()), received(submitted("d1")))
+    # Two answers stored: this may be the last.
+    waiting = replace(evaluation(), answered=2)
+    _, last = decide(State(task(), evaluation=waiting), received(submitted("d1")))
 
-    _, effects = decide(state, received(submitted("d1")))
-
-    assert effects == [
-        RecordEvaluationResult(EVALUATION_ID, "d1", 10, 0.5, {"accuracy": 0.8}),
-        TallyEvaluation(evaluation(), final=False),
-    ]
+    assert first == [record]
+    assert last == [record, TallyEvaluation(waiting, final=False)]
 
 
 @pytest.mark.parametrize(

@@ -424,7 +424,7 @@ _EVALUATION_COLUMNS = "evaluation_id, task_id, round_number, model_version, devi
 
 
 def _evaluation(row: tuple[Any, ...]) -> Evaluation:
-    return Evaluation(row[0], row[1], row[2], row[3], tuple(row[4]), row[5])
+    return Evaluation(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6])
 
 
 async def insert_evaluation(conn: psycopg.AsyncConnection, evaluation: Evaluation) -> None:
@@ -446,7 +446,7 @@ async def lock_open_evaluation(conn: psycopg.AsyncConnection, task_id: UUID) -> 
     """The task's open evaluation, locked (take the task's lock first: the order every
     handler keeps)."""
     cursor = await conn.execute(
-        f"SELECT {_EVALUATION_COLUMNS} FROM coordinator.evaluations "
+        f"SELECT {_EVALUATION_COLUMNS}, answered FROM coordinator.evaluations "
         "WHERE task_id = %s AND status = 'open' FOR UPDATE",
         (task_id,),
     )
@@ -471,11 +471,15 @@ async def record_evaluation_result(
     loss: float,
     metrics: dict[str, float],
 ) -> None:
+    """Keep one device's answer (a second one of the same device is dropped) and count it in
+    the evaluation's ``answered``."""
     await conn.execute(
-        "INSERT INTO coordinator.evaluation_results "
+        "WITH kept AS (INSERT INTO coordinator.evaluation_results "
         "(evaluation_id, device_id, num_examples, loss, metrics) VALUES (%s, %s, %s, %s, %s) "
-        "ON CONFLICT DO NOTHING",
-        (evaluation_id, device_id, num_examples, loss, Jsonb(metrics)),
+        "ON CONFLICT DO NOTHING RETURNING 1) "
+        "UPDATE coordinator.evaluations SET answered = answered + (SELECT count(*) FROM kept) "
+        "WHERE evaluation_id = %s",
+        (evaluation_id, device_id, num_examples, loss, Jsonb(metrics), evaluation_id),
     )
 
 

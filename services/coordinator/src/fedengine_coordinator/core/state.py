@@ -84,6 +84,9 @@ class Evaluation:
     model_version: int
     devices: tuple[str, ...]
     deadline: datetime
+    # The answers stored so far (evaluations.answered, counted as each is stored), so that
+    # an answer is tallied against all of them only when it may be the last.
+    answered: int = 0
 
 
 @dataclass(frozen=True)
