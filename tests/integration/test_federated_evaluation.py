@@ -5,15 +5,19 @@ stopping rules read them."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from fedengine.sdk import FedEngineClient
+from fedengine_coordinator.settings import Settings as CoordinatorSettings
 from tests.integration.conftest import Stack
 from tests.integration.helpers import eventually, run_fleet_task
+from tests.integration.test_device_runtime import Devices
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -121,3 +125,52 @@ async def test_answers_that_reached_the_log_in_time_count_when_read_after_the_de
     status, asked, answered = await cursor.fetchone() or (None, 0, 0)
     assert status == "completed"
     assert answered == asked >= 2
+
+
+async def test_an_evaluation_a_device_never_answers_closes_after_its_deadline(
+    client: FedEngineClient,
+    fleet: str,
+    stack: Stack,
+    db: psycopg.AsyncConnection,
+    tmp_path: Path,
+) -> None:
+    # Prepare: beside the fleet, a device whose evaluate raises, so that it never answers.
+    devices = Devices(stack, tmp_path)
+    silent = f"silent-{uuid.uuid4().hex[:6]}"
+    try:
+        devices.start(silent, "tests.integration.device_apps:raising")
+
+        async def online() -> bool:
+            return silent in {d["device_id"] for d in await client.list_devices(status="online")}
+
+        await eventually(online, timeout_s=120)
+        task_id = await run_fleet_task(
+            client,
+            fleet,
+            wait=False,
+            rounds=1,
+            participating_devices=[*(f"{fleet}-{i:04d}" for i in range(8)), silent],
+            federated_evaluation={"fraction": 1.0, "min_devices": 2, "timeout_s": 3},
+        )
+
+        # Execute
+        task = await _finished(client, task_id)
+    finally:
+        devices.stop_all()
+
+    # Assert: the tick closed it past its deadline with the fleet's answers, and the task ended.
+    assert task["state"] == "completed", task
+    cursor = await db.execute(
+        "SELECT status, devices, answered, deadline, closed_at FROM coordinator.evaluations "
+        "WHERE task_id = %s",
+        (task_id,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    status, asked, answered, deadline, closed_at = row
+    assert status == "completed"
+    assert silent in asked and answered == len(asked) - 1
+    # Not at once: a grace after the tick first found it overdue, for answers still unread.
+    grace = CoordinatorSettings.model_fields["evaluation_grace_s"].default
+    assert (closed_at - deadline).total_seconds() >= grace
+    assert "nothing sent" in devices.log(silent)
