@@ -65,6 +65,10 @@ from fedengine_coordinator.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+UNKNOWN_EVALUATIONS = Counter(
+    "fedengine_evaluations_unknown_total",
+    "evaluation.submitted naming no evaluation this coordinator ever opened",
+)
 TASKS_FAILED_BY_ERROR = Counter(
     "fedengine_tasks_failed_by_error_total", "Tasks failed because their processing raised"
 )
@@ -229,7 +233,9 @@ class Coordinator:
             case EvaluationSubmitted():
                 task_id = await store.task_of_evaluation(conn, message.evaluation_id)
                 if task_id is None:
-                    logger.info("evaluation for unknown evaluation %s", message.evaluation_id)
+                    # Any device credential can send these: counted, logged quietly.
+                    UNKNOWN_EVALUATIONS.inc()
+                    logger.debug("evaluation for unknown evaluation %s", message.evaluation_id)
                     return
                 state = await _task_state(conn, task_id)
                 keys = await store.public_keys(conn, [message.device_id])
