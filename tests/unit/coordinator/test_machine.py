@@ -631,7 +631,11 @@ CASES = [
         offered(90.0, 10.0, 70.0, busy=frozenset({"d0"})),
         [
             ("waiting", NOW),
-            ("log", "waiting_for_devices", "1 eligible, 2 needed"),
+            (
+                "log",
+                "waiting_for_devices",
+                "1 eligible, 2 needed; 1 more busy in other tasks' rounds",
+            ),
         ],
         RUNNING,
         None,
@@ -651,7 +655,7 @@ CASES = [
         finished(
             FAILED,
             StopReason.TOO_FEW_DEVICES,
-            "1 eligible devices for round 1, 2 needed, for more than 30 s",
+            "round 1: 1 eligible, 2 needed, for more than 30 s (device_wait_s)",
         ),
         FAILED,
         None,

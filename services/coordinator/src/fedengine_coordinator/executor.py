@@ -359,6 +359,7 @@ async def _offer(conn: psycopg.AsyncConnection, effect: OpenRound) -> DevicesOff
         # Only a secure task's try uses it: its SecAgg+ graph, never predictable from anything
         # public (core/secure_aggregation.py). A DP try draws its own when approved.
         graph_seed=draw_graph_seed(spec) if spec.privacy is None else None,
+        waiting=await store.waiting_before(conn, task.task_id, task.waiting_since),
     )
 
 

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from fedcommon.messages.v1 import PrivacyLevel, StopReason, TaskSpec, TaskState
 from fedengine_coordinator.core.events import DeviceEvaluation
-from fedengine_coordinator.core.selection import Candidate
+from fedengine_coordinator.core.selection import Candidate, WaitingTask
 from fedengine_coordinator.core.state import Evaluation, Round, RoundStatus, Task
 
 SCHEMA = "coordinator"
@@ -531,10 +531,32 @@ async def overdue_evaluations(conn: psycopg.AsyncConnection) -> list[tuple[UUID,
 
 
 async def tasks_in_state(conn: psycopg.AsyncConnection, state: TaskState) -> list[UUID]:
+    """The tasks in ``state``, those waiting for devices first, longest waiting first: the
+    tick serves the queue in its order."""
     cursor = await conn.execute(
-        "SELECT task_id FROM coordinator.tasks WHERE state = %s", (state.value,)
+        "SELECT task_id FROM coordinator.tasks WHERE state = %s "
+        "ORDER BY waiting_since NULLS LAST, created_at",
+        (state.value,),
     )
     return [r[0] for r in await cursor.fetchall()]
+
+
+async def waiting_before(
+    conn: psycopg.AsyncConnection, task_id: UUID, since: datetime | None
+) -> list[WaitingTask]:
+    """The other running tasks waiting for devices since before ``since`` (every waiting one
+    when ``since`` is None), with the devices each may use and how many it needs."""
+    cursor = await conn.execute(
+        "SELECT spec -> 'participating_devices', (spec ->> 'min_devices')::int "
+        "FROM coordinator.tasks WHERE state = 'running' AND waiting_since IS NOT NULL "
+        "AND task_id <> %s AND (%s::timestamptz IS NULL OR waiting_since < %s) "
+        "ORDER BY waiting_since",
+        (task_id, since, since),
+    )
+    return [
+        WaitingTask(None if not r[0] else frozenset(r[0]), r[1] or 1)
+        for r in await cursor.fetchall()
+    ]
 
 
 async def overdue_rounds(

@@ -255,6 +255,7 @@ class TaskCreate(Constrained):
     max_update_norm: float = Field(default=100.0, gt=0, le=MAX_SETTING)
     max_round_retries: int = Field(default=2, ge=0, le=MAX_ROUND_RETRIES)
     device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
+    queue_wait_s: float = Field(default=3600.0, gt=0, le=MAX_TIMEOUT_S)
     strategy: StrategySpec = Field(
         default_factory=FedAvgStrategy,
         description='How rounds are aggregated and applied, e.g. {"name": "fedadam", '

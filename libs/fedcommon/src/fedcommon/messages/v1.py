@@ -561,6 +561,9 @@ class TaskSpec(_Frozen):
     max_update_norm: float = Field(default=100.0, gt=0, le=MAX_SETTING)
     max_round_retries: int = Field(default=2, ge=0, le=MAX_ROUND_RETRIES)
     device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
+    # How long a task waits for devices that are online but busy in other tasks' rounds, or
+    # that it yields to tasks queued before it (first come, first served).
+    queue_wait_s: float = Field(default=3600.0, gt=0, le=MAX_TIMEOUT_S)
     # Older specs have none: FedAvg, as before strategies could be chosen.
     strategy: StrategySpec = Field(default_factory=FedAvgStrategy)
     # None: no differential privacy (older specs have none).

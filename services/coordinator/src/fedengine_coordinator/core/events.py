@@ -24,7 +24,7 @@ from fedcommon.messages.v1 import (
     RoundAggregated,
     TaskSpec,
 )
-from fedengine_coordinator.core.selection import Candidate
+from fedengine_coordinator.core.selection import Candidate, WaitingTask
 
 
 class FailureSource(StrEnum):
@@ -140,6 +140,9 @@ class DevicesOffered:
     # A task with secure aggregation: the try's SecAgg+ graph seed, 32 bytes of the operating
     # system's entropy (core/secure_aggregation.py); None for any other task.
     graph_seed: bytes | None = None
+    # The other running tasks that have waited for devices longer than this one (all that
+    # wait, when this one does not): it yields the devices they could use.
+    waiting: Sequence[WaitingTask] = ()
 
 
 @dataclass(frozen=True)

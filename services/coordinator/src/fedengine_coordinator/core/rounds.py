@@ -186,8 +186,13 @@ def on_failure(state: State, event: FailureReceived) -> Decision:
 
 
 def on_offered(state: State, event: DevicesOffered) -> Decision:
-    """Open a try of ``event.round_number`` with the eligible devices, or wait for devices
-    (``device_wait_s``), or fail the task when the wait is over."""
+    """Open a try of ``event.round_number`` with the eligible devices, or wait for devices, or
+    fail the task when the wait is over.
+
+    A task waits for devices that are not there (too few online, allowed, charged) up to
+    ``device_wait_s``; for devices that are there but busy in other tasks' rounds, or that it
+    yields to tasks that queued before it (first come, first served), up to
+    ``queue_wait_s``."""
     task = state.task
     if task is None or not lifecycle.opens_round(task.state):
         return Decision(state, [])
@@ -198,27 +203,9 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         event.candidates, asks=event.asks, planned_rounds=spec.rounds
     )
     pool = selection.eligible(event.candidates, busy=set(event.busy) | spent, allowed=allowed)
-    if len(pool) < spec.min_devices:
-        if task.waiting_since is None:
-            waiting: list[Effect] = [
-                SetWaiting(task.task_id, event.now),
-                LogEvent(
-                    task.task_id,
-                    "waiting_for_devices",
-                    detail=f"{len(pool)} eligible, {spec.min_devices} needed",
-                ),
-            ]
-            return Decision(replace(state, task=replace(task, waiting_since=event.now)), waiting)
-        if (event.now - task.waiting_since).total_seconds() > spec.device_wait_s:
-            task, moved = move(
-                task,
-                TaskState.FAILED,
-                StopReason.TOO_FEW_DEVICES,
-                detail=f"{len(pool)} eligible devices for round {event.round_number}, "
-                f"{spec.min_devices} needed, for more than {spec.device_wait_s:g} s",
-            )
-            return Decision(replace(state, task=task), moved)
-        return Decision(state, [])
+    ahead = selection.yields_to(pool, event.waiting, event.candidates)
+    if len(pool) < spec.min_devices or ahead:
+        return _wait(state, event, pool=len(pool), ahead=ahead, spent=spent, allowed=allowed)
     effects: list[Effect] = []
     if task.waiting_since is not None:
         effects.append(SetWaiting(task.task_id, None))
@@ -251,6 +238,44 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         ),
     )
     return Decision(State(task, round_), effects)
+
+
+def _wait(
+    state: State,
+    event: DevicesOffered,
+    *,
+    pool: int,
+    ahead: int,
+    spent: set[str],
+    allowed: set[str] | None,
+) -> Decision:
+    task = required(state.task, event)
+    spec = task.spec
+    # Queued: enough devices are there, busy elsewhere or yielded to earlier tasks.
+    there = len(selection.eligible(event.candidates, busy=spent, allowed=allowed))
+    queued = ahead > 0 or there >= spec.min_devices
+    why = f"{pool} eligible, {spec.min_devices} needed"
+    if there > pool:
+        why += f"; {there - pool} more busy in other tasks' rounds"
+    if ahead:
+        why += f"; yielding to {ahead} {'task' if ahead == 1 else 'tasks'} queued before it"
+    if task.waiting_since is None:
+        waiting: list[Effect] = [
+            SetWaiting(task.task_id, event.now),
+            LogEvent(task.task_id, "waiting_for_devices", detail=why),
+        ]
+        return Decision(replace(state, task=replace(task, waiting_since=event.now)), waiting)
+    limit = spec.queue_wait_s if queued else spec.device_wait_s
+    if (event.now - task.waiting_since).total_seconds() > limit:
+        task, moved = move(
+            task,
+            TaskState.FAILED,
+            StopReason.TOO_FEW_DEVICES,
+            detail=f"round {event.round_number}: {why}, for more than {limit:g} s "
+            f"({'queue_wait_s' if queued else 'device_wait_s'})",
+        )
+        return Decision(replace(state, task=task), moved)
+    return Decision(state, [])
 
 
 def _check_task(round_: Round, task_id: UUID) -> None:

@@ -48,3 +48,32 @@ def select(
 def round_rng(*, seed: int, round_number: int, attempt: int) -> np.random.Generator:
     """Return the generator for one round attempt, so a rerun selects the same devices."""
     return np.random.default_rng([seed, round_number, attempt])
+
+
+@dataclass(frozen=True)
+class WaitingTask:
+    """Another running task that waits for devices, and has waited longer than the one
+    deciding: what it may use and how many it needs."""
+
+    allowed: frozenset[str] | None
+    min_devices: int
+
+
+def yields_to(
+    pool: Sequence[Candidate], waiting: Sequence[WaitingTask], candidates: Sequence[Candidate]
+) -> int:
+    """How many of the tasks that waited longer would take devices from ``pool``: each that
+    could use one of them and could open a round once devices are free (enough of the online
+    devices are allowed to it). Tasks queue first come, first served, so that a task that
+    just finished a round does not take its devices straight back while others wait (ten tasks
+    on ten devices: eight had failed with too_few_devices)."""
+    ids = {c.device_id for c in pool}
+    count = 0
+    for other in waiting:
+        usable = ids if other.allowed is None else ids & other.allowed
+        if not usable:
+            continue
+        online = sum(1 for c in candidates if other.allowed is None or c.device_id in other.allowed)
+        if online >= other.min_devices:
+            count += 1
+    return count
