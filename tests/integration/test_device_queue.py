@@ -5,10 +5,13 @@ with too_few_devices after 30 s instead of waiting their turn)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+import psycopg
 import pytest
 
 from fedengine.sdk import FedEngineClient
+from fedengine_coordinator import store
 from tests.integration.helpers import run_fleet_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -58,3 +61,33 @@ async def test_tasks_started_at_once_on_one_fleet_all_complete_in_turn(
         assert len(rounds) == 2
     # They could not all run at once: most queued for the fleet.
     assert waited >= TASKS - 1
+
+
+async def test_a_device_asked_to_evaluate_is_busy_until_it_answers(
+    db: psycopg.AsyncConnection,
+) -> None:
+    """A device runs one request at a time: while it owes an evaluation, another task's
+    round does not select it (store.busy_devices; rolled back, nothing is left behind)."""
+    task_id, evaluation_id = uuid.uuid4(), uuid.uuid4()
+    async with db.transaction(force_rollback=True):
+        await db.execute(
+            "INSERT INTO coordinator.tasks (task_id, task_name, spec, state, created_by) "
+            "VALUES (%s, 'busy', '{}'::jsonb, 'running', 'pytest')",
+            (task_id,),
+        )
+        await db.execute(
+            "INSERT INTO coordinator.evaluations "
+            "(evaluation_id, task_id, round_number, model_version, devices, deadline) "
+            "VALUES (%s, %s, 1, 1, %s, now() + interval '1 minute')",
+            (evaluation_id, task_id, ["ev-answered", "ev-owing"]),
+        )
+        await db.execute(
+            "INSERT INTO coordinator.evaluation_results "
+            "(evaluation_id, device_id, num_examples, loss, metrics) "
+            "VALUES (%s, 'ev-answered', 1, 0.5, '{}'::jsonb)",
+            (evaluation_id,),
+        )
+
+        busy = await store.busy_devices(db)
+
+        assert "ev-owing" in busy and "ev-answered" not in busy
