@@ -35,6 +35,12 @@ _TASK_COLUMNS = (
     " AND r.status = 'completed' ORDER BY r.round_number DESC LIMIT 1) END AS latest_accuracy"
 )
 _UPLOADED_MODEL_COLUMNS = "model_id, sha256, size_bytes, tensors, name, uploaded_by, uploaded_at"
+# A list names each model's tensor count, not its tensors: 4,096 names of 200 characters a
+# model, 500 models a page, would be a page of about 400 MB.
+_UPLOADED_MODEL_SUMMARY = (
+    "model_id, sha256, size_bytes, jsonb_array_length(tensors) AS tensor_count, name, "
+    "uploaded_by, uploaded_at"
+)
 _EVALUATION_COLUMNS = (
     "evaluation_id, round_number, model_version, asked, deadline, status, answered, "
     "num_examples, loss, accuracy, metrics, opened_at, closed_at"
@@ -219,7 +225,7 @@ async def list_uploaded_models(
     """One page of the uploaded initial models, newest first (never their bytes)."""
     return await _page(
         conn,
-        columns=_UPLOADED_MODEL_COLUMNS,
+        columns=_UPLOADED_MODEL_SUMMARY,
         source="coordinator.uploaded_models_public",
         where="",
         params=(),

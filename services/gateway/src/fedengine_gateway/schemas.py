@@ -460,6 +460,18 @@ class UploadedModelAccepted(BaseModel):
     tensors: list[TensorPublic]
 
 
+class UploadedModelSummary(BaseModel):
+    """An uploaded model in a list: its tensors counted (GET /models/{model_id} names them)."""
+
+    model_id: UUID
+    sha256: str
+    size_bytes: int
+    name: str
+    tensor_count: int
+    uploaded_by: str
+    uploaded_at: datetime
+
+
 class UploadedModelPublic(UploadedModelAccepted):
     """An uploaded model as the coordinator keeps it (its bytes are not listed)."""
 
@@ -629,14 +641,20 @@ class Health(BaseModel):
     status: Literal["ok"]
     database: DependencyState
     broker: DependencyState
+    supervisor: DependencyState | None = Field(
+        default=None, description="A local stack's supervisor (null: not checked, a deployment)"
+    )
 
 
 class Readiness(BaseModel):
-    """Readiness: 200 when the database and the broker both answer, else 503 naming what is
-    down."""
+    """Readiness: 200 when the database and the broker both answer (and, on a local stack, a
+    supervisor runs), else 503 naming what is down."""
 
     status: Literal["ready", "unavailable"]
     detail: str
-    down: list[Literal["database", "broker"]]
+    down: list[Literal["database", "broker", "supervisor"]]
     database: DependencyState
     broker: DependencyState
+    supervisor: DependencyState | None = Field(
+        default=None, description="A local stack's supervisor (null: not checked, a deployment)"
+    )

@@ -45,6 +45,7 @@ from fedengine_gateway.schemas import (
     TensorPublic,
     UploadedModelAccepted,
     UploadedModelPublic,
+    UploadedModelSummary,
     ValidationErrorBody,
 )
 from fedengine_gateway.settings import MODEL_UPLOAD_HEADROOM_BYTES
@@ -172,15 +173,16 @@ async def upload_model(
 
 @router.get(
     "/models",
-    response_model=Page[UploadedModelPublic],
+    response_model=Page[UploadedModelSummary],
     responses=errors.responses(401, 413, 422, 503),
 )
 async def list_models(
     conn: Conn, _: Viewer, limit: Limit = 100, offset: Offset = 0
-) -> Page[UploadedModelPublic]:
+) -> Page[UploadedModelSummary]:
+    """The uploads, newest first, each with its tensor count (not its tensors)."""
     rows, total = await queries.list_uploaded_models(conn, limit=limit, offset=offset)
     return Page(
-        items=[UploadedModelPublic(**r) for r in rows], total=total, limit=limit, offset=offset
+        items=[UploadedModelSummary(**r) for r in rows], total=total, limit=limit, offset=offset
     )
 
 
