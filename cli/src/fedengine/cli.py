@@ -203,6 +203,7 @@ def fleet(
     try:
         check_attack(malicious, attack_scale)
         datasets.check_installed(dataset.value)
+        datasets.check_partition(dataset.value, devices)
     except (ValueError, datasets.DatasetNotInstalled) as exc:
         raise typer.BadParameter(str(exc)) from exc
     fleet_name = name or f"fleet-{uuid4().hex[:6]}"
@@ -392,6 +393,7 @@ def demo(
     try:
         check_attack(malicious, attack_scale)
         datasets.check_installed(dataset.value)
+        datasets.check_partition(dataset.value, devices)
         params = dict(strategy_param_of(item) for item in strategy_param or [])
         needed = check_strategy(strategy.value, params).params.min_updates
         if per_round < needed:

@@ -60,3 +60,11 @@ def test_the_demo_refuses_an_unknown_data_set_before_starting_anything() -> None
 
     assert result.exit_code == 2
     assert "fashion_mnist" in result.output
+
+
+def test_the_demo_refuses_more_devices_than_the_data_set_can_hold_before_starting() -> None:
+    result = CliRunner().invoke(app, ["demo", "--devices", "1000", "--per-round", "10"])
+
+    assert result.exit_code == 2
+    said = " ".join(result.output.replace("│", " ").split())  # rich wraps it in a box
+    assert "1437 training examples: 1000 devices cannot hold 2 each" in said

@@ -58,3 +58,26 @@ def test_bad_arguments_raise_value_error() -> None:
         datasets.partition(labels, num_clients=6, scheme=Partitioning.IID)
     with pytest.raises(ValueError, match="unknown data set"):
         datasets.load_dataset("cifar10")
+
+
+def test_a_dirichlet_partition_of_few_samples_a_client_always_exists() -> None:
+    # 2.4 samples a client: a free Dirichlet draw leaves someone under 2 almost surely (10,000
+    # devices on Fashion-MNIST is 6 a client); the floor-first fallback always succeeds.
+    labels = np.repeat(np.arange(10, dtype=np.int64), 600)
+
+    parts = datasets.partition(
+        labels, num_clients=2500, scheme=Partitioning.DIRICHLET, alpha=0.5, seed=3
+    )
+    again = datasets.partition(
+        labels, num_clients=2500, scheme=Partitioning.DIRICHLET, alpha=0.5, seed=3
+    )
+
+    assert min(len(p) for p in parts) >= 2
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again, strict=True))
+
+
+def test_a_fleet_too_large_for_a_data_set_is_refused_at_once_saying_why() -> None:
+    datasets.check_partition("digits", 700)
+    with pytest.raises(ValueError, match="1000 devices cannot hold 2 each"):
+        datasets.check_partition("digits", 1000)
