@@ -135,6 +135,26 @@ async def test_devices_can_be_added_listed_and_removed(
     assert page["limit"] == 1 and len(page["items"]) == 1 and page["total"] >= 1
 
 
+async def test_a_fleet_s_devices_are_counted_by_id_prefix(
+    stack: Stack, client: FedEngineClient, fleet: str
+) -> None:
+    await client.wait_for_devices(8, prefix=f"{fleet}-")
+    async with http(stack, auth.Role.VIEWER) as api:
+        counted = (
+            await api.get(
+                "/devices", params={"prefix": f"{fleet}-", "status": "online", "limit": 1}
+            )
+        ).json()
+        # '_' and '%' are no wildcards, and a prefix outside the id alphabet is refused.
+        wild = (await api.get("/devices", params={"prefix": "%", "limit": 1})).status_code
+        literal = (await api.get("/devices", params={"prefix": "_", "limit": 1})).json()
+
+    assert counted["total"] == 8 and len(counted["items"]) == 1
+    assert counted["items"][0]["device_id"].startswith(f"{fleet}-")
+    assert wild == 422
+    assert literal["total"] == 0
+
+
 async def test_unknown_ids_are_404(stack: Stack) -> None:
     async with http(stack, auth.Role.ADMIN) as api:
         assert (await api.get(f"/tasks/{uuid.uuid4()}")).status_code == 404

@@ -314,16 +314,16 @@ class FedEngineClient:
     async def wait_for_devices(
         self, count: int, *, timeout_s: float = 60.0, prefix: str = ""
     ) -> int:
-        """Wait until at least ``count`` online devices (ids starting with ``prefix``)."""
+        """Wait until at least ``count`` online devices (ids starting with ``prefix``).
+
+        Each poll asks for the count alone (one row): reading every device every 0.1 s had
+        cost a fifth of the stack's CPU with 10,000 devices."""
         deadline = time.monotonic() + timeout_s
+        params = {"status": "online", "prefix": prefix, "limit": 1}
         while True:
-            online = [
-                d
-                for d in await self.list_devices(status="online")
-                if d["device_id"].startswith(prefix)
-            ]
-            if len(online) >= count:
-                return len(online)
+            online = int((await self._request("GET", "/devices", params=params)).json()["total"])
+            if online >= count:
+                return online
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(online)} of {count} devices online after {timeout_s}s")
-            await asyncio.sleep(0.1)
+                raise TimeoutError(f"{online} of {count} devices online after {timeout_s}s")
+            await asyncio.sleep(0.25)

@@ -130,12 +130,23 @@ async def list_devices(
     conn: Conn,
     _: Viewer,
     status_filter: Annotated[DeviceStatus | None, Query(alias="status")] = None,
+    prefix: Annotated[
+        str,
+        Query(
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_.:-]*$",
+            description="only devices whose id starts with this (a fleet's devices: 'NAME-')",
+        ),
+    ] = "",
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[DevicePublic]:
+    """Devices by id; ``total`` counts every match, so ``limit=1`` counts a fleet's online
+    devices in one small answer (what waiting for a fleet polls)."""
     rows, total = await queries.list_devices(
         conn,
         status=None if status_filter is None else status_filter.value,
+        prefix=prefix,
         limit=limit,
         offset=offset,
     )

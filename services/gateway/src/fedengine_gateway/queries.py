@@ -81,9 +81,24 @@ async def _page(
 
 
 async def list_devices(
-    conn: psycopg.AsyncConnection, *, status: str | None, limit: int, offset: int
+    conn: psycopg.AsyncConnection,
+    *,
+    status: str | None,
+    limit: int,
+    offset: int,
+    prefix: str = "",
 ) -> tuple[list[dict[str, Any]], int]:
-    where, params = ("WHERE status = %s", (status,)) if status else ("", ())
+    conditions: list[str] = []
+    values: list[Any] = []
+    if status:
+        conditions.append("status = %s")
+        values.append(status)
+    if prefix:
+        # starts_with, not LIKE: '_' in a fleet's name is no wildcard.
+        conditions.append("starts_with(device_id, %s)")
+        values.append(prefix)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    params = tuple(values)
     return await _page(
         conn,
         columns=_DEVICE_COLUMNS,
