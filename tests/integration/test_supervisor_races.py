@@ -16,7 +16,15 @@ import psutil
 import pytest
 
 from fedengine import infra, supervisor
-from fedengine.processes import Process, Stack, alive, created_at, state_file, terminate_all
+from fedengine.processes import (
+    Process,
+    Stack,
+    alive,
+    created_at,
+    state_file,
+    terminate_all,
+    write_settings,
+)
 from fedengine.settings import LauncherSettings
 
 pytestmark = pytest.mark.integration
@@ -65,7 +73,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def _start_supervisor(settings: LauncherSettings) -> subprocess.Popen[bytes]:
-    supervisor.write_settings(settings)
+    write_settings(settings)
     log = open(settings.log_dir / "supervisor.log", "ab")  # noqa: SIM115 (the child keeps it)
     return subprocess.Popen(
         [sys.executable, "-m", "fedengine.supervisor", str(settings.run_dir)],

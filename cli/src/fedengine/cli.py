@@ -73,7 +73,9 @@ console = Console()
 
 @app.command()
 def up() -> None:
-    """Start the broker and PostgreSQL (unless configured), then every service, detached."""
+    """Start the broker and PostgreSQL (unless configured), then every service, detached, and
+    the fleets that ran when the stack went down; on a running stack, start its supervisor
+    again if it is gone."""
     stack = launcher.up(LauncherSettings(), log=console.print)
     console.print(
         f"[green]up[/green]: gateway {stack.gateway_url}, broker {stack.bootstrap_servers}"
@@ -82,7 +84,8 @@ def up() -> None:
 
 @app.command()
 def down() -> None:
-    """Stop everything ``up`` started (also after a crash left stale pid files)."""
+    """Stop everything ``up`` started (also after a crash left stale pid files); its fleets
+    are remembered for the next ``up`` (``fedengine fleet stop NAME`` forgets one)."""
     stopped = launcher.down(LauncherSettings())
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
@@ -104,10 +107,10 @@ def status(
     supervisor = state["supervisor"]
     table.add_row(
         "supervisor",
-        str(supervisor and supervisor["pid"]),
-        "up" if supervisor and supervisor["alive"] else "down",
-        "",
-        "",
+        str(supervisor["pid"]),
+        "up" if supervisor["up"] else "down",
+        str(supervisor["uptime_s"] or ""),
+        str(supervisor["restarts"]),
         "",
     )
     broker, postgres = state["broker"], state["postgres"]
@@ -138,6 +141,11 @@ def status(
         )
     console.print(table)
     console.print(f"gateway: {state['gateway_url']}")
+    if not supervisor["up"]:
+        console.print(
+            "[red]no supervisor runs the stack[/red]: a process that crashes stays down "
+            "(the gateway's /ready answers 503); fedengine up starts one, which adopts them"
+        )
 
 
 @app.command()

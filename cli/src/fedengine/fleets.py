@@ -1,9 +1,11 @@
 """``fedengine fleet``: attach simulated devices to a running stack, and take them away again.
 
 A fleet is a simulator process under the supervisor, enrolled with an enrolment token issued
-for it. Stopping a fleet also removes its devices from the registry, so that a finished demo
-or experiment leaves no offline devices behind; starting a fleet of that name again restores
-them first (a removed device only comes back by an operator's restore).
+for it. A fleet that started is remembered (``fedengine.remembered_fleets``), so that
+``fedengine up`` after ``down`` starts it again. Stopping a fleet forgets it and removes its
+devices from the registry, so that a finished demo or experiment leaves no offline devices
+behind; starting a fleet of that name again restores them first (a removed device only comes
+back by an operator's restore).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import httpx
 
 from fedcommon import auth
-from fedengine import launcher
+from fedengine import launcher, remembered_fleets
 from fedengine.identity import jwt_secret
 from fedengine.settings import LauncherSettings
 
@@ -95,9 +97,19 @@ def start(settings: LauncherSettings, fleet: launcher.Fleet) -> launcher.Process
 
 
 def stop(settings: LauncherSettings, name: str) -> int:
-    """Stop fleet ``name`` and remove its devices; return how many were removed."""
+    """Stop fleet ``name`` and remove its devices; return how many were removed.
+
+    The fleet is forgotten first (``fedengine up`` no longer brings it back), also when no
+    stack runs.
+    """
+    forgotten = remembered_fleets.forget(settings, name)
     stack = launcher.running_stack(settings)
     if stack is None:
+        if forgotten:
+            raise RuntimeError(
+                f"no stack is running; fleet {name} is forgotten (fedengine up will not start "
+                "it), its devices stay enrolled"
+            )
         raise RuntimeError("no stack is running")
     process = stack.process(f"simulator-{name}")
     if process is not None:

@@ -1,12 +1,16 @@
 """``fedengine up / down / status / restart / fleet``: start what is not configured, then a
-supervisor that starts every service and keeps it alive (``fedengine.supervisor``).
+supervisor that starts every service and keeps it alive (``fedengine.supervisor``), with a
+standby that replaces it should it die (``fedengine.standby``).
 
 State lives in ``<home>/run/stack.json``: what was started, with which pid, how often it was
 restarted, so that ``down`` stops exactly that, also after a crash left stale entries behind.
+The fleets that ran are remembered in ``<home>/fleets.json`` (``fedengine.remembered_fleets``),
+and ``up`` starts them again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -21,7 +25,7 @@ import httpx
 import psutil
 
 from fedcommon import auth
-from fedengine import infra
+from fedengine import infra, remembered_fleets, standby
 from fedengine.identity import jwt_secret, public_keys, service_keys
 from fedengine.processes import (
     GATEWAY,
@@ -31,14 +35,15 @@ from fedengine.processes import (
     alive,
     created_at,
     log_tail,
+    send_request,
     service_env,
     spawn,
     state_file,
     terminate,
     terminate_all,
+    write_settings,
 )
 from fedengine.settings import LauncherSettings
-from fedengine.supervisor import send_request, write_settings
 
 __all__ = [
     "GATEWAY",
@@ -71,12 +76,20 @@ def _load(settings: LauncherSettings) -> Stack | None:
 
 
 def _ready(settings: LauncherSettings, name: str, gateway_url: str | None) -> bool:
+    """Whether ``name`` is ready: its ready file, or for the gateway its /ready.
+
+    A gateway whose /ready is 503 for the supervisor alone serves: the supervisor is reported
+    on its own (``status``), and ``wait_ready`` checks it first.
+    """
     if name != GATEWAY:
         return (settings.run_dir / f"{name}.ready").exists()
     try:
-        return httpx.get(f"{gateway_url}/api/federated/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
+        response = httpx.get(f"{gateway_url}/api/federated/ready", timeout=1)
+        if response.status_code == 503:
+            return set(response.json().get("down", [])) == {"supervisor"}
+    except (httpx.HTTPError, ValueError):
         return False
+    return response.status_code == 200
 
 
 def wait_ready(
@@ -131,6 +144,7 @@ def running_stack(settings: LauncherSettings) -> Stack | None:
 
 def _start_supervisor(settings: LauncherSettings) -> None:
     settings.log_dir.mkdir(parents=True, exist_ok=True)
+    standby.stopping_file(settings.run_dir).unlink(missing_ok=True)  # a `down` that crashed
     write_settings(settings)
     with open(settings.log_dir / "supervisor.log", "ab") as log:
         subprocess.Popen(
@@ -161,11 +175,14 @@ def up(
     fleets: Sequence[Fleet] = (),
 ) -> Stack:
     """Start the broker and database unless configured, then the supervisor, which starts all
-    services; return the stack once every service is ready.
+    services and its standby; return the stack once every service is ready.
 
     ``fleets`` are simulator fleets to start once the services are ready (each with an
-    enrolment token issued through the gateway). A stack that runs already is returned (its
-    supervisor started again if it was gone).
+    enrolment token issued through the gateway), besides the fleets that ran when the stack
+    went down (``remembered_fleets``): a remembered fleet comes back with its options, its
+    devices under the same ids and keys; one that fails to start is reported, not fatal. A
+    fleet named both ways starts with the options given here. A stack that runs already is
+    returned (its supervisor started again if it was gone).
     """
     existing = running_stack(settings)
     if existing is not None:
@@ -208,20 +225,29 @@ def up(
         postgres_data=postgres_data,
         # Everything starts at once: consumer-group joins dominate start-up, and they overlap.
         processes=[
-            Process(name=name, pid=0, module=f"fedengine_{name}") for name in (*SERVICES, GATEWAY)
+            *(
+                Process(name=name, pid=0, module=f"fedengine_{name}")
+                for name in (*SERVICES, GATEWAY)
+            ),
+            Process(name=standby.STANDBY, pid=0, module=standby.MODULE),
         ],
     )
     stack.save(state_file(settings))
     since = time.time()
+    remembered = [Fleet.from_options(options) for options in remembered_fleets.remembered(settings)]
     try:
         _start_supervisor(settings)
         _wait_supervisor(settings)
         stack = wait_ready(
-            settings, (*SERVICES, GATEWAY), gateway_url=stack.gateway_url, since=since
+            settings,
+            (*SERVICES, GATEWAY, standby.STANDBY),
+            gateway_url=stack.gateway_url,
+            since=since,
         )
-        for fleet in fleets:
-            # Fleets enrol with an operator's token, which the registry must hold first.
-            stack = _start_fleet(settings, stack, secret, fleet)
+        # Fleets enrol with an operator's token, which the registry must hold first.
+        stack = _start_fleets(
+            settings, stack, secret, required=fleets, remembered=remembered, log=log
+        )
     except BaseException:
         down(settings)
         raise
@@ -229,13 +255,60 @@ def up(
     return stack
 
 
-def _start_fleet(settings: LauncherSettings, stack: Stack, secret: str, fleet: Fleet) -> Stack:
-    token = issue_enrolment_token(stack.gateway_url, secret, fleet.name, max_devices=fleet.devices)
+def fleets_to_start(
+    required: Sequence[Fleet], remembered: Sequence[Fleet]
+) -> tuple[list[Fleet], list[Fleet]]:
+    """Split the fleets ``up`` starts into those it was asked for and those it brings back
+    (remembered, and not named among the first)."""
+    asked = {fleet.name for fleet in required}
+    return list(required), [fleet for fleet in remembered if fleet.name not in asked]
+
+
+def _start_fleets(
+    settings: LauncherSettings,
+    stack: Stack,
+    secret: str,
+    *,
+    required: Sequence[Fleet],
+    remembered: Sequence[Fleet],
+    log: Callable[[str], object],
+) -> Stack:
+    """Start every fleet at once (their warm-ups overlap); return the stack once they are
+    ready. A required fleet that fails fails this; a remembered one is reported and left to
+    the supervisor's restarts (``fedengine fleet stop NAME`` forgets it)."""
+    required, returning = fleets_to_start(required, remembered)
     since = time.time()
+    for fleet in (*required, *returning):
+        _request_fleet(settings, stack, secret, fleet)
+    if required:
+        stack = wait_ready(
+            settings, [f.process_name for f in required], gateway_url=None, since=since
+        )
+        for fleet in required:
+            remembered_fleets.remember(settings, fleet.options())
+    for fleet in returning:
+        try:
+            stack = wait_ready(settings, [fleet.process_name], gateway_url=None, since=since)
+        except (RuntimeError, TimeoutError) as exc:
+            log(f"fleet {fleet.name} did not come back: {exc}")
+            continue
+        log(f"fleet {fleet.name} is back ({fleet.devices} devices)")
+    return stack
+
+
+def _request_fleet(settings: LauncherSettings, stack: Stack, secret: str, fleet: Fleet) -> None:
+    token = issue_enrolment_token(stack.gateway_url, secret, fleet.name, max_devices=fleet.devices)
     send_request(
         settings, action="start", name=fleet.process_name, module=SIMULATOR, env=fleet.env(token)
     )
-    return wait_ready(settings, [fleet.process_name], gateway_url=None, since=since)
+
+
+def _start_fleet(settings: LauncherSettings, stack: Stack, secret: str, fleet: Fleet) -> Stack:
+    since = time.time()
+    _request_fleet(settings, stack, secret, fleet)
+    stack = wait_ready(settings, [fleet.process_name], gateway_url=None, since=since)
+    remembered_fleets.remember(settings, fleet.options())
+    return stack
 
 
 def down(settings: LauncherSettings) -> list[str]:
@@ -248,6 +321,10 @@ def down(settings: LauncherSettings) -> list[str]:
     stopped: list[str] = []
     if stack is None:
         return stopped
+    # While the supervisor stops, its standby (or a supervisor `up` starts) takes nothing over.
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    stopping = standby.stopping_file(settings.run_dir)
+    stopping.touch()
     supervisor = stack.supervisor
     if supervisor is not None and alive(supervisor):
         os.kill(supervisor.pid, signal.SIGTERM)
@@ -268,6 +345,7 @@ def down(settings: LauncherSettings) -> list[str]:
     state_file(settings).unlink(missing_ok=True)
     for ready in settings.run_dir.glob("*.ready"):
         ready.unlink(missing_ok=True)
+    stopping.unlink(missing_ok=True)
     return stopped
 
 
@@ -304,9 +382,7 @@ def status(settings: LauncherSettings) -> dict[str, Any]:
         "running": running_stack(settings) is not None,
         "home": home,
         "gateway_url": stack.gateway_url,
-        "supervisor": None
-        if stack.supervisor is None
-        else {"pid": stack.supervisor.pid, "alive": alive(stack.supervisor)},
+        "supervisor": _supervisor_status(settings, stack),
         "broker": {
             "bootstrap_servers": stack.bootstrap_servers,
             "embedded": stack.broker is not None,
@@ -321,6 +397,19 @@ def status(settings: LauncherSettings) -> dict[str, Any]:
             "restarts": stack.postgres_restarts,
         },
         "processes": processes,
+    }
+
+
+def _supervisor_status(settings: LauncherSettings, stack: Stack) -> dict[str, Any]:
+    """The supervisor: up while a process holds its lock (``alive``: the recorded one runs);
+    ``restarts``: supervisors that died and were replaced (by the standby, or by ``up``)."""
+    record = stack.supervisor
+    return {
+        "pid": None if record is None else record.pid,
+        "alive": record is not None and alive(record),
+        "up": standby.held(settings.run_dir),
+        "uptime_s": None if record is None else _uptime(record),
+        "restarts": 0 if record is None else record.restarts,
     }
 
 
@@ -354,6 +443,16 @@ class Fleet:
     @property
     def process_name(self) -> str:
         return f"simulator-{self.name}"
+
+    def options(self) -> dict[str, Any]:
+        """Its options as JSON values (what ``remembered_fleets`` keeps)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Fleet:
+        """The fleet ``options`` describe; options this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in known})
 
     def env(self, enrolment_token: str) -> dict[str, str]:
         return {

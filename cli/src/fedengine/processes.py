@@ -1,8 +1,10 @@
-"""The stack's processes and their state file, ``<home>/run/stack.json``.
+"""The stack's processes and the files under ``<home>/run`` through which they are run.
 
-While a supervisor runs it is the only writer of the state file (``fedengine.supervisor``);
-everything else reads it, and asks the supervisor for changes through request files. The file
-holds the database URL and fleets' enrolment tokens, so it is written owner-only (0600).
+``stack.json`` is the state: while a supervisor runs it is its only writer
+(``fedengine.supervisor``); everything else reads it, and asks the supervisor for changes
+through request files (``requests/``). ``launcher.json`` hands the launcher's settings to the
+supervisor (and to its standby, should it take over). Both hold secrets (the database URL,
+fleets' enrolment tokens, the signing secret), so they are written owner-only (0600).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from fedcommon import trust
-from fedengine import infra
+from fedengine import infra, standby
 from fedengine.identity import public_keys, service_keys
 from fedengine.settings import LauncherSettings
 
@@ -85,6 +87,49 @@ class Stack:
 
     def process(self, name: str) -> Process | None:
         return next((p for p in self.processes if p.name == name), None)
+
+
+def settings_file(run_dir: Path) -> Path:
+    return run_dir / "launcher.json"
+
+
+def requests_dir(run_dir: Path) -> Path:
+    return run_dir / "requests"
+
+
+def write_settings(settings: LauncherSettings) -> None:
+    """Hand the launcher's settings to the supervisor (secrets included, so owner-only)."""
+    document = {
+        "FEDENGINE_HOME": str(settings.home.resolve()),
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": None
+        if settings.database_url is None
+        else settings.database_url.get_secret_value(),
+        "KAFKA_TOPIC_PREFIX": settings.topic_prefix,
+        "FEDENGINE_JWT_SECRET": None
+        if settings.jwt_secret is None
+        else settings.jwt_secret.get_secret_value(),
+        "FEDENGINE_GATEWAY_HOST": settings.gateway_host,
+        "FEDENGINE_GATEWAY_PORT": settings.gateway_port,
+        "FEDENGINE_READY_TIMEOUT_S": settings.ready_timeout_s,
+        "service_env": settings.service_env,
+    }
+    path = settings_file(settings.run_dir)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(document, handle)
+
+
+def send_request(settings: LauncherSettings, **request: object) -> None:
+    """Ask the running supervisor for something (it reads requests in the order written)."""
+    folder = requests_dir(settings.run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{os.getpid()}.json"
+    temporary = folder / f".{name}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(request, handle)
+    os.replace(temporary, folder / name)
 
 
 def state_file(settings: LauncherSettings) -> Path:
@@ -177,7 +222,11 @@ def spawn(
     env = {k: v for k, v in env.items() if k != "FEDENGINE_SERVICE_KEY"}
     if service in trust.SERVICES:
         env["FEDENGINE_SERVICE_KEY"] = service_keys(settings)[service]
-    if module != "fedengine_gateway":
+    if module == "fedengine_gateway":
+        # Under a supervisor: /ready answers 503 while no supervisor holds this lock (a
+        # deployment's gateway, with no supervisor, has no such check).
+        env["GATEWAY_SUPERVISOR_LOCK"] = str(standby.lock_file(settings.run_dir.resolve()))
+    else:
         # Only the gateway checks tokens; no other process needs the signing secret.
         env = {k: v for k, v in env.items() if k != "FEDENGINE_JWT_SECRET"}
         metrics_port = metrics_port or infra.free_port()
@@ -197,6 +246,34 @@ def spawn(
         pid=process.pid,
         module=module,
         metrics_port=metrics_port,
+        started_at=time.time(),
+        created_at=created_at(process.pid),
+    )
+
+
+def spawn_standby(settings: LauncherSettings) -> Process:
+    """Start the supervisor's standby (``fedengine.standby``), logging to the supervisor's log.
+
+    It gets this process's environment (the one ``fedengine up`` gave the supervisor, which it
+    passes on to the services once it takes over) less the signing secret, which only the
+    gateway holds (the supervisor reads it from ``launcher.json``).
+    """
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / f"{standby.STANDBY}.ready").unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "FEDENGINE_JWT_SECRET"}
+    with open(settings.log_dir / "supervisor.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", standby.MODULE, str(settings.run_dir.resolve())],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    return Process(
+        name=standby.STANDBY,
+        pid=process.pid,
+        module=standby.MODULE,
         started_at=time.time(),
         created_at=created_at(process.pid),
     )

@@ -16,15 +16,16 @@ services, then every 0.2 s:
   process, start or stop a fleet.
 
 It is the only writer of ``stack.json`` while it runs. SIGTERM stops every process gracefully,
-then the supervisor. A supervisor that is itself killed leaves the processes running; the next
-``fedengine up`` starts a new one, which adopts them.
+then the supervisor. Beside it runs a standby (``fedengine.standby``), blocked on the
+supervisor's lock: a supervisor killed, even with SIGKILL, is replaced by it at once, and the
+new supervisor adopts the processes, counts the death and starts another standby. Should both
+be killed, the next ``fedengine up`` starts a supervisor, which adopts them the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -36,15 +37,18 @@ from pathlib import Path
 
 from fedcommon import kafka
 from fedcommon.settings import KafkaSettings
-from fedengine import infra
+from fedengine import infra, standby
 from fedengine.identity import jwt_secret
 from fedengine.processes import (
     Process,
     Stack,
     alive,
     created_at,
+    requests_dir,
     service_env,
+    settings_file,
     spawn,
+    spawn_standby,
     state_file,
     terminate_all,
 )
@@ -56,49 +60,6 @@ logger = logging.getLogger("fedengine.supervisor")
 TICK_S = 0.2
 # A process asked to stop gracefully is killed after this long.
 STOP_GRACE_S = 15.0
-
-
-def settings_file(run_dir: Path) -> Path:
-    return run_dir / "launcher.json"
-
-
-def requests_dir(run_dir: Path) -> Path:
-    return run_dir / "requests"
-
-
-def write_settings(settings: LauncherSettings) -> None:
-    """Hand the launcher's settings to the supervisor (secrets included, so owner-only)."""
-    document = {
-        "FEDENGINE_HOME": str(settings.home.resolve()),
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "DATABASE_URL": None
-        if settings.database_url is None
-        else settings.database_url.get_secret_value(),
-        "KAFKA_TOPIC_PREFIX": settings.topic_prefix,
-        "FEDENGINE_JWT_SECRET": None
-        if settings.jwt_secret is None
-        else settings.jwt_secret.get_secret_value(),
-        "FEDENGINE_GATEWAY_HOST": settings.gateway_host,
-        "FEDENGINE_GATEWAY_PORT": settings.gateway_port,
-        "FEDENGINE_READY_TIMEOUT_S": settings.ready_timeout_s,
-        "service_env": settings.service_env,
-    }
-    path = settings_file(settings.run_dir)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(document, handle)
-
-
-def send_request(settings: LauncherSettings, **request: object) -> None:
-    """Ask the running supervisor for something (it reads requests in the order written)."""
-    folder = requests_dir(settings.run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{time.time_ns():020d}-{os.getpid()}.json"
-    temporary = folder / f".{name}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(request, handle)
-    os.replace(temporary, folder / name)
 
 
 @dataclass
@@ -130,6 +91,12 @@ class Supervisor:
 
     def start(self, process: Process) -> None:
         assert process.module is not None
+        if process.name == standby.STANDBY:
+            new = spawn_standby(self.settings)
+            process.pid, process.started_at, process.state = new.pid, new.started_at, "running"
+            process.created_at, process.module = new.created_at, new.module
+            self.dirty = True
+            return
         new = spawn(
             self.settings,
             process.name,
@@ -149,6 +116,14 @@ class Supervisor:
         for process in self.stack.processes:
             self.watched.setdefault(process.name, Watched())
             if not alive(process):  # a new stack, or adopted after a supervisor crash
+                if process.pid:  # it ran, and ended while no supervisor watched
+                    process.restarts += 1
+                    logger.warning(
+                        "%s (pid %d) ended while no supervisor ran; starting it again (restart %d)",
+                        process.name,
+                        process.pid,
+                        process.restarts,
+                    )
                 self.start(process)
             else:
                 # A supervisor killed while it restarted the broker left its processes paused
@@ -382,43 +357,78 @@ class Supervisor:
         return KafkaSettings.model_validate(values)
 
 
-def lock(run_dir: Path) -> int | None:
-    """Take the stack's supervisor lock for this process's lifetime; None when another holds it.
+def take_over(stack: Stack, me: Process) -> Process | None:
+    """Make ``me`` the supervisor of ``stack``; return the supervisor it replaces, if any.
 
-    Two ``fedengine up`` at once after a supervisor died would each start one: both would
-    restart the same processes, write the state file and carry out every request.
+    A recorded supervisor that another one replaces died without stopping its stack (a stop
+    clears the record): the new one counts it in its ``restarts``. When ``me`` is the stack's
+    standby, its entry is emptied so that the loop starts a new standby; a stack recorded
+    before there were standbys gets an entry.
     """
-    descriptor = os.open(run_dir / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        return None
-    return descriptor
+    previous = stack.supervisor
+    me.restarts = 0 if previous is None else previous.restarts + 1
+    stack.supervisor = me
+    entry = stack.process(standby.STANDBY)
+    if entry is None:
+        stack.processes.append(Process(name=standby.STANDBY, pid=0, module=standby.MODULE))
+    elif entry.pid == me.pid:
+        entry.pid, entry.created_at, entry.state = 0, None, "running"
+        entry.restarts += 1
+    return previous
 
 
-def main() -> None:
-    run_dir = Path(sys.argv[1])
+def configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
-    if lock(run_dir) is None:
-        logger.warning("another supervisor runs the stack under %s; leaving it to it", run_dir)
+
+
+def serve(run_dir: Path, descriptor: int, *, as_standby: bool) -> None:
+    """Supervise the stack under ``run_dir``, holding its lock (``descriptor``) until the end.
+
+    ``as_standby``: this process waited as the standby, and its supervisor is gone.
+    """
+    configure_logging()
+    del descriptor  # held open, and so locked, for as long as this process lives
+    if standby.stopping_file(run_dir).exists():
+        logger.info("the stack is being stopped; nothing to take over")
         return
     settings = LauncherSettings.model_validate(json.loads(settings_file(run_dir).read_text()))
     stack = Stack.load(state_file(settings))
     if stack is None:
+        if as_standby:  # `fedengine down` finished while this one waited
+            return
         raise SystemExit(f"no stack under {run_dir}")
-    stack.supervisor = Process(
+    me = Process(
         name="supervisor",
         pid=os.getpid(),
-        module="fedengine.supervisor",
+        module=standby.MODULE if as_standby else "fedengine.supervisor",
         started_at=time.time(),
         created_at=created_at(os.getpid()),
     )
+    previous = take_over(stack, me)
+    if previous is not None:
+        logger.warning(
+            "the supervisor (pid %d) is gone; %s (pid %d) takes over its processes "
+            "(supervisor restart %d)",
+            previous.pid,
+            "its standby" if as_standby else "a new supervisor",
+            me.pid,
+            me.restarts,
+        )
     Supervisor(settings, stack).run()
+
+
+def main() -> None:
+    run_dir = Path(sys.argv[1])
+    configure_logging()
+    descriptor = standby.take(run_dir, wait=False)
+    if descriptor is None:
+        logger.warning("another supervisor runs the stack under %s; leaving it to it", run_dir)
+        return
+    serve(run_dir, descriptor, as_standby=False)
 
 
 if __name__ == "__main__":

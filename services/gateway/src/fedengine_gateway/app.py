@@ -324,13 +324,18 @@ async def get_health(request: Request) -> Health:
     "/ready",
     response_model=Readiness,
     responses={
-        503: {"model": Readiness, "description": "The database or the broker does not answer"},
+        503: {
+            "model": Readiness,
+            "description": "The database or the broker does not answer, or (a local stack) no "
+            "supervisor runs",
+        },
         **errors.responses(413),
     },
 )
 async def get_ready(request: Request, response: Response) -> Readiness:
-    """Readiness: 200 when the database and the broker both answer, else 503 naming what is
-    down; within about GATEWAY_HEALTH_TIMEOUT_S, since the two checks run at once."""
+    """Readiness: 200 when the database and the broker both answer (and, on a local stack, a
+    supervisor runs), else 503 naming what is down; within about GATEWAY_HEALTH_TIMEOUT_S,
+    since the checks run at once."""
     results = await prober_of(request).check_all()
     down = health.down(results)
     if down:
@@ -417,17 +422,19 @@ def create_app(settings: Settings) -> FastAPI:
             topics.topic_name(settings.kafka.topic_prefix, base)
             for base in (topics.TASKS, topics.DEVICES)
         ]
-        app.state.prober = health.Prober(
-            {
-                health.Dependency.DATABASE: functools.partial(
-                    health.database_answers, app.state.pool, timeout_s=settings.health_timeout_s
-                ),
-                health.Dependency.BROKER: functools.partial(
-                    health.broker_answers, app.state.producer, command_topics
-                ),
-            },
-            timeout_s=settings.health_timeout_s,
-        )
+        checks: dict[health.Dependency, health.Check] = {
+            health.Dependency.DATABASE: functools.partial(
+                health.database_answers, app.state.pool, timeout_s=settings.health_timeout_s
+            ),
+            health.Dependency.BROKER: functools.partial(
+                health.broker_answers, app.state.producer, command_topics
+            ),
+        }
+        if settings.supervisor_lock is not None:  # started by `fedengine up`
+            checks[health.Dependency.SUPERVISOR] = functools.partial(
+                health.supervisor_runs, settings.supervisor_lock
+            )
+        app.state.prober = health.Prober(checks, timeout_s=settings.health_timeout_s)
         dead_letters = asyncio.create_task(watch_dead_letters(settings))
         try:
             yield

@@ -1,4 +1,5 @@
-"""Liveness and readiness: does the database answer, does the broker answer.
+"""Liveness and readiness: does the database answer, does the broker answer, and (a local
+stack only) does a supervisor run it.
 
 Each check is bounded (``GATEWAY_HEALTH_TIMEOUT_S``) and the two run concurrently, so /health
 and /ready answer within about that bound whatever state the servers are in: a stopped server
@@ -6,16 +7,24 @@ refuses at once, a frozen one is cut off by the bound. The checks go through the
 pool and its producer's connections, so a probe opens nothing new, and callers that arrive
 while a check is in flight share it: probes, which need no token, cannot multiply the load on
 the database or the broker.
+
+A gateway that ``fedengine up`` started (``GATEWAY_SUPERVISOR_LOCK`` set) also checks that a
+supervisor holds the stack's lock: without one, a service that crashes stays down, so the stack
+is not ready. Deployments have no supervisor (their orchestrator restarts) and no such check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -30,6 +39,8 @@ logger = logging.getLogger(__name__)
 class Dependency(StrEnum):
     DATABASE = "database"
     BROKER = "broker"
+    # A local stack's supervisor (checked only when configured).
+    SUPERVISOR = "supervisor"
 
 
 class NotReady(Exception):
@@ -97,7 +108,7 @@ def _forget(task: asyncio.Task[None]) -> None:
 
 def down(results: Mapping[Dependency, CheckResult]) -> list[Dependency]:
     """Return the dependencies in ``results`` that are down, in a fixed order."""
-    return [dependency for dependency in Dependency if not results[dependency].up]
+    return [d for d in Dependency if d in results and not results[d].up]
 
 
 class Prober:
@@ -119,9 +130,10 @@ class Prober:
         return await asyncio.shield(task)
 
     async def check_all(self) -> dict[Dependency, CheckResult]:
-        """Check every dependency concurrently."""
-        results = await asyncio.gather(*(self.check(d) for d in Dependency))
-        return dict(zip(Dependency, results, strict=True))
+        """Check every dependency that has a check, concurrently."""
+        checked = [d for d in Dependency if d in self._checks]
+        results = await asyncio.gather(*(self.check(d) for d in checked))
+        return dict(zip(checked, results, strict=True))
 
     async def _run(self, dependency: Dependency) -> CheckResult:
         result = await run_check(self._checks[dependency], timeout_s=self._timeout_s)
@@ -138,6 +150,28 @@ async def database_answers(pool: AsyncConnectionPool, *, timeout_s: float) -> No
     """``SELECT 1`` on a pooled connection, waiting at most ``timeout_s`` for the connection."""
     async with pool.connection(timeout=timeout_s) as conn:
         await conn.execute("SELECT 1")
+
+
+async def supervisor_runs(lock: Path) -> None:
+    """Raise ``NotReady`` unless a supervisor holds ``lock`` (an exclusive ``flock``).
+
+    A shared lock is tried and dropped at once: it conflicts with the supervisor's, so failing
+    to get it means a supervisor runs. The kernel drops a dead holder's lock whatever killed it.
+    A supervisor starting in that instant tries again before it gives way (fedengine.standby).
+    """
+    try:
+        descriptor = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        raise NotReady("no supervisor runs the stack") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return
+        raise
+    finally:
+        os.close(descriptor)  # also drops the shared lock
+    raise NotReady("no supervisor runs the stack")
 
 
 async def broker_answers(producer: AIOKafkaProducer, topic_names: Sequence[str]) -> None:

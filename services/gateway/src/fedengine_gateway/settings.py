@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # either way: it bounds how long a captured request can be replayed.
     device_request_window_s: float = Field(default=300.0, gt=0, le=3600)
     run_dir: Path | None = Field(default=None, validation_alias="FEDENGINE_RUN_DIR")
+    # The lock a local stack's supervisor holds (`fedengine up` sets it): /ready answers 503
+    # naming the supervisor while nobody holds it, since nothing would restart a crashed
+    # service. Unset (docker-compose, Kubernetes: their orchestrator restarts): no such check.
+    supervisor_lock: Path | None = None
     log_json: bool = False
 
     @property
