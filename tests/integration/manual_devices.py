@@ -51,42 +51,52 @@ class ManualRound:
                 self.task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=60
             )
 
-    @asynccontextmanager
-    async def heartbeating(self, stack: Stack, *, every_s: float = 1.0) -> AsyncIterator[None]:
+    def heartbeating(
+        self, stack: Stack, *, every_s: float = 1.0
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """Keep the devices online (signed heartbeats) while the block runs."""
+        return heartbeating(stack, self.keys, every_s=every_s)
 
-        async def beat() -> None:
-            sequence = 0
-            while True:
-                sequence += 1
-                for name, key in self.keys.items():
-                    sent_at = datetime.now(UTC)
-                    payload = signing.heartbeat_payload(
+
+@asynccontextmanager
+async def heartbeating(
+    stack: Stack, keys: dict[str, Ed25519PrivateKey], *, every_s: float = 1.0
+) -> AsyncIterator[None]:
+    """Keep ``keys``' devices online (signed heartbeats) while the block runs."""
+
+    async def beat() -> None:
+        while True:
+            for name, key in keys.items():
+                sent_at = datetime.now(UTC)
+                # Increasing across every block for the same devices: the registry refuses a
+                # sequence it has seen (replay protection).
+                sequence = int(sent_at.timestamp() * 1_000_000)
+                payload = signing.heartbeat_payload(
+                    device_id=name,
+                    sequence=sequence,
+                    sent_at_us=int(sent_at.timestamp() * 1_000_000),
+                )
+                await send(
+                    stack.kafka,
+                    topics.DEVICES,
+                    key=name,
+                    message=HeartbeatSent(
+                        producer="pytest",
                         device_id=name,
                         sequence=sequence,
-                        sent_at_us=int(sent_at.timestamp() * 1_000_000),
-                    )
-                    await send(
-                        stack.kafka,
-                        topics.DEVICES,
-                        key=name,
-                        message=HeartbeatSent(
-                            producer="pytest",
-                            device_id=name,
-                            sequence=sequence,
-                            sent_at=sent_at,
-                            signature=key.sign(payload),
-                        ),
-                    )
-                await asyncio.sleep(every_s)
+                        sent_at=sent_at,
+                        signature=key.sign(payload),
+                    ),
+                )
+            await asyncio.sleep(every_s)
 
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def mlp_shapes() -> list[tuple[int, ...]]:
@@ -156,7 +166,6 @@ async def open_manual_round(
         )
         for name in names
     }
-    await client.wait_for_devices(count, prefix=f"{label}-{tag}-")
     body: dict[str, Any] = {
         "task_name": label,
         "participating_devices": names,
@@ -166,13 +175,17 @@ async def open_manual_round(
         "round_timeout_s": 30,
     }
     body.update(spec)
-    task_id = await client.create_federated_task(**body)
-    await client.start_federated_training(task_id)
-    records = await find_records(
-        stack.kafka,
-        topics.DEVICE_COMMANDS,
-        [lambda r, n=name: r.key == n.encode() for name in names],
-    )
+    # Online until the round has opened: the tests' registry takes a device silent for 4 s as
+    # offline, and under load creating and starting a task can take longer than that.
+    async with heartbeating(stack, keys):
+        await client.wait_for_devices(count, prefix=f"{label}-{tag}-")
+        task_id = await client.create_federated_task(**body)
+        await client.start_federated_training(task_id)
+        records = await find_records(
+            stack.kafka,
+            topics.DEVICE_COMMANDS,
+            [lambda r, n=name: r.key == n.encode() for name in names],
+        )
     requests: dict[str, TrainRequested] = {}
     for name, record in zip(names, records, strict=True):
         message = codec.decode(record.value)

@@ -78,7 +78,7 @@ async def test_a_task_without_eligible_devices_fails_with_too_few_devices(
     assert "waiting_for_devices" in [e["kind"] for e in events]
     assert (events[-1]["kind"], events[-1]["detail"]) == (
         "failed",
-        "too_few_devices: 0 eligible devices for round 1, 1 needed, for more than 1 s",
+        "too_few_devices: round 1: 0 eligible, 1 needed, for more than 1 s (device_wait_s)",
     )
 
 
