@@ -87,9 +87,9 @@ async def test_forged_service_messages_of_every_type_are_refused_and_counted(
         timeout_s=60,
     )
 
-    # 6 task commands, removal, restore, token issue and revocation, train request, a SecAgg+
-    # delivery, round.opened, 2 round results
-    assert len(SERVICE_ONLY) == 15
+    # 6 task commands, a model upload, removal, restore, token issue and revocation, train and
+    # evaluate requests, a SecAgg+ delivery, round.opened, 2 round results
+    assert len(SERVICE_ONLY) == 17
     assert len(letters) == len(SERVICE_ONLY) * len(FORGERIES)
     for letter in letters:
         base, kind, how = expected[letter.key]
