@@ -83,3 +83,10 @@ def test_the_yielding_count_names_only_tasks_that_could_run() -> None:
     assert yields_to(pool, [WaitingTask(None, 4), WaitingTask(None, 5)], FLEET) == 1
     assert yields_to(pool, [WaitingTask(frozenset({"d1", "d3"}), 2)], FLEET) == 1
     assert yields_to(pool, [WaitingTask(frozenset({"d2", "d3"}), 2)], FLEET) == 0
+
+
+def test_no_yield_to_a_task_whose_devices_are_too_low_on_battery() -> None:
+    fleet = candidates(90.0, 90.0, 10.0, 10.0)
+
+    assert yields_to(fleet[:2], [WaitingTask(frozenset({"d1", "d2", "d3"}), 2)], fleet) == 0
+    assert yields_to(fleet[:2], [WaitingTask(frozenset({"d0", "d1", "d3"}), 2)], fleet) == 1

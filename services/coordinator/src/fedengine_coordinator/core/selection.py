@@ -66,14 +66,16 @@ def yields_to(
     could use one of them and could open a round once devices are free (enough of the online
     devices are allowed to it). Tasks queue first come, first served, so that a task that
     just finished a round does not take its devices straight back while others wait (ten tasks
-    on ten devices: eight had failed with too_few_devices)."""
+    on ten devices: eight had failed with too_few_devices). A task that could not open a round
+    even with every device free (too few allowed, online and charged) is not yielded to."""
     ids = {c.device_id for c in pool}
     count = 0
     for other in waiting:
         usable = ids if other.allowed is None else ids & other.allowed
         if not usable:
             continue
-        online = sum(1 for c in candidates if other.allowed is None or c.device_id in other.allowed)
-        if online >= other.min_devices:
+        allowed = None if other.allowed is None else set(other.allowed)
+        # Devices it could have once free: online, allowed to it, charged enough.
+        if len(eligible(candidates, busy=set(), allowed=allowed)) >= other.min_devices:
             count += 1
     return count
