@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -192,6 +193,7 @@ def up(
             _wait_supervisor(settings)
         return existing
     down(settings)  # clear what a crash may have left behind
+    check_port_free(settings.gateway_host, settings.gateway_port)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     secret, secret_path = jwt_secret(settings)
     broker = None
@@ -411,6 +413,23 @@ def _supervisor_status(settings: LauncherSettings, stack: Stack) -> dict[str, An
         "uptime_s": None if record is None else _uptime(record),
         "restarts": 0 if record is None else record.restarts,
     }
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise RuntimeError, naming the port, when something already listens on the gateway's
+    port: another stack's gateway would answer this one's readiness probes, and the start
+    would fail later with a misleading "signed with another secret" (seen when two demos
+    overlapped)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds: a port in TIME_WAIT after a stopped stack is free, a listener not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(
+                f"port {port} on {host} is in use (another stack's gateway?): stop it "
+                "(FEDENGINE_HOME=... fedengine down) or set FEDENGINE_GATEWAY_PORT"
+            ) from exc
 
 
 def _host_port(bootstrap: str) -> tuple[str, int]:
