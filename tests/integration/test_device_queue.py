@@ -63,11 +63,12 @@ async def test_tasks_started_at_once_on_one_fleet_all_complete_in_turn(
     assert waited >= TASKS - 1
 
 
-async def test_a_device_asked_to_evaluate_is_busy_until_it_answers(
+async def test_a_device_asked_to_evaluate_is_busy_while_the_evaluation_is_open(
     db: psycopg.AsyncConnection,
 ) -> None:
-    """A device runs one request at a time: while it owes an evaluation, another task's
-    round does not select it (store.busy_devices; rolled back, nothing is left behind)."""
+    """A device runs one request at a time: while an evaluation that asked it is open,
+    another task's round does not select it (store.busy_devices; rolled back, nothing is
+    left behind)."""
     task_id, evaluation_id = uuid.uuid4(), uuid.uuid4()
     async with db.transaction(force_rollback=True):
         await db.execute(
@@ -89,5 +90,11 @@ async def test_a_device_asked_to_evaluate_is_busy_until_it_answers(
         )
 
         busy = await store.busy_devices(db)
+        await db.execute(
+            "UPDATE coordinator.evaluations SET status = 'completed' WHERE evaluation_id = %s",
+            (evaluation_id,),
+        )
+        after = await store.busy_devices(db)
 
-        assert "ev-owing" in busy and "ev-answered" not in busy
+        assert {"ev-owing", "ev-answered"} <= busy
+        assert not {"ev-owing", "ev-answered"} & after

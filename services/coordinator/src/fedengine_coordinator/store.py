@@ -221,14 +221,13 @@ async def privacy_levels(
 
 
 async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:
-    """Devices in a round in play, or asked to evaluate and not yet answered: a device runs
-    one request at a time, so another task's request would wait behind it."""
+    """Devices in a round in play, or asked to evaluate while the evaluation is open: a
+    device runs one request at a time, so another task's request would wait behind it. (The
+    whole evaluation, not just until the device answered: the answers are not read here, so
+    that opening a round never waits on them.)"""
     cursor = await conn.execute(
         f"SELECT unnest(participants) FROM coordinator.rounds WHERE {_IN_PLAY} "
-        "UNION SELECT d.device_id FROM coordinator.evaluations e "
-        "CROSS JOIN LATERAL unnest(e.devices) AS d(device_id) "
-        "WHERE e.status = 'open' AND NOT EXISTS (SELECT 1 FROM coordinator.evaluation_results r "
-        "WHERE r.evaluation_id = e.evaluation_id AND r.device_id = d.device_id)"
+        "UNION SELECT unnest(devices) FROM coordinator.evaluations WHERE status = 'open'"
     )
     return {r[0] for r in await cursor.fetchall()}
 
