@@ -562,6 +562,58 @@ def bench_aggregate(
     _print_json(result, json_path)
 
 
+@bench_app.command("reference")
+def bench_reference(
+    devices: Annotated[int, typer.Option(min=1, help="devices the data set is split among")],
+    per_round: Annotated[int, typer.Option(min=1, help="devices trained each round")],
+    rounds: Annotated[int, typer.Option(min=1)],
+    dataset: DatasetOption = DatasetChoice.DIGITS,
+    model: Annotated[ModelArchitecture, typer.Option()] = ModelArchitecture.MLP,
+    hidden: Annotated[int | None, typer.Option(min=1, help="MLP hidden units (64)")] = None,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet:ALPHA")] = "iid",
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    standardize: Annotated[
+        bool, typer.Option(help="standardise features by the training split's statistics")
+    ] = False,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
+) -> None:
+    """The floor: the same federated work as a plain sequential loop in this process (no
+    broker, no database): FedAvg over the simulator's partition, central accuracy each round."""
+    import psutil
+
+    from fedengine.bench import machine
+    from fedengine.bench_reference import ReferenceOptions, parse_partition
+    from fedengine.bench_reference import bench_reference as run
+
+    try:
+        scheme, alpha = parse_partition(partition)
+        datasets.check_installed(dataset.value)
+        datasets.check_partition(dataset.value, devices)
+        options = ReferenceOptions(
+            devices=devices,
+            per_round=per_round,
+            rounds=rounds,
+            dataset=dataset.value,
+            model=model,
+            hidden=hidden,
+            partitioning=scheme,
+            alpha=alpha,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=lr,
+            standardize=standardize,
+            seed=seed,
+        )
+        result = run(options, started=psutil.Process().create_time(), machine=machine())
+    except (ValueError, datasets.DatasetNotInstalled) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _print_json(result, json_path)
+
+
 def _print_json(result: dict[str, Any], json_path: Path | None) -> None:
     """Print a bench result as one JSON line, and write it to ``json_path`` if given."""
     text = json.dumps(result)

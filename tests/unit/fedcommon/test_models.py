@@ -20,3 +20,39 @@ def test_every_architecture_maps_a_batch_to_one_logit_per_class(
 
     assert logits.shape == (3, 10)
     assert torch.isfinite(logits).all()
+
+
+def test_the_mlp_takes_its_hidden_units_and_keeps_64_by_default() -> None:
+    # Execute
+    default = models.build_model(
+        ModelArchitecture.MLP, input_shape=(1, 8, 8), num_classes=10, seed=0
+    )
+    wide = models.build_model(
+        ModelArchitecture.MLP, input_shape=(1, 8, 8), num_classes=10, seed=0, hidden=128
+    )
+
+    # Assert: 64-64-10 by default (as before), 64-128-10 when asked.
+    assert [tuple(a.shape) for a in models.get_arrays(default)] == [
+        (64, 64),
+        (64,),
+        (10, 64),
+        (10,),
+    ]
+    assert [tuple(a.shape) for a in models.get_arrays(wide)] == [
+        (128, 64),
+        (128,),
+        (10, 128),
+        (10,),
+    ]
+    assert wide(torch.zeros((2, 1, 8, 8))).shape == (2, 10)
+
+
+def test_hidden_units_are_refused_for_the_cnn_and_below_one() -> None:
+    with pytest.raises(ValueError, match="MLP only"):
+        models.build_model(
+            ModelArchitecture.CNN, input_shape=(1, 8, 8), num_classes=10, seed=0, hidden=128
+        )
+    with pytest.raises(ValueError, match="hidden must be >= 1"):
+        models.build_model(
+            ModelArchitecture.MLP, input_shape=(1, 8, 8), num_classes=10, seed=0, hidden=0
+        )

@@ -55,15 +55,40 @@ class SmallCNN(nn.Module):
         return result
 
 
+# The MLP's hidden units when a task names none.
+DEFAULT_HIDDEN = 64
+
+
 def build_model(
-    architecture: ModelArchitecture, *, input_shape: tuple[int, ...], num_classes: int, seed: int
+    architecture: ModelArchitecture,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    hidden: int | None = None,
 ) -> nn.Module:
-    """Return a freshly initialised model; the seed makes version 0 reproducible."""
+    """Return a freshly initialised model; the seed makes version 0 reproducible.
+
+    Parameters
+    ----------
+    hidden
+        The MLP's hidden units (None: DEFAULT_HIDDEN). The CNN's layers are fixed.
+
+    Raises
+    ------
+    ValueError
+        An unknown architecture, ``hidden`` below 1, or ``hidden`` given for the CNN.
+    """
+    if hidden is not None:
+        if architecture != ModelArchitecture.MLP:
+            raise ValueError(f"models: hidden applies to the MLP only, not {architecture!r}")
+        if hidden < 1:
+            raise ValueError(f"models: hidden must be >= 1, not {hidden}")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         if architecture == ModelArchitecture.MLP:
-            return MLP(input_shape, num_classes)
+            return MLP(input_shape, num_classes, DEFAULT_HIDDEN if hidden is None else hidden)
         if architecture == ModelArchitecture.CNN:
             return SmallCNN(input_shape, num_classes)
     finally:
