@@ -578,6 +578,9 @@ def bench_reference(
         bool, typer.Option(help="standardise features by the training split's statistics")
     ] = False,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    min_size: Annotated[
+        int, typer.Option(min=1, help="training examples each device holds at least")
+    ] = 2,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
 ) -> None:
     """The floor: the same federated work as a plain sequential loop in this process (no
@@ -591,7 +594,7 @@ def bench_reference(
     try:
         scheme, alpha = parse_partition(partition)
         datasets.check_installed(dataset.value)
-        datasets.check_partition(dataset.value, devices)
+        datasets.check_partition(dataset.value, devices, min_size=min_size)
         options = ReferenceOptions(
             devices=devices,
             per_round=per_round,
@@ -606,6 +609,7 @@ def bench_reference(
             learning_rate=lr,
             standardize=standardize,
             seed=seed,
+            min_size=min_size,
         )
         result = run(options, started=psutil.Process().create_time(), machine=machine())
     except (ValueError, datasets.DatasetNotInstalled) as exc:

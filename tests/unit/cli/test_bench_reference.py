@@ -177,3 +177,17 @@ def test_parse_partition_reads_iid_and_dirichlet_alpha(
 def test_parse_partition_refuses_anything_else(text: str) -> None:
     with pytest.raises(ValueError, match="not iid or dirichlet:ALPHA"):
         parse_partition(text)
+
+
+def test_more_devices_than_two_examples_each_needs_a_smaller_minimum() -> None:
+    # Digits' 1,437 training examples: 1,000 devices (workload B) hold 1 or 2 each.
+    refused = CliRunner().invoke(
+        app, ["bench", "reference", "--devices", "1000", "--per-round", "5", "--rounds", "1"]
+    )
+    options = ReferenceOptions(devices=1000, per_round=5, rounds=1, min_size=1)
+
+    run = run_rounds(_digits(), options, rng=np.random.default_rng(0))
+
+    assert refused.exit_code == 1
+    assert "1000 devices cannot hold 2 each" in refused.output
+    assert run.updates == 5 and len(run.accuracy) == 1
