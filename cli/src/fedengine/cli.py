@@ -22,6 +22,7 @@ from fedengine.demo import (
     DemoOptions,
     StrategyName,
     check_attack,
+    check_behaviour,
     check_strategy,
     key_value,
     privacy_section,
@@ -62,6 +63,36 @@ AttackScale = Annotated[
     typer.Option(
         help="the attack's strength: the sign-flipped update's factor, the Gaussian's standard "
         "deviation, the label-flipped update's factor"
+    ),
+]
+
+ProfilesOption = Annotated[
+    str,
+    typer.Option(
+        "--profiles",
+        help='the mix of device types, e.g. "mobile:0.6,iot:0.2,desktop:0.15,cloud:0.05", each '
+        "device's speeds, battery and network drawn from its type's profile (default: types "
+        "in turn)",
+    ),
+]
+FailureRate = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="the share of selected devices that fail each round (crash mid-training or lose "
+        "the network during the upload); the round goes on with the survivors",
+    ),
+]
+Speedup = Annotated[
+    float,
+    typer.Option(help="simulated seconds per wall second of the devices' training and transfers"),
+]
+Availability = Annotated[
+    str,
+    typer.Option(
+        help="when devices are available: always, diurnal (each type's pattern over the day) "
+        "or the path of a JSON trace"
     ),
 ]
 
@@ -204,12 +235,22 @@ def fleet(
     attack: Attack = AttackKind.SIGN_FLIP,
     attack_scale: AttackScale = 1.0,
     privacy_level: LocalDpLevel = PrivacyLevel.NONE,
+    profiles: ProfilesOption = "",
+    failure_rate: FailureRate = 0.0,
+    speedup: Speedup = 100.0,
+    availability: Availability = "always",
 ) -> None:
     """Attach simulated devices to the running stack (`fedengine fleet stop NAME` removes them)."""
     if context.invoked_subcommand is not None:
         return
     try:
         check_attack(malicious, attack_scale)
+        check_behaviour(
+            profiles=profiles,
+            availability=availability,
+            speedup=speedup,
+            failure_rate=failure_rate,
+        )
         datasets.check_installed(dataset.value)
         datasets.check_partition(dataset.value, devices)
     except (ValueError, datasets.DatasetNotInstalled) as exc:
@@ -226,6 +267,12 @@ def fleet(
         attack=attack.value,
         attack_scale=attack_scale,
         privacy_level=privacy_level.value,
+        profiles=profiles,
+        failure_rate=failure_rate,
+        speedup=speedup,
+        availability=availability
+        if availability in ("always", "diurnal")
+        else str(Path(availability).resolve()),
     )
     try:
         process = fleets.start(LauncherSettings(), chosen)
@@ -392,6 +439,10 @@ def demo(
             "their accuracy (0: off)",
         ),
     ] = 0,
+    profiles: ProfilesOption = "",
+    failure_rate: FailureRate = 0.0,
+    speedup: Speedup = 100.0,
+    availability: Availability = "always",
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -400,6 +451,12 @@ def demo(
         raise typer.BadParameter("--per-round cannot exceed --devices")
     try:
         check_attack(malicious, attack_scale)
+        check_behaviour(
+            profiles=profiles,
+            availability=availability,
+            speedup=speedup,
+            failure_rate=failure_rate,
+        )
         datasets.check_installed(dataset.value)
         datasets.check_partition(dataset.value, devices)
         params = dict(strategy_param_of(item) for item in strategy_param or [])
@@ -438,6 +495,10 @@ def demo(
         secagg_dropout=secagg_dropout,
         secagg_stage_timeout=secagg_stage_timeout,
         federated_evaluation=federated_evaluation,
+        profiles=profiles,
+        failure_rate=failure_rate,
+        speedup=speedup,
+        availability=availability,
     )
     try:
         privacy_section(options)

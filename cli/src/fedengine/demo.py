@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -14,13 +15,14 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedcommon import auth
+from fedcommon import auth, mixes
 from fedcommon.constraints import MAX_SETTING
 from fedcommon.lifecycle import FINISHED
 from fedcommon.messages.v1 import (
     CALIBRATE,
     DP_STRATEGIES,
     SECAGG_MIN_PARTICIPANTS,
+    DeviceType,
     PrivacySpec,
     SecureAggregationSpec,
     StrategySpec,
@@ -62,6 +64,23 @@ class AttackKind(StrEnum):
     SIGN_FLIP = "sign_flip"
     GAUSSIAN = "gaussian"
     LABEL_FLIP = "label_flip"
+
+
+def check_behaviour(
+    *, profiles: str, availability: str, speedup: float, failure_rate: float
+) -> None:
+    """Refuse a fleet behaviour the simulator would refuse at start (its device-type mix, its
+    availability, its speed-up and failure rate), before anything starts."""
+    if profiles.strip():
+        mixes.parse_mix(profiles, DeviceType, "--profiles")
+    if availability not in ("always", "diurnal") and not Path(availability).is_file():
+        raise ValueError(
+            f"--availability is always, diurnal or the path of a trace file, got {availability!r}"
+        )
+    if not 0 < speedup <= 1_000_000:
+        raise ValueError(f"--speedup must be in (0, 1000000], got {speedup}")
+    if not 0 <= failure_rate <= 1:
+        raise ValueError(f"--failure-rate must be a fraction in [0, 1], got {failure_rate}")
 
 
 def check_attack(malicious: float, attack_scale: float) -> None:
@@ -120,6 +139,11 @@ class DemoOptions:
     # Federated evaluation every this many rounds (and after the last), by every eligible
     # device of the fleet on its held-out share (0: off; central evaluation only).
     federated_evaluation: int = 0
+    # The fleet's device behaviour (launcher.Fleet; the simulator's core/profiles.py).
+    profiles: str = ""
+    failure_rate: float = 0.0
+    speedup: float = 100.0
+    availability: str = "always"
 
 
 async def _device_ledgers(
@@ -415,6 +439,12 @@ async def run_demo(
         attack_scale=options.attack_scale,
         privacy_level=options.local_dp,
         secagg_dropout=options.secagg_dropout or 0.0,
+        profiles=options.profiles,
+        speedup=options.speedup,
+        availability=str(Path(options.availability).resolve())
+        if options.availability not in ("always", "diurnal")
+        else options.availability,
+        failure_rate=options.failure_rate,
     )
     attackers = (
         f", {options.malicious:g} of them malicious ({options.attack} x{options.attack_scale:g})"

@@ -458,6 +458,17 @@ class Fleet:
     # In secure rounds, each device's chance to stay silent from each later SecAgg+ stage on
     # (SIMULATOR_SECAGG_DROPOUT), for dropout experiments.
     secagg_dropout: float = 0.0
+    # Device behaviour (the simulator's core/profiles.py and core/behaviour.py): the mix of
+    # device types and of privacy levels ("" cycles types, one level for all), simulated
+    # seconds per wall second, the hour of a task's first round, availability ("always",
+    # "diurnal" or a trace's path) and injected failures.
+    profiles: str = ""
+    privacy_levels: str = ""
+    speedup: float = 100.0
+    start_hour: float = 12.0
+    availability: str = "always"
+    failure_rate: float = 0.0
+    failure_mix: str = "crash:0.5,network_loss:0.5"
 
     @property
     def process_name(self) -> str:
@@ -487,6 +498,13 @@ class Fleet:
             "SIMULATOR_ATTACK_SCALE": str(self.attack_scale),
             "SIMULATOR_PRIVACY_LEVEL": self.privacy_level,
             "SIMULATOR_SECAGG_DROPOUT": str(self.secagg_dropout),
+            "SIMULATOR_PROFILES": self.profiles,
+            "SIMULATOR_PRIVACY_LEVELS": self.privacy_levels,
+            "SIMULATOR_SPEEDUP": str(self.speedup),
+            "SIMULATOR_START_HOUR": str(self.start_hour),
+            "SIMULATOR_AVAILABILITY": self.availability,
+            "SIMULATOR_FAILURE_RATE": str(self.failure_rate),
+            "SIMULATOR_FAILURE_MIX": self.failure_mix,
         }
 
 

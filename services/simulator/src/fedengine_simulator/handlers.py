@@ -24,12 +24,15 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import numpy as np
+import psycopg
 import torch
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedcommon import (
     background,
+    codec,
     datasets,
     db,
     enrolment_tokens,
@@ -60,7 +63,7 @@ from feddevice.secure_rounds import SecureRounds
 from feddevice.state import Identity
 from feddevice.torch_training import train_local
 from fedengine_simulator import identities
-from fedengine_simulator.core import attacks, fleet, held_out
+from fedengine_simulator.core import attacks, behaviour, fleet, held_out, profiles
 from fedengine_simulator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,11 @@ EVALUATIONS_SKIPPED = Counter(
     "fedengine_simulator_evaluations_skipped_total", "Evaluate requests not answered", ["why"]
 )
 DECLINED = Counter("fedengine_simulator_declines_sent_total", "Train requests declined", ["reason"])
+FAILED = Counter(
+    "fedengine_simulator_failures_total",
+    "Selected devices that failed a round (core/behaviour.py), by kind",
+    ["kind"],
+)
 POISONED = Counter(
     "fedengine_simulator_poisoned_updates_total", "Updates sent by malicious devices", ["attack"]
 )
@@ -111,8 +119,25 @@ class Fleet:
         self.settings = settings
         self.devices = {
             d.device_id: d
-            for d in fleet.layout(settings.fleet, settings.devices, settings.privacy_level)
+            for d in fleet.layout(
+                settings.fleet,
+                settings.devices,
+                settings.privacy_level,
+                types=settings.type_mix,
+                privacy_levels=settings.privacy_mix,
+                seed=settings.seed,
+            )
         }
+        self.clock = settings.clock
+        self.failures = settings.failures
+        # Each device's battery as last known, in simulated time (core/behaviour.py); the
+        # latest simulated moment any request was at, for the heartbeats' battery and charging.
+        self._battery = {
+            d.index: behaviour.Battery(d.profile.initial_battery_pct, self.clock.start_s)
+            for d in self.devices.values()
+        }
+        self._sim_now = self.clock.start_s
+        self._forward_flops: dict[tuple[DatasetName, ModelArchitecture], float] = {}
         self.keys = identities.load_or_create(
             settings.home / "simulator" / settings.fleet, list(self.devices)
         )
@@ -204,57 +229,83 @@ class Fleet:
             seed=0,
         )
 
+    async def _publish_all(self, base: str, messages: list[tuple[str, Envelope]]) -> None:
+        """Send many records and wait for all their acknowledgements together: one awaited
+        record per device (about 7 ms each) made a 10,000-device heartbeat cycle outlast the
+        registry's 15 s offline limit. The producer batches what is queued."""
+        topic = topics.topic_name(self.context.kafka.topic_prefix, base)
+        pending = [
+            await self.context.producer.send(topic, codec.encode(message), key=key.encode())
+            for key, message in messages
+        ]
+        await asyncio.gather(*pending)
+
     async def enrol(self) -> None:
-        for device in self.devices.values():
-            await kafka.publish(
-                self.context.producer,
-                self.context.kafka,
-                topics.DEVICES,
-                key=device.device_id,
-                message=enrolment_tokens.sign_enrolment(
-                    DeviceEnrolled(
-                        producer=PRODUCER,
-                        device_id=device.device_id,
-                        device_name=f"simulated {device.device_type.value} {device.index}",
-                        device_type=device.device_type,
-                        privacy_level=device.privacy_level,
-                        capabilities=device.capabilities,
-                        public_key=signing.public_key_bytes(self.keys[device.device_id]),
+        await self._publish_all(
+            topics.DEVICES,
+            [
+                (
+                    device.device_id,
+                    enrolment_tokens.sign_enrolment(
+                        DeviceEnrolled(
+                            producer=PRODUCER,
+                            device_id=device.device_id,
+                            device_name=f"simulated {device.device_type.value} {device.index}",
+                            device_type=device.device_type,
+                            privacy_level=device.privacy_level,
+                            capabilities=device.capabilities,
+                            public_key=signing.public_key_bytes(self.keys[device.device_id]),
+                        ),
+                        device_key=self.keys[device.device_id],
+                        token=self.settings.token,
                     ),
-                    device_key=self.keys[device.device_id],
-                    token=self.settings.token,
-                ),
-            )
+                )
+                for device in self.devices.values()
+            ],
+        )
         logger.info("enrolled %d devices of fleet %s", len(self.devices), self.settings.fleet)
 
     async def heartbeats(self) -> None:
         await background.every("simulator.heartbeats", self.settings.heartbeat_s, self.heartbeat)
 
     async def heartbeat(self) -> None:
-        """Send one signed heartbeat per device; the sequence is the clock in milliseconds, so
-        it grows across restarts and retries without stored state."""
+        """Send one signed heartbeat per device, with its simulated battery and charging (as
+        of the latest simulated moment of any round); the sequence is the clock in
+        milliseconds, so it grows across restarts and retries without stored state."""
         sequence = max(self._sequence + 1, int(time.time() * 1000))
         self._sequence = sequence
-        for device_id, key in self.keys.items():
+        beats: list[tuple[str, Envelope]] = []
+        for device in self.devices.values():
+            key = self.keys[device.device_id]
             sent_at = datetime.now(UTC)
             payload = signing.heartbeat_payload(
-                device_id=device_id,
+                device_id=device.device_id,
                 sequence=sequence,
                 sent_at_us=int(sent_at.timestamp() * 1_000_000),
             )
-            await kafka.publish(
-                self.context.producer,
-                self.context.kafka,
-                topics.DEVICES,
-                key=device_id,
-                message=HeartbeatSent(
-                    producer=PRODUCER,
-                    device_id=device_id,
-                    sequence=sequence,
-                    sent_at=sent_at,
-                    signature=key.sign(payload),
-                ),
+            battery_pct: float | None = None
+            charging: bool | None = None
+            if device.profile.has_battery:
+                battery = behaviour.battery_at(
+                    device.profile, self._battery[device.index], self._sim_now
+                )
+                battery_pct = round(battery.pct, 1)
+                charging = behaviour.charging_at(device.profile, self._sim_now)
+            beats.append(
+                (
+                    device.device_id,
+                    HeartbeatSent(
+                        producer=PRODUCER,
+                        device_id=device.device_id,
+                        sequence=sequence,
+                        sent_at=sent_at,
+                        signature=key.sign(payload),
+                        battery_pct=battery_pct,
+                        charging=charging,
+                    ),
+                )
             )
+        await self._publish_all(topics.DEVICES, beats)
 
     async def global_model(self, request: TrainRequested | EvaluateRequested) -> answer.GlobalModel:
         cache_key = (request.task_id, request.model_version)
@@ -349,12 +400,19 @@ class Fleet:
             async with self.context.pool.connection() as conn:
                 await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
             return
+        decision = await self.decide(message, device)
+        if decision.outcome != behaviour.Outcome.COMPLETED:
+            await self.fail(message, device, decision)
+            return
         trained = await self.train(message, device)
         if trained is None:
             async with self.context.pool.connection() as conn:
                 await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
             return
         result, duration, delta = trained
+        # It answers when its simulated download, training and upload would have ended.
+        answer_at = message.sent_at.timestamp() + self.clock.wall_s(decision.sim_s)
+        await asyncio.sleep(max(0.0, answer_at - time.time()))
         if message.secure_aggregation is None:
             await self.submit_update(
                 message,
@@ -391,9 +449,113 @@ class Fleet:
                     duration,
                 ),
             )
+            await self._record(conn, message, device, decision)
+
+    def forward_flops(self, dataset_name: DatasetName, architecture: ModelArchitecture) -> float:
+        """One example's forward-pass FLOPs of the built-in model (counted once by torch)."""
+        key = (dataset_name, architecture)
+        if key not in self._forward_flops:
+            dataset = datasets.load_dataset(dataset_name)
+            model = models.build_model(
+                architecture,
+                input_shape=dataset.input_shape,
+                num_classes=dataset.num_classes,
+                seed=0,
+            )
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(torch.from_numpy(dataset.x_train[:1]))
+            self._forward_flops[key] = float(counter.get_total_flops())
+        return self._forward_flops[key]
+
+    async def decide(
+        self, message: TrainRequested, device: fleet.SimulatedDevice
+    ) -> behaviour.Decision:
+        """The device's fate in this round, from its profile, its battery and the simulated
+        clock (core/behaviour.py), drawn from the fleet's seed, the task's, the round's
+        number and the device's index: the same seed gives the same fates."""
+        if message.dataset is None or message.model_architecture is None:
+            raise ProtocolViolation("train request of a task on an uploaded model")
+        model = await self.global_model(message)
+        size = sum(array.nbytes for array in model.parameters.values())
+        # DP-SGD's steps of a Poisson share of the examples are so many passes over them.
+        dp = message.local_dp
+        epochs = message.local_epochs if dp is None else dp.steps * dp.sample_rate
+        work = behaviour.Work(
+            examples=len(self.partition_of(message.dataset, device.index)),
+            epochs=epochs,
+            forward_flops=self.forward_flops(message.dataset, message.model_architecture),
+            download_bytes=size,
+            upload_bytes=size,
+        )
+        window = self.clock.window_s(sent_at=message.sent_at, deadline=message.deadline)
+        at_s = self.clock.round_start_s(message.round_number, window)
+        if self.settings.trace is not None:
+            available_p = float(self.settings.trace.available(device.index, at_s))
+        elif self.settings.availability == "diurnal":
+            available_p = device.profile.kind.availability[int((at_s % profiles.DAY_S) // 3600)]
+        else:
+            available_p = 1.0
+        rng = np.random.default_rng(
+            [self.settings.seed, message.seed, message.round_number, device.index, 0xBE4A]
+        )
+        decision = behaviour.decide(
+            device.profile,
+            battery=self._battery[device.index],
+            at_s=at_s,
+            work=work,
+            budget_s=window,
+            available_p=available_p,
+            failures=self.failures,
+            rng=rng,
+        )
+        self._battery[device.index] = decision.battery
+        self._sim_now = max(self._sim_now, at_s)
+        return decision
+
+    async def fail(
+        self, message: TrainRequested, device: fleet.SimulatedDevice, decision: behaviour.Decision
+    ) -> None:
+        """Act out a device that does not complete the round: an unavailable one declines at
+        once (in a secure round it simply does not start); one that fails sends nothing, as a
+        crashed, disconnected, flat or late device does not."""
+        if decision.outcome == behaviour.Outcome.UNAVAILABLE:
+            await self.decline(message, device, DeclineReason.UNAVAILABLE, decision=decision)
+            return
+        FAILED.labels(decision.outcome.value).inc()
+        async with self.context.pool.connection() as conn, conn.transaction():
+            await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+            await self._record(conn, message, device, decision)
+
+    @staticmethod
+    async def _record(
+        conn: psycopg.AsyncConnection,
+        message: TrainRequested,
+        device: fleet.SimulatedDevice,
+        decision: behaviour.Decision,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO simulator.outcomes (task_id, round_number, device_id, outcome, sim_s, "
+            "compute_s, transfer_s, battery_pct) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (
+                message.task_id,
+                message.round_number,
+                device.device_id,
+                decision.outcome.value,
+                decision.sim_s,
+                decision.compute_s,
+                decision.transfer_s,
+                decision.battery.pct,
+            ),
+        )
 
     async def decline(
-        self, message: TrainRequested, device: fleet.SimulatedDevice, reason: DeclineReason
+        self,
+        message: TrainRequested,
+        device: fleet.SimulatedDevice,
+        reason: DeclineReason,
+        *,
+        decision: behaviour.Decision | None = None,
     ) -> None:
         """Send the device's signed update.declined for ``reason``, once per request (a
         secure round takes no decline: the device simply does not start it)."""
@@ -412,8 +574,10 @@ class Fleet:
             )
             await self._publish(topics.UPDATES, str(message.task_id), decline)
             DECLINED.labels(reason.value).inc()
-        async with self.context.pool.connection() as conn:
+        async with self.context.pool.connection() as conn, conn.transaction():
             await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
+            if decision is not None:
+                await self._record(conn, message, device, decision)
 
     async def evaluate(self, message: EvaluateRequested, device: fleet.SimulatedDevice) -> None:
         """Score the global model version on the device's held-out data and send the signed

@@ -9,12 +9,15 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fedcommon import enrolment_tokens
+from fedcommon import enrolment_tokens, mixes
 from fedcommon.constraints import FLEET_PATTERN, MAX_SETTING
-from fedcommon.messages.v1 import DatasetName, Partitioning, PrivacyLevel
+from fedcommon.messages.v1 import DatasetName, DeviceType, Partitioning, PrivacyLevel
 from fedcommon.settings import KafkaSettings, PostgresSettings, TrustSettings, default_home
 from feddevice.secagg_device import DropPolicy
+from fedengine_simulator.core import behaviour
+from fedengine_simulator.core import profiles as device_profiles
 from fedengine_simulator.core.attacks import Attack, AttackKind
+from fedengine_simulator.core.clock import Clock
 
 
 class Settings(BaseSettings):
@@ -51,6 +54,25 @@ class Settings(BaseSettings):
     secagg_dropout: float = Field(default=0.0, ge=0, lt=1)
     secagg_drop_stages: Annotated[frozenset[int], NoDecode] = frozenset({2, 3, 4})
     heartbeat_s: float = Field(default=5.0, gt=0)
+    # Device behaviour (core/profiles.py, core/behaviour.py, core/clock.py). The mix of device
+    # types, e.g. "mobile:0.6,iot:0.2,desktop:0.15,cloud:0.05"; empty: types cycle mobile,
+    # iot, desktop, cloud.
+    profiles: str = ""
+    # The mix of privacy levels, e.g. "none:0.8,high:0.2"; empty: every device has
+    # privacy_level.
+    privacy_levels: str = ""
+    # Simulated seconds per wall second: a device answers its simulated download, training
+    # and upload time divided by this after the request was sent.
+    speedup: float = Field(default=100.0, gt=0, le=1_000_000)
+    # The simulated hour of the day at which every task's first round opens.
+    start_hour: float = Field(default=12.0, ge=0, lt=24)
+    # When devices are available: "always", "diurnal" (each type's pattern over the day), or
+    # the path of a JSON trace ({"period_s": ..., "devices": [[[start, end], ...], ...]}).
+    availability: str = "always"
+    # Injected failures: this share of selected devices fails in each round, of the kinds in
+    # failure_mix (crash mid-training, network loss during the upload).
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    failure_mix: str = "crash:0.5,network_loss:0.5"
     home: Path = Field(default_factory=default_home, validation_alias="FEDENGINE_HOME")
     metrics_port: int = 0
     # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
@@ -72,6 +94,44 @@ class Settings(BaseSettings):
         if isinstance(value, frozenset | set | list | tuple) and not set(value) <= {1, 2, 3, 4}:
             raise ValueError(f"SIMULATOR_SECAGG_DROP_STAGES: stages are 1..4, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _behaviour(self) -> Settings:
+        # Parsed once here so that a bad mix or trace stops the simulator at start, with why.
+        _ = self.type_mix, self.privacy_mix, self.failures, self.trace
+        if self.availability not in ("always", "diurnal") and self.trace is None:
+            raise ValueError("SIMULATOR_AVAILABILITY is always, diurnal or a trace's path")
+        return self
+
+    @property
+    def type_mix(self) -> dict[DeviceType, float] | None:
+        if not self.profiles.strip():
+            return None
+        return mixes.parse_mix(self.profiles, DeviceType, "SIMULATOR_PROFILES")
+
+    @property
+    def privacy_mix(self) -> dict[PrivacyLevel, float] | None:
+        if not self.privacy_levels.strip():
+            return None
+        return mixes.parse_mix(self.privacy_levels, PrivacyLevel, "SIMULATOR_PRIVACY_LEVELS")
+
+    @property
+    def failures(self) -> behaviour.Failures:
+        mix = mixes.parse_mix(self.failure_mix, behaviour.Outcome, "SIMULATOR_FAILURE_MIX")
+        try:
+            return behaviour.Failures(self.failure_rate, mix)
+        except ValueError as exc:
+            raise ValueError(f"SIMULATOR_FAILURE_MIX: {exc}") from None
+
+    @cached_property
+    def trace(self) -> device_profiles.AvailabilityTrace | None:
+        if self.availability in ("always", "diurnal"):
+            return None
+        return device_profiles.AvailabilityTrace.load(Path(self.availability))
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(self.speedup, self.start_hour * 3600)
 
     @model_validator(mode="after")
     def _token_for_this_fleet(self) -> Settings:

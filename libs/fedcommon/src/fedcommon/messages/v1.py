@@ -940,6 +940,9 @@ class DeclineReason(StrEnum):
     FIT_TIMEOUT = "fit_timeout"  # it did not return in time
     WRONG_TENSORS = "wrong_tensors"  # it returned other tensors than the model's
     NO_MODEL = "no_model"  # the model could not be fetched or did not match its sha256
+    # Not available now: busy, off its charger, or low on battery (a simulated device's
+    # profile says when; a real device's own policy may say it too).
+    UNAVAILABLE = "unavailable"
 
 
 class UpdateDeclined(Envelope):

@@ -1,0 +1,88 @@
+"""Simulated devices behave by their profiles: with failures on, rounds complete by their
+deadline with the survivors, the failures are counted by kind, and the same seed gives the
+same devices, the same fates and the same model."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from fedengine import fleets, launcher
+from fedengine.sdk import FedEngineClient
+from tests.integration.conftest import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+DEVICES = 12
+
+
+async def _outcomes(db: psycopg.AsyncConnection, task_id: str) -> dict[int, dict[str, str]]:
+    cursor = await db.execute(
+        "SELECT round_number, device_id, outcome FROM simulator.outcomes WHERE task_id = %s",
+        (task_id,),
+    )
+    rounds: dict[int, dict[str, str]] = {}
+    for round_number, device_id, outcome in await cursor.fetchall():
+        rounds.setdefault(round_number, {})[device_id] = outcome
+    return rounds
+
+
+async def _run(client: FedEngineClient, fleet: str) -> tuple[str, list[dict[str, Any]]]:
+    task_id = await client.create_federated_task(
+        task_name="failing fleet",
+        participating_devices=[f"{fleet}-{i:04d}" for i in range(DEVICES)],
+        devices_per_round=6,
+        min_devices=2,
+        rounds=3,
+        round_timeout_s=5,
+        local_epochs=1,
+        seed=7,
+    )
+    await client.start_federated_training(task_id)
+    task = await client.wait_for_task(
+        task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=120
+    )
+    assert task["state"] == "completed", task
+    return task_id, await client.get_rounds(task_id)
+
+
+async def test_failing_devices_leave_rounds_to_the_survivors_the_same_way_each_time(
+    stack: Stack, client: FedEngineClient, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: a fleet of phones and desktops of which 30% of the selected fail each round.
+    fleet = launcher.Fleet(
+        name=f"b{uuid.uuid4().hex[:6]}",
+        devices=DEVICES,
+        seed=2,
+        profiles="mobile:0.5,desktop:0.5",
+        failure_rate=0.3,
+    )
+    await asyncio.to_thread(fleets.start, stack.settings, fleet)
+    await client.wait_for_devices(DEVICES, prefix=f"{fleet.name}-")
+
+    # Execute: the same task twice, one after the other.
+    first_id, first = await _run(client, fleet.name)
+    second_id, second = await _run(client, fleet.name)
+
+    # Assert: every round completed with the devices that did not fail, which are those the
+    # simulator recorded as completed; the failures are counted by kind.
+    outcomes = await _outcomes(db, first_id)
+    assert [r["status"] for r in first] == ["completed"] * 3
+    kinds: dict[str, int] = {}
+    for round_ in first:
+        fates = outcomes[round_["round_number"]]
+        assert sorted(fates) == sorted(round_["participants"])
+        completed = [device for device, fate in fates.items() if fate == "completed"]
+        assert sorted(round_["aggregated"]) == sorted(completed), (round_, fates)
+        for fate in fates.values():
+            kinds[fate] = kinds.get(fate, 0) + 1
+    assert kinds.get("crash", 0) + kinds.get("network_loss", 0) > 0, kinds
+    assert set(kinds) <= {"completed", "crash", "network_loss"}, kinds
+    # The same seed: the same devices each round, the same fates, the same model.
+    assert [r["participants"] for r in second] == [r["participants"] for r in first]
+    assert await _outcomes(db, second_id) == outcomes
+    assert second[-1]["accuracy"] == first[-1]["accuracy"]
