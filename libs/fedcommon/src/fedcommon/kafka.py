@@ -61,6 +61,26 @@ Handler = Callable[[AnyMessage, ConsumerRecord], Awaitable[None]]
 # Given a partition and the offset just past the record handled, return the offset that is
 # safe to commit (the aggregator returns the first offset an open round still needs).
 CommitPosition = Callable[[TopicPartition, int], int]
+# Handle a run of messages at once, in one transaction; return, per message and in order, None
+# (handled or skipped as a duplicate) or the ``InvalidMessage`` that refuses it.
+BatchHandler = Callable[
+    [Sequence[tuple[AnyMessage, "SourceRecord"]]], Awaitable[Sequence[InvalidMessage | None]]
+]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Message types a service handles many at a time (the registry's heartbeats).
+
+    A run of consecutive records of one partition that carry these types is handed to
+    ``handle`` at once and committed once; every other record is processed alone, in order.
+    An outage during the run is waited out as for one record; any other failure of the run
+    processes its records one by one with the service's ordinary handler, which classifies
+    each as usual.
+    """
+
+    types: frozenset[str]
+    handle: BatchHandler
 
 
 class SigningProducer(AIOKafkaProducer):  # type: ignore[misc]
@@ -315,13 +335,25 @@ class RecordProcessor:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Who may send what where (fedcommon.trust); None only where a test drives the processor.
     verifier: trust.Verifier | None = None
+    # Message types handled many at a time (``Batching``); None handles every record alone.
+    batching: Batching | None = None
     _consecutive_unhandled: int = 0
     _waiting_out: int = 0
 
     async def process(self, record: SourceRecord) -> None:
         """Handle ``record``; dead-letter it when it cannot be; raise when the loop must stop."""
+        await self.process_checked(record, None)
+
+    async def process_checked(
+        self, record: SourceRecord, checked: AnyMessage | Verdict | None
+    ) -> None:
+        """Handle a record already checked (``check``), or check it first when None."""
         CONSUMED.labels(record.topic).inc()
-        verdict = await self.retrying(record, lambda: self._attempt(record))
+        verdict = await self.retrying(record, lambda: self._attempt(record, checked))
+        await self._settle(record, verdict)
+
+    async def _settle(self, record: SourceRecord, verdict: Verdict | None) -> None:
+        """Dead-letter ``record`` for ``verdict`` (if any); count unexpected ones."""
         if verdict is None:
             self._consecutive_unhandled = 0
             return
@@ -344,8 +376,50 @@ class RecordProcessor:
                 f"{self._consecutive_unhandled} consecutive unhandled errors; stopping"
             )
 
-    async def _attempt(self, record: SourceRecord) -> Verdict | None:
-        """Handle ``record`` once; return why it must be dead-lettered, raise on an outage."""
+    def batches(self, checked: AnyMessage | Verdict) -> bool:
+        """Whether a checked record belongs in a batch (``batching`` takes its type)."""
+        return (
+            self.batching is not None
+            and not isinstance(checked, Verdict)
+            and checked.type in self.batching.types
+        )
+
+    async def process_batch(self, items: Sequence[tuple[SourceRecord, AnyMessage]]) -> None:
+        """Handle checked records of the batched types at once (``Batching``); dead-letter
+        those the batch handler refuses; raise when the loop must stop."""
+        if self.batching is None or not items:
+            raise ValueError("process_batch needs batching and at least one record")
+        handle = self.batching.handle
+        first = items[0][0]
+        try:
+            refusals = await self.retrying(
+                first, lambda: handle([(message, record) for record, message in items])
+            )
+            if len(refusals) != len(items):
+                raise RuntimeError(f"{len(refusals)} answers for a batch of {len(items)}")
+        except ConsumerStopping:
+            raise
+        except Exception as exc:
+            # Not an outage: one by one, each record is classified (and counted) as usual.
+            logger.warning(
+                "batch of %d at %s[%d]@%d failed (%s); handling its records one by one",
+                len(items),
+                first.topic,
+                first.partition,
+                first.offset,
+                describe(exc),
+            )
+            for record, message in items:
+                await self.process_checked(record, message)
+            return
+        for (record, _), refusal in zip(items, refusals, strict=True):
+            CONSUMED.labels(record.topic).inc()
+            await self._settle(
+                record, None if refusal is None else Verdict(type(refusal).__name__, str(refusal))
+            )
+
+    def check(self, record: SourceRecord) -> AnyMessage | Verdict:
+        """Decode ``record`` and check its topic and sender; return it, or why it is refused."""
         try:
             message = codec.decode(record.value)
         except InvalidMessage as exc:
@@ -369,6 +443,17 @@ class RecordProcessor:
             if refusal is not None:
                 REFUSED.labels(record.topic, message.type).inc()
                 return Verdict("untrusted", refusal)
+        return message
+
+    async def _attempt(
+        self, record: SourceRecord, checked: AnyMessage | Verdict | None = None
+    ) -> Verdict | None:
+        """Handle ``record`` once; return why it must be dead-lettered, raise on an outage."""
+        if checked is None:
+            checked = self.check(record)
+        if isinstance(checked, Verdict):
+            return checked
+        message = checked
         try:
             await self.handle(message, record)
         except Exception as exc:
@@ -441,6 +526,8 @@ class ConsumeLoop:
     poll_interval_s: float = 1.0
     # Slower fetches while nothing arrives (fedcommon.fetch_pacing); None keeps one wait.
     pacing: FetchPacing | None = None
+    # The most records one poll hands over (a batch, with the processor's ``batching``).
+    max_records: int = 100
     # Per partition, the offset just past the last record handled: what a final commit may
     # cover (the consumer's position may lie past records fetched but never handled).
     _handled: dict[TopicPartition, int] = field(default_factory=dict)
@@ -455,7 +542,7 @@ class ConsumeLoop:
 
     async def run(self) -> None:
         while not self._stopping.is_set():
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=100)
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
             if self.pacing is not None:
                 self.pacing.apply(self.consumer, bool(batches), time.monotonic())
             if not batches:
@@ -502,6 +589,9 @@ class ConsumeLoop:
         work.result()
 
     async def _run_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        if self.processor.batching is not None:
+            await self._run_partition_in_batches(tp, records)
+            return
         for record in records:
             if tp not in self.consumer.assignment():
                 # Revoked by a rebalance: its new owner reads on from the last commit.
@@ -512,6 +602,34 @@ class ConsumeLoop:
             await self._commit(tp, record.offset + 1, record)
             if self._stopping.is_set():
                 return
+
+    async def _run_partition_in_batches(
+        self, tp: TopicPartition, records: list[ConsumerRecord]
+    ) -> None:
+        """Process each run of consecutive records of the batched types at once, every other
+        record alone, in order; commit past each run or record."""
+        checked = [(record, self.processor.check(record)) for record in records]
+        start = 0
+        while start < len(checked):
+            if tp not in self.consumer.assignment():
+                logger.info("%s revoked mid-batch; leaving the rest to its new owner", tp)
+                return
+            end = start + 1
+            first, first_checked = checked[start]
+            if self.processor.batches(first_checked):
+                while end < len(checked) and self.processor.batches(checked[end][1]):
+                    end += 1
+                await self.processor.process_batch(
+                    [(r, m) for r, m in checked[start:end] if not isinstance(m, Verdict)]
+                )
+            else:
+                await self.processor.process_checked(first, first_checked)
+            last = checked[end - 1][0]
+            self._handled[tp] = last.offset + 1
+            await self._commit(tp, last.offset + 1, last)
+            if self._stopping.is_set():
+                return
+            start = end
 
     async def commit_current(self) -> None:
         """Commit what ``commit_position`` allows now, up to the last record handled."""

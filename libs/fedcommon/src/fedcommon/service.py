@@ -47,6 +47,8 @@ class ServiceParts:
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
     commit_position: kafka.CommitPosition | None = None
     on_stop: Callable[[], None] | None = None
+    # Message types handled many at a time, one transaction and one commit per run.
+    batching: kafka.Batching | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class ServiceSpec:
     # Whether a round waits on what this service consumes. One that is not polls with the
     # idle fetch wait always (the registry: a fleet's heartbeats would keep it awake).
     on_round_path: bool = True
+    # The most records the consume loop takes per poll (the size of a batch, with batching).
+    max_records: int = 100
 
 
 async def run_service(
@@ -111,8 +115,10 @@ async def run_service(
                 settings=kafka_settings,
                 handle=parts.handle,
                 verifier=verifier,
+                batching=parts.batching,
             ),
             commit_position=parts.commit_position,
+            max_records=spec.max_records,
             concurrent_partitions=spec.concurrent_partitions,
             pacing=FetchPacing(
                 busy_ms=kafka_settings.fetch_max_wait_ms,

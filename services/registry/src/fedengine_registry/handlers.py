@@ -1,17 +1,19 @@
 """The registry's message handling: each message in one transaction with its outbox writes,
-and the timer that marks silent devices offline."""
+heartbeats in batches (one transaction per batch), and the timer that marks silent devices
+offline."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import psycopg
 from prometheus_client import Counter, Gauge
 
-from fedcommon import background, codec, db, outbox, signing, topics, trust
-from fedcommon.errors import ProtocolViolation
+from fedcommon import background, codec, db, kafka, outbox, signing, topics, trust
+from fedcommon.errors import InvalidMessage, ProtocolViolation
 from fedcommon.kafka import SourceRecord
 from fedcommon.messages.v1 import (
     AnyMessage,
@@ -27,7 +29,7 @@ from fedcommon.messages.v1 import (
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_registry import store
 from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment, check_key
-from fedengine_registry.core.heartbeats import check_heartbeat
+from fedengine_registry.core.heartbeats import apply_heartbeats
 from fedengine_registry.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ PRODUCER = "registry"
 HEARTBEATS = Counter("fedengine_registry_heartbeats_total", "Heartbeats accepted")
 WENT_OFFLINE = Counter("fedengine_registry_offline_total", "Devices marked offline after silence")
 DEVICES = Gauge("fedengine_registry_devices", "Devices by status", ["status"])
+HEARTBEAT_BATCHES = Counter(
+    "fedengine_registry_heartbeat_batches_total", "Heartbeat batches applied (one transaction each)"
+)
+HEARTBEAT_TYPE: str = HeartbeatSent.model_fields["type"].default
 
 
 class Registry:
@@ -55,6 +61,12 @@ class Registry:
         )
 
     async def handle(self, message: AnyMessage, record: SourceRecord) -> None:
+        if isinstance(message, HeartbeatSent):
+            # A batch of one: the sequence, not a dedupe row, makes a heartbeat idempotent.
+            (refusal,) = await self.handle_heartbeats([(message, record)])
+            if refusal is not None:
+                raise refusal
+            return
         async with self.context.pool.connection() as conn, conn.transaction():
             if not await db.mark_processed(
                 conn, schema=store.SCHEMA, message_id=message.message_id
@@ -133,27 +145,6 @@ class Registry:
                         issued_by=message.issued_by,
                     )
                     await self._status_changed(conn, message.device_id, DeviceStatus.OFFLINE)
-            elif isinstance(message, HeartbeatSent):
-                device = await store.get_device(conn, message.device_id)
-                if device is None:
-                    raise ProtocolViolation(f"heartbeat from unknown device {message.device_id}")
-                check_heartbeat(
-                    message,
-                    public_key=device.public_key,
-                    last_sequence=device.heartbeat_sequence,
-                    removed=device.status == DeviceStatus.REMOVED,
-                )
-                await store.record_heartbeat(
-                    conn,
-                    device_id=message.device_id,
-                    sequence=message.sequence,
-                    battery_pct=message.battery_pct,
-                    charging=message.charging,
-                    network=None if message.network is None else message.network.value,
-                )
-                HEARTBEATS.inc()
-                if device.status == DeviceStatus.OFFLINE:
-                    await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
             elif isinstance(message, DeviceRemoved):
                 if await store.mark_removed(conn, message.device_id):
                     await store.log_event(
@@ -167,17 +158,46 @@ class Registry:
                 raise ProtocolViolation(f"the registry does not handle {message.type}")
         self.context.relay.wake()
 
+    async def handle_heartbeats(
+        self, items: Sequence[tuple[AnyMessage, SourceRecord]]
+    ) -> list[InvalidMessage | None]:
+        """Apply heartbeats in one transaction; return, per heartbeat, None or its refusal.
+
+        Each is judged as if handled alone, in order (``core.heartbeats.apply_heartbeats``);
+        each device's row is written once, with its newest accepted heartbeat.
+        """
+        messages: list[HeartbeatSent] = []
+        for message, _ in items:
+            if not isinstance(message, HeartbeatSent):
+                raise TypeError(f"a heartbeat batch holds {message.type}")
+            messages.append(message)
+        async with self.context.pool.connection() as conn, conn.transaction():
+            devices = await store.get_heartbeat_devices(conn, [m.device_id for m in messages])
+            batch = apply_heartbeats(messages, devices)
+            await store.record_heartbeats(conn, batch.devices)
+            came_online = [d.device_id for d in batch.devices if d.came_online]
+            for device_id in came_online:
+                await self._status_changed(conn, device_id, DeviceStatus.ONLINE)
+        HEARTBEAT_BATCHES.inc()
+        HEARTBEATS.inc(batch.accepted)
+        for message_id in batch.duplicates:
+            logger.info("duplicate %s %s skipped", HEARTBEAT_TYPE, message_id)
+        if came_online:
+            self.context.relay.wake()
+        return list(batch.refusals)
+
+    async def count_devices(self) -> None:
+        """Set the devices-by-status gauge (a count of every device: not every second)."""
+        async with self.context.pool.connection() as conn:
+            for status, count in await store.count_by_status(conn):
+                DEVICES.labels(status).set(count)
+
     async def mark_offline(self, *, offline_after_s: float) -> list[str]:
         """Mark online devices silent for longer than ``offline_after_s`` offline."""
         async with self.context.pool.connection() as conn, conn.transaction():
             silent = await store.mark_silent_offline(conn, offline_after_s=offline_after_s)
             for device_id in silent:
                 await self._status_changed(conn, device_id, DeviceStatus.OFFLINE)
-            cursor = await conn.execute(
-                "SELECT status, count(*) FROM registry.devices GROUP BY status"
-            )
-            for status, count in await cursor.fetchall():
-                DEVICES.labels(status).set(count)
         if silent:
             WENT_OFFLINE.inc(len(silent))
             logger.info("%d device(s) went offline", len(silent))
@@ -196,4 +216,16 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
             lambda: registry.mark_offline(offline_after_s=settings.offline_after_s),
         )
 
-    return ServiceParts(handle=registry.handle, background=(offline_timer,))
+    async def device_counts() -> None:
+        await background.run_step("registry.devices", registry.count_devices)
+        await background.every(
+            "registry.devices", settings.count_interval_s, registry.count_devices
+        )
+
+    return ServiceParts(
+        handle=registry.handle,
+        background=(offline_timer, device_counts),
+        batching=kafka.Batching(
+            types=frozenset({HEARTBEAT_TYPE}), handle=registry.handle_heartbeats
+        ),
+    )

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     trust: TrustSettings = Field(default_factory=TrustSettings)
     offline_after_s: float = Field(default=15.0, gt=0)
     check_interval_s: float = Field(default=1.0, gt=0)
+    # How often the devices-by-status gauge counts every device.
+    count_interval_s: float = Field(default=5.0, gt=0)
     metrics_port: int = 0
     # Where the metrics listen: loopback locally; a container sets 0.0.0.0 to be scraped.
     metrics_host: str = "127.0.0.1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -10,6 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from fedcommon.messages.v1 import DeviceEnrolled, EnrolmentTokenIssued
+from fedengine_registry.core.heartbeats import DeviceHeartbeat, HeartbeatDevice
 
 SCHEMA = "registry"
 
@@ -95,6 +97,84 @@ async def record_heartbeat(
     )
 
 
+_HEARTBEAT_DEVICES = (
+    "SELECT device_id, status, public_key, heartbeat_sequence, heartbeat_message_id "
+    "FROM registry.devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
+)
+
+
+async def get_heartbeat_devices(
+    conn: psycopg.AsyncConnection, device_ids: Sequence[str]
+) -> dict[str, HeartbeatDevice]:
+    """Return the devices of ``device_ids`` that exist, each locked for this transaction.
+
+    One query locks every row, in id order (two batches lock in the same order, never in a
+    cycle). An id with no row is looked up again under its enrolment lock (``get_device``), as
+    a heartbeat handled alone is: an enrolment being committed meanwhile is waited for.
+    """
+    ids = sorted(set(device_ids))
+    found = await _heartbeat_devices(conn, ids)
+    missing = [device_id for device_id in ids if device_id not in found]
+    if missing:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('registry.devices'), hashtext(id)) "
+            "FROM unnest(%s::text[]) AS id ORDER BY id",
+            (missing,),
+        )
+        found.update(await _heartbeat_devices(conn, missing))
+    return found
+
+
+async def _heartbeat_devices(
+    conn: psycopg.AsyncConnection, ids: list[str]
+) -> dict[str, HeartbeatDevice]:
+    cursor = await conn.execute(_HEARTBEAT_DEVICES, (ids,))
+    return {
+        row[0]: HeartbeatDevice(
+            public_key=row[2] and bytes(row[2]),
+            last_sequence=row[3],
+            last_message_id=row[4],
+            removed=row[1] == "removed",
+            offline=row[1] == "offline",
+        )
+        for row in await cursor.fetchall()
+    }
+
+
+async def record_heartbeats(
+    conn: psycopg.AsyncConnection, heartbeats: Sequence[DeviceHeartbeat]
+) -> None:
+    """Store each device's newest heartbeat in one statement: online, seen now, its sequence;
+    a hint no heartbeat told keeps its last value."""
+    if not heartbeats:
+        return
+    await conn.execute(
+        """
+        UPDATE registry.devices AS d SET status = 'online', last_heartbeat_at = now(),
+            heartbeat_sequence = u.sequence, heartbeat_message_id = u.message_id,
+            battery_pct = COALESCE(u.battery_pct, d.battery_pct),
+            charging = COALESCE(u.charging, d.charging),
+            network = COALESCE(u.network, d.network), updated_at = now()
+        FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::float8[], %s::boolean[],
+            %s::text[]) AS u(device_id, sequence, message_id, battery_pct, charging, network)
+        WHERE d.device_id = u.device_id
+        """,
+        (
+            [h.device_id for h in heartbeats],
+            [h.sequence for h in heartbeats],
+            [h.message_id for h in heartbeats],
+            [h.battery_pct for h in heartbeats],
+            [h.charging for h in heartbeats],
+            [h.network for h in heartbeats],
+        ),
+    )
+
+
+async def count_by_status(conn: psycopg.AsyncConnection) -> list[tuple[str, int]]:
+    cursor = await conn.execute("SELECT status, count(*) FROM registry.devices GROUP BY status")
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
 async def mark_removed(conn: psycopg.AsyncConnection, device_id: str) -> bool:
     cursor = await conn.execute(
         "UPDATE registry.devices SET status = 'removed', removed_at = now(), updated_at = now() "
@@ -119,11 +199,18 @@ async def mark_silent_offline(
 ) -> list[str]:
     """Mark online devices silent for longer than ``offline_after_s`` offline; return them.
 
-    One atomic UPDATE, so several registry instances may run the timer side by side.
+    One atomic UPDATE, so several registry instances may run the timer side by side. The
+    silent devices are found through the index of online devices by last heartbeat (not by
+    reading every device), and a row a heartbeat batch holds is skipped, not waited for: that
+    device has just been heard from.
     """
     cursor = await conn.execute(
         "UPDATE registry.devices SET status = 'offline', updated_at = now() "
-        "WHERE status = 'online' AND last_heartbeat_at < now() - make_interval(secs => %s) "
+        "WHERE device_id IN ("
+        "  SELECT device_id FROM registry.devices"
+        "  WHERE status = 'online' AND last_heartbeat_at < now() - make_interval(secs => %s)"
+        "  ORDER BY device_id FOR UPDATE SKIP LOCKED"
+        ") "
         "RETURNING device_id",
         (offline_after_s,),
     )

@@ -1,0 +1,147 @@
+"""Registry at scale (issue 17): thousands of devices heartbeating in quick cycles all stay
+online, each device's newest heartbeat wins, and an older sequence sent after a newer one
+changes nothing (it is dead-lettered as a replay)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedcommon import codec, kafka, signing, topics
+from fedcommon.messages.v1 import Envelope, HeartbeatSent
+from fedcommon.settings import KafkaSettings
+from tests.integration.conftest import Stack
+from tests.integration.kafka_tools import enrolment, find_record, headers_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+DEVICES = 2000
+CYCLES = 3
+
+
+def _heartbeat(
+    device_id: str, key: Ed25519PrivateKey, sequence: int, battery_pct: float | None
+) -> HeartbeatSent:
+    sent_at = datetime.now(UTC)
+    payload = signing.heartbeat_payload(
+        device_id=device_id, sequence=sequence, sent_at_us=int(sent_at.timestamp() * 1_000_000)
+    )
+    return HeartbeatSent(
+        producer="pytest",
+        device_id=device_id,
+        sequence=sequence,
+        sent_at=sent_at,
+        signature=key.sign(payload),
+        battery_pct=battery_pct,
+    )
+
+
+async def _publish(settings: KafkaSettings, messages: list[tuple[str, Envelope]]) -> None:
+    """Send every message to fed.devices, keyed by device, through one producer at once."""
+    topic = topics.topic_name(settings.topic_prefix, topics.DEVICES)
+    producer = AIOKafkaProducer(**kafka.client_options(settings), linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, codec.encode(message), key=device_id.encode())
+            for device_id, message in messages
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _count(db: psycopg.AsyncConnection, query: str, *params: object) -> int:
+    cursor = await db.execute(query, params)
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _until(
+    db: psycopg.AsyncConnection, want: int, query: str, *params: object, timeout_s: float
+) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (found := await _count(db, query, *params)) < want and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return found
+
+
+async def test_thousands_of_devices_stay_online_and_the_newest_heartbeat_wins(
+    stack: Stack, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: DEVICES devices enrolled over Kafka with the operator's token, as devices do.
+    prefix = f"scale-{uuid.uuid4().hex[:6]}-"
+    like = f"{prefix}%"
+    keys = {f"{prefix}{i:05d}": signing.generate_private_key() for i in range(DEVICES)}
+    try:
+        await _publish(
+            stack.kafka,
+            [
+                (device_id, enrolment(device_id, key, stack.enrolment_token))
+                for device_id, key in keys.items()
+            ],
+        )
+        enrolled = await _until(
+            db,
+            DEVICES,
+            "SELECT count(*) FROM registry.devices WHERE device_id LIKE %s",
+            like,
+            timeout_s=120,
+        )
+        assert enrolled == DEVICES
+
+        # Execute: CYCLES heartbeats per device back to back (the last tells battery 55), then
+        # for every other device an older sequence telling battery 1 after the newest, and
+        # a newer one telling nothing (once it is applied, so is the older one before it).
+        base = int(time.time() * 1_000_000)
+        newest = base + CYCLES
+        stale = list(keys)[::2]
+        messages: list[tuple[str, Envelope]] = [
+            (device_id, _heartbeat(device_id, key, base + cycle, 40.0 + 5 * cycle))
+            for cycle in range(1, CYCLES + 1)
+            for device_id, key in keys.items()
+        ]
+        messages += [(d, _heartbeat(d, keys[d], newest - 1, 1.0)) for d in stale]
+        messages += [(d, _heartbeat(d, keys[d], newest + 1, None)) for d in stale]
+        started = time.monotonic()
+        await _publish(stack.kafka, messages)
+
+        # Assert: every device online with its newest sequence at once, battery as the
+        # newest heartbeat that told one said.
+        settled = await _until(
+            db,
+            DEVICES,
+            "SELECT count(*) FROM registry.devices WHERE device_id LIKE %s AND status = 'online'"
+            " AND heartbeat_sequence = CASE WHEN device_id = ANY(%s) THEN %s ELSE %s END"
+            " AND battery_pct = 55",
+            like,
+            stale,
+            newest + 1,
+            newest,
+            timeout_s=30,
+        )
+        elapsed = time.monotonic() - started
+        assert settled == DEVICES, f"{settled} of {DEVICES} online with their newest heartbeat"
+        assert elapsed < 20, f"{len(messages)} heartbeats took {elapsed:.1f} s"
+        record = await find_record(
+            stack.kafka,
+            topics.DLQ,
+            lambda r: (
+                r.key == stale[0].encode()
+                and "replayed heartbeat" in headers_of(r).get("error", "")
+            ),
+            timeout_s=30,
+        )
+        assert headers_of(record)["error_type"] == "ProtocolViolation"
+    finally:
+        # Thousands of devices would otherwise go offline in the shared stack a few seconds
+        # later and be paged through by every other test that lists devices.
+        await db.execute("DELETE FROM registry.devices WHERE device_id LIKE %s", (like,))
