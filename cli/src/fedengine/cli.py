@@ -362,6 +362,17 @@ def demo(
     non_iid: Annotated[float | None, typer.Option(help="Dirichlet alpha (default: IID)")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     model: Annotated[ModelArchitecture, typer.Option(help="model")] = ModelArchitecture.MLP,
+    hidden: Annotated[
+        int | None, typer.Option(min=1, max=4096, help="the MLP's hidden units (64)")
+    ] = None,
+    standardize: Annotated[
+        bool,
+        typer.Option(
+            "--standardize",
+            help="standardise the data set's features by its training split's mean and "
+            "standard deviation (off: pixels as loaded)",
+        ),
+    ] = False,
     learning_rate: Annotated[float, typer.Option(help="local SGD learning rate")] = 0.3,
     local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = 5,
     batch_size: Annotated[int, typer.Option(help="local batch size")] = 16,
@@ -476,6 +487,8 @@ def demo(
         non_iid=non_iid,
         seed=seed,
         model=model,
+        hidden=hidden,
+        standardize=standardize,
         learning_rate=learning_rate,
         local_epochs=local_epochs,
         batch_size=batch_size,

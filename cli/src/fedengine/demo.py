@@ -103,6 +103,9 @@ class DemoOptions:
     non_iid: float | None = None
     seed: int = 0
     model: str = "mlp"
+    # The MLP's hidden units (None: 64) and whether features are standardised.
+    hidden: int | None = None
+    standardize: bool = False
     learning_rate: float = 0.3
     local_epochs: int = 5
     batch_size: int = 16
@@ -333,6 +336,8 @@ def task_body(
         "task_name": f"demo {fleet_name}",
         "model_architecture": options.model,
         "dataset": options.dataset,
+        "model_hidden": options.hidden,
+        "standardize": options.standardize,
         "rounds": options.rounds,
         "devices_per_round": options.per_round,
         "min_devices": min_devices(options, strategy)[0],

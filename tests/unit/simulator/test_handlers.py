@@ -217,12 +217,36 @@ async def test_a_device_evaluates_on_its_held_out_share_and_signs_its_answer(
 async def test_evaluating_does_not_change_what_a_device_trains_on(tmp_path: Path) -> None:
     sim = simulator(tmp_path)
     before = sim.fleet.partition_of("digits", 1).copy()
-    client = sim.fleet.client_for(sim.fleet.devices["f-0001"], "digits", ModelArchitecture.MLP)
+    request = train_request("f-0001", uuid4()).model_copy(
+        update={"model_architecture": ModelArchitecture.MLP, "dataset": "digits"}
+    )
+    client = sim.fleet.client_for(sim.fleet.devices["f-0001"], request)
     assert len(client.y) == len(before)
     assert client.x_test is not None and len(client.x_test) == len(
         sim.fleet.held_out_of("digits", 1)
     )
     assert (sim.fleet.partition_of("digits", 1) == before).all()
+
+
+async def test_a_device_trains_the_model_and_features_its_task_names(tmp_path: Path) -> None:
+    sim = simulator(tmp_path)
+    device = sim.fleet.devices["f-0001"]
+    plain = train_request("f-0001", uuid4()).model_copy(
+        update={"model_architecture": ModelArchitecture.MLP, "dataset": "digits"}
+    )
+    wide = plain.model_copy(update={"model_hidden": 128, "standardize": True})
+
+    default_client = sim.fleet.client_for(device, plain)
+    wide_client = sim.fleet.client_for(device, wide)
+
+    shapes = [
+        [tuple(a.shape) for a in models.get_arrays(c.build())]
+        for c in (default_client, wide_client)
+    ]
+    assert shapes[0][0] == (64, 64) and shapes[1][0] == (128, 64)
+    # Standardised by the training split's statistics: no longer pixels / 16 in [0, 1].
+    assert default_client.x.min() >= 0 and wide_client.x.min() < 0
+    assert sim.fleet.forward_flops(wide) > sim.fleet.forward_flops(plain)
 
 
 async def test_a_task_on_an_uploaded_model_is_declined_for_training_and_not_evaluated(

@@ -118,6 +118,14 @@ def standardized(dataset: Dataset) -> Dataset:
     return replace(dataset, x_train=transform(dataset.x_train), x_test=transform(dataset.x_test))
 
 
+@cache
+def load_prepared(name: str, *, standardize: bool = False) -> Dataset:
+    """The data set as a task uses it: as loaded, or standardized (computed once per process,
+    as ``load_dataset`` loads once)."""
+    dataset = load_dataset(name)
+    return standardized(dataset) if standardize else dataset
+
+
 def fashion_mnist_dirs(configured: Path | None, *, prefix: Path) -> list[Path]:
     """Return the folders to look for Fashion-MNIST in, in order.
 

@@ -81,14 +81,19 @@ def device_seed(task_seed: int, round_number: int, device_id: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 2
 
 
-def _built_in(request: TrainRequested | EvaluateRequested) -> dict[str, str]:
+def _built_in(request: TrainRequested | EvaluateRequested) -> dict[str, str | int | bool]:
     """The task's built-in data set and model names, where it has them (a task on an
-    uploaded model has neither, and its config then carries neither key)."""
-    names: dict[str, str] = {}
+    uploaded model has neither, and its config then carries neither key), with the MLP's
+    hidden units and ``standardize`` where the task sets them."""
+    names: dict[str, str | int | bool] = {}
     if request.dataset is not None:
         names["dataset"] = request.dataset
     if request.model_architecture is not None:
         names["model_architecture"] = request.model_architecture.value
+    if request.model_hidden is not None:
+        names["model_hidden"] = request.model_hidden
+    if request.standardize:
+        names["standardize"] = True
     return names
 
 

@@ -19,6 +19,7 @@ from fedcommon.constraints import (
     MAX_DEVICES_PER_ROUND,
     MAX_LEARNING_RATE,
     MAX_LOCAL_EPOCHS,
+    MAX_MODEL_HIDDEN,
     MAX_PARTICIPATING_DEVICES,
     MAX_ROUND_RETRIES,
     MAX_ROUNDS,
@@ -226,6 +227,17 @@ class TaskCreate(Constrained):
         description='An uploaded model to train, {"model_id": ..., "sha256": ...} as POST '
         "/models answered: the task then names no model_architecture and no dataset, and has "
         "no central evaluation (give it federated_evaluation)",
+    )
+    model_hidden: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_MODEL_HIDDEN,
+        description="The built-in mlp's hidden units (64 when absent)",
+    )
+    standardize: bool = Field(
+        default=False,
+        description="Standardise the built-in dataset's features by its training split's mean "
+        "and standard deviation, on the devices and in central evaluation",
     )
     federated_evaluation: FederatedEvaluationSpec | None = Field(
         default=None,

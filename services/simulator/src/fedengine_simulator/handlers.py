@@ -137,13 +137,15 @@ class Fleet:
             for d in self.devices.values()
         }
         self._sim_now = self.clock.start_s
-        self._forward_flops: dict[tuple[DatasetName, ModelArchitecture], float] = {}
+        self._forward_flops: dict[tuple[DatasetName, ModelArchitecture, int | None], float] = {}
         self.keys = identities.load_or_create(
             settings.home / "simulator" / settings.fleet, list(self.devices)
         )
         # The latest version of each task's model asked for, parsed once for all devices.
         self._models: dict[tuple[UUID, int], answer.GlobalModel] = {}
-        self._clients: dict[tuple[int, str, ModelArchitecture], ArrayTorchClient] = {}
+        self._clients: dict[
+            tuple[int, str, ModelArchitecture, int | None, bool], ArrayTorchClient
+        ] = {}
         self._sequence = 0
         self._partitions: dict[str, list[np.ndarray]] = {}
         self._held_out: dict[str, list[np.ndarray]] = {}
@@ -451,9 +453,12 @@ class Fleet:
             )
             await self._record(conn, message, device, decision)
 
-    def forward_flops(self, dataset_name: DatasetName, architecture: ModelArchitecture) -> float:
+    def forward_flops(self, request: TrainRequested) -> float:
         """One example's forward-pass FLOPs of the built-in model (counted once by torch)."""
-        key = (dataset_name, architecture)
+        dataset_name, architecture = request.dataset, request.model_architecture
+        if dataset_name is None or architecture is None:
+            raise ProtocolViolation("train request of a task on an uploaded model")
+        key = (dataset_name, architecture, request.model_hidden)
         if key not in self._forward_flops:
             dataset = datasets.load_dataset(dataset_name)
             model = models.build_model(
@@ -461,6 +466,7 @@ class Fleet:
                 input_shape=dataset.input_shape,
                 num_classes=dataset.num_classes,
                 seed=0,
+                hidden=request.model_hidden,
             )
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 model(torch.from_numpy(dataset.x_train[:1]))
@@ -483,7 +489,7 @@ class Fleet:
         work = behaviour.Work(
             examples=len(self.partition_of(message.dataset, device.index)),
             epochs=epochs,
-            forward_flops=self.forward_flops(message.dataset, message.model_architecture),
+            forward_flops=self.forward_flops(message),
             download_bytes=size,
             upload_bytes=size,
         )
@@ -606,7 +612,7 @@ class Fleet:
                 EVALUATIONS_SKIPPED.labels("duplicate").inc()
                 return
         model = await self.global_model(message)
-        client = self.client_for(device, message.dataset, message.model_architecture)
+        client = self.client_for(device, message)
         config = answer.config_for_evaluation(message)
         try:
             result = await asyncio.to_thread(client.evaluate, dict(model.parameters), config)
@@ -638,19 +644,20 @@ class Fleet:
             await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
 
     def client_for(
-        self,
-        device: fleet.SimulatedDevice,
-        dataset_name: DatasetName,
-        architecture: ModelArchitecture,
+        self, device: fleet.SimulatedDevice, request: TrainRequested | EvaluateRequested
     ) -> ArrayTorchClient:
         """The device's client: the built-in model's, on its partition (labels flipped for a
-        label-flipping attacker), evaluating on its held-out share of the test split (with
-        honest labels; none when its share is empty). Kept per device, data set and
-        architecture."""
-        key = (device.index, dataset_name, architecture)
+        label-flipping attacker; features standardised if the task asks), evaluating on its
+        held-out share of the test split (with honest labels; none when its share is empty).
+        Kept per device and built-in model."""
+        dataset_name, architecture = request.dataset, request.model_architecture
+        if dataset_name is None or architecture is None:
+            raise ProtocolViolation("a request of a task on an uploaded model")
+        hidden, standardize = request.model_hidden, request.standardize
+        key = (device.index, dataset_name, architecture, hidden, standardize)
         client = self._clients.get(key)
         if client is None:
-            dataset = datasets.load_dataset(dataset_name)
+            dataset = datasets.load_prepared(dataset_name, standardize=standardize)
             indices = self.partition_of(dataset_name, device.index)
             labels = dataset.y_train[indices]
             if device.index in self.attackers:
@@ -663,6 +670,7 @@ class Fleet:
                     input_shape=dataset.input_shape,
                     num_classes=dataset.num_classes,
                     seed=0,
+                    hidden=hidden,
                 ),
                 dataset.x_train[indices],
                 labels,
@@ -681,7 +689,7 @@ class Fleet:
         if message.dataset is None or message.model_architecture is None:
             raise ProtocolViolation("train request of a task on an uploaded model")
         model = await self.global_model(message)
-        client = self.client_for(device, message.dataset, message.model_architecture)
+        client = self.client_for(device, message)
         config = {
             **answer.config_for(message),
             # The simulator's seeds, from the fleet's device index (runs repeat as before).

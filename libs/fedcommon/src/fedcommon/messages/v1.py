@@ -22,6 +22,7 @@ from fedcommon.constraints import (
     MAX_LOCAL_EPOCHS,
     MAX_MEMORY_MB,
     MAX_METRICS,
+    MAX_MODEL_HIDDEN,
     MAX_PARTICIPATING_DEVICES,
     MAX_ROUND_RETRIES,
     MAX_ROUNDS,
@@ -542,6 +543,11 @@ class TaskSpec(_Frozen):
     # coordinator evaluates centrally on its test split. None: devices bring their own data.
     dataset: DatasetName | None = "digits"
     initial_model: InitialModel | None = None
+    # The built-in MLP's hidden units (None: models.DEFAULT_HIDDEN, 64).
+    model_hidden: int | None = Field(default=None, ge=1, le=MAX_MODEL_HIDDEN)
+    # Standardise the built-in data set's features by its training split's statistics
+    # (datasets.standardized) on the devices and in central evaluation; off: as loaded.
+    standardize: bool = False
     # None: no federated evaluation (older specs have none); central evaluation only.
     federated_evaluation: FederatedEvaluationSpec | None = None
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
@@ -594,6 +600,10 @@ class TaskSpec(_Frozen):
                 "a task needs a model: a built-in model_architecture with its dataset, or an "
                 "uploaded initial_model"
             )
+        if self.model_hidden is not None and self.model_architecture != ModelArchitecture.MLP:
+            raise ValueError("model_hidden sets the hidden units of the built-in mlp only")
+        if self.standardize and self.dataset is None:
+            raise ValueError("standardize applies to a built-in dataset, and this task has none")
         unjudged = self.dataset is None and self.federated_evaluation is None
         if unjudged and (self.target_accuracy is not None or self.patience is not None):
             raise ValueError(
@@ -852,6 +862,9 @@ class TrainRequested(Envelope):
     # running its own code may ignore both).
     model_architecture: ModelArchitecture | None
     dataset: DatasetName | None
+    # The task's model_hidden and standardize (older requests: the defaults).
+    model_hidden: int | None = Field(default=None, ge=1, le=MAX_MODEL_HIDDEN)
+    standardize: bool = False
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
     local_epochs: int = Field(ge=1, le=MAX_LOCAL_EPOCHS)
     batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
@@ -880,6 +893,8 @@ class EvaluateRequested(Envelope):
     deadline: AwareDatetime
     model_architecture: ModelArchitecture | None
     dataset: DatasetName | None
+    model_hidden: int | None = Field(default=None, ge=1, le=MAX_MODEL_HIDDEN)
+    standardize: bool = False
     batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
     seed: Seed
 

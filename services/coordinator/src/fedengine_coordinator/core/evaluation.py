@@ -25,10 +25,16 @@ class Evaluation:
     loss: float
 
 
-def new_model(architecture: ModelArchitecture, dataset: str, *, seed: int) -> nn.Module:
+def new_model(
+    architecture: ModelArchitecture, dataset: str, *, seed: int, hidden: int | None = None
+) -> nn.Module:
     data = datasets.load_dataset(dataset)
     return models.build_model(
-        architecture, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
+        architecture,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=seed,
+        hidden=hidden,
     )
 
 
@@ -42,7 +48,7 @@ def built_in(spec: TaskSpec, *, seed: int) -> nn.Module:
     """
     if spec.model_architecture is None or spec.dataset is None:
         raise ValueError(f"task {spec.task_name!r} has no built-in model")
-    return new_model(spec.model_architecture, spec.dataset, seed=seed)
+    return new_model(spec.model_architecture, spec.dataset, seed=seed, hidden=spec.model_hidden)
 
 
 def apply_delta(current: NDArrays, delta: NDArrays) -> NDArrays:
@@ -65,14 +71,17 @@ def evaluate_central(spec: TaskSpec, parameters: NDArrays) -> Evaluation | None:
     test split; None for a task with no central data."""
     if spec.model_architecture is None or spec.dataset is None:
         return None
-    model = new_model(spec.model_architecture, spec.dataset, seed=spec.seed)
+    model = new_model(
+        spec.model_architecture, spec.dataset, seed=spec.seed, hidden=spec.model_hidden
+    )
     models.set_arrays(model, parameters)
-    return evaluate(model, spec.dataset)
+    return evaluate(model, spec.dataset, standardize=spec.standardize)
 
 
-def evaluate(model: nn.Module, dataset: str) -> Evaluation:
-    """Return accuracy and mean cross-entropy on the data set's held-out test split."""
-    data = datasets.load_dataset(dataset)
+def evaluate(model: nn.Module, dataset: str, *, standardize: bool = False) -> Evaluation:
+    """Return accuracy and mean cross-entropy on the data set's held-out test split
+    (standardised by the training split's statistics if the task asks)."""
+    data = datasets.load_prepared(dataset, standardize=standardize)
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(data.x_test))

@@ -116,6 +116,8 @@ def on_offered(state: State, event: EvaluationOffered) -> Decision:
             deadline=evaluation.deadline,
             model_architecture=spec.model_architecture,
             dataset=spec.dataset,
+            model_hidden=spec.model_hidden,
+            standardize=spec.standardize,
             batch_size=spec.batch_size,
             seed=spec.seed,
         )

@@ -131,6 +131,8 @@ def open_messages(
             deadline=deadline,
             model_architecture=spec.model_architecture,
             dataset=spec.dataset,
+            model_hidden=spec.model_hidden,
+            standardize=spec.standardize,
             learning_rate=spec.learning_rate,
             local_epochs=spec.local_epochs,
             batch_size=spec.batch_size,
