@@ -4,6 +4,7 @@ processor, so that what it would dead-letter shows."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -47,6 +48,9 @@ class FakeCursor:
     async def fetchone(self) -> tuple[Any, ...] | None:
         return self.rows[0] if self.rows else None
 
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.rows
+
 
 @dataclass
 class FakeDatabase:
@@ -55,12 +59,28 @@ class FakeDatabase:
 
     models: dict[tuple[UUID, int], bytes] = field(default_factory=dict)
     processed: set[UUID] = field(default_factory=set)
+    # Rows written with executemany, by the table they went to.
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    transactions: int = 0
+
+    async def executemany(self, query: str, rows: list[tuple[Any, ...]]) -> None:
+        table = query.split("INTO ", 1)[1].split(" ", 1)[0]
+        self.rows.setdefault(table, []).extend(rows)
+
+    @contextlib.asynccontextmanager
+    async def cursor(self) -> AsyncIterator[FakeDatabase]:
+        yield self
 
     async def execute(self, query: Any, params: tuple[Any, ...] = ()) -> FakeCursor:
         text = query if isinstance(query, str) else query.as_string()
         if "models_public" in text:
             data = self.models.get((params[0], params[1]))
             return FakeCursor([] if data is None else [(data,)])
+        if "processed_messages" in text and "ANY" in text:
+            return FakeCursor([(m,) for m in params[0] if m in self.processed])
+        if "processed_messages" in text and "unnest" in text:
+            self.processed.update(params[0])
+            return FakeCursor([])
         if "processed_messages" in text and text.startswith("SELECT"):
             return FakeCursor([(1,)] if params[0] in self.processed else [])
         if "processed_messages" in text and text.startswith("INSERT"):
@@ -71,6 +91,7 @@ class FakeDatabase:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
+        self.transactions += 1
         yield
 
     @contextlib.asynccontextmanager
@@ -86,6 +107,14 @@ class FakeProducer:
         self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> None:
         self.sent.append((topic, value, key))
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key))
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)
+        return acknowledged
 
     def on(self, base: str) -> list[tuple[Envelope, bytes | None]]:
         """What was sent to topic ``base``, decoded, with its key."""
@@ -111,7 +140,7 @@ class Simulator:
         )
 
 
-def simulator(tmp_path: Path, devices: int = 4) -> Simulator:
+def simulator(tmp_path: Path, devices: int = 4, **settings_: Any) -> Simulator:
     token = enrolment_tokens.issue("f", coordinator_key=signing.public_key_bytes(COORDINATOR_KEY))
     settings = Settings(
         postgres={"DATABASE_URL": "postgresql://unused"},  # type: ignore[arg-type]
@@ -120,6 +149,7 @@ def simulator(tmp_path: Path, devices: int = 4) -> Simulator:
         devices=devices,
         enrolment_token=SecretStr(token.encode()),
         FEDENGINE_HOME=tmp_path,  # type: ignore[call-arg]
+        **settings_,
     )
     database, producer = FakeDatabase(), FakeProducer()
     context = ServiceContext(
@@ -296,3 +326,80 @@ async def test_late_and_data_less_evaluate_requests_send_nothing(tmp_path: Path)
 
     # Assert: nothing sent, nothing dead-lettered.
     assert sim.producer.sent == []
+
+
+def built_in_request(device_id: str, task_id: UUID, **changes: Any) -> TrainRequested:
+    return train_request(device_id, task_id).model_copy(
+        update={"model_architecture": ModelArchitecture.MLP, "dataset": "digits", **changes}
+    )
+
+
+def record_of(message: Envelope) -> ConsumerRecord:
+    value = codec.encode(message)
+    return ConsumerRecord("t", 0, 0, 0, 0, b"k", value, None, 1, len(value), [])
+
+
+async def test_a_batch_of_train_requests_is_answered_once_and_marked_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    # Prepare: four devices asked in one round, one of them asked twice (a redelivery).
+    sim = simulator(tmp_path, devices=4)
+    task_id = uuid4()
+    sim.database.models[(task_id, 1)] = MODEL
+    asked = [built_in_request(f"f-{i:04d}", task_id) for i in range(4)]
+    items = [(m, record_of(m)) for m in [*asked, asked[0]]]
+
+    # Execute
+    answers = await sim.fleet.handle_batch(items)
+    again = await sim.fleet.handle_batch(items)
+
+    # Assert: one signed update per device, all marked processed at once, outcomes kept.
+    assert answers == [None] * 5 and again == [None] * 5
+    updates = sim.producer.on(topics.UPDATES)
+    assert sorted(m.device_id for m, _ in updates) == [f"f-{i:04d}" for i in range(4)]
+    for message, key in updates:
+        assert key == str(task_id).encode()
+        device = message.device_id  # type: ignore[attr-defined]
+        signing.verify(
+            public_key=signing.public_key_bytes(sim.fleet.keys[device]),
+            signature=message.signature,  # type: ignore[attr-defined]
+            payload=signing.update_payload(
+                task_id=task_id,
+                round_id=message.round_id,  # type: ignore[arg-type]
+                device_id=device,
+                round_number=1,
+                model_version=1,
+                num_examples=message.num_examples,  # type: ignore[attr-defined]
+                update=message.update,  # type: ignore[attr-defined]
+            ),
+        )
+    assert {m.message_id for m in asked} <= sim.database.processed
+    assert sim.database.transactions == 1
+    assert len(sim.database.rows["simulator.trained"]) == 4
+    assert [row[3] for row in sim.database.rows["simulator.outcomes"]] == ["completed"] * 4
+
+
+async def test_a_batch_declines_for_unavailable_devices_and_stays_silent_for_failed_ones(
+    tmp_path: Path,
+) -> None:
+    # Prepare: nobody is available; then everybody crashes.
+    (tmp_path / "t.json").write_text('{"period_s": 86400, "devices": [[[0, 1]]]}')
+    unavailable = simulator(tmp_path / "a", devices=3, availability=str(tmp_path / "t.json"))
+    crashing = simulator(tmp_path / "b", devices=3, failure_rate=1.0, failure_mix="crash:1")
+    task_id = uuid4()
+    for sim in (unavailable, crashing):
+        sim.database.models[(task_id, 1)] = MODEL
+
+    # Execute
+    for sim in (unavailable, crashing):
+        asked = [built_in_request(f"f-{i:04d}", task_id) for i in range(3)]
+        assert await sim.fleet.handle_batch([(m, record_of(m)) for m in asked]) == [None] * 3
+
+    # Assert: three signed declines (unavailable), then nothing at all (crashes), both counted.
+    declines = unavailable.producer.on(topics.UPDATES)
+    assert [(type(m), m.reason) for m, _ in declines] == [  # type: ignore[attr-defined]
+        (UpdateDeclined, DeclineReason.UNAVAILABLE)
+    ] * 3
+    assert crashing.producer.on(topics.UPDATES) == []
+    outcomes = [row[3] for row in crashing.database.rows["simulator.outcomes"]]
+    assert outcomes == ["crash"] * 3

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -120,6 +122,32 @@ async def is_processed(conn: psycopg.AsyncConnection, *, schema: str, message_id
         (message_id,),
     )
     return await cursor.fetchone() is not None
+
+
+async def processed_among(
+    conn: psycopg.AsyncConnection, *, schema: str, message_ids: Sequence[UUID]
+) -> set[UUID]:
+    """Which of ``message_ids`` were already handled (one query for a batch)."""
+    cursor = await conn.execute(
+        sql.SQL(
+            "SELECT message_id FROM {}.processed_messages WHERE message_id = ANY(%s::uuid[])"
+        ).format(sql.Identifier(schema)),
+        (list(message_ids),),
+    )
+    return {row[0] for row in await cursor.fetchall()}
+
+
+async def mark_all_processed(
+    conn: psycopg.AsyncConnection, *, schema: str, message_ids: Sequence[UUID]
+) -> None:
+    """Record every one of ``message_ids`` as handled in this transaction (one statement)."""
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.processed_messages (message_id) "
+            "SELECT unnest(%s::uuid[]) ON CONFLICT DO NOTHING"
+        ).format(sql.Identifier(schema)),
+        (list(message_ids),),
+    )
 
 
 async def purge_processed(
