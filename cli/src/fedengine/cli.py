@@ -692,6 +692,75 @@ def bench_reference(
     _print_json(result, json_path)
 
 
+@bench_app.command("simulate")
+def bench_simulate(
+    devices: Annotated[int, typer.Option(min=1, max=100_000, help="simulated devices")],
+    per_round: Annotated[int, typer.Option(min=1, help="devices selected each round")],
+    rounds: Annotated[int, typer.Option(min=1)],
+    dataset: DatasetOption = DatasetChoice.DIGITS,
+    model: Annotated[ModelArchitecture, typer.Option()] = ModelArchitecture.MLP,
+    hidden: Annotated[int | None, typer.Option(min=1, help="MLP hidden units (64)")] = None,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet:ALPHA")] = "iid",
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    standardize: Annotated[
+        bool, typer.Option(help="standardise features by the training split's statistics")
+    ] = False,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    failure_rate: FailureRate = 0.0,
+    profiles: ProfilesOption = "",
+    speedup: Speedup = 100.0,
+    availability: Availability = "always",
+    round_timeout_s: Annotated[
+        float, typer.Option(min=0.1, help="each round's deadline, in wall seconds")
+    ] = 30.0,
+    min_size: Annotated[
+        int, typer.Option(min=1, help="training examples each device holds at least")
+    ] = 2,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
+) -> None:
+    """A federated task on simulated devices, on the running stack (started, and stopped
+    after, when none runs): seconds per round, updates per second, the whole stack's peak
+    memory, an idle device's bytes, failures by kind and the final accuracy."""
+    from fedengine.bench_simulate import SimulateOptions, non_iid
+    from fedengine.bench_simulate import bench_simulate as run
+
+    if per_round > devices:
+        raise typer.BadParameter("--per-round cannot exceed --devices")
+    try:
+        non_iid(partition)
+        check_behaviour(
+            profiles=profiles, availability=availability, speedup=speedup, failure_rate=0.0
+        )
+        datasets.check_installed(dataset.value)
+        datasets.check_partition(dataset.value, devices, min_size=min_size)
+    except (ValueError, datasets.DatasetNotInstalled) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    options = SimulateOptions(
+        devices=devices,
+        per_round=per_round,
+        rounds=rounds,
+        dataset=dataset.value,
+        model=model.value,
+        hidden=hidden,
+        partition=partition,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        standardize=standardize,
+        seed=seed,
+        failure_rate=failure_rate,
+        profiles=profiles,
+        speedup=speedup,
+        availability=availability,
+        round_timeout_s=round_timeout_s,
+        min_size=min_size,
+    )
+    result = asyncio.run(run(LauncherSettings(), options))
+    _print_json(result, json_path)
+
+
 def _print_json(result: dict[str, Any], json_path: Path | None) -> None:
     """Print a bench result as one JSON line, and write it to ``json_path`` if given."""
     text = json.dumps(result)

@@ -147,6 +147,8 @@ class DemoOptions:
     failure_rate: float = 0.0
     speedup: float = 100.0
     availability: str = "always"
+    # Training examples each device holds at least (1,000 devices on digits' 1,437 need 1).
+    min_size: int = 2
 
 
 async def _device_ledgers(
@@ -450,6 +452,7 @@ async def run_demo(
         if options.availability not in ("always", "diurnal")
         else options.availability,
         failure_rate=options.failure_rate,
+        min_size=options.min_size,
     )
     attackers = (
         f", {options.malicious:g} of them malicious ({options.attack} x{options.attack_scale:g})"

@@ -469,6 +469,8 @@ class Fleet:
     availability: str = "always"
     failure_rate: float = 0.0
     failure_mix: str = "crash:0.5,network_loss:0.5"
+    # Training examples each device holds at least (SIMULATOR_PARTITION_MIN_SIZE).
+    min_size: int = 2
 
     @property
     def process_name(self) -> str:
@@ -505,6 +507,7 @@ class Fleet:
             "SIMULATOR_AVAILABILITY": self.availability,
             "SIMULATOR_FAILURE_RATE": str(self.failure_rate),
             "SIMULATOR_FAILURE_MIX": self.failure_mix,
+            "SIMULATOR_PARTITION_MIN_SIZE": str(self.min_size),
         }
 
 

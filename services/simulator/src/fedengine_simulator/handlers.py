@@ -206,6 +206,7 @@ class Fleet:
                 scheme=self.settings.partitioning,
                 alpha=self.settings.alpha,
                 seed=self.settings.seed,
+                min_size=self.settings.partition_min_size,
             )
         return self._partitions[dataset][index]
 

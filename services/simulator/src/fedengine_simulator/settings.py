@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     dataset: DatasetName = "digits"
     partitioning: Partitioning = Partitioning.IID
     alpha: float = Field(default=0.5, gt=0)
+    # Training examples each device holds at least (datasets.partition refuses a fleet too
+    # large for it at start, with why).
+    partition_min_size: int = Field(default=2, ge=1)
     seed: int = Field(default=0, ge=0)
     # Attackers for testing robust aggregation (core/attacks.py): this fraction of the fleet's
     # devices, chosen from ``seed``, sends ``attack``'s poisoned update instead of its own.
