@@ -30,7 +30,9 @@ process's start to the end of the run, ``time_to_first_round_s`` from the proces
 the moment round 1 begins (after the initial centralised evaluation), ``round_s`` (each round,
 its centralised evaluation included), ``s_per_round_after_first``, ``peak_rss_mb`` (the peak
 of the summed RSS of this process and all its descendants, Ray's raylet, GCS and workers
-included, sampled every 0.2 s) with ``peak_processes``, ``final_accuracy`` and ``accuracy``
+included, sampled every 0.2 s) with ``peak_processes``, ``cpu_s`` (user + system CPU seconds
+of those processes at their last sample: less sensitive than wall time to other load on the
+machine), ``final_accuracy`` and ``accuracy``
 per round (centralised, on the 360 test images).
 """
 
@@ -165,6 +167,7 @@ class TreeMemory:
         self.period = period
         self.peak_bytes = 0
         self.peak_processes = 0
+        self._cpu_s: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -175,6 +178,12 @@ class TreeMemory:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.sample(psutil.Process())
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) of every process seen, at its last sample."""
+        return sum(self._cpu_s.values())
 
     def _run(self) -> None:
         me = psutil.Process()
@@ -188,6 +197,8 @@ class TreeMemory:
         for process in [me, *me.children(recursive=True)]:
             try:
                 total += process.memory_info().rss
+                times = process.cpu_times()
+                self._cpu_s[process.pid] = times.user + times.system
                 count += 1
             except psutil.Error:
                 continue  # ended between listing and reading
@@ -288,6 +299,7 @@ def run(workload: Workload) -> dict[str, Any]:
         "s_per_round_after_first": sum(after_first) / len(after_first) if after_first else None,
         "peak_rss_mb": memory.peak_bytes / 2**20,
         "peak_processes": memory.peak_processes,
+        "cpu_s": memory.cpu_s,
         "final_accuracy": accuracy[-1] if accuracy else None,
         "accuracy": accuracy,
         "config": asdict(workload),

@@ -39,6 +39,7 @@ REFERENCE_KEYS = (
     "accuracy",
     "config",
     "machine",
+    "cpu_s",
 )
 
 
@@ -228,6 +229,7 @@ def bench_reference(
     run = run_rounds(data, options, rng=np.random.default_rng(options.seed))
     task_s = sum(run.round_s)
     after_first = run.round_s[1:]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "devices": options.devices,
         "per_round": options.per_round,
@@ -238,9 +240,12 @@ def bench_reference(
         "s_per_round_after_first": sum(after_first) / len(after_first) if after_first else None,
         "updates_per_s": run.updates / task_s,
         # Linux reports ru_maxrss in KiB.
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
         "final_accuracy": run.accuracy[-1],
         "accuracy": run.accuracy,
         "config": asdict(options),
         "machine": machine,
+        # User + system CPU seconds of this process (less sensitive than wall time to other
+        # load on the machine).
+        "cpu_s": usage.ru_utime + usage.ru_stime,
     }

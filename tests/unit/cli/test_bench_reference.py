@@ -81,7 +81,7 @@ def test_bench_reference_prints_and_writes_every_figure(tmp_path: Path) -> None:
     assert document["s_per_round"] == pytest.approx(document["task_s"] / 2)
     assert document["s_per_round_after_first"] > 0
     assert document["updates_per_s"] == pytest.approx(6 / document["task_s"])
-    assert document["peak_rss_mb"] > 0
+    assert document["peak_rss_mb"] > 0 and document["cpu_s"] > 0
     assert document["config"]["partitioning"] == "dirichlet"
     assert document["config"]["alpha"] == 0.5
     assert document["config"]["hidden"] == 32 and document["config"]["standardize"] is True
