@@ -18,7 +18,7 @@ from fedcommon import codec, kafka, signing, topics
 from fedcommon.messages.v1 import Envelope, HeartbeatSent
 from fedcommon.settings import KafkaSettings
 from tests.integration.conftest import Stack
-from tests.integration.kafka_tools import enrolment, find_record, headers_of
+from tests.integration.kafka_tools import enrolment, find_records, headers_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -111,36 +111,63 @@ async def test_thousands_of_devices_stay_online_and_the_newest_heartbeat_wins(
         ]
         messages += [(d, _heartbeat(d, keys[d], newest - 1, 1.0)) for d in stale]
         messages += [(d, _heartbeat(d, keys[d], newest + 1, None)) for d in stale]
+        # And one from a device never enrolled, amid the others.
+        ghost = f"{prefix}ghost"
+        messages.insert(len(messages) // 2, (ghost, _heartbeat(ghost, keys[stale[0]], 1, None)))
+        publishing = asyncio.create_task(_publish(stack.kafka, messages))
         started = time.monotonic()
-        await _publish(stack.kafka, messages)
+        peak_online, newest_held, newer_held = 0, 0, 0
+        while (newest_held, newer_held) != (DEVICES, len(stale)) and (
+            time.monotonic() - started < 60
+        ):
+            # (A cheap poll: the registry shares the machine's two cores with it.)
+            cursor = await db.execute(
+                "SELECT count(*) FILTER (WHERE status = 'online' AND heartbeat_sequence > %s),"
+                " count(*) FILTER (WHERE heartbeat_sequence >= %s),"
+                " count(*) FILTER (WHERE heartbeat_sequence > %s)"
+                " FROM registry.devices WHERE device_id LIKE %s",
+                (base, newest, newest, like),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            peak_online, newest_held, newer_held = max(peak_online, row[0]), row[1], row[2]
+            await asyncio.sleep(0.2)
+        await publishing
+        elapsed = time.monotonic() - started
 
-        # Assert: every device online with its newest sequence at once, battery as the
-        # newest heartbeat that told one said.
-        settled = await _until(
+        # Assert: at some moment every device was online from its heartbeats at once (the
+        # offline window is 4 s here: a registry slower than about 500 heartbeats a second
+        # never has them all online, as at issue 17's 2,712 of 10,000), every device holds its
+        # newest sequence, and its battery is what the newest heartbeat that told one said.
+        assert peak_online == DEVICES, f"at most {peak_online} of {DEVICES} online at once"
+        assert (newest_held, newer_held) == (DEVICES, len(stale)), (
+            f"{newest_held} of {DEVICES} at their newest heartbeat after {elapsed:.1f} s"
+        )
+        exact = await _count(
             db,
-            DEVICES,
-            "SELECT count(*) FROM registry.devices WHERE device_id LIKE %s AND status = 'online'"
+            "SELECT count(*) FROM registry.devices WHERE device_id LIKE %s"
             " AND heartbeat_sequence = CASE WHEN device_id = ANY(%s) THEN %s ELSE %s END"
             " AND battery_pct = 55",
             like,
             stale,
             newest + 1,
             newest,
-            timeout_s=30,
         )
-        elapsed = time.monotonic() - started
-        assert settled == DEVICES, f"{settled} of {DEVICES} online with their newest heartbeat"
-        assert elapsed < 20, f"{len(messages)} heartbeats took {elapsed:.1f} s"
-        record = await find_record(
+        assert exact == DEVICES
+        refused = await find_records(
             stack.kafka,
             topics.DLQ,
-            lambda r: (
-                r.key == stale[0].encode()
-                and "replayed heartbeat" in headers_of(r).get("error", "")
-            ),
+            [
+                lambda r: (
+                    r.key == stale[0].encode()
+                    and "replayed heartbeat" in headers_of(r).get("error", "")
+                ),
+                lambda r: r.key == ghost.encode(),
+            ],
             timeout_s=30,
         )
-        assert headers_of(record)["error_type"] == "ProtocolViolation"
+        assert [headers_of(r)["error_type"] for r in refused] == ["ProtocolViolation"] * 2
+        assert headers_of(refused[1])["error"] == f"heartbeat from unknown device {ghost}"
     finally:
         # Thousands of devices would otherwise go offline in the shared stack a few seconds
         # later and be paged through by every other test that lists devices.
