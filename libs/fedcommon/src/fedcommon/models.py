@@ -81,7 +81,7 @@ def build_model(
     """
     if hidden is not None:
         if architecture != ModelArchitecture.MLP:
-            raise ValueError(f"models: hidden applies to the MLP only, not {architecture!r}")
+            raise ValueError(f"models: hidden applies to the MLP only, not {architecture}")
         if hidden < 1:
             raise ValueError(f"models: hidden must be >= 1, not {hidden}")
     generator_state = torch.random.get_rng_state()
