@@ -86,3 +86,46 @@ async def test_failing_devices_leave_rounds_to_the_survivors_the_same_way_each_t
     assert [r["participants"] for r in second] == [r["participants"] for r in first]
     assert await _outcomes(db, second_id) == outcomes
     assert second[-1]["accuracy"] == first[-1]["accuracy"]
+
+
+async def test_two_simulator_processes_share_one_fleet(
+    stack: Stack, client: FedEngineClient, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: one fleet played by two processes (each enrols and heartbeats half of it).
+    fleet = launcher.Fleet(name=f"p{uuid.uuid4().hex[:6]}", devices=8, seed=3, processes=2)
+    await asyncio.to_thread(fleets.start, stack.settings, fleet)
+    try:
+        await client.wait_for_devices(8, prefix=f"{fleet.name}-")
+        running = launcher.running_stack(stack.settings)
+        assert running is not None
+        processes = [running.process(name) for name in fleet.process_names]
+        assert all(p is not None for p in processes) and len(processes) == 2
+
+        # Execute: a task on all eight devices.
+        task_id = await client.create_federated_task(
+            task_name="two processes",
+            participating_devices=[f"{fleet.name}-{i:04d}" for i in range(8)],
+            devices_per_round=8,
+            min_devices=8,
+            rounds=2,
+            round_timeout_s=20,
+            local_epochs=1,
+        )
+        await client.start_federated_training(task_id)
+        task = await client.wait_for_task(
+            task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=90
+        )
+
+        # Assert: every device answered every round, each once, and both processes trained.
+        assert task["state"] == "completed", task
+        for round_ in await client.get_rounds(task_id):
+            assert sorted(round_["aggregated"]) == [f"{fleet.name}-{i:04d}" for i in range(8)]
+        cursor = await db.execute(
+            "SELECT shard, count(*) FROM simulator.outcomes WHERE task_id = %s "
+            "AND outcome = 'completed' GROUP BY shard",
+            (task_id,),
+        )
+        by_shard = dict(await cursor.fetchall())
+        assert set(by_shard) == {"0/2", "1/2"} and sum(by_shard.values()) == 16, by_shard
+    finally:
+        await asyncio.to_thread(fleets.stop, stack.settings, fleet.name)

@@ -59,6 +59,7 @@ class SimulateOptions:
     availability: str = "always"
     round_timeout_s: float = 30.0
     min_size: int = 2
+    processes: int = 1
 
 
 def non_iid(partition: str) -> float | None:
@@ -87,6 +88,7 @@ def demo_options(options: SimulateOptions) -> DemoOptions:
         speedup=options.speedup,
         availability=options.availability,
         min_size=options.min_size,
+        processes=options.processes,
     )
 
 

@@ -88,6 +88,15 @@ Speedup = Annotated[
     float,
     typer.Option(help="simulated seconds per wall second of the devices' training and transfers"),
 ]
+SimulatorProcesses = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=64,
+        help="simulator processes sharing the fleet: each enrols and heartbeats a share of the "
+        "devices and trains those whose commands reach it",
+    ),
+]
 Availability = Annotated[
     str,
     typer.Option(
@@ -239,6 +248,7 @@ def fleet(
     failure_rate: FailureRate = 0.0,
     speedup: Speedup = 100.0,
     availability: Availability = "always",
+    processes: SimulatorProcesses = 1,
 ) -> None:
     """Attach simulated devices to the running stack (`fedengine fleet stop NAME` removes them)."""
     if context.invoked_subcommand is not None:
@@ -273,6 +283,7 @@ def fleet(
         availability=availability
         if availability in ("always", "diurnal")
         else str(Path(availability).resolve()),
+        processes=processes,
     )
     try:
         process = fleets.start(LauncherSettings(), chosen)
@@ -718,6 +729,7 @@ def bench_simulate(
     min_size: Annotated[
         int, typer.Option(min=1, help="training examples each device holds at least")
     ] = 2,
+    processes: SimulatorProcesses = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
 ) -> None:
     """A federated task on simulated devices, on the running stack (started, and stopped
@@ -756,6 +768,7 @@ def bench_simulate(
         availability=availability,
         round_timeout_s=round_timeout_s,
         min_size=min_size,
+        processes=processes,
     )
     result = asyncio.run(run(LauncherSettings(), options))
     _print_json(result, json_path)

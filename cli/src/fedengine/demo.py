@@ -149,6 +149,8 @@ class DemoOptions:
     availability: str = "always"
     # Training examples each device holds at least (1,000 devices on digits' 1,437 need 1).
     min_size: int = 2
+    # Simulator processes sharing the demo's fleet.
+    processes: int = 1
 
 
 async def _device_ledgers(
@@ -453,6 +455,7 @@ async def run_demo(
         else options.availability,
         failure_rate=options.failure_rate,
         min_size=options.min_size,
+        processes=options.processes,
     )
     attackers = (
         f", {options.malicious:g} of them malicious ({options.attack} x{options.attack_scale:g})"

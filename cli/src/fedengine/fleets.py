@@ -111,8 +111,9 @@ def stop(settings: LauncherSettings, name: str) -> int:
                 "it), its devices stay enrolled"
             )
         raise RuntimeError("no stack is running")
-    process = stack.process(f"simulator-{name}")
-    if process is not None:
+    first = f"simulator-{name}"
+    processes = [p for p in stack.processes if p.name == first or p.name.startswith(f"{first}+")]
+    for process in processes:
         launcher.stop_process(settings, process)
     removed = 0
     with _client(settings, stack) as client:
@@ -120,6 +121,6 @@ def stop(settings: LauncherSettings, name: str) -> int:
             if device["status"] != "removed":
                 client.delete(f"/devices/{device['device_id']}").raise_for_status()
                 removed += 1
-    if process is None and removed == 0:
+    if not processes and removed == 0:
         raise LookupError(f"no fleet {name!r}")
     return removed

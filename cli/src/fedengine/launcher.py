@@ -284,13 +284,13 @@ def _start_fleets(
         _request_fleet(settings, stack, secret, fleet)
     if required:
         stack = wait_ready(
-            settings, [f.process_name for f in required], gateway_url=None, since=since
+            settings, [n for f in required for n in f.process_names], gateway_url=None, since=since
         )
         for fleet in required:
             remembered_fleets.remember(settings, fleet.options())
     for fleet in returning:
         try:
-            stack = wait_ready(settings, [fleet.process_name], gateway_url=None, since=since)
+            stack = wait_ready(settings, fleet.process_names, gateway_url=None, since=since)
         except (RuntimeError, TimeoutError) as exc:
             log(f"fleet {fleet.name} did not come back: {exc}")
             continue
@@ -300,15 +300,16 @@ def _start_fleets(
 
 def _request_fleet(settings: LauncherSettings, stack: Stack, secret: str, fleet: Fleet) -> None:
     token = issue_enrolment_token(stack.gateway_url, secret, fleet.name, max_devices=fleet.devices)
-    send_request(
-        settings, action="start", name=fleet.process_name, module=SIMULATOR, env=fleet.env(token)
-    )
+    for shard, name in enumerate(fleet.process_names):
+        send_request(
+            settings, action="start", name=name, module=SIMULATOR, env=fleet.env(token, shard)
+        )
 
 
 def _start_fleet(settings: LauncherSettings, stack: Stack, secret: str, fleet: Fleet) -> Stack:
     since = time.time()
     _request_fleet(settings, stack, secret, fleet)
-    stack = wait_ready(settings, [fleet.process_name], gateway_url=None, since=since)
+    stack = wait_ready(settings, fleet.process_names, gateway_url=None, since=since)
     remembered_fleets.remember(settings, fleet.options())
     return stack
 
@@ -471,10 +472,19 @@ class Fleet:
     failure_mix: str = "crash:0.5,network_loss:0.5"
     # Training examples each device holds at least (SIMULATOR_PARTITION_MIN_SIZE).
     min_size: int = 2
+    # Simulator processes sharing the fleet (SIMULATOR_SHARD): each enrols and heartbeats a
+    # share of its devices, and trains whichever devices its partitions of the commands carry.
+    processes: int = 1
 
     @property
     def process_name(self) -> str:
         return f"simulator-{self.name}"
+
+    @property
+    def process_names(self) -> list[str]:
+        """Its processes' names: the first as a one-process fleet's, then ``+1``, ``+2``...
+        (a character no fleet name has)."""
+        return [self.process_name, *(f"{self.process_name}+{i}" for i in range(1, self.processes))]
 
     def options(self) -> dict[str, Any]:
         """Its options as JSON values (what ``remembered_fleets`` keeps)."""
@@ -486,8 +496,9 @@ class Fleet:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in options.items() if k in known})
 
-    def env(self, enrolment_token: str) -> dict[str, str]:
+    def env(self, enrolment_token: str, shard: int = 0) -> dict[str, str]:
         return {
+            "SIMULATOR_SHARD": f"{shard}/{self.processes}",
             "SIMULATOR_ENROLMENT_TOKEN": enrolment_token,
             "SIMULATOR_FLEET": self.name,
             "SIMULATOR_DEVICES": str(self.devices),

@@ -9,8 +9,11 @@ from fedengine_simulator.settings import Settings
 
 def main() -> None:
     settings = Settings()
+    shard, _ = settings.shard_of
+    # The launcher's process name (its ready file): a fleet's later processes are "+1", "+2"...
+    name = f"simulator-{settings.fleet}" + (f"+{shard}" if shard else "")
     spec = service.ServiceSpec(
-        name=f"simulator-{settings.fleet}",
+        name=name,
         schema=handlers.SCHEMA,
         migrations_package="fedengine_simulator",
         group_id=f"simulator-{settings.fleet}",

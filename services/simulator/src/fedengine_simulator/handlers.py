@@ -110,7 +110,7 @@ _INSERT_TRAINED = (
 )
 _INSERT_OUTCOME = (
     "INSERT INTO simulator.outcomes (task_id, round_number, device_id, outcome, sim_s, "
-    "compute_s, transfer_s, battery_pct) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "compute_s, transfer_s, battery_pct, shard) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT DO NOTHING"
 )
 
@@ -143,6 +143,10 @@ class Fleet:
                 seed=settings.seed,
             )
         }
+        shard, shards = settings.shard_of
+        # The devices this process enrols and heartbeats (all of them unless the fleet is
+        # shared among processes).
+        self.own = [d for d in self.devices.values() if d.index % shards == shard]
         self.clock = settings.clock
         self.failures = settings.failures
         # Each device's battery as last known, in simulated time (core/behaviour.py); the
@@ -282,10 +286,15 @@ class Fleet:
                         token=self.settings.token,
                     ),
                 )
-                for device in self.devices.values()
+                for device in self.own
             ],
         )
-        logger.info("enrolled %d devices of fleet %s", len(self.devices), self.settings.fleet)
+        logger.info(
+            "enrolled %d devices of fleet %s (shard %s)",
+            len(self.own),
+            self.settings.fleet,
+            self.settings.shard,
+        )
 
     async def heartbeats(self) -> None:
         await background.every("simulator.heartbeats", self.settings.heartbeat_s, self.heartbeat)
@@ -297,7 +306,7 @@ class Fleet:
         sequence = max(self._sequence + 1, int(time.time() * 1000))
         self._sequence = sequence
         beats: list[tuple[str, Envelope]] = []
-        for device in self.devices.values():
+        for device in self.own:
             key = self.keys[device.device_id]
             sent_at = datetime.now(UTC)
             payload = signing.heartbeat_payload(
@@ -680,9 +689,8 @@ class Fleet:
             await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
             await self._record(conn, message, device, decision)
 
-    @staticmethod
     def _outcome_row(
-        message: TrainRequested, device: fleet.SimulatedDevice, decision: behaviour.Decision
+        self, message: TrainRequested, device: fleet.SimulatedDevice, decision: behaviour.Decision
     ) -> tuple[object, ...]:
         return (
             message.task_id,
@@ -693,6 +701,7 @@ class Fleet:
             decision.compute_s,
             decision.transfer_s,
             decision.battery.pct,
+            self.settings.shard,
         )
 
     async def _record(

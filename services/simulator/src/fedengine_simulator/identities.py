@@ -1,54 +1,67 @@
 """Device identity keys, kept on local disk so a restarted fleet keeps its identities.
 
-A fleet's keys live in one file (``keys.json``, mode 0600, written whole and atomically):
-a file per device made a 10,000-device fleet write 10,000 files at its first start. Keys in
-the older one-file-per-device layout (``<device_id>.key``) are read and carried over.
+Each device's Ed25519 key is derived from one fleet secret (``fleet.secret``, 32 random bytes,
+mode 0600) and the device's id, with HMAC-SHA256: one small file for a fleet of any size (a
+file per device made a 10,000-device fleet write 10,000 files at its first start), and the
+simulator processes that share a fleet (``SIMULATOR_SHARD``) derive the same keys from it. The
+secret is created once, by whichever process comes first (an exclusive create: a second one
+reads it). Keys of the older one-file-per-device layout (``<device_id>.key``) stay in use for
+their devices. The secret stands for every key of the fleet: it is a simulation's, as the
+simulator plays every device; a real device keeps its own key (feddevice).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import hmac
 import os
+import secrets
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcommon import signing
 
-KEYS_FILE = "keys.json"
+SECRET_FILE = "fleet.secret"
+_SECRET_BYTES = 32
 
 
 def load_or_create(folder: Path, device_ids: list[str]) -> dict[str, Ed25519PrivateKey]:
-    """Return one private key per device, creating the ones not yet on disk."""
+    """Return one private key per device."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / KEYS_FILE
-    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    secret = _fleet_secret(folder / SECRET_FILE)
     keys = {}
-    changed = False
     for device_id in device_ids:
-        if device_id in stored:
-            keys[device_id] = signing.private_key_from_bytes(bytes.fromhex(stored[device_id]))
-            continue
         legacy = folder / f"{device_id}.key"
-        key = (
-            signing.private_key_from_bytes(legacy.read_bytes())
-            if legacy.exists()
-            else signing.generate_private_key()
-        )
-        stored[device_id] = signing.private_key_to_bytes(key).hex()
-        keys[device_id] = key
-        changed = True
-    if changed:
-        _write_private(path, json.dumps(stored).encode())
+        if legacy.exists():
+            keys[device_id] = signing.private_key_from_bytes(legacy.read_bytes())
+        else:
+            seed = hmac.new(secret, device_id.encode(), hashlib.sha256).digest()
+            keys[device_id] = signing.private_key_from_bytes(seed)
     return keys
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` readable by its owner only, replacing ``path`` in one step."""
-    partial = path.with_name(path.name + ".partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _fleet_secret(path: Path) -> bytes:
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_secret(path)
     with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
+        handle.write(secrets.token_bytes(_SECRET_BYTES))
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(partial, path)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path, *, wait_s: float = 5.0) -> bytes:
+    """Read the secret; another process that just created the file may still be writing its
+    32 bytes (they come in one write, so a short wait sees them)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        data = path.read_bytes()
+        if len(data) == _SECRET_BYTES:
+            return data
+        if time.monotonic() > deadline:
+            raise ValueError(f"{path}: a fleet secret is {_SECRET_BYTES} bytes, not {len(data)}")
+        time.sleep(0.01)

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     secagg_dropout: float = Field(default=0.0, ge=0, lt=1)
     secagg_drop_stages: Annotated[frozenset[int], NoDecode] = frozenset({2, 3, 4})
     heartbeat_s: float = Field(default=5.0, gt=0)
+    # "i/n": this is process i of n that share the fleet (one consumer group, so each device's
+    # commands reach one of them); it enrols and heartbeats the devices whose index is i mod
+    # n, and answers whatever commands its partitions carry, for any device of the fleet.
+    shard: str = Field(default="0/1", pattern=r"^\d{1,4}/\d{1,4}$")
     # Device behaviour (core/profiles.py, core/behaviour.py, core/clock.py). The mix of device
     # types, e.g. "mobile:0.6,iot:0.2,desktop:0.15,cloud:0.05"; empty: types cycle mobile,
     # iot, desktop, cloud.
@@ -131,6 +135,18 @@ class Settings(BaseSettings):
         if self.availability in ("always", "diurnal"):
             return None
         return device_profiles.AvailabilityTrace.load(Path(self.availability))
+
+    @property
+    def shard_of(self) -> tuple[int, int]:
+        index, count = (int(part) for part in self.shard.split("/"))
+        return index, count
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> Settings:
+        index, count = self.shard_of
+        if not 0 <= index < count:
+            raise ValueError(f"SIMULATOR_SHARD {self.shard!r}: i/n needs 0 <= i < n")
+        return self
 
     @property
     def clock(self) -> Clock:
