@@ -431,6 +431,7 @@ class Fleet:
             async with self.context.pool.connection() as conn:
                 await db.mark_processed(conn, schema=SCHEMA, message_id=message.message_id)
             return
+        received = time.time()
         decision = await self.decide(message, device)
         if decision.outcome != behaviour.Outcome.COMPLETED:
             await self.fail(message, device, decision)
@@ -442,7 +443,7 @@ class Fleet:
             return
         result, duration, delta = trained
         # It answers when its simulated download, training and upload would have ended.
-        answer_at = message.sent_at.timestamp() + self.clock.wall_s(decision.sim_s)
+        answer_at = self._answer_at(message, decision, received=received)
         await asyncio.sleep(max(0.0, answer_at - time.time()))
         if message.secure_aggregation is None:
             await self.submit_update(
@@ -514,6 +515,7 @@ class Fleet:
                 answers[i] = exc
         if not batch:
             return answers
+        received = time.time()
         async with self.context.pool.connection() as conn:
             done = await db.processed_among(
                 conn, schema=SCHEMA, message_ids=[m.message_id for _, m, _ in batch]
@@ -556,7 +558,7 @@ class Fleet:
                 update = answer.signed_update(
                     message, identity, delta, result, duration_s=duration, producer=PRODUCER
                 )
-                answer_at = message.sent_at.timestamp() + self.clock.wall_s(decision.sim_s)
+                answer_at = self._answer_at(message, decision, received=received)
                 sends.append(self._send_at(answer_at, topics.UPDATES, key, update))
                 TRAINED.inc()
                 trained_rows.append(
@@ -587,6 +589,14 @@ class Fleet:
                 if outcome_rows:
                     await cursor.executemany(_INSERT_OUTCOME, outcome_rows)
         return answers
+
+    def _answer_at(
+        self, message: TrainRequested, decision: behaviour.Decision, *, received: float
+    ) -> float:
+        """When the device answers: its simulated seconds (scaled) after the request was sent,
+        by the coordinator's stamp, or after it arrived if that is earlier (a clock behind the
+        coordinator's must not hold answers back past the deadline)."""
+        return min(message.sent_at.timestamp(), received) + self.clock.wall_s(decision.sim_s)
 
     def _send_at(self, wall: float, base: str, key: str, message: Envelope) -> asyncio.Task[None]:
         """Send ``message`` at wall-clock time ``wall`` (at once if past), without holding up
