@@ -129,3 +129,48 @@ async def test_two_simulator_processes_share_one_fleet(
         assert set(by_shard) == {"0/2", "1/2"} and sum(by_shard.values()) == 16, by_shard
     finally:
         await asyncio.to_thread(fleets.stop, stack.settings, fleet.name)
+
+
+async def test_an_over_selected_round_closes_once_enough_updates_are_in(
+    stack: Stack, client: FedEngineClient, db: psycopg.AsyncConnection
+) -> None:
+    # Prepare: 40% of the asked devices crash or lose the network (they never answer).
+    fleet = launcher.Fleet(name=f"o{uuid.uuid4().hex[:6]}", devices=10, seed=5, failure_rate=0.4)
+    await asyncio.to_thread(fleets.start, stack.settings, fleet)
+    try:
+        await client.wait_for_devices(10, prefix=f"{fleet.name}-")
+
+        # Execute: 3 updates a round are enough; 6 devices are asked.
+        task_id = await client.create_federated_task(
+            task_name="over-selected",
+            participating_devices=[f"{fleet.name}-{i:04d}" for i in range(10)],
+            devices_per_round=3,
+            over_selection=2.0,
+            min_devices=2,
+            rounds=3,
+            round_timeout_s=30,
+            local_epochs=1,
+            seed=11,
+        )
+        await client.start_federated_training(task_id)
+        task = await client.wait_for_task(
+            task_id, lambda t: t["state"] in ("completed", "failed"), timeout_s=120
+        )
+
+        # Assert: a round with at least 3 survivors closed with 3 of them, long before its
+        # deadline (the silent ones were not waited for).
+        assert task["state"] == "completed", task
+        outcomes = await _outcomes(db, task_id)
+        closed_early = 0
+        for round_ in await client.get_rounds(task_id):
+            fates = outcomes[round_["round_number"]]
+            assert len(round_["participants"]) == 6
+            completed = {d for d, fate in fates.items() if fate == "completed"}
+            assert set(round_["aggregated"]) <= completed
+            if len(completed) >= 3:
+                assert len(round_["aggregated"]) == 3, round_
+                assert round_["duration_s"] < 15, round_
+                closed_early += 1
+        assert closed_early >= 1
+    finally:
+        await asyncio.to_thread(fleets.stop, stack.settings, fleet.name)

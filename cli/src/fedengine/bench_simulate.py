@@ -60,6 +60,7 @@ class SimulateOptions:
     round_timeout_s: float = 30.0
     min_size: int = 2
     processes: int = 1
+    over_selection: float = 1.0
 
 
 def non_iid(partition: str) -> float | None:
@@ -89,6 +90,7 @@ def demo_options(options: SimulateOptions) -> DemoOptions:
         availability=options.availability,
         min_size=options.min_size,
         processes=options.processes,
+        over_selection=options.over_selection,
     )
 
 

@@ -88,6 +88,15 @@ Speedup = Annotated[
     float,
     typer.Option(help="simulated seconds per wall second of the devices' training and transfers"),
 ]
+OverSelection = Annotated[
+    float,
+    typer.Option(
+        min=1.0,
+        max=4.0,
+        help="ask this many times --per-round devices and close each round once --per-round "
+        "updates are in (not with DP or secure aggregation)",
+    ),
+]
 SimulatorProcesses = Annotated[
     int,
     typer.Option(
@@ -465,6 +474,7 @@ def demo(
     failure_rate: FailureRate = 0.0,
     speedup: Speedup = 100.0,
     availability: Availability = "always",
+    over_selection: OverSelection = 1.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
     keep_running: Annotated[bool, typer.Option(help="leave the stack running")] = False,
 ) -> None:
@@ -523,6 +533,7 @@ def demo(
         failure_rate=failure_rate,
         speedup=speedup,
         availability=availability,
+        over_selection=over_selection,
     )
     try:
         privacy_section(options)
@@ -730,6 +741,7 @@ def bench_simulate(
         int, typer.Option(min=1, help="training examples each device holds at least")
     ] = 2,
     processes: SimulatorProcesses = 1,
+    over_selection: OverSelection = 1.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
 ) -> None:
     """A federated task on simulated devices, on the running stack (started, and stopped
@@ -769,6 +781,7 @@ def bench_simulate(
         round_timeout_s=round_timeout_s,
         min_size=min_size,
         processes=processes,
+        over_selection=over_selection,
     )
     result = asyncio.run(run(LauncherSettings(), options))
     _print_json(result, json_path)

@@ -151,6 +151,8 @@ class DemoOptions:
     min_size: int = 2
     # Simulator processes sharing the demo's fleet.
     processes: int = 1
+    # Devices asked per device a round needs (the round closes once per_round are in).
+    over_selection: float = 1.0
 
 
 async def _device_ledgers(
@@ -351,6 +353,7 @@ def task_body(
         "batch_size": options.batch_size,
         "seed": options.seed,
         "round_timeout_s": options.round_timeout_s,
+        "over_selection": options.over_selection,
         "target_accuracy": options.target_accuracy,
         "strategy": {"name": options.strategy, "params": options.strategy_params},
     }

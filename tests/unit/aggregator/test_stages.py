@@ -207,3 +207,24 @@ def test_a_stage_ends_when_every_expected_sender_answered_delivered_or_refused()
     stage.refuse("d")
     assert stage.progress(before) == Progress.COMPLETE
     assert stage.dropped() == ["b", "d"]
+
+
+def test_a_stage_with_enough_senders_ends_before_the_rest_answer() -> None:
+    # An over-selected round: four asked, two enough.
+    spec = StageSpec(
+        "updates",
+        frozenset({COMMITS}),
+        T0 + timedelta(seconds=10),
+        1,
+        people("a", "b", "c", "d"),
+        enough=2,
+    )
+    round_: RoundStages[tuple[str, str]] = RoundStages([spec])
+    stage = round_.stages[0]
+
+    stage.survive("a")
+    assert stage.progress(T0) == Progress.WAIT
+    stage.survive("c")
+
+    assert stage.progress(T0) == Progress.COMPLETE
+    assert stage.survivors == ["a", "c"] and stage.dropped() == ["b", "d"]

@@ -28,6 +28,7 @@ from fedcommon.messages.v1 import (
     TaskState,
     TrainRequested,
 )
+from fedengine_coordinator.core import selection
 from fedengine_coordinator.core.effects import (
     AdvanceTask,
     ApplyResult,
@@ -853,3 +854,46 @@ def test_an_opened_round_asks_for_at_least_the_strategys_minimum() -> None:
     assert isinstance(opened, RoundOpened)
     assert (opened.min_updates, len(opened.participants)) == (7, 9)
     assert opened.strategy == KrumStrategy()
+
+
+def test_an_over_selected_round_asks_more_devices_and_is_enough_with_devices_per_round() -> None:
+    # Prepare: 4 devices a round, 1.5 times over: 6 asked of the 8 online.
+    state = State(task(RUNNING, min_devices=2, devices_per_round=4, over_selection=1.5))
+
+    # Execute
+    _, effects = decide(state, offered(*[90.0] * 8))
+
+    # Assert
+    (opened,) = [e.message for e in effects if isinstance(e, Emit) and e.base == topics.UPDATES]
+    assert isinstance(opened, RoundOpened)
+    assert (len(opened.participants), opened.target_updates, opened.min_updates) == (6, 4, 2)
+    asked = [e for e in effects if isinstance(e, Emit) and e.base == topics.DEVICE_COMMANDS]
+    assert len(asked) == 6
+
+
+def test_a_round_that_is_not_over_selected_names_no_target() -> None:
+    state = State(task(RUNNING, min_devices=2, devices_per_round=4, over_selection=1.5))
+
+    # Only 4 online: all are asked, and the round waits for all of them as before.
+    _, effects = decide(state, offered(*[90.0] * 4))
+
+    (opened,) = [e.message for e in effects if isinstance(e, Emit) and e.base == topics.UPDATES]
+    assert isinstance(opened, RoundOpened)
+    assert (len(opened.participants), opened.target_updates) == (4, None)
+
+
+@pytest.mark.parametrize(
+    ("per_round", "factor", "asked"),
+    [(10, 1.0, 10), (10, 1.3, 13), (3, 1.1, 4), (4, 1.5, 6), (9_000, 4.0, 10_000)],
+)
+def test_over_selection_rounds_up_within_the_bound(
+    per_round: int, factor: float, asked: int
+) -> None:
+    assert selection.asked(per_round, factor) == asked
+
+
+def test_over_selection_is_refused_with_privacy_or_secure_aggregation() -> None:
+    with pytest.raises(ValueError, match="over_selection"):
+        spec(over_selection=1.3, privacy={"epsilon": 1.0, "noise_multiplier": 1.0})
+    with pytest.raises(ValueError, match="over_selection"):
+        spec(over_selection=1.3, min_devices=3, devices_per_round=3, secure_aggregation={})

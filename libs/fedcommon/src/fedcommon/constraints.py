@@ -33,6 +33,8 @@ MAX_BATCH_SIZE = 4096
 MAX_MEMORY_MB = 2**40
 MAX_ROUNDS = 10_000
 MAX_ROUND_RETRIES = 100
+# Devices asked per device a round needs, at most (Bonawitz et al. 2019 over-select 1.3x).
+MAX_OVER_SELECTION = 4.0
 MAX_TIMEOUT_S = 86_400.0
 MAX_NAME_LENGTH = 200
 MAX_TEXT_LENGTH = 2_000

@@ -20,6 +20,7 @@ from fedcommon.constraints import (
     MAX_LEARNING_RATE,
     MAX_LOCAL_EPOCHS,
     MAX_MODEL_HIDDEN,
+    MAX_OVER_SELECTION,
     MAX_PARTICIPATING_DEVICES,
     MAX_ROUND_RETRIES,
     MAX_ROUNDS,
@@ -266,6 +267,14 @@ class TaskCreate(Constrained):
     min_improvement: float = Field(default=1e-3, ge=0, le=1)
     max_update_norm: float = Field(default=100.0, gt=0, le=MAX_SETTING)
     max_round_retries: int = Field(default=2, ge=0, le=MAX_ROUND_RETRIES)
+    over_selection: float = Field(
+        default=1.0,
+        ge=1.0,
+        le=MAX_OVER_SELECTION,
+        description="Ask this many times devices_per_round devices and close each round once "
+        "devices_per_round updates are accepted (1.3 in Bonawitz et al. 2019); not with privacy "
+        "or secure_aggregation",
+    )
     device_wait_s: float = Field(default=30.0, gt=0, le=MAX_TIMEOUT_S)
     queue_wait_s: float = Field(default=3600.0, gt=0, le=MAX_TIMEOUT_S)
     strategy: StrategySpec = Field(

@@ -23,6 +23,7 @@ from fedcommon.constraints import (
     MAX_MEMORY_MB,
     MAX_METRICS,
     MAX_MODEL_HIDDEN,
+    MAX_OVER_SELECTION,
     MAX_PARTICIPATING_DEVICES,
     MAX_ROUND_RETRIES,
     MAX_ROUNDS,
@@ -553,6 +554,9 @@ class TaskSpec(_Frozen):
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
     devices_per_round: int = Field(default=10, ge=1, le=MAX_DEVICES_PER_ROUND)
     min_devices: int = Field(default=1, ge=1, le=MAX_DEVICES_PER_ROUND)
+    # Ask this many times devices_per_round devices, and close the round as soon as
+    # devices_per_round updates are accepted (stragglers and failures then cost no wait).
+    over_selection: float = Field(default=1.0, ge=1.0, le=MAX_OVER_SELECTION)
     participating_devices: list[DeviceId] | None = Field(
         default=None, max_length=MAX_PARTICIPATING_DEVICES
     )
@@ -638,6 +642,14 @@ class TaskSpec(_Frozen):
                 f"fedprox mu {self.strategy.params.mu:g} with learning_rate "
                 f"{self.learning_rate:g}: mu * learning_rate must stay below 2, or local "
                 "training diverges"
+            )
+        if self.over_selection > 1 and (
+            self.privacy is not None or self.secure_aggregation is not None
+        ):
+            raise ValueError(
+                "over_selection applies to rounds without differential privacy or secure "
+                "aggregation (a DP round draws its devices by Poisson sampling; a secure round "
+                "needs every stage of the devices it asked)"
             )
         if self.participating_devices is not None and not self.participating_devices:
             raise ValueError("participating_devices, when given, must not be empty")
@@ -919,6 +931,9 @@ class RoundOpened(Envelope):
     # Empty only for a DP round whose Poisson draw came out empty: it releases pure noise.
     participants: list[Participant] = Field(max_length=MAX_DEVICES_PER_ROUND)
     min_updates: int = Field(ge=1, le=MAX_DEVICES_PER_ROUND)
+    # An over-selected round closes as soon as this many updates are accepted (None: it waits
+    # for every participant, or its deadline).
+    target_updates: int | None = Field(default=None, ge=1, le=MAX_DEVICES_PER_ROUND)
     deadline: AwareDatetime
     param_shapes: list[list[Int32]]
     max_update_norm: float = Field(gt=0, le=MAX_SETTING)

@@ -98,6 +98,7 @@ def update_stage(opened: RoundOpened, *, received_at: datetime | None) -> StageS
         deadline=stage_deadline(opened, received_at),
         min_senders=needed,
         expected={p.device_id: p for p in opened.participants},
+        enough=opened.target_updates if opened.privacy is None else None,
     )
 
 

@@ -60,6 +60,9 @@ class StageSpec:
     min_senders: int
     expected: Mapping[str, Participant] | None = None
     timeout: timedelta | None = None
+    # The stage ends as soon as this many delivered (an over-selected round); None: it waits
+    # for every expected sender, or its deadline.
+    enough: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -120,9 +123,11 @@ class Stage:
         """WAIT, or whether the stage ended with enough senders (COMPLETE) or not (FAIL).
 
         A stage ends when every expected sender answered (delivered, or sent a signed record
-        that was refused), or at its deadline.
+        that was refused), when ``enough`` delivered, or at its deadline.
         """
         answered = len(self._survivors) + len(self._refused)
+        if self.spec.enough is not None and len(self._survivors) >= self.spec.enough:
+            return Progress.COMPLETE
         if answered < len(self.expected) and now < self.deadline:
             return Progress.WAIT
         return Progress.COMPLETE if len(self._survivors) >= self.spec.min_senders else Progress.FAIL

@@ -96,6 +96,10 @@ def open_messages(
         # Never below what the strategy needs (TaskSpec keeps min_devices at least that), so
         # the aggregator fails a round whose survivors are too few for it.
         min_updates=max(min(spec.min_devices, len(participants)), spec.strategy.params.min_updates),
+        # Over-selected: enough once devices_per_round are in.
+        target_updates=spec.devices_per_round
+        if privacy is None and secure is None and len(participants) > spec.devices_per_round
+        else None,
         deadline=deadline,
         param_shapes=param_shapes,
         max_update_norm=spec.max_update_norm,

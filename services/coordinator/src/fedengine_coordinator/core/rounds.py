@@ -215,7 +215,7 @@ def on_offered(state: State, event: DevicesOffered) -> Decision:
         return spend.request_spend(replace(state, task=task), pool, event, effects)
     chosen = selection.select(
         pool,
-        count=spec.devices_per_round,
+        count=selection.asked(spec.devices_per_round, spec.over_selection),
         rng=selection.round_rng(
             seed=spec.seed, round_number=event.round_number, attempt=event.attempt
         ),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from fedcommon.constraints import MAX_DEVICES_PER_ROUND
 from fedcommon.messages.v1 import PrivacyLevel
 
 MIN_BATTERY_PCT = 20.0
@@ -43,6 +45,12 @@ def select(
         return ordered
     picked = rng.choice(len(ordered), size=count, replace=False)
     return [ordered[i] for i in sorted(picked)]
+
+
+def asked(devices_per_round: int, over_selection: float) -> int:
+    """How many devices a round asks: ``devices_per_round`` times ``over_selection``, rounded
+    up, within the bound on a round's participants."""
+    return min(MAX_DEVICES_PER_ROUND, math.ceil(devices_per_round * over_selection - 1e-9))
 
 
 def round_rng(*, seed: int, round_number: int, attempt: int) -> np.random.Generator:
