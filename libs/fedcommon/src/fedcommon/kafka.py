@@ -531,6 +531,11 @@ class ConsumeLoop:
     # Per partition, the offset just past the last record handled: what a final commit may
     # cover (the consumer's position may lie past records fetched but never handled).
     _handled: dict[TopicPartition, int] = field(default_factory=dict)
+    # Per partition, the group generation and offset of the last commit that succeeded: the
+    # same offset again in the same generation is not sent (the aggregator's commit position
+    # stays at an open round's first record for every update of the round; each commit was a
+    # round trip to the broker on the round's path).
+    _committed: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def _stopping(self) -> asyncio.Event:
@@ -646,6 +651,9 @@ class ConsumeLoop:
         )
         if offset <= 0 or tp not in self.consumer.assignment():
             return
+        generation = group_generation(self.consumer)
+        if generation is not None and self._committed.get(tp) == (generation, offset):
+            return
         try:
             if record is None:
                 await self.consumer.commit({tp: offset})
@@ -655,6 +663,22 @@ class ConsumeLoop:
             # The partition moved to another member (or is moving): it re-reads from the last
             # commit, and idempotent handlers absorb the redelivery.
             logger.warning("commit of %s@%d failed after a rebalance: %s", tp, offset, exc)
+            self._committed.pop(tp, None)
+            return
+        if generation is not None and generation == group_generation(self.consumer):
+            self._committed[tp] = (generation, offset)
+
+
+def group_generation(consumer: AIOKafkaConsumer) -> int | None:
+    """The consumer group generation ``consumer`` is a member of; None where unknown.
+
+    Each rebalance starts a new generation, so an offset committed in this one is still the
+    group's for a partition this member still holds. aiokafka (0.14) has no public accessor:
+    its group coordinator keeps ``generation`` (tests/unit/fedcommon/test_kafka.py fails if
+    that changes); where it is missing every commit is sent, as before.
+    """
+    generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
+    return generation if isinstance(generation, int) and generation > 0 else None
 
 
 async def wait_for_assignment(consumer: AIOKafkaConsumer, *, timeout_s: float = 60.0) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -45,6 +46,30 @@ async def enqueue(
         ),
         (topics.topic_name(settings.topic_prefix, base), key, codec.encode(message)),
     )
+
+
+async def enqueue_many(
+    conn: psycopg.AsyncConnection,
+    *,
+    schema: str,
+    settings: KafkaSettings,
+    messages: Sequence[tuple[str, str, Envelope]],
+) -> None:
+    """Add ``(base, key, message)`` items to the outbox in their order, inside the caller's
+    transaction, in one pipelined statement: a round's dozen follow-ups had cost a dozen
+    round trips to the database, each a wait on a loaded machine."""
+    if not messages:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            sql.SQL("INSERT INTO {}.outbox (topic, key, value) VALUES (%s, %s, %s)").format(
+                sql.Identifier(schema)
+            ),
+            [
+                (topics.topic_name(settings.topic_prefix, base), key, codec.encode(message))
+                for base, key, message in messages
+            ],
+        )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from fedcommon import service, topics
 from fedengine_coordinator import handlers, store
 from fedengine_coordinator.settings import Settings
@@ -17,6 +19,7 @@ SPEC = service.ServiceSpec(
 
 def main() -> None:
     settings = Settings()
+    torch.set_num_threads(settings.torch_threads)
     service.main(SPEC, settings, lambda context: handlers.build(context, settings))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -134,17 +135,20 @@ async def insert_model(
     )
 
 
-async def get_model(
-    conn: psycopg.AsyncConnection, task_id: UUID, version: int
-) -> tuple[str, bytes]:
-    cursor = await conn.execute(
-        "SELECT sha256, data FROM coordinator.models WHERE task_id = %s AND version = %s",
-        (task_id, version),
-    )
-    row = await cursor.fetchone()
+_GET_MODEL = "SELECT sha256, data FROM coordinator.models WHERE task_id = %s AND version = %s"
+
+
+def _model(row: tuple[Any, ...] | None, task_id: UUID, version: int) -> tuple[str, bytes]:
     if row is None:
         raise LookupError(f"model version {version} of task {task_id} is missing")
     return row[0], bytes(row[1])
+
+
+async def get_model(
+    conn: psycopg.AsyncConnection, task_id: UUID, version: int
+) -> tuple[str, bytes]:
+    cursor = await conn.execute(_GET_MODEL, (task_id, version))
+    return _model(await cursor.fetchone(), task_id, version)
 
 
 async def get_optimizer_state(
@@ -172,22 +176,26 @@ async def get_model_digest(conn: psycopg.AsyncConnection, task_id: UUID, version
     return str(row[0])
 
 
+_ONLINE_CANDIDATES = (
+    "SELECT device_id, public_key, battery_pct, privacy_level FROM registry.devices_public "
+    "WHERE status = 'online' AND public_key IS NOT NULL"
+)
+
+
 async def online_candidates(conn: psycopg.AsyncConnection) -> list[Candidate]:
-    cursor = await conn.execute(
-        "SELECT device_id, public_key, battery_pct, privacy_level FROM registry.devices_public "
-        "WHERE status = 'online' AND public_key IS NOT NULL"
-    )
+    cursor = await conn.execute(_ONLINE_CANDIDATES)
     return [Candidate(r[0], bytes(r[1]), r[2], PrivacyLevel(r[3])) for r in await cursor.fetchall()]
 
 
-async def exhausted_devices(conn: psycopg.AsyncConnection, task_id: UUID) -> set[str]:
+_HAS_EXHAUSTION = "SELECT to_regclass('privacy.device_exhaustion_public') IS NOT NULL"
+
+
+async def _exhausted_if(
+    conn: psycopg.AsyncConnection, has_view: tuple[Any, ...] | None, task_id: UUID
+) -> set[str]:
     """Local-DP devices one more round would take past this task's or their lifetime budget
     (the privacy service's device ledger; none before that service has created it)."""
-    cursor = await conn.execute(
-        "SELECT to_regclass('privacy.device_exhaustion_public') IS NOT NULL"
-    )
-    row = await cursor.fetchone()
-    if row is None or not row[0]:
+    if has_view is None or not has_view[0]:
         return set()
     cursor = await conn.execute(
         "SELECT DISTINCT device_id FROM privacy.device_exhaustion_public "
@@ -197,16 +205,11 @@ async def exhausted_devices(conn: psycopg.AsyncConnection, task_id: UUID) -> set
     return {r[0] for r in await cursor.fetchall()}
 
 
-async def asks(conn: psycopg.AsyncConnection, task_id: UUID) -> dict[str, int]:
-    """How many opened tries of the task asked each device to train (a DP try counts once
-    approved: one refused while awaiting its spend asked nobody)."""
-    cursor = await conn.execute(
-        "SELECT device_id, count(*) FROM coordinator.rounds, unnest(participants) AS device_id "
-        "WHERE task_id = %s AND (sample_rate IS NULL OR approval_id IS NOT NULL) "
-        "GROUP BY device_id",
-        (task_id,),
-    )
-    return {r[0]: int(r[1]) for r in await cursor.fetchall()}
+_ASKS = (
+    "SELECT device_id, count(*) FROM coordinator.rounds, unnest(participants) AS device_id "
+    "WHERE task_id = %s AND (sample_rate IS NULL OR approval_id IS NOT NULL) "
+    "GROUP BY device_id"
+)
 
 
 async def privacy_levels(
@@ -220,15 +223,18 @@ async def privacy_levels(
     return {r[0]: PrivacyLevel(r[1]) for r in await cursor.fetchall()}
 
 
+_BUSY = (
+    f"SELECT unnest(participants) FROM coordinator.rounds WHERE {_IN_PLAY} "
+    "UNION SELECT unnest(devices) FROM coordinator.evaluations WHERE status = 'open'"
+)
+
+
 async def busy_devices(conn: psycopg.AsyncConnection) -> set[str]:
     """Devices in a round in play, or asked to evaluate while the evaluation is open: a
     device runs one request at a time, so another task's request would wait behind it. (The
     whole evaluation, not just until the device answered: the answers are not read here, so
     that opening a round never waits on them.)"""
-    cursor = await conn.execute(
-        f"SELECT unnest(participants) FROM coordinator.rounds WHERE {_IN_PLAY} "
-        "UNION SELECT unnest(devices) FROM coordinator.evaluations WHERE status = 'open'"
-    )
+    cursor = await conn.execute(_BUSY)
     return {r[0] for r in await cursor.fetchall()}
 
 
@@ -281,15 +287,10 @@ async def public_keys(conn: psycopg.AsyncConnection, device_ids: list[str]) -> d
     return {r[0]: bytes(r[1]) for r in await cursor.fetchall()}
 
 
-async def next_attempt(conn: psycopg.AsyncConnection, task_id: UUID, round_number: int) -> int:
-    """Return the attempt number a new try of ``round_number`` gets (0 for the first)."""
-    cursor = await conn.execute(
-        "SELECT COALESCE(max(attempt) + 1, 0) FROM coordinator.rounds "
-        "WHERE task_id = %s AND round_number = %s",
-        (task_id, round_number),
-    )
-    row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+_NEXT_ATTEMPT = (
+    "SELECT COALESCE(max(attempt) + 1, 0) FROM coordinator.rounds "
+    "WHERE task_id = %s AND round_number = %s"
+)
 
 
 async def lock_round(conn: psycopg.AsyncConnection, round_id: UUID) -> Round | None:
@@ -546,22 +547,74 @@ async def tasks_in_state(conn: psycopg.AsyncConnection, state: TaskState) -> lis
     return [r[0] for r in await cursor.fetchall()]
 
 
-async def waiting_before(
-    conn: psycopg.AsyncConnection, task_id: UUID, since: datetime | None
-) -> list[WaitingTask]:
-    """The other running tasks waiting for devices since before ``since`` (every waiting one
-    when ``since`` is None), with the devices each may use and how many it needs."""
-    cursor = await conn.execute(
-        "SELECT spec -> 'participating_devices', (spec ->> 'min_devices')::int "
-        "FROM coordinator.tasks WHERE state = 'running' AND waiting_since IS NOT NULL "
-        "AND task_id <> %s AND (%s::timestamptz IS NULL OR waiting_since < %s) "
-        "ORDER BY waiting_since",
-        (task_id, since, since),
-    )
-    return [
-        WaitingTask(None if not r[0] else frozenset(r[0]), r[1] or 1)
-        for r in await cursor.fetchall()
-    ]
+_WAITING_BEFORE = (
+    "SELECT spec -> 'participating_devices', (spec ->> 'min_devices')::int "
+    "FROM coordinator.tasks WHERE state = 'running' AND waiting_since IS NOT NULL "
+    "AND task_id <> %s AND (%s::timestamptz IS NULL OR waiting_since < %s) "
+    "ORDER BY waiting_since"
+)
+
+
+def _waiting(rows: list[tuple[Any, ...]]) -> list[WaitingTask]:
+    return [WaitingTask(None if not r[0] else frozenset(r[0]), r[1] or 1) for r in rows]
+
+
+@dataclass(frozen=True)
+class OfferReads:
+    """What opening a try of a task reads (``offer_reads``)."""
+
+    candidates: list[Candidate]
+    model_sha256: str
+    model: bytes
+    busy: set[str]
+    exhausted: set[str]
+    asks: dict[str, int]
+    attempt: int
+    waiting: list[WaitingTask]
+
+
+async def offer_reads(
+    conn: psycopg.AsyncConnection,
+    *,
+    task_id: UUID,
+    model_version: int,
+    round_number: int,
+    waiting_since: datetime | None,
+) -> OfferReads:
+    """Read what opening a try needs in one pipeline (sent together, answered together: one
+    wait on the database instead of eight on the round's path): the online candidates, the
+    model version it trains, busy devices, local-DP devices out of budget, how many opened
+    tries of the task asked each device (a DP try counts once approved: one refused while
+    awaiting its spend asked nobody), the attempt number the try gets (0 for the first), and
+    the other running tasks waiting for devices since before ``waiting_since`` (every
+    waiting one when None), with the devices each may use and how many it needs."""
+    async with conn.pipeline():
+        candidates = await conn.execute(_ONLINE_CANDIDATES)
+        model = await conn.execute(_GET_MODEL, (task_id, model_version))
+        busy = await conn.execute(_BUSY)
+        has_view = await conn.execute(_HAS_EXHAUSTION)
+        asked = await conn.execute(_ASKS, (task_id,))
+        attempt = await conn.execute(_NEXT_ATTEMPT, (task_id, round_number))
+        waiting = await conn.execute(_WAITING_BEFORE, (task_id, waiting_since, waiting_since))
+        digest, data = _model(await model.fetchone(), task_id, model_version)
+        attempt_row = await attempt.fetchone()
+        reads = OfferReads(
+            candidates=[
+                Candidate(r[0], bytes(r[1]), r[2], PrivacyLevel(r[3]))
+                for r in await candidates.fetchall()
+            ],
+            model_sha256=digest,
+            model=data,
+            busy={r[0] for r in await busy.fetchall()},
+            exhausted=set(),
+            asks={r[0]: int(r[1]) for r in await asked.fetchall()},
+            attempt=int(attempt_row[0]) if attempt_row else 0,
+            waiting=_waiting(await waiting.fetchall()),
+        )
+        view_row = await has_view.fetchone()
+    # The ledger's view exists once the privacy service has started: a second wait then.
+    exhausted = await _exhausted_if(conn, view_row, task_id)
+    return reads if not exhausted else replace(reads, exhausted=exhausted)
 
 
 async def overdue_rounds(
