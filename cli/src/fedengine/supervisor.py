@@ -34,8 +34,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
-from fedcommon import kafka
 from fedcommon.settings import KafkaSettings
 from fedengine import infra, standby
 from fedengine.identity import jwt_secret
@@ -321,7 +321,7 @@ class Supervisor:
             broker.restarts += 1
             started = True
             self.dirty = True
-            created = asyncio.run(kafka.create_topics(self.kafka_settings(), always=True))
+            created = asyncio.run(_kafka().create_topics(self.kafka_settings(), always=True))
             logger.info("broker back on port %d; %d topics created", port, len(created))
             # The memory broker came back empty: every log starts at offset 0 again, while each
             # paused consumer still holds its old positions, past the new ends, where it would
@@ -355,6 +355,22 @@ class Supervisor:
             k.removeprefix("KAFKA_").lower(): v for k, v in env.items() if k.startswith("KAFKA_")
         }
         return KafkaSettings.model_validate(values)
+
+
+def _kafka() -> ModuleType:
+    """``fedcommon.kafka``, imported when the broker must be restarted: it pulls in aiokafka,
+    psycopg and every message model (about 1 s of a start-up the supervisor is on the path of,
+    and tens of megabytes it would hold all its life for a rare event)."""
+    from fedcommon import kafka
+
+    return kafka
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``supervisor.kafka``, for callers (tests) that reach the module through this one."""
+    if name == "kafka":
+        return _kafka()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def take_over(stack: Stack, me: Process) -> Process | None:

@@ -14,14 +14,14 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from psycopg_pool import AsyncConnectionPool
 
-from fedcommon import model_files, topics
+from fedcommon import topics
 from fedcommon.constraints import MAX_NAME_LENGTH
 from fedcommon.messages.v1 import InitialModel, ModelUploaded
 from fedengine_gateway import errors, queries
@@ -49,6 +49,9 @@ from fedengine_gateway.schemas import (
     ValidationErrorBody,
 )
 from fedengine_gateway.settings import MODEL_UPLOAD_HEADROOM_BYTES
+
+if TYPE_CHECKING:
+    from fedcommon import model_files
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ def _issued_models(request: Request) -> IssuedIds:
 
 def _inspect(data: bytes) -> tuple[list[model_files.TensorSpec], str]:
     """Check the file and hash it (off the event loop: a file may be 16 MB)."""
+    from fedcommon import model_files
+
     return model_files.inspect(data), hashlib.sha256(data).hexdigest()
 
 
@@ -130,6 +135,9 @@ async def upload_model(
             f"{MEDIA_TYPE}'), not as {content_type.split(';')[0][:100]}",
         )
     data = await request.body()
+    # numpy and safetensors (about 20 MB) are loaded by the first upload, not by every gateway.
+    from fedcommon import model_files
+
     try:
         tensors, sha256 = await asyncio.to_thread(_inspect, data)
     except model_files.BadModelFile as exc:
