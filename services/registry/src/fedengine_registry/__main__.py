@@ -14,8 +14,8 @@ SPEC = service.ServiceSpec(
     topic_bases=(topics.DEVICES,),
     # Enrolments, heartbeats and removals: no round waits on them (fedcommon.fetch_pacing).
     on_round_path=False,
-    # Heartbeats are applied a batch at a time (handlers.Registry.handle_heartbeats): up to
-    # this many per poll, one transaction and one offset commit per partition's run.
+    # Enrolments and heartbeats are applied a batch at a time (handlers.Registry.handle_batch):
+    # up to this many per poll, one transaction and one offset commit per partition's run.
     max_records=2000,
 )
 

@@ -1,10 +1,9 @@
 """The registry's message handling: each message in one transaction with its outbox writes,
-heartbeats in batches (one transaction per batch), and the timer that marks silent devices
-offline."""
+enrolments and heartbeats in batches (one transaction per batch), and the timer that marks
+silent devices offline."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,7 +27,8 @@ from fedcommon.messages.v1 import (
 )
 from fedcommon.service import ServiceContext, ServiceParts
 from fedengine_registry import store
-from fedengine_registry.core.enrolment import Enrolled, Token, check_enrolment, check_key
+from fedengine_registry.core.device_batches import EnrolmentRequest, apply_device_batch
+from fedengine_registry.core.enrolment import check_key
 from fedengine_registry.core.heartbeats import apply_heartbeats
 from fedengine_registry.settings import Settings
 
@@ -41,7 +41,13 @@ DEVICES = Gauge("fedengine_registry_devices", "Devices by status", ["status"])
 HEARTBEAT_BATCHES = Counter(
     "fedengine_registry_heartbeat_batches_total", "Heartbeat batches applied (one transaction each)"
 )
+DEVICE_BATCHES = Counter(
+    "fedengine_registry_device_batches_total",
+    "Batches of enrolments and heartbeats applied (one transaction each)",
+)
+ENROLMENTS = Counter("fedengine_registry_enrolments_total", "Enrolments accepted")
 HEARTBEAT_TYPE: str = HeartbeatSent.model_fields["type"].default
+ENROLMENT_TYPE: str = DeviceEnrolled.model_fields["type"].default
 
 
 class Registry:
@@ -61,9 +67,9 @@ class Registry:
         )
 
     async def handle(self, message: AnyMessage, record: SourceRecord) -> None:
-        if isinstance(message, HeartbeatSent):
-            # A batch of one: the sequence, not a dedupe row, makes a heartbeat idempotent.
-            (refusal,) = await self.handle_heartbeats([(message, record)])
+        if isinstance(message, HeartbeatSent | DeviceEnrolled):
+            # A batch of one: the rules are the batch's (``handle_batch``).
+            (refusal,) = await self.handle_batch([(message, record)])
             if refusal is not None:
                 raise refusal
             return
@@ -73,33 +79,7 @@ class Registry:
             ):
                 logger.info("duplicate %s %s skipped", message.type, message.message_id)
                 return
-            if isinstance(message, DeviceEnrolled):
-                device = await store.get_device(conn, message.device_id)
-                token = None
-                if message.enrolment_token_id is not None:
-                    row = await store.get_token(
-                        conn, message.enrolment_token_id, other_than=message.device_id
-                    )
-                    token = None if row is None else Token(**dataclasses.asdict(row))
-                check_enrolment(
-                    message,
-                    existing=None
-                    if device is None
-                    else Enrolled(device.status, device.public_key, device.enrolled_sent_at),
-                    # The consume loop has verified the signature: the gateway vouches for an
-                    # operator's enrolment.
-                    by_operator=trust.signer_of(record.headers) == "gateway",
-                    token=token,
-                    now=datetime.now(UTC),
-                    # Over the fields as the device sent them, not as this version parsed them.
-                    payload=signing.enrolment_payload(codec.fields_of(record.value or b"")),
-                )
-                await store.upsert_enrolled(conn, message)
-                await store.log_event(
-                    conn, device_id=message.device_id, kind="enrolled", issued_by=message.issued_by
-                )
-                await self._status_changed(conn, message.device_id, DeviceStatus.ONLINE)
-            elif isinstance(message, EnrolmentTokenIssued):
+            if isinstance(message, EnrolmentTokenIssued):
                 check_key(message.public_key, what=f"enrolment token {message.token_id}")
                 if not await store.insert_token(conn, message):
                     raise ProtocolViolation(f"enrolment token {message.token_id} exists already")
@@ -157,6 +137,91 @@ class Registry:
             else:
                 raise ProtocolViolation(f"the registry does not handle {message.type}")
         self.context.relay.wake()
+
+    async def handle_batch(
+        self, items: Sequence[tuple[AnyMessage, SourceRecord]]
+    ) -> list[InvalidMessage | None]:
+        """Apply a partition's run of enrolments and heartbeats in one transaction; return, per
+        message, None or its refusal.
+
+        A run of heartbeats alone takes ``handle_heartbeats``; one with enrolments,
+        ``handle_devices``.
+        """
+        if all(isinstance(message, HeartbeatSent) for message, _ in items):
+            return await self.handle_heartbeats(items)
+        return await self.handle_devices(items)
+
+    async def handle_devices(
+        self, items: Sequence[tuple[AnyMessage, SourceRecord]]
+    ) -> list[InvalidMessage | None]:
+        """Apply enrolments and heartbeats in one transaction; return, per message, None or
+        its refusal.
+
+        Each is judged in order as if handled alone (``core.device_batches``): against the
+        devices and tokens as the messages before it left them, so a heartbeat after its
+        device's enrolment is accepted and a token's places are taken one at a time. An
+        accepted enrolment writes its dedupe row, its event row and its status event, as one
+        handled alone did; a refused one writes nothing.
+        """
+        requests: list[EnrolmentRequest | HeartbeatSent] = []
+        for message, record in items:
+            if isinstance(message, DeviceEnrolled):
+                requests.append(
+                    EnrolmentRequest(
+                        message,
+                        # The consume loop has verified the signature: the gateway vouches for
+                        # an operator's enrolment.
+                        by_operator=trust.signer_of(record.headers) == "gateway",
+                        # Over the fields as the device sent them, not as this version parsed
+                        # them.
+                        payload=signing.enrolment_payload(codec.fields_of(record.value or b"")),
+                    )
+                )
+            elif isinstance(message, HeartbeatSent):
+                requests.append(message)
+            else:
+                raise TypeError(f"a device batch holds {message.type}")
+        enrolments = [r.message for r in requests if isinstance(r, EnrolmentRequest)]
+        async with self.context.pool.connection() as conn, conn.transaction():
+            devices = await store.get_batch_devices(
+                conn,
+                [
+                    r.message.device_id if isinstance(r, EnrolmentRequest) else r.device_id
+                    for r in requests
+                ],
+            )
+            tokens = await store.get_tokens(
+                conn, [m.enrolment_token_id for m in enrolments if m.enrolment_token_id]
+            )
+            processed = await db.processed_among(
+                conn, schema=store.SCHEMA, message_ids=[m.message_id for m in enrolments]
+            )
+            batch = apply_device_batch(
+                requests,
+                devices=devices,
+                tokens=tokens,
+                processed=processed,
+                now=datetime.now(UTC),
+            )
+            async with conn.pipeline():
+                await store.upsert_enrolments(conn, batch.enrolments)
+                await store.record_heartbeats(conn, batch.heartbeats)
+                await db.mark_all_processed(
+                    conn, schema=store.SCHEMA, message_ids=[m.message_id for m in batch.enrolled]
+                )
+                await store.log_events(
+                    conn, [(m.device_id, "enrolled", m.issued_by) for m in batch.enrolled]
+                )
+                for device_id in batch.online:
+                    await self._status_changed(conn, device_id, DeviceStatus.ONLINE)
+        ENROLMENTS.inc(len(batch.enrolled))
+        HEARTBEATS.inc(batch.accepted_heartbeats)
+        DEVICE_BATCHES.inc()
+        for message_type, message_id in batch.duplicates:
+            logger.info("duplicate %s %s skipped", message_type, message_id)
+        if batch.online:
+            self.context.relay.wake()
+        return batch.refusals
 
     async def handle_heartbeats(
         self, items: Sequence[tuple[AnyMessage, SourceRecord]]
@@ -226,6 +291,6 @@ def build(context: ServiceContext, settings: Settings) -> ServiceParts:
         handle=registry.handle,
         background=(offline_timer, device_counts),
         batching=kafka.Batching(
-            types=frozenset({HEARTBEAT_TYPE}), handle=registry.handle_heartbeats
+            types=frozenset({HEARTBEAT_TYPE, ENROLMENT_TYPE}), handle=registry.handle_batch
         ),
     )

@@ -10,10 +10,23 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fedcommon.messages.v1 import DeviceEnrolled, EnrolmentTokenIssued
+from fedcommon.messages.v1 import EnrolmentTokenIssued
+from fedengine_registry.core.device_batches import EnrolmentWrite, StoredDevice
+from fedengine_registry.core.enrolment import Token
 from fedengine_registry.core.heartbeats import DeviceHeartbeat, HeartbeatDevice
 
 SCHEMA = "registry"
+
+
+# A device id's enrolment lock (transaction-scoped): one of 1,024 advisory locks, chosen by the
+# id's hash, so that a batch of thousands of new devices holds at most 1,024 locks (PostgreSQL's
+# lock table is shared and bounded); ids that share one are merely serialised together.
+_DEVICE_LOCK = "pg_advisory_xact_lock(hashtext('registry.devices'), hashtext(%s) & 1023)"
+_DEVICE_LOCKS = (
+    "SELECT pg_advisory_xact_lock(hashtext('registry.devices'), lock) FROM "
+    "(SELECT DISTINCT hashtext(id) & 1023 AS lock FROM unnest(%s::text[]) AS id) AS locks "
+    "ORDER BY lock"
+)
 
 
 @dataclass(frozen=True)
@@ -33,10 +46,7 @@ async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> DeviceRow
     see no device and the later commit would overwrite the first, key and all, unchecked. A
     transaction-scoped advisory lock on the id serialises them, so the second sees the first.
     """
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('registry.devices'), hashtext(%s))",
-        (device_id,),
-    )
+    await conn.execute(f"SELECT {_DEVICE_LOCK}", (device_id,))
     cursor = await conn.execute(
         "SELECT device_id, status, public_key, heartbeat_sequence, enrolled_sent_at "
         "FROM registry.devices WHERE device_id = %s FOR UPDATE",
@@ -48,34 +58,108 @@ async def get_device(conn: psycopg.AsyncConnection, device_id: str) -> DeviceRow
     return DeviceRow(row[0], row[1], row[2] and bytes(row[2]), row[3], row[4])
 
 
-async def upsert_enrolled(conn: psycopg.AsyncConnection, message: DeviceEnrolled) -> None:
-    await conn.execute(
-        """
-        INSERT INTO registry.devices (device_id, device_name, device_type, privacy_level,
-            capabilities, public_key, fleet, status, last_heartbeat_at, battery_pct,
-            enrolled_sent_at, enrolment_token_id)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s, %s, %s)
-        ON CONFLICT (device_id) DO UPDATE SET
-            device_name = EXCLUDED.device_name, device_type = EXCLUDED.device_type,
-            privacy_level = EXCLUDED.privacy_level, capabilities = EXCLUDED.capabilities,
-            public_key = COALESCE(EXCLUDED.public_key, registry.devices.public_key),
-            fleet = EXCLUDED.fleet, status = 'online', last_heartbeat_at = now(),
-            battery_pct = EXCLUDED.battery_pct, enrolled_sent_at = EXCLUDED.enrolled_sent_at,
-            enrolment_token_id = EXCLUDED.enrolment_token_id, updated_at = now()
-        """,
-        (
-            message.device_id,
-            message.device_name,
-            message.device_type.value,
-            message.privacy_level.value,
-            Jsonb(message.capabilities.model_dump()),
-            message.public_key,
-            message.fleet,
-            message.capabilities.battery_pct if message.capabilities.has_battery else None,
-            message.sent_at,
-            message.enrolment_token_id,
-        ),
+async def get_batch_devices(
+    conn: psycopg.AsyncConnection, device_ids: Sequence[str]
+) -> dict[str, StoredDevice]:
+    """Return the devices of ``device_ids`` that exist, each locked for this transaction, also
+    those that do not exist yet (their enrolment locks, as ``get_device`` takes one).
+
+    The enrolment locks are taken first, in lock order, then the rows, in id order: the order
+    ``get_device`` takes them in, so two batches (or a batch and one enrolment) never wait on
+    each other in a cycle.
+    """
+    ids = sorted(set(device_ids))
+    await conn.execute(_DEVICE_LOCKS, (ids,))
+    cursor = await conn.execute(
+        "SELECT device_id, status, public_key, enrolled_sent_at, enrolment_token_id, "
+        "heartbeat_sequence, heartbeat_message_id FROM registry.devices "
+        "WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
+        (ids,),
     )
+    return {
+        row[0]: StoredDevice(
+            status=row[1],
+            public_key=row[2] and bytes(row[2]),
+            enrolled_sent_at=row[3],
+            enrolment_token_id=row[4],
+            last_sequence=row[5],
+            last_message_id=row[6],
+        )
+        for row in await cursor.fetchall()
+    }
+
+
+async def get_tokens(conn: psycopg.AsyncConnection, token_ids: Sequence[UUID]) -> dict[UUID, Token]:
+    """Return the tokens of ``token_ids`` that exist, locked (in id order) so that two
+    enrolments cannot both take a token's last place; each token's ``enrolled`` counts every
+    device enrolled with it now."""
+    ids = sorted(set(token_ids))
+    if not ids:
+        return {}
+    cursor = await conn.execute(
+        "SELECT token_id, fleet, public_key, expires_at, max_devices, revoked_at IS NOT NULL "
+        "FROM registry.enrolment_tokens WHERE token_id = ANY(%s::uuid[]) "
+        "ORDER BY token_id FOR UPDATE",
+        (ids,),
+    )
+    rows = await cursor.fetchall()
+    cursor = await conn.execute(
+        "SELECT enrolment_token_id, count(*) FROM registry.devices "
+        "WHERE enrolment_token_id = ANY(%s::uuid[]) GROUP BY enrolment_token_id",
+        (ids,),
+    )
+    counts = {row[0]: row[1] for row in await cursor.fetchall()}
+    return {
+        row[0]: Token(
+            fleet=row[1],
+            public_key=bytes(row[2]),
+            expires_at=row[3],
+            max_devices=row[4],
+            revoked=row[5],
+            enrolled=counts.get(row[0], 0),
+        )
+        for row in rows
+    }
+
+
+async def upsert_enrolments(
+    conn: psycopg.AsyncConnection, enrolments: Sequence[EnrolmentWrite]
+) -> None:
+    """Store each device's enrolment (pipelined): online, seen now, with the key in force."""
+    if not enrolments:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            """
+            INSERT INTO registry.devices (device_id, device_name, device_type, privacy_level,
+                capabilities, public_key, fleet, status, last_heartbeat_at, battery_pct,
+                enrolled_sent_at, enrolment_token_id)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s, %s, %s)
+            ON CONFLICT (device_id) DO UPDATE SET
+                device_name = EXCLUDED.device_name, device_type = EXCLUDED.device_type,
+                privacy_level = EXCLUDED.privacy_level, capabilities = EXCLUDED.capabilities,
+                public_key = COALESCE(EXCLUDED.public_key, registry.devices.public_key),
+                fleet = EXCLUDED.fleet, status = 'online', last_heartbeat_at = now(),
+                battery_pct = EXCLUDED.battery_pct, enrolled_sent_at = EXCLUDED.enrolled_sent_at,
+                enrolment_token_id = EXCLUDED.enrolment_token_id, updated_at = now()
+            """,
+            [
+                (
+                    m.device_id,
+                    m.device_name,
+                    m.device_type.value,
+                    m.privacy_level.value,
+                    Jsonb(m.capabilities.model_dump()),
+                    write.public_key,
+                    m.fleet,
+                    m.capabilities.battery_pct if m.capabilities.has_battery else None,
+                    m.sent_at,
+                    m.enrolment_token_id,
+                )
+                for write in enrolments
+                for m in (write.message,)
+            ],
+        )
 
 
 async def record_heartbeat(
@@ -116,11 +200,7 @@ async def get_heartbeat_devices(
     found = await _heartbeat_devices(conn, ids)
     missing = [device_id for device_id in ids if device_id not in found]
     if missing:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('registry.devices'), hashtext(id)) "
-            "FROM unnest(%s::text[]) AS id ORDER BY id",
-            (missing,),
-        )
+        await conn.execute(_DEVICE_LOCKS, (missing,))
         found.update(await _heartbeat_devices(conn, missing))
     return found
 
@@ -217,6 +297,19 @@ async def mark_silent_offline(
     return [row[0] for row in await cursor.fetchall()]
 
 
+async def log_events(
+    conn: psycopg.AsyncConnection, events: Sequence[tuple[str, str, str | None]]
+) -> None:
+    """Record ``(device_id, kind, issued_by)`` events in their order (pipelined)."""
+    if not events:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO registry.device_events (device_id, kind, issued_by) VALUES (%s, %s, %s)",
+            list(events),
+        )
+
+
 async def log_event(
     conn: psycopg.AsyncConnection, *, device_id: str, kind: str, issued_by: str | None
 ) -> None:
@@ -224,38 +317,6 @@ async def log_event(
         "INSERT INTO registry.device_events (device_id, kind, issued_by) VALUES (%s, %s, %s)",
         (device_id, kind, issued_by),
     )
-
-
-@dataclass(frozen=True)
-class TokenRow:
-    fleet: str
-    public_key: bytes
-    expires_at: datetime
-    max_devices: int
-    revoked: bool
-    # Devices enrolled with this token now, other than the one asking.
-    enrolled: int
-
-
-async def get_token(
-    conn: psycopg.AsyncConnection, token_id: UUID, *, other_than: str
-) -> TokenRow | None:
-    """Return a token, locked so that two enrolments cannot both take its last place."""
-    cursor = await conn.execute(
-        "SELECT fleet, public_key, expires_at, max_devices, revoked_at IS NOT NULL "
-        "FROM registry.enrolment_tokens WHERE token_id = %s FOR UPDATE",
-        (token_id,),
-    )
-    row = await cursor.fetchone()
-    if row is None:
-        return None
-    cursor = await conn.execute(
-        "SELECT count(*) FROM registry.devices WHERE enrolment_token_id = %s AND device_id <> %s",
-        (token_id, other_than),
-    )
-    counted = await cursor.fetchone()
-    assert counted is not None
-    return TokenRow(row[0], bytes(row[1]), row[2], row[3], row[4], counted[0])
 
 
 async def insert_token(conn: psycopg.AsyncConnection, message: EnrolmentTokenIssued) -> bool:
