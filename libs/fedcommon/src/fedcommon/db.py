@@ -50,6 +50,7 @@ async def open_pool(settings: PostgresSettings, *, name: str) -> AsyncConnection
         settings.url.get_secret_value(),
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
+        max_idle=settings.pool_max_idle_s,
         name=name,
         timeout=settings.pool_timeout_s,
         open=False,

@@ -154,6 +154,10 @@ class PostgresSettings(BaseSettings):
     # How long a caller waits for a connection before the database counts as unavailable (an
     # outage: services retry, the gateway answers 503).
     pool_timeout_s: float = Field(default=5.0, validation_alias="DATABASE_POOL_TIMEOUT_S", gt=0)
+    # How long a connection beyond the pool's minimum stays open unused (psycopg_pool's 10
+    # minutes by default): start-up's concurrent jobs open a second connection per service, and
+    # each server process holds about 10 MB.
+    pool_max_idle_s: float = Field(default=60.0, validation_alias="DATABASE_POOL_MAX_IDLE_S", gt=0)
 
 
 class TrustSettings(BaseSettings):
