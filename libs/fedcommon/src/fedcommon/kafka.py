@@ -24,6 +24,8 @@ from typing import Any, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from prometheus_client import Counter, Gauge
 
 from fedcommon import codec, topics, trust
@@ -155,6 +157,13 @@ def make_consumer(
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_partition_fetch_bytes=settings.max_message_bytes,
         fetch_max_bytes=max(settings.max_message_bytes, 52_428_800),
+        # Range first: partition p of every topic a service reads goes to the same member, so
+        # a task's records on two topics (the aggregator's fed.updates and fed.secagg) meet in
+        # one instance whatever the number of instances; round-robin dealt the topics' partitions
+        # in one sequence, which kept them together only when the members divided the
+        # partition count (2 of 4, not 3). Round-robin stays second, so that members of an
+        # older version still agree on a protocol during a rolling upgrade.
+        partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
     )
 
 
